@@ -4,7 +4,8 @@
 //! the xtask share one parser. The schema is documented in
 //! `services/service.rng`.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The seed notes' script types.
@@ -120,10 +121,1111 @@ pub struct Errors {
     pub problems: Vec<String>,
 }
 
+/// The file name of a definition inside its service directory.
+pub const FILE_NAME: &str = "service.xml";
+
 /// Reads and validates every `DIR/*/service.xml` (cross-service checks too:
 /// duplicate names, unknown `needs`, dependency cycles).
-pub fn load_dir(dir: &std::path::Path) -> Result<Vec<ServiceDefinition>, Errors> {
-    Err(Errors {
-        problems: vec![format!("{}: not implemented yet", dir.display())],
+///
+/// Directories without a `service.xml` are skipped. The result is sorted by
+/// service name. Missing binaries are not checked here (definitions are
+/// validated on the build host): initd's `check` does that.
+pub fn load_dir(dir: &Path) -> Result<Vec<ServiceDefinition>, Errors> {
+    let mut problems = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) => {
+            return Err(Errors {
+                problems: vec![format!("{}: cannot read directory: {error}", dir.display())],
+            })
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path().join(FILE_NAME))
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    let mut parsed = Vec::new();
+    for file in &files {
+        match parse_with_positions(file) {
+            Ok(parsed_one) => {
+                let directory_name = file
+                    .parent()
+                    .and_then(|parent| parent.file_name())
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if directory_name != parsed_one.definition.name {
+                    problems.push(format!(
+                        "{}: service name \"{}\" differs from its directory name \"{directory_name}\": rename one of them",
+                        parsed_one.service_position, parsed_one.definition.name
+                    ));
+                }
+                parsed.push(parsed_one)
+            }
+            Err(errors) => problems.extend(errors.problems),
+        }
+    }
+    check_set(&parsed, &mut problems);
+    if problems.is_empty() {
+        let mut definitions: Vec<ServiceDefinition> =
+            parsed.into_iter().map(|parsed| parsed.definition).collect();
+        definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(definitions)
+    } else {
+        Err(Errors { problems })
+    }
+}
+
+/// Reads and validates one `service.xml` (no cross-service checks).
+pub fn parse_file(path: &Path) -> Result<ServiceDefinition, Errors> {
+    parse_with_positions(path).map(|parsed| parsed.definition)
+}
+
+/// Parses a definition from a string; `path` is used for messages and for
+/// `ServiceDefinition::dir` (its parent).
+pub fn parse_str(path: &Path, text: &str) -> Result<ServiceDefinition, Errors> {
+    parse_text(path, text).map(|parsed| parsed.definition)
+}
+
+/// Cross-service checks over already parsed definitions: duplicate names,
+/// `needs` on unknown services, dependency cycles. Messages point at each
+/// definition's `<service>` element.
+pub fn check_definitions(definitions: &[ServiceDefinition]) -> Result<(), Errors> {
+    let parsed: Vec<Parsed> = definitions
+        .iter()
+        .map(|definition| {
+            let position = Position {
+                file: definition.dir.join(FILE_NAME),
+                line: definition.line,
+                column: 1,
+            };
+            Parsed {
+                definition: definition.clone(),
+                service_position: position.clone(),
+                needs_positions: definition.needs.iter().map(|_| position.clone()).collect(),
+            }
+        })
+        .collect();
+    let mut problems = Vec::new();
+    check_set(&parsed, &mut problems);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Errors { problems })
+    }
+}
+
+/// Services in dependency order (a service after everything it needs);
+/// ties broken by name. Unknown `needs` are ignored; cycles must have been
+/// refused already (the members of a cycle come last, by name).
+pub fn start_order(definitions: &[ServiceDefinition]) -> Vec<String> {
+    let mut sorted: Vec<&ServiceDefinition> = definitions.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut done: Vec<String> = Vec::new();
+    loop {
+        let mut progressed = false;
+        for definition in &sorted {
+            if done.contains(&definition.name) {
+                continue;
+            }
+            let ready = definition
+                .needs
+                .iter()
+                .all(|need| done.contains(need) || !sorted.iter().any(|other| &other.name == need));
+            if ready {
+                done.push(definition.name.clone());
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    for definition in &sorted {
+        if !done.contains(&definition.name) {
+            done.push(definition.name.clone());
+        }
+    }
+    done
+}
+
+/// The signal number of `TERM`, `SIGTERM`, `HUP`, ... (for this target).
+pub fn signal_number(name: &str) -> Option<i32> {
+    let bare = name.strip_prefix("SIG").unwrap_or(name);
+    SIGNALS
+        .iter()
+        .find(|(signal_name, _)| *signal_name == bare)
+        .map(|(_, number)| *number)
+}
+
+/// The name (without `SIG`) of a signal number, for messages.
+pub fn signal_name(number: i32) -> Option<&'static str> {
+    SIGNALS
+        .iter()
+        .find(|(_, signal_number)| *signal_number == number)
+        .map(|(name, _)| *name)
+}
+
+/// The kinds of `<rlimit name="...">`.
+pub const RLIMIT_NAMES: &[&str] = &[
+    "core", "cpu", "data", "fsize", "nofile", "nproc", "stack", "as", "memlock",
+];
+
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("TERM", libc::SIGTERM),
+    ("ALRM", libc::SIGALRM),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("WINCH", libc::SIGWINCH),
+    ("ABRT", libc::SIGABRT),
+    ("PIPE", libc::SIGPIPE),
+];
+
+/// Parses a duration: an integer followed by `ms`, `s`, `m` or `h`
+/// (`100ms`, `10s`, `5m`, `1h`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    let milliseconds = match unit {
+        "ms" => value,
+        "s" => value.checked_mul(1000)?,
+        "m" => value.checked_mul(60_000)?,
+        "h" => value.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(milliseconds))
+}
+
+#[derive(Debug, Clone)]
+struct Position {
+    file: PathBuf,
+    line: u32,
+    column: u32,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "{}:{}:{}",
+            self.file.display(),
+            self.line,
+            self.column
+        )
+    }
+}
+
+struct Parsed {
+    definition: ServiceDefinition,
+    service_position: Position,
+    needs_positions: Vec<Position>,
+}
+
+fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
+    let mut seen: BTreeMap<&str, &Position> = BTreeMap::new();
+    for one in parsed {
+        let name = one.definition.name.as_str();
+        if let Some(first) = seen.get(name) {
+            problems.push(format!(
+                "{}: duplicate service name \"{name}\" (first defined at {first}): rename or remove one",
+                one.service_position
+            ));
+        } else {
+            seen.insert(name, &one.service_position);
+        }
+    }
+    for one in parsed {
+        for (index, need) in one.definition.needs.iter().enumerate() {
+            if !seen.contains_key(need.as_str()) {
+                let position = one
+                    .needs_positions
+                    .get(index)
+                    .unwrap_or(&one.service_position);
+                problems.push(format!(
+                    "{position}: service \"{}\" needs \"{need}\", which does not exist: add services/{need}/service.xml or remove the need",
+                    one.definition.name
+                ));
+            }
+        }
+    }
+    // Cycles: depth-first search; each cycle is reported once, at its
+    // smallest member.
+    let by_name: BTreeMap<&str, &Parsed> = parsed
+        .iter()
+        .map(|one| (one.definition.name.as_str(), one))
+        .collect();
+    let mut reported: Vec<Vec<String>> = Vec::new();
+    for start in by_name.keys() {
+        let mut path: Vec<&str> = vec![start];
+        find_cycles(start, &by_name, &mut path, &mut reported, problems);
+    }
+}
+
+fn find_cycles<'a>(
+    start: &'a str,
+    by_name: &BTreeMap<&'a str, &'a Parsed>,
+    path: &mut Vec<&'a str>,
+    reported: &mut Vec<Vec<String>>,
+    problems: &mut Vec<String>,
+) {
+    let Some(current) = path.last().and_then(|name| by_name.get(name)) else {
+        return;
+    };
+    for need in &current.definition.needs {
+        let need = need.as_str();
+        if need == start {
+            let mut members: Vec<String> = path.iter().map(|name| name.to_string()).collect();
+            members.sort();
+            if !reported.contains(&members) {
+                reported.push(members);
+                let mut chain: Vec<&str> = path.clone();
+                chain.push(start);
+                let position = by_name
+                    .get(start)
+                    .map(|one| one.service_position.to_string())
+                    .unwrap_or_default();
+                problems.push(format!(
+                    "{position}: dependency cycle: {}: remove one of these needs",
+                    chain.join(" -> ")
+                ));
+            }
+        } else if need > start && !path.contains(&need) && by_name.contains_key(need) {
+            // Only explore members greater than the start so that each cycle
+            // is found from its smallest member.
+            path.push(need);
+            find_cycles(start, by_name, path, reported, problems);
+            path.pop();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// XML to a small tree with positions, then the tree to a definition.
+
+struct Element {
+    name: String,
+    position: Position,
+    attributes: Vec<(String, String)>,
+    children: Vec<Element>,
+    text: String,
+}
+
+fn parse_with_positions(path: &Path) -> Result<Parsed, Errors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_text(path, &text),
+        Err(error) => Err(Errors {
+            problems: vec![format!("{}: cannot read: {error}", path.display())],
+        }),
+    }
+}
+
+fn position_of(path: &Path, text: &str, offset: u64) -> Position {
+    let offset = (offset as usize).min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|byte| **byte == b'\n').count() as u32 + 1;
+    let line_start = before
+        .iter()
+        .rposition(|byte| *byte == b'\n')
+        .map(|index| index + 1)
+        .unwrap_or(0);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count() as u32
+        + 1;
+    Position {
+        file: path.to_path_buf(),
+        line,
+        column,
+    }
+}
+
+fn read_tree(path: &Path, text: &str) -> Result<Element, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+    loop {
+        let offset = reader.buffer_position();
+        let event = match reader.read_event() {
+            Ok(event) => event,
+            Err(error) => {
+                let position = position_of(path, text, reader.error_position());
+                return Err(format!("{position}: malformed XML: {error}"));
+            }
+        };
+        match event {
+            Event::Start(ref start) | Event::Empty(ref start) => {
+                let position = position_of(path, text, offset);
+                let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+                let mut attributes = Vec::new();
+                for attribute in start.attributes().with_checks(true) {
+                    let attribute = attribute
+                        .map_err(|error| format!("{position}: malformed XML attribute: {error}"))?;
+                    let key = String::from_utf8_lossy(attribute.key.as_ref()).into_owned();
+                    let value = attribute
+                        .unescape_value()
+                        .map_err(|error| format!("{position}: malformed XML attribute: {error}"))?
+                        .into_owned();
+                    attributes.push((key, value));
+                }
+                if root.is_some() && stack.is_empty() {
+                    return Err(format!(
+                        "{position}: malformed XML: more than one root element"
+                    ));
+                }
+                let element = Element {
+                    name,
+                    position,
+                    attributes,
+                    children: Vec::new(),
+                    text: String::new(),
+                };
+                if matches!(event, Event::Start(_)) {
+                    stack.push(element);
+                } else if let Some(parent) = stack.last_mut() {
+                    parent.children.push(element);
+                } else {
+                    root = Some(element);
+                }
+            }
+            Event::End(_) => {
+                if let Some(element) = stack.pop() {
+                    if let Some(parent) = stack.last_mut() {
+                        parent.children.push(element);
+                    } else {
+                        root = Some(element);
+                    }
+                }
+            }
+            Event::Text(text_event) => {
+                let position = position_of(path, text, offset);
+                let value = text_event
+                    .unescape()
+                    .map_err(|error| format!("{position}: malformed XML text: {error}"))?;
+                match stack.last_mut() {
+                    Some(parent) => parent.text.push_str(&value),
+                    None if value.trim().is_empty() => {}
+                    None => {
+                        return Err(format!(
+                            "{position}: malformed XML: text outside the root element"
+                        ))
+                    }
+                }
+            }
+            Event::CData(cdata) => {
+                if let Some(parent) = stack.last_mut() {
+                    parent
+                        .text
+                        .push_str(&String::from_utf8_lossy(&cdata.into_inner()));
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if let Some(open) = stack.last() {
+        let position = position_of(path, text, text.len() as u64);
+        return Err(format!(
+            "{position}: malformed XML: element <{}> opened at line {} is not closed",
+            open.name, open.position.line
+        ));
+    }
+    root.ok_or_else(|| {
+        let position = position_of(path, text, 0);
+        format!("{position}: malformed XML: no root element")
     })
 }
+
+struct Checker<'a> {
+    problems: &'a mut Vec<String>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, position: &Position, message: String) {
+        self.problems.push(format!("{position}: {message}"));
+    }
+
+    fn attributes(&mut self, element: &Element, allowed: &[&str], required: &[&str]) {
+        for (key, _) in &element.attributes {
+            if !allowed.contains(&key.as_str()) {
+                let expected = if allowed.is_empty() {
+                    "it takes none".to_string()
+                } else {
+                    format!("expected one of: {}", allowed.join(", "))
+                };
+                self.problem(
+                    &element.position,
+                    format!(
+                        "unknown attribute \"{key}\" on <{}>: {expected}",
+                        element.name
+                    ),
+                );
+            }
+        }
+        for key in required {
+            if attribute(element, key).is_none() {
+                self.problem(
+                    &element.position,
+                    format!("<{}> needs the attribute \"{key}\"", element.name),
+                );
+            }
+        }
+    }
+
+    fn no_children(&mut self, element: &Element) {
+        for child in &element.children {
+            self.problem(
+                &child.position,
+                format!(
+                    "unknown element <{}> inside <{}>: it takes no child elements",
+                    child.name, element.name
+                ),
+            );
+        }
+    }
+
+    fn duration(&mut self, element: &Element, key: &str, default: Duration) -> Duration {
+        match attribute(element, key) {
+            None => default,
+            Some(value) => match parse_duration(value) {
+                Some(duration) => duration,
+                None => {
+                    self.problem(
+                        &element.position,
+                        format!("bad duration \"{value}\" in {key}: write a whole number with a unit, like 100ms, 10s, 5m or 1h"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn signal(&mut self, element: &Element, key: &str, default: i32) -> i32 {
+        match attribute(element, key) {
+            None => default,
+            Some(value) => match signal_number(value) {
+                Some(number) => number,
+                None => {
+                    let names: Vec<&str> = SIGNALS.iter().map(|(name, _)| *name).collect();
+                    self.problem(
+                        &element.position,
+                        format!(
+                            "bad signal name \"{value}\" in {key}: expected one of {}",
+                            names.join(", ")
+                        ),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn number<T: std::str::FromStr>(
+        &mut self,
+        element: &Element,
+        key: &str,
+        what: &str,
+    ) -> Option<T> {
+        let value = attribute(element, key)?;
+        match value.trim().parse() {
+            Ok(number) => Some(number),
+            Err(_) => {
+                self.problem(
+                    &element.position,
+                    format!(
+                        "bad {key} \"{value}\" on <{}>: expected {what}",
+                        element.name
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        element: &Element,
+        key: &str,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> T {
+        match attribute(element, key) {
+            None => default,
+            Some(value) => match choices.iter().find(|(name, _)| *name == value) {
+                Some((_, choice)) => *choice,
+                None => {
+                    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+                    self.problem(
+                        &element.position,
+                        format!(
+                            "bad {key} \"{value}\" on <{}>: expected one of {}",
+                            element.name,
+                            names.join(", ")
+                        ),
+                    );
+                    default
+                }
+            },
+        }
+    }
+}
+
+fn attribute<'a>(element: &'a Element, key: &str) -> Option<&'a str> {
+    element
+        .attributes
+        .iter()
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.as_str())
+}
+
+fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|character| character.is_ascii_alphanumeric() || "-_.@+".contains(character))
+        && !name.starts_with('.')
+        && !name.starts_with('-')
+}
+
+fn parse_octal(text: &str) -> Option<u32> {
+    let text = text.trim();
+    if text.is_empty()
+        || !text
+            .chars()
+            .all(|character| ('0'..='7').contains(&character))
+    {
+        return None;
+    }
+    u32::from_str_radix(text, 8).ok()
+}
+
+fn parse_text(path: &Path, text: &str) -> Result<Parsed, Errors> {
+    let root = read_tree(path, text).map_err(|problem| Errors {
+        problems: vec![problem],
+    })?;
+    let mut problems = Vec::new();
+    let parsed = build(
+        path,
+        &root,
+        &mut Checker {
+            problems: &mut problems,
+        },
+    );
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(Errors { problems })
+    }
+}
+
+const CHILD_ELEMENTS: &[&str] = &[
+    "description",
+    "package",
+    "exec",
+    "env",
+    "needs",
+    "modes",
+    "start-on",
+    "ready",
+    "restart",
+    "stop",
+    "reload",
+    "user",
+    "group",
+    "workdir",
+    "umask",
+    "rlimit",
+    "file",
+];
+
+fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    if root.name != "service" {
+        checker.problem(
+            &root.position,
+            format!(
+                "unknown root element <{}>: a definition starts with <service name=\"...\">",
+                root.name
+            ),
+        );
+    }
+    checker.attributes(root, &["name", "type", "package"], &["name"]);
+    let name = attribute(root, "name").unwrap_or_default().to_string();
+    if attribute(root, "name").is_some() && !is_service_name(&name) {
+        checker.problem(
+            &root.position,
+            format!("bad service name \"{name}\": use letters, digits and - _ . @ +"),
+        );
+    }
+    let service_type = checker.choice(
+        root,
+        "type",
+        &[
+            ("system", ServiceType::System),
+            ("network", ServiceType::Network),
+            ("service", ServiceType::Service),
+            ("user", ServiceType::User),
+            ("helper", ServiceType::Helper),
+        ],
+        ServiceType::Service,
+    );
+    if !root.text.trim().is_empty() {
+        checker.problem(
+            &root.position,
+            "text directly inside <service>: put it in <description>".to_string(),
+        );
+    }
+    let mut definition = ServiceDefinition {
+        name,
+        service_type,
+        packages: attribute(root, "package")
+            .map(|package| package.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        freebsd_packages: Vec::new(),
+        description: String::new(),
+        exec: Exec {
+            path: PathBuf::new(),
+            args: Vec::new(),
+        },
+        env: Vec::new(),
+        needs: Vec::new(),
+        modes: Vec::new(),
+        start_on: Vec::new(),
+        ready: Readiness::None,
+        ready_timeout: Duration::from_secs(30),
+        restart: Restart {
+            policy: RestartPolicy::Always,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            max: 5,
+            within: Duration::from_secs(60),
+        },
+        stop_signal: libc::SIGTERM,
+        stop_timeout: Duration::from_secs(10),
+        reload_signal: None,
+        user: None,
+        group: None,
+        workdir: None,
+        umask: None,
+        rlimits: Vec::new(),
+        files: Vec::new(),
+        dir,
+        line: root.position.line,
+    };
+    let mut needs_positions = Vec::new();
+    let mut seen_exec = false;
+    let mut restart_policy_given = false;
+    let mut seen_once: Vec<&str> = Vec::new();
+    for child in &root.children {
+        let single = [
+            "description",
+            "exec",
+            "modes",
+            "ready",
+            "restart",
+            "stop",
+            "reload",
+            "user",
+            "group",
+            "workdir",
+            "umask",
+        ];
+        if single.contains(&child.name.as_str()) {
+            if seen_once.contains(&child.name.as_str()) {
+                checker.problem(
+                    &child.position,
+                    format!("<{}> given twice: keep one", child.name),
+                );
+            }
+            seen_once.push(child.name.as_str());
+        }
+        match child.name.as_str() {
+            "description" => {
+                checker.attributes(child, &[], &[]);
+                checker.no_children(child);
+                definition.description = child.text.trim().to_string();
+            }
+            "package" => {
+                checker.attributes(child, &["os"], &[]);
+                checker.no_children(child);
+                let os =
+                    checker.choice(child, "os", &[("debian", false), ("freebsd", true)], false);
+                let names = child.text.split_whitespace().map(str::to_string);
+                if os {
+                    definition.freebsd_packages.extend(names);
+                } else {
+                    definition.packages.extend(names);
+                }
+            }
+            "exec" => {
+                seen_exec = true;
+                checker.attributes(child, &["path"], &["path"]);
+                let exec_path = attribute(child, "path").unwrap_or_default();
+                if !exec_path.is_empty() && !exec_path.starts_with('/') {
+                    checker.problem(
+                        &child.position,
+                        format!("exec path \"{exec_path}\" is not absolute: write the full path"),
+                    );
+                }
+                definition.exec.path = PathBuf::from(exec_path);
+                if !child.text.trim().is_empty() {
+                    checker.problem(
+                        &child.position,
+                        "text inside <exec>: put each argument in its own <arg>".to_string(),
+                    );
+                }
+                for argument in &child.children {
+                    if argument.name == "arg" {
+                        checker.attributes(argument, &[], &[]);
+                        checker.no_children(argument);
+                        definition.exec.args.push(argument.text.clone());
+                    } else {
+                        checker.problem(
+                            &argument.position,
+                            format!(
+                                "unknown element <{}> inside <exec>: expected <arg>",
+                                argument.name
+                            ),
+                        );
+                    }
+                }
+            }
+            "env" => {
+                checker.attributes(child, &["name", "value"], &["name", "value"]);
+                checker.no_children(child);
+                let key = attribute(child, "name").unwrap_or_default();
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    checker.problem(
+                        &child.position,
+                        format!("bad environment variable name \"{key}\""),
+                    );
+                }
+                definition.env.push((
+                    key.to_string(),
+                    attribute(child, "value").unwrap_or_default().to_string(),
+                ));
+            }
+            "needs" => {
+                checker.attributes(child, &[], &[]);
+                checker.no_children(child);
+                for need in child.text.split_whitespace() {
+                    definition.needs.push(need.to_string());
+                    needs_positions.push(child.position.clone());
+                }
+            }
+            "modes" => {
+                checker.attributes(child, &[], &[]);
+                checker.no_children(child);
+                definition.modes = child.text.split_whitespace().map(str::to_string).collect();
+            }
+            "start-on" => {
+                checker.attributes(child, &["event"], &["event"]);
+                checker.no_children(child);
+                let event = attribute(child, "event").unwrap_or_default();
+                if event.trim().is_empty() || event.contains(char::is_whitespace) {
+                    checker.problem(
+                        &child.position,
+                        format!("bad event name \"{event}\": one word, like boot or started:net"),
+                    );
+                }
+                definition.start_on.push(event.to_string());
+            }
+            "ready" => {
+                checker.attributes(child, &["kind", "port", "path", "fd", "timeout"], &["kind"]);
+                checker.no_children(child);
+                definition.ready_timeout =
+                    checker.duration(child, "timeout", definition.ready_timeout);
+                let kind = attribute(child, "kind").unwrap_or("none");
+                let extra_allowed: &[&str] = match kind {
+                    "tcp" => &["port"],
+                    "pidfile" => &["path"],
+                    "notify" => &["fd"],
+                    _ => &[],
+                };
+                for key in ["port", "path", "fd"] {
+                    if attribute(child, key).is_some() && !extra_allowed.contains(&key) {
+                        checker.problem(
+                            &child.position,
+                            format!("attribute \"{key}\" does not apply to ready kind \"{kind}\""),
+                        );
+                    }
+                }
+                definition.ready = match kind {
+                    "none" => Readiness::None,
+                    "exit" => Readiness::Exit,
+                    "pidfile" => match attribute(child, "path") {
+                        Some(pidfile) if pidfile.starts_with('/') => Readiness::Pidfile {
+                            path: PathBuf::from(pidfile),
+                        },
+                        _ => {
+                            checker.problem(
+                                &child.position,
+                                "ready kind \"pidfile\" needs an absolute path=\"...\"".to_string(),
+                            );
+                            Readiness::None
+                        }
+                    },
+                    "tcp" => match checker.number::<u16>(child, "port", "a port number 1-65535") {
+                        Some(port) if port > 0 => Readiness::Tcp { port },
+                        Some(_) => {
+                            checker.problem(
+                                &child.position,
+                                "bad port \"0\" on <ready>: expected a port number 1-65535"
+                                    .to_string(),
+                            );
+                            Readiness::None
+                        }
+                        None => {
+                            if attribute(child, "port").is_none() {
+                                checker.problem(
+                                    &child.position,
+                                    "ready kind \"tcp\" needs port=\"...\"".to_string(),
+                                );
+                            }
+                            Readiness::None
+                        }
+                    },
+                    "notify" => match checker.number::<i32>(
+                        child,
+                        "fd",
+                        "a file descriptor number 3 or more",
+                    ) {
+                        Some(fd) if fd >= 3 => Readiness::Notify { fd },
+                        Some(fd) => {
+                            checker.problem(&child.position, format!("bad fd \"{fd}\" on <ready>: 0-2 are stdin, stdout and stderr: use 3 or more"));
+                            Readiness::None
+                        }
+                        None => {
+                            if attribute(child, "fd").is_none() {
+                                checker.problem(
+                                    &child.position,
+                                    "ready kind \"notify\" needs fd=\"...\"".to_string(),
+                                );
+                            }
+                            Readiness::None
+                        }
+                    },
+                    other => {
+                        checker.problem(
+                            &child.position,
+                            format!("bad ready kind \"{other}\": expected one of none, exit, pidfile, tcp, notify"),
+                        );
+                        Readiness::None
+                    }
+                };
+            }
+            "restart" => {
+                checker.attributes(
+                    child,
+                    &["policy", "backoff-min", "backoff-max", "max", "within"],
+                    &[],
+                );
+                checker.no_children(child);
+                restart_policy_given = attribute(child, "policy").is_some();
+                let restart = &mut definition.restart;
+                restart.policy = checker.choice(
+                    child,
+                    "policy",
+                    &[
+                        ("always", RestartPolicy::Always),
+                        ("on-failure", RestartPolicy::OnFailure),
+                        ("never", RestartPolicy::Never),
+                    ],
+                    restart.policy,
+                );
+                restart.backoff_min = checker.duration(child, "backoff-min", restart.backoff_min);
+                restart.backoff_max = checker.duration(child, "backoff-max", restart.backoff_max);
+                if let Some(max) = checker.number::<u32>(child, "max", "a whole number") {
+                    restart.max = max;
+                }
+                restart.within = checker.duration(child, "within", restart.within);
+                if restart.backoff_min > restart.backoff_max {
+                    checker.problem(
+                        &child.position,
+                        "backoff-min is larger than backoff-max: swap them".to_string(),
+                    );
+                }
+            }
+            "stop" => {
+                checker.attributes(child, &["signal", "timeout"], &[]);
+                checker.no_children(child);
+                definition.stop_signal = checker.signal(child, "signal", definition.stop_signal);
+                definition.stop_timeout =
+                    checker.duration(child, "timeout", definition.stop_timeout);
+            }
+            "reload" => {
+                checker.attributes(child, &["signal"], &["signal"]);
+                checker.no_children(child);
+                definition.reload_signal = Some(checker.signal(child, "signal", libc::SIGHUP));
+            }
+            "user" | "group" | "workdir" => {
+                checker.attributes(child, &[], &[]);
+                checker.no_children(child);
+                let value = child.text.trim().to_string();
+                if value.is_empty() {
+                    checker.problem(&child.position, format!("<{}> is empty", child.name));
+                }
+                match child.name.as_str() {
+                    "user" => definition.user = Some(value),
+                    "group" => definition.group = Some(value),
+                    _ => {
+                        if !value.starts_with('/') {
+                            checker.problem(
+                                &child.position,
+                                format!("workdir \"{value}\" is not absolute"),
+                            );
+                        }
+                        definition.workdir = Some(PathBuf::from(value));
+                    }
+                }
+            }
+            "umask" => {
+                checker.attributes(child, &[], &[]);
+                checker.no_children(child);
+                match parse_octal(&child.text).filter(|umask| *umask <= 0o777) {
+                    Some(umask) => definition.umask = Some(umask),
+                    None => checker.problem(
+                        &child.position,
+                        format!(
+                            "bad umask \"{}\": expected octal like 0022",
+                            child.text.trim()
+                        ),
+                    ),
+                }
+            }
+            "rlimit" => {
+                checker.attributes(child, &["name", "soft", "hard"], &["name"]);
+                checker.no_children(child);
+                let limit_name = attribute(child, "name").unwrap_or_default();
+                if attribute(child, "name").is_some() && !RLIMIT_NAMES.contains(&limit_name) {
+                    checker.problem(
+                        &child.position,
+                        format!(
+                            "bad rlimit name \"{limit_name}\": expected one of {}",
+                            RLIMIT_NAMES.join(", ")
+                        ),
+                    );
+                }
+                let mut limit = |key: &str| -> Option<u64> {
+                    match attribute(child, key) {
+                        Some("unlimited") => Some(u64::MAX),
+                        Some(_) => checker.number::<u64>(child, key, "a whole number or unlimited"),
+                        None => None,
+                    }
+                };
+                let soft = limit("soft");
+                let hard = limit("hard");
+                match (soft, hard) {
+                    (None, None) => checker.problem(
+                        &child.position,
+                        "<rlimit> needs soft=\"...\" or hard=\"...\"".to_string(),
+                    ),
+                    (soft, hard) => {
+                        let soft = soft.or(hard).unwrap_or(u64::MAX);
+                        let hard = hard.unwrap_or(soft);
+                        if soft > hard {
+                            checker.problem(
+                                &child.position,
+                                "rlimit soft is larger than hard".to_string(),
+                            );
+                        }
+                        definition
+                            .rlimits
+                            .push((limit_name.to_string(), soft, hard));
+                    }
+                }
+            }
+            "file" => {
+                checker.attributes(
+                    child,
+                    &["target", "template", "mode", "owner", "group", "on-change"],
+                    &["target", "template"],
+                );
+                checker.no_children(child);
+                let target = attribute(child, "target").unwrap_or_default();
+                if attribute(child, "target").is_some() && !target.starts_with('/') {
+                    checker.problem(
+                        &child.position,
+                        format!("file target \"{target}\" is not absolute"),
+                    );
+                }
+                let mode = match attribute(child, "mode") {
+                    None => 0o644,
+                    Some(mode) => match parse_octal(mode).filter(|mode| *mode <= 0o7777) {
+                        Some(mode) => mode,
+                        None => {
+                            checker.problem(
+                                &child.position,
+                                format!("bad mode \"{mode}\": expected octal like 0644"),
+                            );
+                            0o644
+                        }
+                    },
+                };
+                let on_change = checker.choice(
+                    child,
+                    "on-change",
+                    &[
+                        ("none", OnChange::None),
+                        ("reload", OnChange::Reload),
+                        ("restart", OnChange::Restart),
+                    ],
+                    OnChange::Restart,
+                );
+                definition.files.push(FileTarget {
+                    target: target.to_string(),
+                    template: PathBuf::from(attribute(child, "template").unwrap_or_default()),
+                    mode,
+                    owner: attribute(child, "owner").unwrap_or("root").to_string(),
+                    group: attribute(child, "group").unwrap_or("root").to_string(),
+                    on_change,
+                });
+            }
+            other => checker.problem(
+                &child.position,
+                format!(
+                    "unknown element <{other}> inside <service>: expected one of {}",
+                    CHILD_ELEMENTS.join(", ")
+                ),
+            ),
+        }
+    }
+    if !seen_exec && root.name == "service" {
+        checker.problem(
+            &root.position,
+            "<service> needs an <exec path=\"...\"> element".to_string(),
+        );
+    }
+    if definition.ready == Readiness::Exit && !restart_policy_given {
+        // A oneshot runs once unless told otherwise.
+        definition.restart.policy = RestartPolicy::Never;
+    }
+    let service_position = root.position.clone();
+    Parsed {
+        definition,
+        service_position,
+        needs_positions,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,340 @@
+use super::*;
+
+const WEB: &str = r#"<service name="web" type="service" package="nginx-light">
+  <description>Status page</description>
+  <exec path="/usr/sbin/nginx"><arg>-g</arg><arg>daemon off;</arg></exec>
+  <env name="LANG" value="C.UTF-8"/>
+  <needs>net</needs>
+  <modes>dev test production failover</modes>
+  <ready kind="tcp" port="80" timeout="10s"/>
+  <restart policy="always" backoff-min="100ms" backoff-max="30s" max="5" within="60s"/>
+  <stop signal="TERM" timeout="5s"/>
+  <reload signal="HUP"/>
+  <file target="/etc/nginx/sites-enabled/default" template="site.xsl" mode="0644" on-change="reload"/>
+</service>
+"#;
+
+const NET: &str = r#"<service name="net" type="network">
+  <exec path="/bin/true"/>
+  <ready kind="exit"/>
+</service>
+"#;
+
+struct Tree {
+    root: PathBuf,
+}
+
+impl Tree {
+    fn new(files: &[(&str, &str)]) -> Tree {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "servicedef-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for (name, text) in files {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join(FILE_NAME), text).unwrap();
+        }
+        Tree { root }
+    }
+
+    fn errors(&self) -> String {
+        load_dir(&self.root).unwrap_err().to_string()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn service(name: &str, body: &str) -> String {
+    format!("<service name=\"{name}\">\n  <exec path=\"/bin/sleep\"><arg>100</arg></exec>\n{body}</service>\n")
+}
+
+#[test]
+fn the_issue_example_parses_unchanged() {
+    let tree = Tree::new(&[("web", WEB), ("net", NET)]);
+    let definitions = load_dir(&tree.root).unwrap();
+    assert_eq!(definitions.len(), 2);
+    let web = &definitions[1];
+    assert_eq!(web.name, "web");
+    assert_eq!(web.service_type, ServiceType::Service);
+    assert_eq!(web.packages, vec!["nginx-light"]);
+    assert_eq!(web.description, "Status page");
+    assert_eq!(web.exec.path, PathBuf::from("/usr/sbin/nginx"));
+    assert_eq!(web.exec.args, vec!["-g", "daemon off;"]);
+    assert_eq!(web.env, vec![("LANG".to_string(), "C.UTF-8".to_string())]);
+    assert_eq!(web.needs, vec!["net"]);
+    assert_eq!(web.modes, vec!["dev", "test", "production", "failover"]);
+    assert_eq!(web.ready, Readiness::Tcp { port: 80 });
+    assert_eq!(web.ready_timeout, Duration::from_secs(10));
+    assert_eq!(
+        web.restart,
+        Restart {
+            policy: RestartPolicy::Always,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            max: 5,
+            within: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(web.stop_signal, libc::SIGTERM);
+    assert_eq!(web.stop_timeout, Duration::from_secs(5));
+    assert_eq!(web.reload_signal, Some(libc::SIGHUP));
+    assert_eq!(web.files.len(), 1);
+    assert_eq!(web.files[0].target, "/etc/nginx/sites-enabled/default");
+    assert_eq!(web.files[0].template, PathBuf::from("site.xsl"));
+    assert_eq!(web.files[0].mode, 0o644);
+    assert_eq!(web.files[0].on_change, OnChange::Reload);
+    assert_eq!(web.dir, tree.root.join("web"));
+    assert_eq!(web.line, 1);
+    let net = &definitions[0];
+    assert_eq!(net.ready, Readiness::Exit);
+    assert_eq!(
+        net.restart.policy,
+        RestartPolicy::Never,
+        "a oneshot defaults to never"
+    );
+}
+
+#[test]
+fn every_optional_element_parses() {
+    let text = service(
+        "full",
+        r#"  <package os="freebsd">nginx</package>
+  <package>extra</package>
+  <start-on event="started:net"/>
+  <start-on event="custom"/>
+  <ready kind="notify" fd="3"/>
+  <user>www-data</user>
+  <group>adm</group>
+  <workdir>/var/www</workdir>
+  <umask>0027</umask>
+  <rlimit name="nofile" soft="1024" hard="4096"/>
+  <rlimit name="core" soft="unlimited"/>
+"#,
+    );
+    let definition = parse_str(Path::new("/x/full/service.xml"), &text).unwrap();
+    assert_eq!(definition.freebsd_packages, vec!["nginx"]);
+    assert_eq!(definition.packages, vec!["extra"]);
+    assert_eq!(definition.start_on, vec!["started:net", "custom"]);
+    assert_eq!(definition.ready, Readiness::Notify { fd: 3 });
+    assert_eq!(definition.user.as_deref(), Some("www-data"));
+    assert_eq!(definition.group.as_deref(), Some("adm"));
+    assert_eq!(definition.workdir, Some(PathBuf::from("/var/www")));
+    assert_eq!(definition.umask, Some(0o027));
+    assert_eq!(
+        definition.rlimits,
+        vec![
+            ("nofile".to_string(), 1024, 4096),
+            ("core".to_string(), u64::MAX, u64::MAX)
+        ]
+    );
+    assert_eq!(definition.dir, PathBuf::from("/x/full"));
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
+    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    for bad in ["10", "s", "", "1.5s", "-1s", "10 s", "10sec", "ten"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn signals() {
+    assert_eq!(signal_number("TERM"), Some(libc::SIGTERM));
+    assert_eq!(signal_number("SIGHUP"), Some(libc::SIGHUP));
+    assert_eq!(signal_number("USR1"), Some(libc::SIGUSR1));
+    assert_eq!(signal_number("TERMINATE"), None);
+    assert_eq!(signal_name(libc::SIGKILL), Some("KILL"));
+}
+
+#[test]
+fn malformed_xml_names_file_line_and_column() {
+    let tree = Tree::new(&[(
+        "bad",
+        "<service name=\"bad\">\n  <exec path=\"/bin/true\">\n</service>\n",
+    )]);
+    let errors = tree.errors();
+    let file = tree.root.join("bad/service.xml");
+    assert!(
+        errors.starts_with(&format!("{}:3:", file.display())),
+        "{errors}"
+    );
+    assert!(errors.contains("malformed XML"), "{errors}");
+}
+
+#[test]
+fn unclosed_element_is_reported() {
+    let tree = Tree::new(&[(
+        "bad",
+        "<service name=\"bad\">\n  <exec path=\"/bin/true\"/>\n",
+    )]);
+    let errors = tree.errors();
+    assert!(errors.contains("malformed XML"), "{errors}");
+    assert!(errors.contains("<service>"), "{errors}");
+}
+
+#[test]
+fn unknown_elements_and_attributes_are_reported_together() {
+    let text = "<service name=\"one\" colour=\"red\">\n  <exec path=\"/bin/true\"/>\n  <frobnicate/>\n  <stop signal=\"TERM\" grace=\"1s\"/>\n</service>\n";
+    let tree = Tree::new(&[("one", text)]);
+    let errors = tree.errors();
+    let file = tree.root.join("one/service.xml").display().to_string();
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), 3, "{errors}");
+    assert!(
+        lines[0].starts_with(&format!("{file}:1:1: unknown attribute \"colour\"")),
+        "{errors}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}:3:3: unknown element <frobnicate>")),
+        "{errors}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{file}:4:3: unknown attribute \"grace\"")),
+        "{errors}"
+    );
+}
+
+#[test]
+fn bad_durations_and_signals_are_reported() {
+    let text = service(
+        "one",
+        "  <stop signal=\"TERMINATE\" timeout=\"5 seconds\"/>\n  <restart backoff-min=\"10\"/>\n",
+    );
+    let tree = Tree::new(&[("one", &text)]);
+    let errors = tree.errors();
+    let file = tree.root.join("one/service.xml").display().to_string();
+    assert!(
+        errors.contains(&format!("{file}:3:3: bad signal name \"TERMINATE\"")),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(&format!("{file}:3:3: bad duration \"5 seconds\"")),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(&format!("{file}:4:3: bad duration \"10\"")),
+        "{errors}"
+    );
+}
+
+#[test]
+fn bad_enumerations_are_reported() {
+    let text = "<service name=\"one\" type=\"daemon\">\n  <exec path=\"bin/true\"/>\n  <ready kind=\"socket\"/>\n  <restart policy=\"sometimes\"/>\n</service>\n";
+    let tree = Tree::new(&[("one", text)]);
+    let errors = tree.errors();
+    assert!(errors.contains(":1:1: bad type \"daemon\""), "{errors}");
+    assert!(
+        errors.contains(":2:3: exec path \"bin/true\" is not absolute"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(":3:3: bad ready kind \"socket\""),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(":4:3: bad policy \"sometimes\""),
+        "{errors}"
+    );
+}
+
+#[test]
+fn missing_exec_is_reported() {
+    let tree = Tree::new(&[("one", "<service name=\"one\"/>")]);
+    assert!(
+        tree.errors().contains(":1:1: <service> needs an <exec"),
+        "{}",
+        tree.errors()
+    );
+}
+
+#[test]
+fn duplicate_names_are_reported() {
+    let tree = Tree::new(&[("one", &service("one", "")), ("two", &service("one", ""))]);
+    let errors = tree.errors();
+    assert!(
+        errors.contains("duplicate service name \"one\""),
+        "{errors}"
+    );
+    assert!(errors.contains("two/service.xml:1:1"), "{errors}");
+}
+
+#[test]
+fn needs_on_unknown_service_is_reported_at_the_needs_line() {
+    let tree = Tree::new(&[("one", &service("one", "  <needs>ghost</needs>\n"))]);
+    let errors = tree.errors();
+    assert!(
+        errors
+            .contains("one/service.xml:3:3: service \"one\" needs \"ghost\", which does not exist"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_cycle_is_refused_and_named() {
+    let tree = Tree::new(&[
+        ("a", &service("a", "  <needs>b</needs>\n")),
+        ("b", &service("b", "  <needs>c</needs>\n")),
+        ("c", &service("c", "  <needs>a</needs>\n")),
+        ("d", &service("d", "  <needs>a</needs>\n")),
+        ("e", &service("e", "  <needs>e</needs>\n")),
+    ]);
+    let errors = tree.errors();
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), 2, "{errors}");
+    assert!(
+        lines[0].contains("dependency cycle: a -> b -> c -> a"),
+        "{errors}"
+    );
+    assert!(lines[1].contains("dependency cycle: e -> e"), "{errors}");
+}
+
+#[test]
+fn all_problems_of_all_files_are_reported_at_once() {
+    let tree = Tree::new(&[
+        (
+            "a",
+            "<service name=\"a\"><exec path=\"/bin/true\"/><oops/></service>",
+        ),
+        (
+            "b",
+            "<service name=\"b\"><exec path=\"/bin/true\"></service>",
+        ),
+        ("c", &service("c", "  <needs>zzz</needs>\n")),
+    ]);
+    let errors = tree.errors();
+    assert_eq!(errors.lines().count(), 3, "{errors}");
+}
+
+#[test]
+fn directory_name_must_match() {
+    let tree = Tree::new(&[("web", &service("www", ""))]);
+    assert!(
+        tree.errors().contains("differs from its directory name"),
+        "{}",
+        tree.errors()
+    );
+}
+
+#[test]
+fn start_order_puts_needs_first() {
+    let tree = Tree::new(&[
+        ("a", &service("a", "  <needs>c b</needs>\n")),
+        ("b", &service("b", "  <needs>c</needs>\n")),
+        ("c", &service("c", "")),
+        ("d", &service("d", "")),
+    ]);
+    let definitions = load_dir(&tree.root).unwrap();
+    assert_eq!(start_order(&definitions), vec!["c", "d", "b", "a"]);
+    assert!(check_definitions(&definitions).is_ok());
+}
