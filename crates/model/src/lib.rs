@@ -1,1 +1,212 @@
-//! model
+//! The nodows data model and its layering.
+//!
+//! A model holds keys and values per service in three kinds of layers:
+//! `defaults`, one `profile` per mode and one `server` per server id.
+//! [`Model::effective`] layers them (defaults, then the profile, then the
+//! server) into the [`Effective`] document that every template sees.
+//!
+//! Two sources give the same model: an XML file (see [`Model::from_xml`]) and
+//! an SQLite database (see [`Model::from_sqlite`], selected with
+//! `sqlite:PATH` by [`Model::load`]).
+//! The XML reader refuses any DTD, so external entities (XXE) cannot exist.
+
+mod sqlite;
+mod xml;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Everything that can go wrong while reading or layering a model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: cannot read the model: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// One or more problems, each already formatted as `file:line: message`.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    #[error("{source_name}: unknown profile `{name}` (the model has: {known}); add <profile name=\"{name}\"> or pick another mode")]
+    UnknownProfile {
+        source_name: String,
+        name: String,
+        known: String,
+    },
+    #[error("{source_name}: unknown server `{name}` (the model has: {known}); add <server id=\"{name}\"> or pick another server id")]
+    UnknownServer {
+        source_name: String,
+        name: String,
+        known: String,
+    },
+    #[error("{path}: sqlite: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+/// Where a value or service came from, for messages: `file:line` for XML,
+/// `sqlite:PATH: table setting rowid N` for SQLite.
+pub type Location = String;
+
+/// The keys of one service in one layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceKeys {
+    pub keys: BTreeMap<String, String>,
+}
+
+/// One layer: service name to its keys.
+pub type Layer = BTreeMap<String, ServiceKeys>;
+
+/// A parsed model: the layers as written, before layering.
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    /// How the source is named in messages (the file path or `sqlite:PATH`).
+    pub source_name: String,
+    pub defaults: Layer,
+    pub profiles: BTreeMap<String, Layer>,
+    pub servers: BTreeMap<String, Layer>,
+    /// Every place a service is named, in source order (for "no definition"
+    /// checks by the renderer).
+    pub service_mentions: Vec<(String, Location)>,
+}
+
+/// The effective document for one (server, profile): every service's keys
+/// after layering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    pub server: Option<String>,
+    pub profile: String,
+    pub services: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Model {
+    /// Reads `sqlite:PATH` as an SQLite database and anything else as an XML
+    /// file.
+    pub fn load(spec: &str) -> Result<Model, Error> {
+        match spec.strip_prefix("sqlite:") {
+            Some(path) => Model::from_sqlite(Path::new(path)),
+            None => {
+                let text = std::fs::read_to_string(spec).map_err(|source| Error::Io {
+                    path: spec.to_string(),
+                    source,
+                })?;
+                Model::from_xml(&text, spec)
+            }
+        }
+    }
+
+    /// Parses the XML form; `source_name` is used in messages.
+    pub fn from_xml(text: &str, source_name: &str) -> Result<Model, Error> {
+        xml::parse(text, source_name)
+    }
+
+    /// Reads the SQLite form (read-only).
+    pub fn from_sqlite(path: &Path) -> Result<Model, Error> {
+        sqlite::read(path)
+    }
+
+    /// Layers defaults, then `profile`, then `server` (if given).
+    pub fn effective(&self, server: Option<&str>, profile: &str) -> Result<Effective, Error> {
+        let profile_layer = self
+            .profiles
+            .get(profile)
+            .ok_or_else(|| Error::UnknownProfile {
+                source_name: self.source_name.clone(),
+                name: profile.to_string(),
+                known: known(self.profiles.keys()),
+            })?;
+        let server_layer = match server {
+            None => None,
+            Some(id) => Some(self.servers.get(id).ok_or_else(|| Error::UnknownServer {
+                source_name: self.source_name.clone(),
+                name: id.to_string(),
+                known: known(self.servers.keys()),
+            })?),
+        };
+        let mut services: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for layer in [Some(&self.defaults), Some(profile_layer), server_layer]
+            .into_iter()
+            .flatten()
+        {
+            for (service, service_keys) in layer {
+                let keys = services.entry(service.clone()).or_default();
+                for (key, value) in &service_keys.keys {
+                    keys.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        Ok(Effective {
+            server: server.map(str::to_string),
+            profile: profile.to_string(),
+            services,
+        })
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+impl Effective {
+    /// The effective document as XML, the input of every template:
+    ///
+    /// ```xml
+    /// <model server="web01" profile="dev">
+    ///   <service name="web">
+    ///     <key name="port">8080</key>
+    ///   </service>
+    /// </model>
+    /// ```
+    ///
+    /// Services and keys are sorted by name; `server` is absent when no
+    /// server was selected.
+    pub fn to_xml(&self) -> String {
+        let mut out = String::with_capacity(64 + self.services.len() * 64);
+        out.push_str("<model");
+        if let Some(server) = &self.server {
+            let _ = write!(out, " server=\"{}\"", escape(server));
+        }
+        let _ = writeln!(out, " profile=\"{}\">", escape(&self.profile));
+        for (service, keys) in &self.services {
+            let _ = writeln!(out, "  <service name=\"{}\">", escape(service));
+            for (key, value) in keys {
+                let _ = writeln!(
+                    out,
+                    "    <key name=\"{}\">{}</key>",
+                    escape(key),
+                    escape(value)
+                );
+            }
+            out.push_str("  </service>\n");
+        }
+        out.push_str("</model>\n");
+        out
+    }
+}
+
+/// Escapes text for element content and double-quoted attributes.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
