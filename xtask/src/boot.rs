@@ -1,8 +1,174 @@
-//! `cargo xtask boot`.
+//! `cargo xtask boot`: boots a built image in QEMU on this terminal's serial console.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::qemu::{self, Accel, Disk, DiskFormat, Firmware, VmConfig};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Image name (a file in images/).
+    #[arg(long, default_value = "debian")]
+    pub image: String,
+    /// Profile name (a file in profiles/).
+    #[arg(long, default_value = "dev")]
+    pub profile: String,
+    /// Boot the raw GPT disk through OVMF, as a bare-metal machine would.
+    #[arg(long)]
+    pub uefi: bool,
+    /// QEMU accelerator: auto probes KVM and falls back to TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: Accel,
+    /// Extra kernel command line words (direct-kernel boot only), e.g. nodows.server=web2.
+    #[arg(long, value_name = "WORDS")]
+    pub append: Option<String>,
+    /// Output directory the image was built into (default: images/out).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask boot is not implemented yet")
+/// What `cargo xtask image` wrote for one image and profile.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    pub name: String,
+    pub dir: PathBuf,
+    /// The raw GPT disk (what is written to a real disk).
+    pub raw: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line of a direct-kernel boot (root= included).
+    pub cmdline: String,
+}
+
+impl BuiltImage {
+    /// Finds the outputs of `cargo xtask image --image IMAGE --profile PROFILE`.
+    pub fn find(out: Option<&Path>, image: &str, profile: &str) -> anyhow::Result<BuiltImage> {
+        let out = out
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| qemu::workspace_root().join("images/out"));
+        let name = format!("{image}-{profile}");
+        let dir = out.join(&name);
+        let build = format!("cargo xtask image --image {image} --profile {profile}");
+        if !dir.is_dir() {
+            bail!(
+                "{}: image {name} is not built yet: run `{build}`",
+                dir.display()
+            );
+        }
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{}: cannot read", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        let named = |test: &dyn Fn(&str) -> bool| -> Option<PathBuf> {
+            let mut matches: Vec<&PathBuf> = files
+                .iter()
+                .filter(|path| {
+                    path.file_name()
+                        .and_then(|name| name.to_str())
+                        .is_some_and(test)
+                })
+                .collect();
+            matches.sort();
+            matches.first().map(|path| path.to_path_buf())
+        };
+        let raw = named(&|file| {
+            file.ends_with(".raw") || file.ends_with(".img") && !file.starts_with("initrd")
+        })
+        .with_context(|| {
+            format!(
+                "{}: no raw disk image (.raw); rebuild with `{build}`",
+                dir.display()
+            )
+        })?;
+        let kernel = named(&|file| file.starts_with("vmlinuz")).with_context(|| {
+            format!(
+                "{}: no kernel (vmlinuz*) for a direct boot; rebuild with `{build}`",
+                dir.display()
+            )
+        })?;
+        let initrd = named(&|file| file.starts_with("initrd"));
+        let cmdline_path =
+            named(&|file| file == "cmdline" || file == "cmdline.txt").with_context(|| {
+                format!(
+                    "{}: no kernel command line file (cmdline); rebuild with `{build}`",
+                    dir.display()
+                )
+            })?;
+        let cmdline = std::fs::read_to_string(&cmdline_path)
+            .with_context(|| format!("{}: cannot read", cmdline_path.display()))?
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(BuiltImage {
+            name,
+            dir,
+            raw,
+            kernel,
+            initrd,
+            cmdline,
+        })
+    }
+
+    /// A machine that boots this image: direct-kernel or through OVMF.
+    pub fn config(
+        &self,
+        name: &str,
+        uefi: bool,
+        extra_cmdline: &str,
+        work_root: &Path,
+    ) -> VmConfig {
+        let firmware = if uefi {
+            Firmware::Uefi
+        } else {
+            let mut cmdline = self.cmdline.clone();
+            if !cmdline
+                .split_whitespace()
+                .any(|word| word.starts_with("console="))
+            {
+                cmdline.push_str(" console=ttyS0");
+            }
+            if !extra_cmdline.trim().is_empty() {
+                cmdline.push(' ');
+                cmdline.push_str(extra_cmdline.trim());
+            }
+            Firmware::DirectKernel {
+                kernel: self.kernel.clone(),
+                initrd: self.initrd.clone(),
+                cmdline,
+            }
+        };
+        let mut config = VmConfig::new(name, firmware, work_root);
+        config.disk = Some(Disk::Fresh {
+            image: self.raw.clone(),
+            format: DiskFormat::of(&self.raw),
+        });
+        config.memory_mib = 1024;
+        config
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    qemu::ensure_qemu_installed()?;
+    let built = BuiltImage::find(args.out.as_deref(), &args.image, &args.profile)?;
+    if args.uefi && args.append.is_some() {
+        bail!("--append needs a direct-kernel boot: the boot loader on the disk decides the command line under --uefi");
+    }
+    let work_root = qemu::target_dir()?.join("qemu-boot");
+    let _ = std::fs::remove_dir_all(work_root.join(&built.name));
+    let mut config = built.config(
+        &built.name,
+        args.uefi,
+        args.append.as_deref().unwrap_or(""),
+        &work_root,
+    );
+    config.accel = args.accel;
+    config.forward_tcp = vec![22, 80];
+    // The probe uses the image's kernel even under --uefi.
+    qemu::resolve_accel(args.accel, Some(&built.kernel));
+    let status = qemu::run_interactive(&config)?;
+    if !status.success() {
+        bail!("qemu exited with {status}");
+    }
+    Ok(())
 }

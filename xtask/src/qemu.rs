@@ -1,0 +1,1199 @@
+//! The QEMU harness: boots an image (or the harness fixture) and gives tests
+//! the verbs of the NixOS test driver: `start`, `wait_for_console_text`,
+//! `wait_for_ready`, `wait_for_service`, `wait_for_open_port`, `succeed`,
+//! `fail`, `shutdown`.
+//!
+//! QEMU runs as a child process (std::process, so it can be killed on drop).
+//! The serial console is QEMU's stdio: a thread copies it into a log file and
+//! a buffer that the waits search. The built image is never written: every
+//! boot gets a fresh qcow2 overlay backed by it. The network is QEMU's
+//! user-mode network with host forwards bound to 127.0.0.1 only. The test
+//! agent (ARCHITECTURE.md, "The test agent") is reached through a
+//! virtio-serial port named `org.nodows.agent` on a unix socket.
+
+pub mod fixture;
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Default time for one agent command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many lines of the serial log a failure shows.
+const LOG_TAIL_LINES: usize = 80;
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+pub const AGENT_PORT_NAME: &str = "org.nodows.agent";
+const AGENT_EXIT_MARKER: &str = "@@nodows-agent-exit=";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// Probe KVM with a tiny guest and fall back to TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    fn qemu_name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Auto | Accel::Tcg => "tcg",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    pub fn of(path: &Path) -> DiskFormat {
+        match path.extension().and_then(|extension| extension.to_str()) {
+            Some("qcow2") => DiskFormat::Qcow2,
+            _ => DiskFormat::Raw,
+        }
+    }
+}
+
+/// The disk of a boot.
+#[derive(Clone, Debug)]
+pub enum Disk {
+    /// A fresh qcow2 overlay backed by this image (never written).
+    Fresh { image: PathBuf, format: DiskFormat },
+    /// An overlay left by an earlier boot (to boot the same disk again).
+    Overlay(PathBuf),
+}
+
+/// How the machine boots.
+#[derive(Clone, Debug)]
+pub enum Firmware {
+    /// QEMU loads the kernel and initrd itself (fast, no boot loader).
+    DirectKernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// OVMF boots the raw GPT disk as a bare-metal machine would.
+    Uefi,
+}
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Names the work directory (logs, overlay, sockets).
+    pub name: String,
+    pub disk: Option<Disk>,
+    pub firmware: Firmware,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Guest TCP ports forwarded from free host ports on 127.0.0.1.
+    pub forward_tcp: Vec<u16>,
+    /// Adds the virtio-serial port of the test agent.
+    pub agent: bool,
+    /// Where the work directory is created.
+    pub work_root: PathBuf,
+}
+
+impl VmConfig {
+    pub fn new(name: &str, firmware: Firmware, work_root: &Path) -> VmConfig {
+        VmConfig {
+            name: name.to_string(),
+            disk: None,
+            firmware,
+            accel: Accel::Auto,
+            memory_mib: 512,
+            cpus: 1,
+            forward_tcp: Vec::new(),
+            agent: true,
+            work_root: work_root.to_path_buf(),
+        }
+    }
+}
+
+/// Text the console is searched for: a substring or a regular expression.
+#[derive(Clone, Debug)]
+pub enum Pattern {
+    Text(String),
+    Regex(regex_lite::Regex),
+}
+
+impl Pattern {
+    pub fn regex(pattern: &str) -> Pattern {
+        Pattern::Regex(regex_lite::Regex::new(pattern).expect("a valid regular expression"))
+    }
+
+    fn find_line<'a>(&self, text: &'a str) -> Option<&'a str> {
+        text.split('\n')
+            .map(|line| line.trim_end_matches('\r'))
+            .find(|line| match self {
+                Pattern::Text(needle) => line.contains(needle.as_str()),
+                Pattern::Regex(regex) => regex.is_match(line),
+            })
+    }
+}
+
+impl From<&str> for Pattern {
+    fn from(text: &str) -> Pattern {
+        Pattern::Text(text.to_string())
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Text(text) => write!(f, "`{text}`"),
+            Pattern::Regex(regex) => write!(f, "/{}/", regex.as_str()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ConsoleState {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+/// The serial console as captured so far.
+#[derive(Default)]
+struct Console {
+    state: Mutex<ConsoleState>,
+    changed: Condvar,
+}
+
+/// A running QEMU. Killed on drop; its work directory (serial log, QEMU's
+/// stderr, overlay) stays for inspection.
+pub struct Vm {
+    name: String,
+    work_dir: PathBuf,
+    serial_log: PathBuf,
+    qemu_stderr: PathBuf,
+    overlay: Option<PathBuf>,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    console: Arc<Console>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    forwards: Vec<(u16, u16)>,
+    agent_socket: Option<PathBuf>,
+    agent: Option<UnixStream>,
+    detached: Vec<UnixStream>,
+    exit_status: Option<ExitStatus>,
+    started: Instant,
+}
+
+/// Fails with the name of the package to install when QEMU is missing.
+pub fn require_qemu() -> anyhow::Result<()> {
+    for (program, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+    ] {
+        if find_program(program).is_none() {
+            bail!(
+                "{program} is not installed: run `apt-get install --yes --no-install-recommends {package}` as root"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Installs QEMU with apt when it is missing and we are root; otherwise names it.
+pub fn ensure_qemu_installed() -> anyhow::Result<()> {
+    if require_qemu().is_ok() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("nodows: installing qemu-system-x86 and qemu-utils with apt-get");
+        let status = Command::new("apt-get")
+            .args([
+                "install",
+                "--yes",
+                "--no-install-recommends",
+                "qemu-system-x86",
+                "qemu-utils",
+                "ovmf",
+            ])
+            .status()
+            .context("running apt-get install")?;
+        if !status.success() {
+            bail!("apt-get install qemu-system-x86 qemu-utils ovmf failed ({status})");
+        }
+    }
+    require_qemu()
+}
+
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Resolves `auto` once per process: KVM when a tiny guest runs under it, TCG otherwise.
+/// The probe guest is `kernel` (it must print its banner within seconds) or,
+/// without one, a boot sector that writes to the serial port.
+pub fn resolve_accel(accel: Accel, kernel: Option<&Path>) -> Accel {
+    static PROBED: OnceLock<Accel> = OnceLock::new();
+    match accel {
+        Accel::Kvm | Accel::Tcg => accel,
+        Accel::Auto => *PROBED.get_or_init(|| {
+            if std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_err()
+            {
+                eprintln!("nodows: /dev/kvm is not usable, using tcg (slower)");
+                return Accel::Tcg;
+            }
+            match probe(Accel::Kvm, kernel, Duration::from_secs(5)) {
+                Ok(()) => Accel::Kvm,
+                Err(error) => {
+                    eprintln!("nodows: kvm does not work here ({error}), using tcg (slower)");
+                    Accel::Tcg
+                }
+            }
+        }),
+    }
+}
+
+/// Runs the probe guest under `accel`; Ok when it finished in time.
+pub fn probe(accel: Accel, kernel: Option<&Path>, timeout: Duration) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("nodows-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut command = Command::new("qemu-system-x86_64");
+    command.args(["-accel", accel.qemu_name(), "-m", "128", "-display", "none"]);
+    command.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]);
+    let expected = match kernel {
+        Some(kernel) => {
+            // No root file system: the kernel panics and, with panic=-1 and
+            // -no-reboot, QEMU exits.
+            command.arg("-kernel").arg(kernel);
+            command.args(["-append", "console=ttyS0 panic=-1 loglevel=4"]);
+            "Kernel panic"
+        }
+        None => {
+            let boot_sector = dir.join("probe.img");
+            std::fs::write(&boot_sector, probe_boot_sector())?;
+            command.args([
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-drive",
+            ]);
+            command.arg(format!(
+                "file={},format=raw,if=floppy",
+                boot_sector.display()
+            ));
+            "K"
+        }
+    };
+    let output_path = dir.join("serial");
+    command
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&output_path)?)
+        .stderr(Stdio::null());
+    let mut child = command.spawn().context("starting qemu-system-x86_64")?;
+    let deadline = Instant::now() + timeout;
+    let finished = loop {
+        if child.try_wait()?.is_some() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read(&output_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    if !finished {
+        bail!(
+            "the probe guest did not finish within {}s",
+            timeout.as_secs()
+        );
+    }
+    if !String::from_utf8_lossy(&output).contains(expected) {
+        bail!("the probe guest printed nothing");
+    }
+    Ok(())
+}
+
+/// A boot sector that writes "K\n" to COM1 and exits through isa-debug-exit.
+fn probe_boot_sector() -> Vec<u8> {
+    let code: [u8; 18] = [
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xB0, b'K', 0xEE, // mov al, 'K'; out dx, al
+        0xB0, b'\n', 0xEE, // mov al, '\n'; out dx, al
+        0xBA, 0xF4, 0x00, // mov dx, 0xf4
+        0xB0, 0x00, 0xEE, // mov al, 0; out dx, al (QEMU exits)
+        0xF4, 0xEB, 0xFD, // hlt; jmp hlt
+    ];
+    let mut sector = code.to_vec();
+    sector.resize(510, 0);
+    sector.extend_from_slice(&[0x55, 0xAA]);
+    sector
+}
+
+/// The workspace root (the xtask lives in `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the xtask is one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Cargo's target directory, as `cargo metadata` says (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    static TARGET: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(target) = TARGET.get() {
+        return Ok(target.clone());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace_root())
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let target = PathBuf::from(
+        metadata["target_directory"]
+            .as_str()
+            .context("cargo metadata printed no target_directory")?,
+    );
+    Ok(TARGET.get_or_init(|| target).clone())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Creates a qcow2 overlay of `image` at `overlay`.
+pub fn create_overlay(image: &Path, format: DiskFormat, overlay: &Path) -> anyhow::Result<()> {
+    let image = std::fs::canonicalize(image)
+        .with_context(|| format!("{}: no such image", image.display()))?;
+    let output = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(&image)
+        .args(["-F", format.name()])
+        .arg(overlay)
+        .output()
+        .context("running qemu-img create")?;
+    if !output.status.success() {
+        bail!(
+            "qemu-img create of an overlay of {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The QEMU arguments of a boot, for tests (`-serial` and the work files included).
+fn qemu_args(
+    config: &VmConfig,
+    accel: Accel,
+    work_dir: &Path,
+    overlay: Option<&Path>,
+    forwards: &[(u16, u16)],
+    agent_socket: Option<&Path>,
+    interactive: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|item| item.to_string()));
+    push(&[
+        "-name",
+        &config.name,
+        "-machine",
+        "q35",
+        "-accel",
+        accel.qemu_name(),
+    ]);
+    push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
+    push(&[
+        "-m",
+        &config.memory_mib.to_string(),
+        "-smp",
+        &config.cpus.to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+    ]);
+    if interactive {
+        // Ctrl-a x quits, Ctrl-a c switches to the monitor.
+        push(&["-serial", "mon:stdio"]);
+    } else {
+        push(&["-serial", "stdio", "-monitor", "none"]);
+    }
+    match &config.firmware {
+        Firmware::DirectKernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            push(&["-kernel", &kernel.display().to_string()]);
+            if let Some(initrd) = initrd {
+                push(&["-initrd", &initrd.display().to_string()]);
+            }
+            push(&["-append", cmdline]);
+        }
+        Firmware::Uefi => {
+            let vars = work_dir.join("OVMF_VARS.fd");
+            std::fs::copy(OVMF_VARS, &vars)
+                .with_context(|| format!("{OVMF_VARS}: cannot copy (install the ovmf package)"))?;
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            ]);
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+    }
+    if let Some(overlay) = overlay {
+        push(&[
+            "-drive",
+            &format!("file={},format=qcow2,if=virtio", overlay.display()),
+        ]);
+    }
+    let mut netdev = "user,id=net0".to_string();
+    for (guest, host) in forwards {
+        write!(netdev, ",hostfwd=tcp:127.0.0.1:{host}-:{guest}").expect("writing to a String");
+    }
+    push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+    if let Some(socket) = agent_socket {
+        push(&["-device", "virtio-serial-pci,id=virtio-serial0"]);
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                socket.display()
+            ),
+        ]);
+        push(&[
+            "-device",
+            &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+        ]);
+    }
+    push(&["-device", "virtio-rng-pci"]);
+    Ok(args)
+}
+
+/// Boots interactively: the serial console on this terminal until QEMU exits.
+pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
+    let accel = resolve_accel(config.accel, kernel_of(&config.firmware));
+    let work_dir = make_work_dir(&config.work_root, &config.name)?;
+    let overlay = prepare_disk(config, &work_dir)?;
+    let forwards = config
+        .forward_tcp
+        .iter()
+        .map(|guest| Ok((*guest, free_port()?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let agent_socket = config.agent.then(|| work_dir.join("agent.sock"));
+    let args = qemu_args(
+        config,
+        accel,
+        &work_dir,
+        overlay.as_deref(),
+        &forwards,
+        agent_socket.as_deref(),
+        true,
+    )?;
+    for (guest, host) in &forwards {
+        eprintln!("nodows: guest port {guest} is 127.0.0.1:{host}");
+    }
+    eprintln!(
+        "nodows: booting {} with {} (Ctrl-a x quits)",
+        config.name,
+        accel.qemu_name()
+    );
+    let status = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .status()
+        .context("starting qemu-system-x86_64")?;
+    Ok(status)
+}
+
+fn kernel_of(firmware: &Firmware) -> Option<&Path> {
+    match firmware {
+        Firmware::DirectKernel { kernel, .. } => Some(kernel),
+        Firmware::Uefi => None,
+    }
+}
+
+fn make_work_dir(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("{}: cannot create", root.display()))?;
+    for attempt in 0.. {
+        let candidate = if attempt == 0 {
+            root.join(name)
+        } else {
+            root.join(format!("{name}.{attempt}"))
+        };
+        match std::fs::create_dir(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("{}: cannot create", candidate.display()))
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn prepare_disk(config: &VmConfig, work_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    match &config.disk {
+        None => Ok(None),
+        Some(Disk::Overlay(path)) => Ok(Some(path.clone())),
+        Some(Disk::Fresh { image, format }) => {
+            let overlay = work_dir.join("disk.qcow2");
+            create_overlay(image, *format, &overlay)?;
+            Ok(Some(overlay))
+        }
+    }
+}
+
+impl Vm {
+    /// Starts QEMU (the NixOS driver's `start`).
+    pub fn start(config: &VmConfig) -> anyhow::Result<Vm> {
+        require_qemu()?;
+        let accel = resolve_accel(config.accel, kernel_of(&config.firmware));
+        let work_dir = make_work_dir(&config.work_root, &config.name)?;
+        let overlay = prepare_disk(config, &work_dir)?;
+        let forwards = config
+            .forward_tcp
+            .iter()
+            .map(|guest| Ok((*guest, free_port()?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let agent_socket = config.agent.then(|| work_dir.join("agent.sock"));
+        let args = qemu_args(
+            config,
+            accel,
+            &work_dir,
+            overlay.as_deref(),
+            &forwards,
+            agent_socket.as_deref(),
+            false,
+        )?;
+        let serial_log = work_dir.join("serial.log");
+        let qemu_stderr = work_dir.join("qemu.stderr");
+        std::fs::write(work_dir.join("qemu.args"), args.join("\n") + "\n")?;
+        let started = Instant::now();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&qemu_stderr)?)
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let console = Arc::new(Console::default());
+        let mut log = std::fs::File::create(&serial_log)
+            .with_context(|| format!("{}: cannot create", serial_log.display()))?;
+        let reader = {
+            let console = Arc::clone(&console);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 8192];
+                loop {
+                    let count = match stdout.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(count) => count,
+                    };
+                    let _ = log.write_all(&buffer[..count]);
+                    let _ = log.flush();
+                    let mut state = console.state.lock().expect("console lock");
+                    state.bytes.extend_from_slice(&buffer[..count]);
+                    console.changed.notify_all();
+                }
+                let mut state = console.state.lock().expect("console lock");
+                state.closed = true;
+                console.changed.notify_all();
+            })
+        };
+        Ok(Vm {
+            name: config.name.clone(),
+            work_dir,
+            serial_log,
+            qemu_stderr,
+            overlay,
+            child,
+            stdin,
+            console,
+            reader: Some(reader),
+            forwards,
+            agent_socket,
+            agent: None,
+            detached: Vec::new(),
+            exit_status: None,
+            started,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// The qcow2 overlay of this boot, to boot the same disk again.
+    pub fn overlay(&self) -> Option<&Path> {
+        self.overlay.as_deref()
+    }
+
+    /// Time since QEMU was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The host port (on 127.0.0.1) that forwards to `guest_port`.
+    pub fn host_port(&self, guest_port: u16) -> u16 {
+        self.forwards
+            .iter()
+            .find(|(guest, _)| *guest == guest_port)
+            .map(|(_, host)| *host)
+            .unwrap_or_else(|| panic!("guest port {guest_port} is not forwarded"))
+    }
+
+    /// Everything the serial console printed so far.
+    pub fn console_text(&self) -> String {
+        let state = self.console.state.lock().expect("console lock");
+        String::from_utf8_lossy(&state.bytes).into_owned()
+    }
+
+    /// A position in the console output, for `wait_for_console_text_since`.
+    pub fn console_mark(&self) -> usize {
+        self.console.state.lock().expect("console lock").bytes.len()
+    }
+
+    /// Writes to the serial console (as typed on it).
+    pub fn send_console(&mut self, text: &str) -> anyhow::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the serial console is closed")?;
+        stdin.write_all(text.as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for a console line matching `pattern` anywhere in the output; returns the line.
+    pub fn wait_for_console_text(
+        &mut self,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.wait_for_console_text_since(0, pattern, timeout)
+    }
+
+    /// Waits for a console line matching `pattern` printed after `mark`.
+    pub fn wait_for_console_text_since(
+        &mut self,
+        mark: usize,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let pattern = pattern.into();
+        let deadline = Instant::now() + timeout;
+        let outcome = {
+            let mut state = self.console.state.lock().expect("console lock");
+            loop {
+                let start = mark.min(state.bytes.len());
+                // Start at a line boundary so that a whole line is matched.
+                let start = state.bytes[..start]
+                    .iter()
+                    .rposition(|byte| *byte == b'\n')
+                    .map_or(0, |i| i + 1);
+                let text = String::from_utf8_lossy(&state.bytes[start..]);
+                if let Some(line) = pattern.find_line(&text) {
+                    break Ok(line.to_string());
+                }
+                if state.closed {
+                    break Err("qemu exited");
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break Err("timed out");
+                }
+                state = self
+                    .console
+                    .changed
+                    .wait_timeout(state, deadline - now)
+                    .expect("console lock")
+                    .0;
+            }
+        };
+        match outcome {
+            Ok(line) => Ok(line),
+            Err(why) => Err(self.failure(&format!(
+                "{why} after {:.1}s waiting for console text {pattern}",
+                self.started.elapsed().as_secs_f64()
+            ))),
+        }
+    }
+
+    /// Waits for `nodows: ready` (initd: every service of the mode is up); returns the line.
+    pub fn wait_for_ready(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_for_console_text(Pattern::regex(r"^nodows: ready( |$)"), timeout)
+    }
+
+    /// Runs `command` in the guest through the agent; returns (exit status, output).
+    pub fn execute(&mut self, command: &str, timeout: Duration) -> anyhow::Result<(i32, String)> {
+        if command.contains('\n') {
+            bail!("agent commands are one line: {command:?}");
+        }
+        let deadline = Instant::now() + timeout;
+        let result = self.execute_until(command, deadline);
+        if result.is_err() {
+            // Output that arrives later must not be taken for the next command's.
+            self.agent = None;
+        }
+        result.map_err(|error| self.failure(&format!("agent command `{command}`: {error:#}")))
+    }
+
+    fn execute_until(&mut self, command: &str, deadline: Instant) -> anyhow::Result<(i32, String)> {
+        if self.agent.is_none() {
+            let socket = self
+                .agent_socket
+                .clone()
+                .context("this machine has no agent port")?;
+            let stream = loop {
+                match UnixStream::connect(&socket) {
+                    Ok(stream) => break stream,
+                    Err(error) => {
+                        if Instant::now() >= deadline {
+                            return Err(error)
+                                .context(format!("connecting to {}", socket.display()));
+                        }
+                        self.check_running()?;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            };
+            self.agent = Some(stream);
+        }
+        let mut stream = self.agent.take().expect("connected above");
+        stream.write_all(format!("{command}\n").as_bytes())?;
+        let mut received: Vec<u8> = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            if let Some((status, output)) = parse_agent_reply(&received) {
+                self.agent = Some(stream);
+                return Ok((status, output));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "timed out; received so far: {:?}",
+                    String::from_utf8_lossy(&received)
+                );
+            }
+            stream.set_read_timeout(Some((deadline - now).min(Duration::from_millis(500))))?;
+            match stream.read(&mut buffer) {
+                Ok(0) => bail!("the agent connection closed (qemu exited?)"),
+                Ok(count) => received.extend_from_slice(&buffer[..count]),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.check_running()?
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Runs `command` in the guest; fails unless it exits 0. Returns its output.
+    pub fn succeed(&mut self, command: &str) -> anyhow::Result<String> {
+        let (status, output) = self.execute(command, COMMAND_TIMEOUT)?;
+        if status != 0 {
+            return Err(self.failure(&format!(
+                "`{command}` exited {status}, expected 0; output:\n{output}"
+            )));
+        }
+        Ok(output)
+    }
+
+    /// Runs `command` in the guest; fails if it exits 0. Returns its output.
+    pub fn fail(&mut self, command: &str) -> anyhow::Result<String> {
+        let (status, output) = self.execute(command, COMMAND_TIMEOUT)?;
+        if status == 0 {
+            return Err(self.failure(&format!(
+                "`{command}` exited 0, expected a failure; output:\n{output}"
+            )));
+        }
+        Ok(output)
+    }
+
+    /// `initctl status --json` in the guest.
+    pub fn service_status(&mut self) -> anyhow::Result<Vec<ServiceStatus>> {
+        let output = self.succeed("initctl status --json")?;
+        parse_status(&output).map_err(|error| self.failure(&format!("{error:#}")))
+    }
+
+    /// Waits until `initctl status --json` says `name` is running; returns its status.
+    pub fn wait_for_service(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<ServiceStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let (status, output) = self.execute(
+                "initctl status --json",
+                remaining.max(Duration::from_secs(1)),
+            )?;
+            let mut last = format!("initctl exited {status}: {output}");
+            if status == 0 {
+                let services =
+                    parse_status(&output).map_err(|error| self.failure(&format!("{error:#}")))?;
+                match services.into_iter().find(|service| service.name == name) {
+                    Some(service) if service.state == "running" => return Ok(service),
+                    Some(service) => last = format!("state {}", service.state),
+                    None => last = "not known to initd".to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(&format!(
+                    "timed out after {}s waiting for service {name} to be running (last: {last})",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until something in the guest accepts connections on `host_port`
+    /// (a host port of this machine on 127.0.0.1).
+    pub fn wait_for_open_port(&mut self, host_port: u16, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if port_is_open(host_port) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(&format!(
+                    "timed out after {}s waiting for 127.0.0.1:{host_port} to open",
+                    timeout.as_secs()
+                )));
+            }
+            self.check_running()
+                .map_err(|error| self.failure(&format!("{error:#}")))?;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// An HTTP GET of `path` on the forwarded `host_port`; returns (status code, body).
+    pub fn http_get(&mut self, host_port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(host_port, path).map_err(|error| {
+            self.failure(&format!(
+                "GET http://127.0.0.1:{host_port}{path}: {error:#}"
+            ))
+        })
+    }
+
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            self.exit_status = Some(status);
+            bail!("qemu exited ({status})");
+        }
+        Ok(())
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exit_status = Some(status);
+                self.agent = None;
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    self.failure(&format!("qemu did not exit within {}s", timeout.as_secs()))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Powers the guest off through the agent (`initctl poweroff`) and waits
+    /// for QEMU to exit; without an agent QEMU is killed.
+    pub fn shutdown(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        if self.exit_status.is_some() {
+            return self.wait_for_exit(timeout);
+        }
+        if self.agent_socket.is_some() {
+            self.send_command("initctl poweroff")?;
+            self.wait_for_exit(timeout)
+        } else {
+            self.kill();
+            self.wait_for_exit(timeout)
+        }
+    }
+
+    /// Sends `command` to the agent without waiting for its reply (for
+    /// commands that end the guest, such as `initctl poweroff`).
+    pub fn send_command(&mut self, command: &str) -> anyhow::Result<()> {
+        if command.contains('\n') {
+            bail!("agent commands are one line: {command:?}");
+        }
+        let mut stream = match self.agent.take() {
+            Some(stream) => stream,
+            None => {
+                let socket = self
+                    .agent_socket
+                    .clone()
+                    .context("this machine has no agent port")?;
+                UnixStream::connect(&socket)
+                    .with_context(|| format!("connecting to {}", socket.display()))?
+            }
+        };
+        stream.write_all(format!("{command}\n").as_bytes())?;
+        // The reply is never read: the next command gets a fresh connection;
+        // this one stays open until the machine is dropped.
+        self.detached.push(stream);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        if let Ok(status) = self.child.wait() {
+            self.exit_status = Some(status);
+        }
+        self.agent = None;
+        self.stdin = None;
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// An error that says what failed, with the tail of the serial log and its path.
+    pub fn failure(&self, what: &str) -> anyhow::Error {
+        let text = self.console_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+        let stderr = std::fs::read_to_string(&self.qemu_stderr).unwrap_or_default();
+        let mut message = format!("{}: {what}\n", self.name);
+        let _ = writeln!(
+            message,
+            "--- last {} lines of the serial log {} ---",
+            tail.len(),
+            self.serial_log.display()
+        );
+        for line in tail {
+            let _ = writeln!(message, "{}", line.trim_end_matches('\r'));
+        }
+        let _ = writeln!(
+            message,
+            "--- end of the serial log {} ---",
+            self.serial_log.display()
+        );
+        if !stderr.trim().is_empty() {
+            let _ = writeln!(
+                message,
+                "qemu stderr ({}):\n{}",
+                self.qemu_stderr.display(),
+                stderr.trim_end()
+            );
+        }
+        anyhow::anyhow!(message)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.exit_status.is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// One entry of `initctl status --json`.
+#[derive(Clone, Debug)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: String,
+    pub pid: Option<i64>,
+    pub restarts: u64,
+}
+
+pub fn parse_status(output: &str) -> anyhow::Result<Vec<ServiceStatus>> {
+    let value: serde_json::Value = serde_json::from_str(output.trim())
+        .with_context(|| format!("initctl status --json printed invalid json: {output}"))?;
+    let entries = value
+        .as_array()
+        .with_context(|| format!("initctl status --json printed no array: {output}"))?;
+    entries
+        .iter()
+        .map(|entry| {
+            let name = entry["name"]
+                .as_str()
+                .context("a status entry has no name")?;
+            Ok(ServiceStatus {
+                name: name.to_string(),
+                state: entry["state"].as_str().unwrap_or_default().to_string(),
+                pid: entry["pid"].as_i64(),
+                restarts: entry["restarts"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// (exit status, output) once the reply is complete.
+fn parse_agent_reply(received: &[u8]) -> Option<(i32, String)> {
+    let text = String::from_utf8_lossy(received);
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') {
+            break;
+        }
+        if let Some(rest) = line.trim_end().strip_prefix(AGENT_EXIT_MARKER) {
+            if let Some(number) = rest.strip_suffix("@@") {
+                if let Ok(status) = number.parse() {
+                    let output = text[..offset].strip_suffix('\n').unwrap_or(&text[..offset]);
+                    return Some((status, output.replace('\r', "")));
+                }
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Open: QEMU's user network accepts every connection on a forwarded port
+/// and closes it at once when nothing listens in the guest; an open port
+/// keeps the connection (or sends a banner).
+fn port_is_open(host_port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", host_port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(700)));
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(error) => matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// A minimal HTTP/1.0 GET; returns (status code, body).
+pub fn http_get(host_port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", host_port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no complete http response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("bad http status line: {head}"))?;
+    Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_reply_is_complete_only_with_the_exit_line() {
+        assert_eq!(parse_agent_reply(b"hello\n@@nodows-agent-exit=3@@"), None);
+        assert_eq!(
+            parse_agent_reply(b"hello\n@@nodows-agent-exit=3@@\n"),
+            Some((3, "hello".to_string()))
+        );
+        assert_eq!(
+            parse_agent_reply(b"@@nodows-agent-exit=0@@\n"),
+            Some((0, String::new()))
+        );
+        assert_eq!(
+            parse_agent_reply(b"a\nb @@nodows-agent-exit=1@@\n@@nodows-agent-exit=0@@\n"),
+            Some((0, "a\nb @@nodows-agent-exit=1@@".to_string()))
+        );
+    }
+
+    #[test]
+    fn status_json_is_parsed() {
+        let services =
+            parse_status(r#"[{"name":"web","state":"running","pid":42,"restarts":1}]"#).unwrap();
+        assert_eq!(services[0].name, "web");
+        assert_eq!(services[0].pid, Some(42));
+        assert_eq!(services[0].restarts, 1);
+        assert!(parse_status("not json").is_err());
+    }
+
+    #[test]
+    fn patterns_match_whole_lines() {
+        let text = "booting\r\nnodows: ready mode=test services=5 t=1.84s\r\n";
+        assert_eq!(
+            Pattern::regex(r"^nodows: ready( |$)").find_line(text),
+            Some("nodows: ready mode=test services=5 t=1.84s")
+        );
+        assert_eq!(Pattern::from("ready").find_line("no\n"), None);
+    }
+
+    #[test]
+    fn probe_boot_sector_is_a_boot_sector() {
+        let sector = probe_boot_sector();
+        assert_eq!(sector.len(), 512);
+        assert_eq!(&sector[510..], &[0x55, 0xAA]);
+    }
+}
