@@ -3,6 +3,7 @@
 mod bench;
 mod boot;
 mod image;
+mod qemu;
 mod test;
 
 use clap::{Parser, Subcommand};
