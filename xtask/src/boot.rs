@@ -32,7 +32,6 @@ pub struct Args {
 #[derive(Clone, Debug)]
 pub struct BuiltImage {
     pub name: String,
-    pub dir: PathBuf,
     /// The raw GPT disk (what is written to a real disk).
     pub raw: PathBuf,
     pub kernel: PathBuf,
@@ -102,7 +101,6 @@ impl BuiltImage {
             .join(" ");
         Ok(BuiltImage {
             name,
-            dir,
             raw,
             kernel,
             initrd,

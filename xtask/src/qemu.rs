@@ -664,16 +664,8 @@ impl Vm {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn work_dir(&self) -> &Path {
         &self.work_dir
-    }
-
-    pub fn serial_log(&self) -> &Path {
-        &self.serial_log
     }
 
     /// The qcow2 overlay of this boot, to boot the same disk again.

@@ -66,16 +66,6 @@ impl Runner {
         });
         passed
     }
-
-    /// Records a step that could not run.
-    pub fn not_run(&mut self, name: &str, why: &str) {
-        eprintln!("FAILED {name}: not run, {why}");
-        self.outcomes.push(Outcome {
-            name: name.to_string(),
-            duration: Duration::ZERO,
-            error: Some(why.to_string()),
-        });
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -1,10 +1,646 @@
 //! End-to-end tests: each boots a real Debian image in QEMU.
+//!
+//! Boots are few (TCG is slow): the checks that share a boot are steps that
+//! share one machine, in the order of the issue's list.
+//!   boot 1, test profile: ready, services, web page, render, respawn, mode, poweroff
+//!   boot 2, the same disk again with another server id: clean file system, web page
+//!   boot 3, dev; boot 4, failover; boot 5, production (no agent: console lines)
+//!   boot 6, test profile through OVMF (`--uefi`)
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
 
 use super::Runner;
-use crate::qemu::Accel;
+use crate::boot::BuiltImage;
+use crate::qemu::{self, Accel, Disk, ServiceStatus, Vm};
 
-pub fn run(runner: &mut Runner, _work_root: &Path, _accel: Accel) {
-    runner.not_run("e2e", "not written yet");
+const IMAGE: &str = "debian";
+const PROFILES: [&str; 4] = ["dev", "test", "production", "failover"];
+/// From QEMU start to `nodows: ready`, generous for TCG on a busy machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(240);
+/// OVMF under TCG adds firmware and boot loader time.
+const UEFI_READY_TIMEOUT: Duration = Duration::from_secs(420);
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The issue: `initctl poweroff` ends QEMU by itself within 15 s.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Boots {
+    work_root: PathBuf,
+    accel: Accel,
+}
+
+pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
+    let context = Boots {
+        work_root: work_root.to_path_buf(),
+        accel,
+    };
+    let mut built: BTreeMap<&str, BuiltImage> = BTreeMap::new();
+    for profile in PROFILES {
+        let name = format!("cargo xtask image --image {IMAGE} --profile {profile}");
+        runner.step(&name, || {
+            let exe = super::xtask_exe()?;
+            super::run_command(Command::new(exe).args([
+                "image",
+                "--image",
+                IMAGE,
+                "--profile",
+                profile,
+            ]))?;
+            built.insert(profile, BuiltImage::find(None, IMAGE, profile)?);
+            Ok(())
+        });
+    }
+    let image = |profile: &str| -> anyhow::Result<BuiltImage> {
+        match built.get(profile) {
+            Some(image) => Ok(image.clone()),
+            None => BuiltImage::find(None, IMAGE, profile).context("the image build failed"),
+        }
+    };
+
+    // Boot 1: the test profile.
+    let mut test_vm: Option<Vm> = None;
+    runner.step(
+        "e2e 1 test: boots to ready, the mode's services are running",
+        || {
+            let image = image("test")?;
+            let mut vm = context.start(&image, "test", "")?;
+            vm.wait_for_ready(READY_TIMEOUT)?;
+            check_mode_services(&mut vm, "test")?;
+            test_vm = Some(vm);
+            Ok(())
+        },
+    );
+    runner.step("e2e 2 test: the web page has the model's values", || {
+        let vm = booted(&mut test_vm)?;
+        check_web_page(vm, "test", None)
+    });
+    runner.step(
+        "e2e 3 test: initctl render reloads only web and the page changes",
+        || check_render_reload(booted(&mut test_vm)?),
+    );
+    runner.step("e2e 4 test: a killed service is respawned", || {
+        check_respawn(booted(&mut test_vm)?, "web")
+    });
+    runner.step(
+        "e2e 5 test: initctl mode failover stops and starts the right services",
+        || {
+            let vm = booted(&mut test_vm)?;
+            let mark = vm.console_mark();
+            vm.succeed("initctl mode failover")?;
+            vm.wait_for_console_text_since(mark, "nodows: mode failover", SERVICE_TIMEOUT)?;
+            check_mode_services(vm, "failover")
+        },
+    );
+    let mut overlay: Option<PathBuf> = None;
+    runner.step(
+        "e2e 7 test: initctl poweroff stops everything in order, qemu exits within 15s",
+        || {
+            let mut vm = test_vm
+                .take()
+                .context("no machine: an earlier step failed")?;
+            check_poweroff(&mut vm)?;
+            let disk = vm
+                .overlay()
+                .context("the machine has no disk")?
+                .to_path_buf();
+            check_clean_file_system(&disk, vm.work_dir())?;
+            overlay = Some(disk);
+            Ok(())
+        },
+    );
+    drop(test_vm);
+    runner.step(
+        "e2e 7 test: a second boot of the same disk finds a clean file system",
+        || {
+            let image = image("test")?;
+            let disk = overlay.clone().context("no disk: the first boot failed")?;
+            let server = other_server(&image)?;
+            let mut config = image.config(
+                "test-second-boot",
+                false,
+                &format!("nodows.server={server}"),
+                &context.work_root,
+            );
+            config.disk = Some(Disk::Overlay(disk));
+            config.accel = context.accel;
+            config.forward_tcp = vec![22, 80];
+            let mut vm = Vm::start(&config)?;
+            vm.wait_for_ready(READY_TIMEOUT)?;
+            let kernel_log = vm.succeed("dmesg")?;
+            for bad in [
+                "recovery complete",
+                "orphan",
+                "EXT4-fs error",
+                "needs_recovery",
+            ] {
+                if kernel_log.contains(bad) {
+                    return Err(vm.failure(&format!(
+                        "the second boot's kernel log says `{bad}`:\n{kernel_log}"
+                    )));
+                }
+            }
+            check_mode_services(&mut vm, "test")?;
+            check_web_page(&mut vm, "test", Some(&server))?;
+            vm.shutdown(POWEROFF_TIMEOUT)?;
+            Ok(())
+        },
+    );
+
+    runner.step(
+        "e2e 1 dev: boots to ready, services running, web page",
+        || {
+            let image = image("dev")?;
+            let mut vm = context.start(&image, "dev", "")?;
+            let ready = vm.wait_for_ready(READY_TIMEOUT)?;
+            eprintln!(
+                "    {ready} (qemu start to ready: {:.1}s)",
+                vm.uptime().as_secs_f64()
+            );
+            check_mode_services(&mut vm, "dev")?;
+            check_web_page(&mut vm, "dev", None)?;
+            vm.shutdown(POWEROFF_TIMEOUT)?;
+            Ok(())
+        },
+    );
+    runner.step(
+        "e2e 1 failover: boots to ready, the mode's services are running",
+        || {
+            let image = image("failover")?;
+            let mut vm = context.start(&image, "failover", "")?;
+            vm.wait_for_ready(READY_TIMEOUT)?;
+            check_console_services(&mut vm, &image, "failover")
+        },
+    );
+
+    let mut production_vm: Option<Vm> = None;
+    runner.step(
+        "e2e 1 production: boots to ready, the mode's services are running",
+        || {
+            let image = image("production")?;
+            let mut vm = context.start(&image, "production", "")?;
+            vm.wait_for_ready(READY_TIMEOUT)?;
+            check_console_services(&mut vm, &image, "production")?;
+            production_vm = Some(vm);
+            Ok(())
+        },
+    );
+    runner.step("e2e 6 production: no shell on the console", || {
+        check_no_console_shell(booted(&mut production_vm)?)
+    });
+    runner.step("e2e 6 production: root is locked", || {
+        check_root_locked(&image("production")?, &context.work_root)
+    });
+    runner.step("e2e 6 production: SSH refuses passwords", || {
+        check_ssh_refuses_passwords(booted(&mut production_vm)?)
+    });
+    runner.step(
+        "e2e 2 production: the web page has the model's values",
+        || check_web_page(booted(&mut production_vm)?, "production", None),
+    );
+    drop(production_vm);
+
+    runner.step(
+        "e2e 8 test: the raw image boots through OVMF (--uefi) to ready",
+        || {
+            let image = image("test")?;
+            let mut config = image.config("test-uefi", true, "", &context.work_root);
+            config.accel = context.accel;
+            let mut vm = Vm::start(&config)?;
+            vm.wait_for_ready(UEFI_READY_TIMEOUT)?;
+            eprintln!(
+                "    uefi: qemu start to ready {:.1}s",
+                vm.uptime().as_secs_f64()
+            );
+            check_mode_services(&mut vm, "test")?;
+            vm.shutdown(POWEROFF_TIMEOUT)?;
+            Ok(())
+        },
+    );
+}
+
+impl Boots {
+    fn start(&self, image: &BuiltImage, name: &str, extra_cmdline: &str) -> anyhow::Result<Vm> {
+        let mut config = image.config(name, false, extra_cmdline, &self.work_root);
+        config.accel = self.accel;
+        config.forward_tcp = vec![22, 80];
+        Vm::start(&config)
+    }
+}
+
+fn booted(vm: &mut Option<Vm>) -> anyhow::Result<&mut Vm> {
+    vm.as_mut().context("no machine: an earlier step failed")
+}
+
+/// The service definitions of the repository (the image carries the same files).
+fn definitions() -> anyhow::Result<BTreeMap<String, servicedef::ServiceDefinition>> {
+    let dir = qemu::workspace_root().join("services");
+    let definitions = servicedef::load_dir(&dir).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    Ok(definitions
+        .into_iter()
+        .map(|definition| (definition.name.clone(), definition))
+        .collect())
+}
+
+fn in_mode(definition: &servicedef::ServiceDefinition, mode: &str) -> bool {
+    definition.modes.is_empty() || definition.modes.iter().any(|each| each == mode)
+}
+
+fn is_oneshot(definition: &servicedef::ServiceDefinition) -> bool {
+    definition.ready == servicedef::Readiness::Exit
+}
+
+/// Every service of `mode` is up (a oneshot: done, not failed); every other is stopped.
+fn check_expected_states(
+    states: &BTreeMap<String, String>,
+    mode: &str,
+    definitions: &BTreeMap<String, servicedef::ServiceDefinition>,
+) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (name, state) in states {
+        let Some(definition) = definitions.get(name) else {
+            problems.push(format!(
+                "{name}: no services/{name}/service.xml in the repository"
+            ));
+            continue;
+        };
+        let good = if !in_mode(definition, mode) {
+            state == "stopped"
+        } else if is_oneshot(definition) {
+            state == "running" || state == "stopped"
+        } else {
+            state == "running"
+        };
+        if !good {
+            problems.push(format!("{name} is {state} in mode {mode}"));
+        }
+    }
+    if states.is_empty() {
+        problems.push("initd reports no services".to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn check_mode_services(vm: &mut Vm, mode: &str) -> anyhow::Result<()> {
+    let definitions = definitions()?;
+    // Services may still be settling right after a mode switch.
+    let deadline = Instant::now() + SERVICE_TIMEOUT;
+    loop {
+        let statuses = vm.service_status()?;
+        let states: BTreeMap<String, String> = statuses
+            .iter()
+            .map(|status| (status.name.clone(), status.state.clone()))
+            .collect();
+        match check_expected_states(&states, mode, &definitions) {
+            Ok(()) => return Ok(()),
+            Err(problems) if Instant::now() >= deadline => {
+                return Err(vm.failure(&format!("initctl status --json: {problems}")));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Without an agent: the last `nodows: service NAME STATE` line of each service.
+fn console_states(console: &str) -> BTreeMap<String, String> {
+    let mut states = BTreeMap::new();
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        let Some(rest) = line
+            .find("nodows: service ")
+            .map(|at| &line[at + "nodows: service ".len()..])
+        else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        if let (Some(name), Some(state)) = (words.next(), words.next()) {
+            states.insert(name.to_string(), state.to_string());
+        }
+    }
+    states
+}
+
+fn check_console_services(vm: &mut Vm, image: &BuiltImage, mode: &str) -> anyhow::Result<()> {
+    let definitions = definitions()?;
+    let mut states = console_states(&vm.console_text());
+    // A service of another mode that never started prints nothing: it is stopped.
+    for name in image_services(image, vm.work_dir())? {
+        states.entry(name).or_insert_with(|| "stopped".to_string());
+    }
+    check_expected_states(&states, mode, &definitions)
+        .map_err(|problems| vm.failure(&format!("console: {problems}")))
+}
+
+/// The services in the image (`/etc/nodows/services/*`), read from its root file system.
+fn image_services(image: &BuiltImage, work_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let root = RootFs::extract(&image.raw, work_dir)?;
+    let listing = root.debugfs("ls -p /etc/nodows/services")?;
+    // debugfs -p prints /inode/mode/uid/gid/name/size/ per entry.
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.split('/').nth(5))
+        .filter(|name| !name.is_empty() && *name != "." && *name != "..")
+        .map(str::to_string)
+        .collect())
+}
+
+/// The ext4 root partition of a disk, copied out for e2fsprogs.
+struct RootFs {
+    path: PathBuf,
+}
+
+impl RootFs {
+    /// Copies the root partition (the largest Linux one) of `disk` (raw or qcow2).
+    fn extract(disk: &Path, work_dir: &Path) -> anyhow::Result<RootFs> {
+        let raw = work_dir.join("disk-copy.raw");
+        let _ = std::fs::remove_file(&raw);
+        let output = Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(disk)
+            .arg(&raw)
+            .output()
+            .context("running qemu-img convert")?;
+        ensure!(
+            output.status.success(),
+            "qemu-img convert {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let table = Command::new("sfdisk")
+            .arg("--json")
+            .arg(&raw)
+            .output()
+            .context("running sfdisk --json")?;
+        ensure!(
+            table.status.success(),
+            "sfdisk --json {}: {}",
+            raw.display(),
+            String::from_utf8_lossy(&table.stderr)
+        );
+        let table: serde_json::Value = serde_json::from_slice(&table.stdout)?;
+        let sector_size = table["partitiontable"]["sectorsize"]
+            .as_u64()
+            .unwrap_or(512);
+        let (start, size) = table["partitiontable"]["partitions"]
+            .as_array()
+            .context("sfdisk printed no partitions")?
+            .iter()
+            .filter_map(|partition| {
+                Some((partition["start"].as_u64()?, partition["size"].as_u64()?))
+            })
+            .max_by_key(|(_, size)| *size)
+            .context("the disk has no partitions")?;
+        let path = work_dir.join("root.ext4");
+        let status = Command::new("dd")
+            .arg(format!("if={}", raw.display()))
+            .arg(format!("of={}", path.display()))
+            .arg(format!("bs={sector_size}"))
+            .arg(format!("skip={start}"))
+            .arg(format!("count={size}"))
+            .args(["conv=sparse", "status=none"])
+            .status()?;
+        ensure!(status.success(), "dd of the root partition failed");
+        std::fs::remove_file(&raw)?;
+        Ok(RootFs { path })
+    }
+
+    fn debugfs(&self, request: &str) -> anyhow::Result<String> {
+        let output = Command::new("debugfs")
+            .args(["-R", request])
+            .arg(&self.path)
+            .output()
+            .context("running debugfs")?;
+        ensure!(
+            output.status.success(),
+            "debugfs -R '{request}': {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+fn check_clean_file_system(disk: &Path, work_dir: &Path) -> anyhow::Result<()> {
+    let root = RootFs::extract(disk, work_dir)?;
+    let output = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&root.path)
+        .output()
+        .context("running e2fsck")?;
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "e2fsck -fn of the root after poweroff found problems:\n{report}"
+    );
+    let header = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&root.path)
+        .output()?;
+    let header = String::from_utf8_lossy(&header.stdout);
+    let state = header
+        .lines()
+        .find(|line| line.starts_with("Filesystem state:"))
+        .unwrap_or("");
+    ensure!(
+        state.contains("clean"),
+        "the root was not unmounted cleanly ({state})"
+    );
+    ensure!(
+        !header.contains("needs_recovery"),
+        "the root's journal needs recovery after poweroff"
+    );
+    std::fs::remove_file(&root.path)?;
+    Ok(())
+}
+
+fn check_poweroff(vm: &mut Vm) -> anyhow::Result<()> {
+    let definitions = definitions()?;
+    let running: Vec<ServiceStatus> = vm
+        .service_status()?
+        .into_iter()
+        .filter(|status| status.state == "running")
+        .collect();
+    let mark = vm.console_mark();
+    let asked = Instant::now();
+    vm.send_command("initctl poweroff")?;
+    let status = vm.wait_for_exit(POWEROFF_TIMEOUT)?;
+    eprintln!(
+        "    qemu exited {:.1}s after initctl poweroff ({status})",
+        asked.elapsed().as_secs_f64()
+    );
+    let console = vm.console_text();
+    let after = &console[mark.min(console.len())..];
+    ensure!(
+        after.contains("nodows: poweroff"),
+        "{}",
+        vm.failure("no `nodows: poweroff` line")
+    );
+    // Stop order: each service stops before the services it needs.
+    let stopped_at = |name: &str| {
+        after.lines().position(|line| {
+            let line = line.trim_end_matches('\r');
+            line.contains(&format!("nodows: service {name} stopped"))
+                || line.contains(&format!("nodows: service {name} failed"))
+        })
+    };
+    let mut problems = Vec::new();
+    for service in &running {
+        let Some(position) = stopped_at(&service.name) else {
+            problems.push(format!("{} has no `stopped` line", service.name));
+            continue;
+        };
+        let needs = definitions
+            .get(&service.name)
+            .map(|definition| definition.needs.clone())
+            .unwrap_or_default();
+        for need in needs {
+            if let Some(need_position) = stopped_at(&need) {
+                if need_position < position {
+                    problems.push(format!(
+                        "{need} stopped before {}, which needs it",
+                        service.name
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(vm.failure(&format!("poweroff: {}", problems.join("; "))));
+    }
+    Ok(())
+}
+
+fn check_respawn(vm: &mut Vm, name: &str) -> anyhow::Result<()> {
+    let before = vm.wait_for_service(name, SERVICE_TIMEOUT)?;
+    let pid = before.pid.context("the running service has no pid")?;
+    vm.succeed(&format!("kill -KILL {pid}"))?;
+    let deadline = Instant::now() + SERVICE_TIMEOUT;
+    loop {
+        let now = vm.wait_for_service(name, SERVICE_TIMEOUT)?;
+        if now.pid.is_some_and(|new| new != pid) {
+            ensure!(
+                now.restarts > before.restarts,
+                "{name} has a new pid but restarts stayed {}",
+                now.restarts
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(vm.failure(&format!("{name} (pid {pid}) was killed and not respawned")));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn check_no_console_shell(vm: &mut Vm) -> anyhow::Result<()> {
+    let mark = vm.console_mark();
+    // A shell or getty would answer these; a console without one stays silent.
+    vm.send_console("\r\n")?;
+    vm.send_console("root\r\n")?;
+    vm.send_console("echo console-shell-$((6*7))\r\n")?;
+    std::thread::sleep(Duration::from_secs(5));
+    let console = vm.console_text();
+    let after = &console[mark.min(console.len())..];
+    for bad in ["console-shell-42", "login:", "Password:", "# ", "$ "] {
+        if after.contains(bad) {
+            return Err(vm.failure(&format!(
+                "the console answered with `{bad}`: a shell or login is on it"
+            )));
+        }
+    }
+    let states = console_states(&console);
+    if states
+        .get("console")
+        .is_some_and(|state| state != "stopped")
+    {
+        return Err(vm.failure("the console (autologin) service runs in production"));
+    }
+    Ok(())
+}
+
+fn check_root_locked(image: &BuiltImage, work_root: &Path) -> anyhow::Result<()> {
+    let work_dir = work_root.join("production-root-locked");
+    std::fs::create_dir_all(&work_dir)?;
+    let root = RootFs::extract(&image.raw, &work_dir)?;
+    let shadow = root.debugfs("cat /etc/shadow")?;
+    let line = shadow
+        .lines()
+        .find(|line| line.starts_with("root:"))
+        .context("/etc/shadow has no root line")?;
+    let password = line.split(':').nth(1).unwrap_or("");
+    ensure!(
+        password.starts_with('*') || password.starts_with('!'),
+        "root can log in with a password: /etc/shadow has `root:{password}:...`"
+    );
+    std::fs::remove_file(&root.path)?;
+    Ok(())
+}
+
+fn check_ssh_refuses_passwords(vm: &mut Vm) -> anyhow::Result<()> {
+    let port = vm.host_port(22);
+    vm.wait_for_open_port(port, SERVICE_TIMEOUT)?;
+    let output = Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=30",
+        ])
+        .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
+        .output()
+        .context("running ssh (install openssh-client)")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return Err(vm.failure("ssh with a password logged in"));
+    }
+    // `Permission denied (publickey).`: the server offers public keys only.
+    if !stderr.contains("Permission denied (publickey)") {
+        return Err(vm.failure(&format!(
+            "ssh did not say that only publickey is offered: {stderr}"
+        )));
+    }
+    Ok(())
+}
+
+/// A server id of the model other than the image's default one.
+fn other_server(_image: &BuiltImage) -> anyhow::Result<String> {
+    bail!("the model's servers are not known yet")
+}
+
+fn check_web_page(_vm: &mut Vm, _profile: &str, _server: Option<&str>) -> anyhow::Result<()> {
+    bail!("the web page check waits for the web service's template")
+}
+
+fn check_render_reload(_vm: &mut Vm) -> anyhow::Result<()> {
+    bail!("the render check waits for the web service's template")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_states_keep_the_last_state_of_each_service() {
+        let console = "[ 1.0] x\r\nnodows: service web starting\r\nnodows: service web running pid=12\r\n\
+                       nodows: service ssh backoff\r\nnodows: ready mode=test services=2 t=1.00\r\n";
+        let states = console_states(console);
+        assert_eq!(states.get("web").map(String::as_str), Some("running"));
+        assert_eq!(states.get("ssh").map(String::as_str), Some("backoff"));
+        assert_eq!(states.len(), 2);
+    }
 }
