@@ -1,8 +1,201 @@
-//! `cargo xtask image`.
+//! `cargo xtask image`: builds a bootable Debian appliance image for one
+//! image x profile (see ARCHITECTURE.md, "Image builder").
+//!
+//! Steps: resolve and validate the plan, check host tools, build initd and
+//! the renderer, make or reuse the cached base (mmdebstrap), assemble the
+//! root in a tmpfs staging directory, bake configs, make the ext4 root, the
+//! ESP and the GPT disk, then write the outputs to a temporary directory and
+//! rename it into place.
+
+mod assemble;
+mod disk;
+mod host;
+mod manifest;
+mod plan;
+mod rootfs;
+mod ui;
+mod xml;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// Bad input (unknown image or profile, invalid XML, missing overlay,
+/// unknown package): reported as `error: ...` with exit code 2.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The image definition to build: images/IMAGE.xml.
+    #[arg(long, default_value = "debian")]
+    pub image: String,
+    /// The profile to build it for: profiles/PROFILE.xml (dev, test, production, failover).
+    #[arg(long, default_value = "dev")]
+    pub profile: String,
+    /// List the images and profiles, then exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Print the resolved plan of the image and profile without building.
+    #[arg(long)]
+    pub plan: bool,
+    /// Debian mirror URL (default: the host's apt configuration).
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Never install missing host tools; print the apt-get command and stop.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Output directory; the build writes OUT/IMAGE-PROFILE/ (default: images/out).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Stream the tools' output to the terminal (it always goes to the build log).
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// The directory holding images/, profiles/, services/, overlays/ and models/ (default: the workspace root).
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+    /// Where cached bases live (default: TARGET/nodows-cache, TARGET from cargo metadata).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask image is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    ui::install_interrupt_handler();
+    match build(args) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            if let Some(bad_input) = error.downcast_ref::<BadInput>() {
+                eprintln!("error: {bad_input}");
+                std::process::exit(2);
+            }
+            if ui::interrupted() {
+                eprintln!("error: interrupted; nothing was written to the output or the cache");
+                std::process::exit(130);
+            }
+            Err(error)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build(args: Args) -> anyhow::Result<()> {
+    let source = args.source.clone().unwrap_or_else(workspace_root);
+    if args.list {
+        println!("images:");
+        for name in plan::list_names(&source.join("images")) {
+            println!("  {name}");
+        }
+        println!("profiles:");
+        for name in plan::list_names(&source.join("profiles")) {
+            println!("  {name}");
+        }
+        return Ok(());
+    }
+    let apt_sources = host::AptSources::from_host();
+    let mirror_sources =
+        |suite: &str| host::source_lines(&apt_sources, suite, args.mirror.as_deref());
+    // Resolve once to learn the suite, then with its apt source lines.
+    let plan = plan::resolve(&source, &args.image, &args.profile, Vec::new())?;
+    let sources = mirror_sources(&plan.suite)?;
+    let plan = plan::Plan { sources, ..plan };
+    if args.plan {
+        print!("{}", plan.render());
+        return Ok(());
+    }
+
+    let out_parent = args
+        .out
+        .clone()
+        .unwrap_or_else(|| source.join("images/out"));
+    std::fs::create_dir_all(&out_parent)
+        .with_context(|| format!("cannot create {}", out_parent.display()))?;
+    let name = format!("{}-{}", plan.image, plan.profile);
+    let mut ui = ui::Ui::new(&out_parent.join(format!("{name}.log")), args.verbose)?;
+    ui.note(&format!(
+        "building {name} (log: {})",
+        out_parent.join(format!("{name}.log")).display()
+    ));
+
+    // Fast checks first: host tools, then the packages against apt.
+    ui.step("check host tools", |ui| {
+        host::check_tools(ui, args.no_install)
+    })?;
+    ui.step("check packages against apt-cache", |ui| {
+        host::check_packages(ui, &apt_sources, &plan)
+    })?;
+    let source_date_epoch = host::source_date_epoch(&source)?;
+    let target_dir = host::cargo_target_dir(&source)?;
+    let cache_dir = args
+        .cache
+        .clone()
+        .unwrap_or_else(|| target_dir.join("nodows-cache"));
+    ui.cleanup_stale(&out_parent);
+    ui.cleanup_stale(&cache_dir);
+
+    let binaries = ui.step("build initd, initctl and nodows", |ui| {
+        assemble::build_binaries(ui, &source, &target_dir)
+    })?;
+    let base = ui.step("root file system base (mmdebstrap, cached)", |ui| {
+        rootfs::base(ui, &plan, &cache_dir)
+    })?;
+    let staging = assemble::Staging::create(&name)?;
+    let assembled = ui.step("assemble the root", |ui| {
+        assemble::assemble(ui, &plan, &base, &binaries, &staging, source_date_epoch)
+    })?;
+    ui.step("bake configs (nodows render)", |ui| {
+        assemble::bake(ui, &plan, &binaries, &staging)
+    })?;
+    let files = ui.step("clamp timestamps and hash every file", |_| {
+        assemble::finish(&staging, source_date_epoch)
+    })?;
+    let input_hash = manifest::input_hash(&base.key, &plan, source_date_epoch, &files);
+    let output = ui::TempDir::create(&out_parent, &name)?;
+    let layout = disk::Layout::new(&plan, &input_hash);
+    ui.step("disk image (ext4 root, ESP, GPT)", |ui| {
+        disk::build(
+            ui,
+            &plan,
+            &layout,
+            &staging,
+            &assembled,
+            output.path(),
+            &name,
+            source_date_epoch,
+        )
+    })?;
+    ui.step("manifest, SBOM and checksums", |_| {
+        manifest::write(
+            output.path(),
+            &name,
+            &plan,
+            &input_hash,
+            source_date_epoch,
+            &staging,
+            &files,
+            &layout,
+        )
+    })?;
+    drop(staging);
+    let final_path = out_parent.join(&name);
+    output.persist(&final_path)?;
+    ui.note(&format!(
+        "done in {:.1}s: {}",
+        ui.elapsed().as_secs_f64(),
+        final_path.display()
+    ));
+    Ok(())
 }

@@ -1,0 +1,2 @@
+# dev profile: verbose shell
+export PS1='nodows-dev:\w# '

@@ -1,0 +1,312 @@
+//! The disk: an ext4 root made with `mkfs.ext4 -d`, a FAT32 ESP filled with
+//! mtools and holding systemd-boot, and a GPT written by sfdisk into a plain
+//! file; no loop devices, no mounts. Every UUID, GUID, serial and seed is
+//! derived from the input hash; every timestamp is SOURCE_DATE_EPOCH.
+
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use sha2::{Digest as _, Sha256};
+use xshell::{cmd, Shell};
+
+use super::assemble::{Assembled, Staging};
+use super::plan::Plan;
+use super::ui::Ui;
+
+const MIB: u64 = 1024 * 1024;
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// The Discoverable Partitions Specification's x86-64 root type.
+const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+pub struct Layout {
+    pub disk_guid: String,
+    pub esp_guid: String,
+    pub root_guid: String,
+    pub root_fs_uuid: String,
+    pub root_hash_seed: String,
+    pub esp_volume_id: String,
+    pub esp_start_mib: u64,
+    pub esp_size_mib: u64,
+    pub root_start_mib: u64,
+    pub root_size_mib: u64,
+    pub disk_size_mib: u64,
+}
+
+fn derived_uuid(input_hash: &str, purpose: &str) -> String {
+    let digest = Sha256::digest(format!("{input_hash} {purpose}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4 layout
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+    .to_uppercase()
+}
+
+impl Layout {
+    pub fn new(plan: &Plan, input_hash: &str) -> Layout {
+        let volume = Sha256::digest(format!("{input_hash} esp-volume-id").as_bytes());
+        let esp_start_mib = 1;
+        let root_start_mib = esp_start_mib + plan.esp_size_mib;
+        Layout {
+            disk_guid: derived_uuid(input_hash, "disk"),
+            esp_guid: derived_uuid(input_hash, "esp"),
+            root_guid: derived_uuid(input_hash, "root"),
+            root_fs_uuid: derived_uuid(input_hash, "root-fs").to_lowercase(),
+            root_hash_seed: derived_uuid(input_hash, "root-hash-seed").to_lowercase(),
+            esp_volume_id: volume[..4]
+                .iter()
+                .map(|byte| format!("{byte:02X}"))
+                .collect(),
+            esp_start_mib,
+            esp_size_mib: plan.esp_size_mib,
+            root_start_mib,
+            // One MiB at the end for the backup GPT.
+            root_size_mib: plan.disk_size_mib - root_start_mib - 1,
+            disk_size_mib: plan.disk_size_mib,
+        }
+    }
+
+    /// The kernel command line (root by PARTUUID, so any disk bus works).
+    pub fn cmdline(&self, plan: &Plan) -> String {
+        format!(
+            "root=PARTUUID={} {}",
+            self.root_guid.to_lowercase(),
+            plan.cmdline
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    ui: &mut Ui,
+    plan: &Plan,
+    layout: &Layout,
+    staging: &Staging,
+    assembled: &Assembled,
+    out: &Path,
+    name: &str,
+    source_date_epoch: u64,
+) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    let epoch = source_date_epoch.to_string();
+    let work = out.join("work");
+    std::fs::create_dir_all(&work)?;
+
+    // The kernel, initrd and command line beside the image, for direct boots.
+    let cmdline = layout.cmdline(plan);
+    std::fs::copy(&assembled.vmlinuz, out.join(format!("{name}.vmlinuz")))?;
+    std::fs::copy(&assembled.initrd, out.join(format!("{name}.initrd")))?;
+    std::fs::write(out.join(format!("{name}.cmdline")), format!("{cmdline}\n"))?;
+
+    // The ext4 root.
+    let root_image = work.join("root.ext4");
+    let root_blocks = (layout.root_size_mib * MIB / 4096).to_string();
+    let (uuid, seed, staging_dir) = (&layout.root_fs_uuid, &layout.root_hash_seed, staging.path());
+    ui.run(
+        cmd!(
+            sh,
+            "mkfs.ext4 -q -F -b 4096 -L root -U {uuid} -E hash_seed={seed},root_owner=0:0,nodiscard -d {staging_dir} {root_image} {root_blocks}"
+        )
+        .env("E2FSPROGS_FAKE_TIME", &epoch)
+        .env("SOURCE_DATE_EPOCH", &epoch),
+    )?;
+    clamp_ext4_ctimes(ui, &root_image, &epoch)?;
+
+    // The ESP: systemd-boot, its loader entry, the kernel and initrd.
+    let esp_image = work.join("esp.fat");
+    let esp_kib = (layout.esp_size_mib * 1024).to_string();
+    let volume_id = &layout.esp_volume_id;
+    ui.run(
+        cmd!(
+            sh,
+            "mkfs.vfat -F 32 -n ESP -i {volume_id} --invariant -C {esp_image} {esp_kib}"
+        )
+        .env("SOURCE_DATE_EPOCH", &epoch),
+    )?;
+    let files = work.join("esp");
+    std::fs::create_dir_all(files.join("EFI/BOOT"))?;
+    std::fs::create_dir_all(files.join("loader/entries"))?;
+    std::fs::copy(
+        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        files.join("EFI/BOOT/BOOTX64.EFI"),
+    )?;
+    std::fs::write(
+        files.join("loader/loader.conf"),
+        "default nodows.conf\ntimeout 0\nconsole-mode keep\n",
+    )?;
+    std::fs::write(
+        files.join("loader/entries/nodows.conf"),
+        format!(
+            "title nodows {name}\nversion {}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n",
+            assembled.kernel_version
+        ),
+    )?;
+    std::fs::copy(&assembled.vmlinuz, files.join("vmlinuz"))?;
+    std::fs::copy(&assembled.initrd, files.join("initrd.img"))?;
+    let mut entries: Vec<PathBuf> = Vec::new();
+    collect(&files, &mut entries)?;
+    for path in entries.iter().chain(std::iter::once(&files)) {
+        super::assemble::clamp_time(path, source_date_epoch)?;
+    }
+    let (efi, loader, vmlinuz, initrd) = (
+        files.join("EFI"),
+        files.join("loader"),
+        files.join("vmlinuz"),
+        files.join("initrd.img"),
+    );
+    ui.run(
+        cmd!(
+            sh,
+            "mcopy -i {esp_image} -s -m -Q {efi} {loader} {vmlinuz} {initrd} ::/"
+        )
+        .env("SOURCE_DATE_EPOCH", &epoch)
+        .env("MTOOLS_SKIP_CHECK", "1"),
+    )?;
+
+    // The GPT, then the partitions copied in at their offsets (sparse).
+    let raw = out.join(format!("{name}.raw"));
+    let file = std::fs::File::create(&raw)?;
+    file.set_len(layout.disk_size_mib * MIB)?;
+    drop(file);
+    let script = format!(
+        "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\
+         start={}, size={}, type={ESP_TYPE}, uuid={}, name=\"esp\"\n\
+         start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"root\"\n",
+        layout.disk_guid,
+        layout.esp_start_mib * 2048,
+        layout.esp_size_mib * 2048,
+        layout.esp_guid,
+        layout.root_start_mib * 2048,
+        layout.root_size_mib * 2048,
+        layout.root_guid,
+    );
+    ui.log(&script);
+    ui.run(cmd!(sh, "sfdisk --quiet --no-reread --no-tell-kernel {raw}").stdin(script))?;
+    copy_sparse(&esp_image, &raw, layout.esp_start_mib * MIB)?;
+    copy_sparse(&root_image, &raw, layout.root_start_mib * MIB)?;
+    std::fs::remove_dir_all(&work)?;
+
+    let qcow2 = out.join(format!("{name}.qcow2"));
+    ui.run(cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {qcow2}"))?;
+    Ok(())
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(&path, out)?;
+        }
+        out.push(path);
+    }
+    Ok(())
+}
+
+/// mkfs.ext4 -d copies each inode's ctime from the staging tree, where the
+/// kernel set it to the time of extraction; debugfs sets every used inode's
+/// ctime to SOURCE_DATE_EPOCH.
+fn clamp_ext4_ctimes(ui: &mut Ui, image: &Path, epoch: &str) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    let dump = cmd!(sh, "dumpe2fs {image}")
+        .quiet()
+        .ignore_stderr()
+        .read()?;
+    let inodes_per_group: u64 = dump
+        .lines()
+        .find_map(|line| line.strip_prefix("Inodes per group:"))
+        .and_then(|value| value.trim().parse().ok())
+        .context("dumpe2fs shows no inodes per group")?;
+    let mut used = Vec::new();
+    let mut group: Option<u64> = None;
+    for line in dump.lines() {
+        if let Some(rest) = line.strip_prefix("Group ") {
+            group = rest.split(':').next().and_then(|g| g.trim().parse().ok());
+        } else if let (Some(g), Some(free)) = (group, line.trim().strip_prefix("Free inodes:")) {
+            let first = g * inodes_per_group + 1;
+            let last = (g + 1) * inodes_per_group;
+            let mut free_ranges = Vec::new();
+            for range in free.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                free_ranges.push((a.trim().parse::<u64>()?, b.trim().parse::<u64>()?));
+            }
+            // Uninitialised inode tables hold no used inodes.
+            if line.contains("Free inodes:")
+                && free_ranges.iter().any(|&(a, b)| a == first && b == last)
+            {
+                continue;
+            }
+            let mut inode = first;
+            while inode <= last {
+                if let Some(&(_, b)) = free_ranges.iter().find(|&&(a, b)| a <= inode && inode <= b)
+                {
+                    inode = b + 1;
+                } else {
+                    used.push(inode);
+                    inode += 1;
+                }
+            }
+        }
+    }
+    if used.is_empty() {
+        bail!("dumpe2fs shows no used inodes in {}", image.display());
+    }
+    let script: String = used
+        .iter()
+        .map(|inode| format!("set_inode_field <{inode}> ctime @{epoch}\n"))
+        .collect();
+    let script_path = image.with_extension("debugfs");
+    std::fs::write(&script_path, script)?;
+    ui.run(
+        cmd!(sh, "debugfs -w -f {script_path} {image}")
+            .env("E2FSPROGS_FAKE_TIME", epoch)
+            .ignore_stdout(),
+    )?;
+    std::fs::remove_file(&script_path)?;
+    Ok(())
+}
+
+/// Copies `from` into `to` at `offset`, leaving all-zero blocks as holes.
+fn copy_sparse(from: &Path, to: &Path, offset: u64) -> anyhow::Result<()> {
+    let mut input =
+        std::fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .open(to)
+        .with_context(|| format!("cannot open {}", to.display()))?;
+    let mut buffer = vec![0u8; 1024 * 1024];
+    let mut position = offset;
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let read = input.read(&mut buffer[filled..])?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        if filled == 0 {
+            break;
+        }
+        for (index, block) in buffer[..filled].chunks(4096).enumerate() {
+            if block.iter().any(|&byte| byte != 0) {
+                output.seek(SeekFrom::Start(position + (index * 4096) as u64))?;
+                output.write_all(block)?;
+            }
+        }
+        position += filled as u64;
+        if filled < buffer.len() {
+            break;
+        }
+    }
+    output.flush()?;
+    Ok(())
+}

@@ -1,0 +1,549 @@
+//! The resolved plan of one image x profile: everything that shapes the
+//! build, read from `images/NAME.xml`, `profiles/PROFILE.xml` and the
+//! service definitions, validated before any slow step starts.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::xml::{Document, Element};
+use super::BadInput;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootLogin {
+    /// Root has no password and the `console` service logs it in on ttyS0.
+    Autologin,
+    /// Root's password field is `*`: no password login at all (SSH keys only).
+    Locked,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicePlan {
+    pub name: String,
+    pub packages: Vec<String>,
+    /// The files the service renders (`<file target="...">`).
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The directory holding images/, profiles/, services/, overlays/.
+    pub source: PathBuf,
+    pub image: String,
+    pub profile: String,
+    pub mode: String,
+    pub suite: String,
+    pub architecture: String,
+    /// apt source lines (`deb URI SUITE COMPONENTS`) for mmdebstrap.
+    pub sources: Vec<String>,
+    pub hostname: String,
+    pub disk_size_mib: u64,
+    pub esp_size_mib: u64,
+    pub kernel_package: String,
+    pub initrd_modules: Vec<String>,
+    /// `Some` prunes /usr/lib/modules/VERSION/kernel to these trees.
+    pub keep_modules: Option<Vec<String>>,
+    /// The kernel command line without `root=`.
+    pub cmdline: String,
+    /// Packages of the shared base (every profile's services included, so
+    /// that all profiles of an image share one cached base).
+    pub base_packages: BTreeSet<String>,
+    pub services: Vec<ServicePlan>,
+    /// Overlay directories relative to `source`, in copy order.
+    pub overlays: Vec<PathBuf>,
+    pub root_login: RootLogin,
+    /// The model, relative to `source`.
+    pub model: PathBuf,
+}
+
+/// Collects every problem so that validation reports them all at once.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, message: String) {
+        self.0.push(message);
+    }
+    fn into_result(self) -> Result<(), BadInput> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(BadInput(self.0.join("\n")))
+        }
+    }
+}
+
+fn is_name(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == '+')
+}
+
+fn parse_size_mib(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Some(number) = value.strip_suffix("GiB") {
+        number.trim().parse::<u64>().ok().map(|n| n * 1024)
+    } else if let Some(number) = value.strip_suffix("MiB") {
+        number.trim().parse::<u64>().ok()
+    } else {
+        None
+    }
+}
+
+/// Names of the available images or profiles (`DIR/*.xml`), sorted.
+pub fn list_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".xml").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn load_named(source: &Path, kind: &str, name: &str) -> Result<Document, BadInput> {
+    let dir = source.join(format!("{kind}s"));
+    let path = dir.join(format!("{name}.xml"));
+    if !is_name(name) || !path.is_file() {
+        return Err(BadInput(format!(
+            "{}: unknown {kind} `{name}` (known: {}); add {}/{name}.xml or pick a known one",
+            dir.display(),
+            list_names(&dir).join(", "),
+            dir.display()
+        )));
+    }
+    Document::load(&path)
+}
+
+fn text_list(
+    document: &Document,
+    parent: &Element,
+    child: &str,
+    problems: &mut Problems,
+) -> Vec<(String, usize)> {
+    let mut values = Vec::new();
+    for element in parent.children_named(child) {
+        let value = element.text().to_owned();
+        if !is_name(&value) {
+            problems.push(format!(
+                "{}: <{child}> needs a name, found `{value}`",
+                document.at(element)
+            ));
+        } else {
+            values.push((value, element.line));
+        }
+    }
+    values
+}
+
+fn services_of(document: &Document, problems: &mut Problems) -> Vec<(String, usize)> {
+    let mut services = Vec::new();
+    for element in document.root.children_named("services") {
+        services.extend(text_list(document, element, "service", problems));
+    }
+    services
+}
+
+/// Reads and validates `services/NAME/service.xml` (with `servicedef`, the
+/// parser initd and the renderer use) for its Debian packages and files.
+fn load_service(source: &Path, name: &str, at: &str) -> Result<ServicePlan, BadInput> {
+    let path = source.join("services").join(name).join("service.xml");
+    if !path.is_file() {
+        return Err(BadInput(format!(
+            "{at}: unknown service `{name}`: {} does not exist",
+            path.display()
+        )));
+    }
+    let definition =
+        servicedef::parse_file(&path).map_err(|errors| BadInput(errors.to_string()))?;
+    if definition.name != name {
+        return Err(BadInput(format!(
+            "{}:{}: <service name=\"...\"> must be `{name}`, the name of its directory",
+            path.display(),
+            definition.line
+        )));
+    }
+    let mut packages = definition.packages.clone();
+    packages.sort();
+    packages.dedup();
+    Ok(ServicePlan {
+        name: name.to_owned(),
+        packages,
+        files: definition
+            .files
+            .iter()
+            .map(|file| file.target.clone())
+            .collect(),
+    })
+}
+
+/// Resolves the plan of `image` x `profile` from the files under `source`.
+pub fn resolve(
+    source: &Path,
+    image: &str,
+    profile: &str,
+    sources: Vec<String>,
+) -> Result<Plan, BadInput> {
+    let image_document = load_named(source, "image", image)?;
+    let profile_document = load_named(source, "profile", profile)?;
+    let mut problems = Problems::default();
+
+    // The image.
+    let root = &image_document.root;
+    if root.name != "image" {
+        return Err(BadInput(format!(
+            "{}: the root element must be <image>, found <{}>",
+            image_document.at(root),
+            root.name
+        )));
+    }
+    if root.attribute("name") != Some(image) {
+        problems.push(format!(
+            "{}: <image name=\"...\"> must be `{image}`, the name of its file",
+            image_document.at(root)
+        ));
+    }
+    if root.attribute("os").unwrap_or("debian") != "debian" {
+        problems.push(format!(
+            "{}: only os=\"debian\" images are built by this builder",
+            image_document.at(root)
+        ));
+    }
+    let required_text = |name: &str, problems: &mut Problems| -> String {
+        match root.children_named(name).next() {
+            Some(element) if is_name(element.text()) => element.text().to_owned(),
+            Some(element) => {
+                problems.push(format!(
+                    "{}: <{name}> must not be empty",
+                    image_document.at(element)
+                ));
+                String::new()
+            }
+            None => {
+                problems.push(format!(
+                    "{}: <image> needs a <{name}> element",
+                    image_document.at(root)
+                ));
+                String::new()
+            }
+        }
+    };
+    let suite = required_text("suite", &mut problems);
+    let architecture = required_text("architecture", &mut problems);
+    let hostname = required_text("hostname", &mut problems);
+
+    let (mut disk_size_mib, mut esp_size_mib) = (0, 0);
+    match root.children_named("disk").next() {
+        Some(disk) => {
+            match disk.attribute("size").and_then(parse_size_mib) {
+                Some(size) => disk_size_mib = size,
+                None => problems.push(format!(
+                    "{}: <disk size=\"...\"> must be a size such as 1024MiB or 1GiB",
+                    image_document.at(disk)
+                )),
+            }
+            match disk.attribute("esp").map(parse_size_mib) {
+                Some(Some(size)) if size >= 33 => esp_size_mib = size,
+                None => esp_size_mib = 64,
+                _ => problems.push(format!(
+                    "{}: <disk esp=\"...\"> must be a size of at least 33MiB (FAT32)",
+                    image_document.at(disk)
+                )),
+            }
+            if disk_size_mib != 0 && disk_size_mib < esp_size_mib + 64 {
+                problems.push(format!(
+                    "{}: the disk must be at least 64MiB larger than the ESP",
+                    image_document.at(disk)
+                ));
+            }
+        }
+        None => problems.push(format!(
+            "{}: <image> needs a <disk size=\"...\"/>",
+            image_document.at(root)
+        )),
+    }
+
+    let mut kernel_package = String::new();
+    let mut cmdline = String::new();
+    let mut initrd_modules = Vec::new();
+    let mut keep_modules = None;
+    match root.children_named("kernel").next() {
+        Some(kernel) => {
+            kernel_package = kernel
+                .attribute("package")
+                .unwrap_or("linux-image-amd64")
+                .to_owned();
+            cmdline = kernel.attribute("cmdline").unwrap_or_default().to_owned();
+            if !cmdline
+                .split_whitespace()
+                .any(|word| word.starts_with("init="))
+            {
+                problems.push(format!(
+                    "{}: the kernel cmdline must name the init, e.g. init=/sbin/initd",
+                    image_document.at(kernel)
+                ));
+            }
+            if cmdline
+                .split_whitespace()
+                .any(|word| word.starts_with("root="))
+            {
+                problems.push(format!(
+                    "{}: the kernel cmdline must not set root=, the builder adds it",
+                    image_document.at(kernel)
+                ));
+            }
+            initrd_modules = text_list(&image_document, kernel, "initrd-module", &mut problems)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            if let Some(keep) = kernel.children_named("keep-modules").next() {
+                keep_modules = Some(keep.text().split_whitespace().map(str::to_owned).collect());
+            }
+        }
+        None => problems.push(format!(
+            "{}: <image> needs a <kernel> element",
+            image_document.at(root)
+        )),
+    }
+
+    let model = match root
+        .children_named("model")
+        .next()
+        .and_then(|m| m.attribute("path").map(|p| (m, p)))
+    {
+        Some((element, path)) => {
+            if !source.join(path).is_file() {
+                problems.push(format!(
+                    "{}: the model {} does not exist",
+                    image_document.at(element),
+                    source.join(path).display()
+                ));
+            }
+            PathBuf::from(path)
+        }
+        None => {
+            problems.push(format!(
+                "{}: <image> needs <model path=\"...\"/>",
+                image_document.at(root)
+            ));
+            PathBuf::new()
+        }
+    };
+
+    let mut image_packages = BTreeSet::new();
+    for element in root.children_named("packages") {
+        for (package, _) in text_list(&image_document, element, "package", &mut problems) {
+            image_packages.insert(package);
+        }
+    }
+    if !kernel_package.is_empty() {
+        image_packages.insert(kernel_package.clone());
+    }
+    // What the builder itself relies on in the image: the initrd generator
+    // and the module loader.
+    for package in ["initramfs-tools", "kmod", "zstd"] {
+        image_packages.insert(package.to_owned());
+    }
+    let image_services = services_of(&image_document, &mut problems);
+
+    // The profile.
+    let profile_root = &profile_document.root;
+    if profile_root.name != "profile" {
+        return Err(BadInput(format!(
+            "{}: the root element must be <profile>, found <{}>",
+            profile_document.at(profile_root),
+            profile_root.name
+        )));
+    }
+    if profile_root.attribute("name") != Some(profile) {
+        problems.push(format!(
+            "{}: <profile name=\"...\"> must be `{profile}`, the name of its file",
+            profile_document.at(profile_root)
+        ));
+    }
+    let mode = profile_root
+        .attribute("mode")
+        .unwrap_or_default()
+        .to_owned();
+    if !is_name(&mode) {
+        problems.push(format!(
+            "{}: <profile> needs mode=\"dev|test|production|failover\"",
+            profile_document.at(profile_root)
+        ));
+    }
+    let mut overlays = vec![PathBuf::from("overlays/common")];
+    for (name, line) in text_list(&profile_document, profile_root, "overlay", &mut problems) {
+        let overlay = PathBuf::from("overlays").join(&name);
+        if !source.join(&overlay).is_dir() {
+            problems.push(format!(
+                "{}:{line}: overlay `{name}` does not exist: create {}",
+                profile_document.path.display(),
+                source.join(&overlay).display()
+            ));
+        }
+        overlays.push(overlay);
+    }
+    let root_login = match profile_root.children_named("root").next() {
+        Some(element) => match element.attribute("login") {
+            Some("autologin") => RootLogin::Autologin,
+            Some("locked") => RootLogin::Locked,
+            _ => {
+                problems.push(format!(
+                    "{}: <root login=\"...\"> must be autologin or locked",
+                    profile_document.at(element)
+                ));
+                RootLogin::Locked
+            }
+        },
+        None => RootLogin::Locked,
+    };
+    for element in profile_root.children_named("cmdline") {
+        if !element.text().is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(element.text());
+        }
+    }
+    let profile_services = services_of(&profile_document, &mut problems);
+
+    // Services: the image's, then the profile's.
+    let mut services = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut base_packages = image_packages;
+    let located = image_services
+        .iter()
+        .map(|(name, line)| (name, format!("{}:{line}", image_document.path.display())))
+        .chain(
+            profile_services
+                .iter()
+                .map(|(name, line)| (name, format!("{}:{line}", profile_document.path.display()))),
+        );
+    for (name, at) in located {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        match load_service(source, name, &at) {
+            Ok(service) => {
+                base_packages.extend(service.packages.iter().cloned());
+                services.push(service);
+            }
+            Err(BadInput(message)) => problems.push(message),
+        }
+    }
+    // Every other profile's services go into the base too, so that all
+    // profiles of the image share one cached base.
+    for other in list_names(&source.join("profiles")) {
+        if other == profile {
+            continue;
+        }
+        let Ok(document) = Document::load(&source.join("profiles").join(format!("{other}.xml")))
+        else {
+            continue;
+        };
+        let mut ignored = Problems::default();
+        for (name, line) in services_of(&document, &mut ignored) {
+            if seen.contains(&name) {
+                continue;
+            }
+            if let Ok(service) = load_service(
+                source,
+                &name,
+                &format!("{}:{line}", document.path.display()),
+            ) {
+                base_packages.extend(service.packages);
+            }
+        }
+    }
+    problems.into_result()?;
+    Ok(Plan {
+        source: source.to_path_buf(),
+        image: image.to_owned(),
+        profile: profile.to_owned(),
+        mode,
+        suite,
+        architecture,
+        sources,
+        hostname,
+        disk_size_mib,
+        esp_size_mib,
+        kernel_package,
+        initrd_modules,
+        keep_modules,
+        cmdline: cmdline.split_whitespace().collect::<Vec<_>>().join(" "),
+        base_packages,
+        services,
+        overlays,
+        root_login,
+        model,
+    })
+}
+
+impl Plan {
+    /// The plan as printed by `--plan` (and kept honest by snapshot tests).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "image: {}", self.image);
+        let _ = writeln!(out, "profile: {}", self.profile);
+        let _ = writeln!(out, "mode: {}", self.mode);
+        let _ = writeln!(out, "suite: {} ({})", self.suite, self.architecture);
+        let _ = writeln!(out, "apt sources:");
+        for line in &self.sources {
+            let _ = writeln!(out, "  {line}");
+        }
+        let _ = writeln!(out, "hostname: {}", self.hostname);
+        let _ = writeln!(
+            out,
+            "disk: {} MiB (esp {} MiB, ext4 root the rest)",
+            self.disk_size_mib, self.esp_size_mib
+        );
+        let _ = writeln!(out, "kernel: {}", self.kernel_package);
+        let _ = writeln!(out, "initrd modules: {}", self.initrd_modules.join(" "));
+        match &self.keep_modules {
+            Some(keep) => {
+                let _ = writeln!(out, "kernel modules kept: {}", keep.join(" "));
+            }
+            None => {
+                let _ = writeln!(out, "kernel modules kept: all");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "kernel cmdline: root=PARTUUID=<root partition> {}",
+            self.cmdline
+        );
+        let _ = writeln!(
+            out,
+            "root login: {}",
+            match self.root_login {
+                RootLogin::Autologin => "autologin on the serial console (no password)",
+                RootLogin::Locked => "locked (no password login)",
+            }
+        );
+        let _ = writeln!(out, "base packages:");
+        for package in &self.base_packages {
+            let _ = writeln!(out, "  {package}");
+        }
+        let _ = writeln!(out, "services:");
+        for service in &self.services {
+            let packages = if service.packages.is_empty() {
+                String::new()
+            } else {
+                format!(" (packages: {})", service.packages.join(" "))
+            };
+            let _ = writeln!(out, "  {}{packages}", service.name);
+            for file in &service.files {
+                let _ = writeln!(out, "    renders {file}");
+            }
+        }
+        let _ = writeln!(out, "overlays:");
+        for overlay in &self.overlays {
+            let _ = writeln!(out, "  {}", overlay.display());
+        }
+        let _ = writeln!(out, "model: {}", self.model.display());
+        out
+    }
+}
