@@ -55,45 +55,18 @@ impl BuiltImage {
                 dir.display()
             );
         }
-        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("{}: cannot read", dir.display()))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .collect();
-        let named = |test: &dyn Fn(&str) -> bool| -> Option<PathBuf> {
-            let mut matches: Vec<&PathBuf> = files
-                .iter()
-                .filter(|path| {
-                    path.file_name()
-                        .and_then(|name| name.to_str())
-                        .is_some_and(test)
-                })
-                .collect();
-            matches.sort();
-            matches.first().map(|path| path.to_path_buf())
+        // The builder writes NAME.raw, NAME.vmlinuz, NAME.initrd and NAME.cmdline.
+        let output = |extension: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.join(format!("{name}.{extension}"));
+            if !path.is_file() {
+                bail!("{}: missing; rebuild with `{build}`", path.display());
+            }
+            Ok(path)
         };
-        let raw = named(&|file| {
-            file.ends_with(".raw") || file.ends_with(".img") && !file.starts_with("initrd")
-        })
-        .with_context(|| {
-            format!(
-                "{}: no raw disk image (.raw); rebuild with `{build}`",
-                dir.display()
-            )
-        })?;
-        let kernel = named(&|file| file.starts_with("vmlinuz")).with_context(|| {
-            format!(
-                "{}: no kernel (vmlinuz*) for a direct boot; rebuild with `{build}`",
-                dir.display()
-            )
-        })?;
-        let initrd = named(&|file| file.starts_with("initrd"));
-        let cmdline_path =
-            named(&|file| file == "cmdline" || file == "cmdline.txt").with_context(|| {
-                format!(
-                    "{}: no kernel command line file (cmdline); rebuild with `{build}`",
-                    dir.display()
-                )
-            })?;
+        let raw = output("raw")?;
+        let kernel = output("vmlinuz")?;
+        let initrd = Some(output("initrd")?);
+        let cmdline_path = output("cmdline")?;
         let cmdline = std::fs::read_to_string(&cmdline_path)
             .with_context(|| format!("{}: cannot read", cmdline_path.display()))?
             .split_whitespace()
