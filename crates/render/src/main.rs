@@ -1,0 +1,200 @@
+//! `nodows`: the renderer's command line.
+//!
+//! ```text
+//! nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P
+//!               [--server ID] [--service NAME]... [--dry-run] [--json]
+//! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
+//! ```
+//!
+//! Exit codes: 0 success (with or without changes), 1 failure, 2 bad input or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json]
+  nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]";
+
+/// A usage error: printed with the usage, exit 2.
+struct Usage(String);
+
+/// Options as `--name value` pairs and `--flag`s.
+struct Arguments {
+    values: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+impl Arguments {
+    fn parse(args: &[String], with_value: &[&str], flags: &[&str]) -> Result<Arguments, Usage> {
+        let mut parsed = Arguments {
+            values: Vec::new(),
+            flags: Vec::new(),
+        };
+        let mut iter = args.iter();
+        while let Some(arg) = iter.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((name, value)) if name.starts_with("--") => (name, Some(value.to_string())),
+                _ => (arg.as_str(), None),
+            };
+            if with_value.contains(&name) {
+                let value = match inline {
+                    Some(value) => value,
+                    None => iter
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| Usage(format!("{name} needs a value")))?,
+                };
+                parsed.values.push((name.to_string(), value));
+            } else if flags.contains(&name) && inline.is_none() {
+                parsed.flags.push(name.to_string());
+            } else {
+                return Err(Usage(format!("unknown argument `{arg}`")));
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn all(&self, name: &str) -> Vec<String> {
+        self.values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn one(&self, name: &str) -> Result<Option<String>, Usage> {
+        let mut all = self.all(name);
+        match all.len() {
+            0 => Ok(None),
+            1 => Ok(all.pop()),
+            _ => Err(Usage(format!("{name} is given more than once"))),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<String, Usage> {
+        self.one(name)?
+            .ok_or_else(|| Usage(format!("{name} is required")))
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+}
+
+enum Failure {
+    Usage(Usage),
+    Render(render::Error),
+    Other(anyhow::Error),
+}
+
+impl From<Usage> for Failure {
+    fn from(usage: Usage) -> Failure {
+        Failure::Usage(usage)
+    }
+}
+
+impl From<render::Error> for Failure {
+    fn from(error: render::Error) -> Failure {
+        Failure::Render(error)
+    }
+}
+
+fn render_command(args: &[String]) -> Result<(), Failure> {
+    let arguments = Arguments::parse(
+        args,
+        &[
+            "--model",
+            "--services",
+            "--root",
+            "--profile",
+            "--server",
+            "--service",
+        ],
+        &["--dry-run", "--json"],
+    )?;
+    let model_spec = arguments.required("--model")?;
+    let services_dir = PathBuf::from(arguments.required("--services")?);
+    let root = PathBuf::from(arguments.required("--root")?);
+    let profile = arguments.required("--profile")?;
+    let server = arguments.one("--server")?;
+    let only = arguments.all("--service");
+
+    let model = model::Model::load(&model_spec).map_err(render::Error::from)?;
+    let definitions = servicedef::load_dir(&services_dir).map_err(render::Error::from)?;
+    let staged = render::stage(&render::Request {
+        model: &model,
+        definitions: &definitions,
+        services_dir: &services_dir,
+        server: server.as_deref(),
+        profile: &profile,
+        only: &only,
+    })?;
+    let change_set = render::sync::sync(&root, &staged, arguments.flag("--dry-run"))?;
+    if arguments.flag("--json") {
+        let json = serde_json::to_string(&change_set)
+            .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
+        println!("{json}");
+    } else {
+        print!("{}", change_set.to_text());
+    }
+    Ok(())
+}
+
+fn watch_command(args: &[String]) -> Result<(), Failure> {
+    let arguments = Arguments::parse(args, &["--model", "--command", "--debounce", "--poll"], &[])?;
+    let model_spec = arguments.required("--model")?;
+    let model = PathBuf::from(model_spec.strip_prefix("sqlite:").unwrap_or(&model_spec));
+    let command = render::watch::split_command(&arguments.required("--command")?)
+        .map_err(|e| Usage(e.to_string()))?;
+    let duration =
+        |name: &str, default: Option<&str>| -> Result<Option<std::time::Duration>, Usage> {
+            match arguments.one(name)?.as_deref().or(default) {
+                None => Ok(None),
+                Some(text) => servicedef::parse_duration(text).map(Some).ok_or_else(|| {
+                    Usage(format!(
+                        "{name} {text}: not a duration; write it like 200ms, 60s or 5m"
+                    ))
+                }),
+            }
+        };
+    let debounce = duration("--debounce", Some("200ms"))?.unwrap_or_default();
+    let poll = duration("--poll", None)?;
+    render::watch::watch(&render::watch::Options {
+        model,
+        command,
+        debounce,
+        poll,
+    })
+    .map_err(Failure::Other)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("render") => render_command(&args[1..]),
+        Some("watch") => watch_command(&args[1..]),
+        Some("--help") | Some("-h") | Some("help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(Failure::Usage(Usage(format!("unknown command `{other}`")))),
+        None => Err(Failure::Usage(Usage("no command given".to_string()))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(Usage(message))) => {
+            eprintln!("nodows: {message}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Render(error)) => {
+            for line in error.to_string().lines() {
+                eprintln!("nodows: {line}");
+            }
+            ExitCode::from(error.exit_code() as u8)
+        }
+        Err(Failure::Other(error)) => {
+            eprintln!("nodows: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,228 @@
+/*
+ * Thin C shim between the renderer and libxslt/libxml2.
+ *
+ * It exists because libxml2's and libxslt's error callbacks are variadic
+ * (they cannot be written in stable Rust), and to keep every security
+ * setting in one place:
+ *   - security prefs forbid network reads, file writes, directory creation
+ *     and network writes; local reads are allowed only below one directory
+ *     (the services directory), checked on the canonical path;
+ *   - every document (templates, imports, document()) is parsed without
+ *     entity substitution, without DTD loading, without network access, and
+ *     refused if it carries a DTD at all.
+ * All functions must be called with the Rust side's global lock held.
+ */
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libxml/parser.h>
+#include <libxml/xmlerror.h>
+#include <libxslt/documents.h>
+#include <libxslt/security.h>
+#include <libxslt/transform.h>
+#include <libxslt/variables.h>
+#include <libxslt/xslt.h>
+#include <libxslt/xsltInternals.h>
+#include <libxslt/xsltutils.h>
+#include <libexslt/exslt.h>
+
+static char *errors = NULL;
+static size_t errors_len = 0;
+static size_t errors_cap = 0;
+static char allowed_dir[PATH_MAX + 1] = "";
+static xsltSecurityPrefsPtr prefs = NULL;
+static xsltDocLoaderFunc original_loader = NULL;
+
+static void append(const char *text, size_t len) {
+    if (errors_len + len + 1 > errors_cap) {
+        size_t cap = errors_cap ? errors_cap : 256;
+        while (errors_len + len + 1 > cap)
+            cap *= 2;
+        char *grown = realloc(errors, cap);
+        if (grown == NULL)
+            return;
+        errors = grown;
+        errors_cap = cap;
+    }
+    memcpy(errors + errors_len, text, len);
+    errors_len += len;
+    errors[errors_len] = '\0';
+}
+
+static void generic_error(void *ctx, const char *fmt, ...) {
+    (void)ctx;
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof buf)
+        n = sizeof buf - 1;
+    append(buf, (size_t)n);
+}
+
+/* libxml2 parse errors, with file and line. */
+static void structured_error(void *ctx, xmlErrorPtr error) {
+    (void)ctx;
+    if (error == NULL || error->level == XML_ERR_WARNING)
+        return;
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf, "%s:%d: %s", error->file ? error->file : "(memory)", error->line,
+                     error->message ? error->message : "error\n");
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof buf)
+        n = sizeof buf - 1;
+    append(buf, (size_t)n);
+    if (n > 0 && buf[n - 1] != '\n')
+        append("\n", 1);
+}
+
+static int read_file_check(xsltSecurityPrefsPtr sec, xsltTransformContextPtr ctxt, const char *value) {
+    (void)sec;
+    (void)ctxt;
+    char resolved[PATH_MAX + 1];
+    if (value == NULL || allowed_dir[0] == '\0')
+        return 0;
+    if (realpath(value, resolved) == NULL)
+        return 0;
+    size_t n = strlen(allowed_dir);
+    if (strncmp(resolved, allowed_dir, n) != 0)
+        return 0;
+    return resolved[n] == '/' || resolved[n] == '\0';
+}
+
+/* Every document libxslt loads goes through here. */
+static xmlDocPtr safe_loader(const xmlChar *uri, xmlDictPtr dict, int options, void *ctxt, xsltLoadType type) {
+    options &= ~(XML_PARSE_NOENT | XML_PARSE_DTDLOAD | XML_PARSE_DTDATTR | XML_PARSE_DTDVALID);
+    options |= XML_PARSE_NONET;
+    xmlDocPtr doc = original_loader(uri, dict, options, ctxt, type);
+    if (doc != NULL && (doc->intSubset != NULL || doc->extSubset != NULL)) {
+        generic_error(NULL, "%s:1: a DOCTYPE is not allowed (DTDs and external entities are refused)\n",
+                      (const char *)uri);
+        xmlFreeDoc(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+/* Returns 0 on success. May be called again to change the allowed directory. */
+int nodows_xslt_init(const char *dir) {
+    if (prefs == NULL) {
+        xmlInitParser();
+        exsltRegisterAll();
+        xmlSubstituteEntitiesDefault(0);
+        xmlLoadExtDtdDefaultValue = 0;
+        xmlSetGenericErrorFunc(NULL, generic_error);
+        xmlSetStructuredErrorFunc(NULL, structured_error);
+        xsltSetGenericErrorFunc(NULL, generic_error);
+        original_loader = xsltDocDefaultLoader;
+        xsltSetLoaderFunc(safe_loader);
+        prefs = xsltNewSecurityPrefs();
+        if (prefs == NULL)
+            return -1;
+        if (xsltSetSecurityPrefs(prefs, XSLT_SECPREF_READ_FILE, read_file_check) != 0 ||
+            xsltSetSecurityPrefs(prefs, XSLT_SECPREF_WRITE_FILE, xsltSecurityForbid) != 0 ||
+            xsltSetSecurityPrefs(prefs, XSLT_SECPREF_CREATE_DIRECTORY, xsltSecurityForbid) != 0 ||
+            xsltSetSecurityPrefs(prefs, XSLT_SECPREF_READ_NETWORK, xsltSecurityForbid) != 0 ||
+            xsltSetSecurityPrefs(prefs, XSLT_SECPREF_WRITE_NETWORK, xsltSecurityForbid) != 0)
+            return -1;
+        xsltSetDefaultSecurityPrefs(prefs);
+    }
+    if (dir == NULL || realpath(dir, allowed_dir) == NULL) {
+        allowed_dir[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+const char *nodows_errors(size_t *len) {
+    *len = errors_len;
+    return errors ? errors : "";
+}
+
+void nodows_clear_errors(void) {
+    errors_len = 0;
+    if (errors)
+        errors[0] = '\0';
+}
+
+/* Parses the effective document (generated by the model crate). */
+void *nodows_parse_document(const char *buf, int len, const char *name) {
+    xmlDocPtr doc = xmlReadMemory(buf, len, name, NULL, XML_PARSE_NONET);
+    if (doc != NULL && (doc->intSubset != NULL || doc->extSubset != NULL)) {
+        generic_error(NULL, "%s:1: a DOCTYPE is not allowed\n", name);
+        xmlFreeDoc(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+void nodows_free_document(void *doc) {
+    if (doc)
+        xmlFreeDoc((xmlDocPtr)doc);
+}
+
+void *nodows_compile(const char *path) {
+    xsltStylesheetPtr style = xsltParseStylesheetFile((const xmlChar *)path);
+    if (style != NULL && style->errors != 0) {
+        xsltFreeStylesheet(style);
+        return NULL;
+    }
+    return style;
+}
+
+void nodows_free_stylesheet(void *style) {
+    if (style)
+        xsltFreeStylesheet((xsltStylesheetPtr)style);
+}
+
+/*
+ * Applies `style` to `doc` with string parameters (name, value, ..., NULL;
+ * values are passed literally). On success stores the serialized result
+ * (honouring xsl:output) in *out (free with nodows_free_output) and
+ * returns 0.
+ */
+int nodows_apply(void *style_ptr, void *doc_ptr, const char **params, unsigned char **out, int *out_len) {
+    xsltStylesheetPtr style = (xsltStylesheetPtr)style_ptr;
+    xmlDocPtr doc = (xmlDocPtr)doc_ptr;
+    *out = NULL;
+    *out_len = 0;
+    xsltTransformContextPtr ctxt = xsltNewTransformContext(style, doc);
+    if (ctxt == NULL)
+        return -1;
+    xsltSetCtxtSecurityPrefs(prefs, ctxt);
+    xsltSetCtxtParseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_NOCDATA);
+    xsltSetTransformErrorFunc(ctxt, NULL, generic_error);
+    if (xsltQuoteUserParams(ctxt, params) != 0) {
+        xsltFreeTransformContext(ctxt);
+        return -1;
+    }
+    xmlDocPtr result = xsltApplyStylesheetUser(style, doc, NULL, NULL, NULL, ctxt);
+    int failed = result == NULL || ctxt->state != XSLT_STATE_OK;
+    xsltFreeTransformContext(ctxt);
+    if (failed) {
+        if (result)
+            xmlFreeDoc(result);
+        return -1;
+    }
+    xmlChar *text = NULL;
+    int len = 0;
+    int rc = xsltSaveResultToString(&text, &len, result, style);
+    xmlFreeDoc(result);
+    if (rc != 0)
+        return -1;
+    *out = text;
+    *out_len = len;
+    return 0;
+}
+
+void nodows_free_output(unsigned char *out) {
+    if (out)
+        xmlFree(out);
+}

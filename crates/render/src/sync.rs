@@ -1,0 +1,340 @@
+//! The one module that writes to the target root.
+//!
+//! Staged files are compared with the root (bytes, permission bits, and
+//! owner/group when running as root); only files that differ are written.
+//! Writing happens in two phases: every changed file is first written to a
+//! temporary file in its own directory and fsynced; only when all of them
+//! exist are they renamed over their targets, one by one, and the
+//! directories fsynced. A crash at any point leaves each target either old
+//! or new, never partial.
+//!
+//! Paths are resolved inside the root as if it were `/`: a symlink in a
+//! parent directory (Debian's `/var/run -> /run`) is followed within the
+//! root, never out of it. A symlink at the target itself is replaced by a
+//! regular file.
+//!
+//! Test hook: `NODOWS_FAULT_AFTER_RENAMES=N` aborts the process after the
+//! N-th rename (the crash-consistency test uses it).
+
+use crate::{Error, StagedFile};
+use serde::Serialize;
+use servicedef::OnChange;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// What a sync did (or, with `dry_run`, would do). Serialized as the
+/// change-set JSON of ARCHITECTURE.md.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChangeSet {
+    /// Targets written, sorted.
+    pub written: Vec<String>,
+    /// Per service with something to do, sorted by name.
+    pub services: Vec<ServiceAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceAction {
+    pub name: String,
+    /// `reload` or `restart`.
+    pub action: &'static str,
+}
+
+impl ChangeSet {
+    /// The human-readable form: one line per written file and per action.
+    pub fn to_text(&self) -> String {
+        if self.written.is_empty() {
+            return "no changes\n".to_string();
+        }
+        let mut out = String::new();
+        for path in &self.written {
+            out.push_str(&format!("written {path}\n"));
+        }
+        for service in &self.services {
+            out.push_str(&format!("{} {}\n", service.action, service.name));
+        }
+        out
+    }
+}
+
+/// User and group names of the target root (`ROOT/etc/passwd`,
+/// `ROOT/etc/group`); `root` is 0 even without those files.
+struct Accounts {
+    users: BTreeMap<String, u32>,
+    groups: BTreeMap<String, u32>,
+}
+
+impl Accounts {
+    fn read(root: &Path) -> Accounts {
+        let parse = |file: &str| {
+            let mut ids = BTreeMap::from([("root".to_string(), 0u32)]);
+            if let Ok(text) = std::fs::read_to_string(root.join(file)) {
+                for line in text.lines() {
+                    let fields: Vec<&str> = line.split(':').collect();
+                    if fields.len() >= 3 {
+                        if let Ok(id) = fields[2].parse() {
+                            ids.insert(fields[0].to_string(), id);
+                        }
+                    }
+                }
+            }
+            ids
+        };
+        Accounts {
+            users: parse("etc/passwd"),
+            groups: parse("etc/group"),
+        }
+    }
+}
+
+/// Resolves `target` (absolute, checked by `check_target`) inside `root`,
+/// following symlinks of parent directories as if `root` were `/`.
+pub fn resolve_in_root(root: &Path, target: &str) -> Result<PathBuf, String> {
+    let mut pending: Vec<OsString> = Path::new(target)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .rev()
+        .collect();
+    let mut resolved: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&resolved);
+        candidate.push(&name);
+        let is_last = pending.is_empty();
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(metadata) if metadata.file_type().is_symlink() && !is_last => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!(
+                        "{}: too many levels of symbolic links while resolving {target}",
+                        candidate.display()
+                    ));
+                }
+                let link = std::fs::read_link(&candidate)
+                    .map_err(|e| format!("{}: {e}", candidate.display()))?;
+                if link.is_absolute() {
+                    resolved.clear();
+                }
+                for component in link.components().rev() {
+                    match component {
+                        Component::Normal(part) => pending.push(part.to_os_string()),
+                        Component::ParentDir => pending.push(OsString::from("..")),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved.push(name),
+        }
+    }
+    let mut path = root.to_path_buf();
+    path.extend(&resolved);
+    Ok(path)
+}
+
+struct Planned<'s> {
+    staged: &'s StagedFile,
+    path: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+fn is_root_user() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Diffs `staged` against `root` and, unless `dry_run`, writes the files that
+/// differ. Owner and group are compared and set only when running as root.
+pub fn sync(root: &Path, staged: &[StagedFile], dry_run: bool) -> Result<ChangeSet, Error> {
+    if !root.is_dir() {
+        return Err(Error::BadInput(vec![format!(
+            "{}: the target root is not a directory",
+            root.display()
+        )]));
+    }
+    let accounts = Accounts::read(root);
+    let as_root = is_root_user();
+    let mut problems = Vec::new();
+    let mut changed: Vec<Planned> = Vec::new();
+    for file in staged {
+        let uid = accounts.users.get(&file.owner).copied();
+        let gid = accounts.groups.get(&file.group).copied();
+        let (Some(uid), Some(gid)) = (uid, gid) else {
+            problems.push(format!(
+                "service `{}`: file {}: owner `{}` or group `{}` is not in {}/etc/passwd or /etc/group; create the account in the image or use an existing one",
+                file.service,
+                file.target,
+                file.owner,
+                file.group,
+                root.display()
+            ));
+            continue;
+        };
+        let path = match resolve_in_root(root, &file.target) {
+            Ok(path) => path,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        let differs = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => {
+                return Err(Error::Failed(format!("{}: {e}", path.display())));
+            }
+            Ok(metadata) if metadata.is_dir() => {
+                problems.push(format!(
+                    "{}: is a directory, but service `{}` renders a file there",
+                    path.display(),
+                    file.service
+                ));
+                continue;
+            }
+            Ok(metadata) if !metadata.is_file() => true,
+            Ok(metadata) => {
+                metadata.mode() & 0o7777 != file.mode
+                    || (as_root && (metadata.uid() != uid || metadata.gid() != gid))
+                    || metadata.len() != file.bytes.len() as u64
+                    || std::fs::read(&path)
+                        .map_err(|e| Error::Failed(format!("{}: {e}", path.display())))?
+                        != file.bytes
+            }
+        };
+        if differs {
+            changed.push(Planned {
+                staged: file,
+                path,
+                uid,
+                gid,
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::BadInput(problems));
+    }
+
+    let mut actions: BTreeMap<&str, OnChange> = BTreeMap::new();
+    for planned in &changed {
+        let action = actions
+            .entry(&planned.staged.service)
+            .or_insert(OnChange::None);
+        *action = match (*action, planned.staged.on_change) {
+            (OnChange::Restart, _) | (_, OnChange::Restart) => OnChange::Restart,
+            (OnChange::Reload, _) | (_, OnChange::Reload) => OnChange::Reload,
+            _ => OnChange::None,
+        };
+    }
+    let change_set = ChangeSet {
+        written: changed.iter().map(|p| p.staged.target.clone()).collect(),
+        services: actions
+            .into_iter()
+            .filter_map(|(name, action)| {
+                let action = match action {
+                    OnChange::Reload => "reload",
+                    OnChange::Restart => "restart",
+                    OnChange::None => return None,
+                };
+                Some(ServiceAction {
+                    name: name.to_string(),
+                    action,
+                })
+            })
+            .collect(),
+    };
+    if dry_run || changed.is_empty() {
+        return Ok(change_set);
+    }
+    write_all(&changed, as_root)?;
+    Ok(change_set)
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.nodows-tmp"))
+}
+
+fn write_temp(planned: &Planned, temp: &Path, as_root: bool) -> std::io::Result<()> {
+    if let Some(parent) = temp.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(temp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(temp)?;
+    file.write_all(&planned.staged.bytes)?;
+    if as_root {
+        std::os::unix::fs::fchown(&file, Some(planned.uid), Some(planned.gid))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(planned.staged.mode))?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
+    // Phase 1: every new file as a temporary file next to its target.
+    let mut temps: Vec<PathBuf> = Vec::with_capacity(changed.len());
+    for planned in changed {
+        let temp = temp_path(&planned.path);
+        if let Err(e) = write_temp(planned, &temp, as_root) {
+            let _ = std::fs::remove_file(&temp);
+            for written in &temps {
+                let _ = std::fs::remove_file(written);
+            }
+            return Err(Error::Failed(format!(
+                "{}: cannot write: {e}; nothing was changed",
+                temp.display()
+            )));
+        }
+        temps.push(temp);
+    }
+    // Phase 2: renames, then the directories' fsync.
+    let fault_after: Option<usize> = std::env::var("NODOWS_FAULT_AFTER_RENAMES")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    let mut directories: BTreeSet<PathBuf> = BTreeSet::new();
+    for (index, (planned, temp)) in changed.iter().zip(&temps).enumerate() {
+        if let Err(e) = std::fs::rename(temp, &planned.path) {
+            for left in &temps[index..] {
+                let _ = std::fs::remove_file(left);
+            }
+            return Err(Error::Failed(format!(
+                "{}: cannot rename into place: {e}; {index} of {} files were updated",
+                planned.path.display(),
+                changed.len()
+            )));
+        }
+        if fault_after == Some(index + 1) {
+            eprintln!("nodows: fault injected after {} renames", index + 1);
+            std::process::abort();
+        }
+        if let Some(parent) = planned.path.parent() {
+            directories.insert(parent.to_path_buf());
+        }
+    }
+    for directory in directories {
+        std::fs::File::open(&directory)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::Failed(format!("{}: cannot fsync: {e}", directory.display())))?;
+    }
+    Ok(())
+}

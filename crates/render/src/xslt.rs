@@ -1,0 +1,235 @@
+//! Safe wrapper over the C shim (src/shim.c) and libxslt.
+//!
+//! libxslt keeps its error handlers and security preferences in globals, so
+//! every call goes through one process-wide lock, held by [`Xslt`].
+
+use std::ffi::{c_char, c_int, c_uchar, c_void, CString};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+extern "C" {
+    fn nodows_xslt_init(dir: *const c_char) -> c_int;
+    fn nodows_errors(len: *mut usize) -> *const c_char;
+    fn nodows_clear_errors();
+    fn nodows_parse_document(buf: *const c_char, len: c_int, name: *const c_char) -> *mut c_void;
+    fn nodows_free_document(doc: *mut c_void);
+    fn nodows_compile(path: *const c_char) -> *mut c_void;
+    fn nodows_free_stylesheet(style: *mut c_void);
+    fn nodows_apply(
+        style: *mut c_void,
+        doc: *mut c_void,
+        params: *const *const c_char,
+        out: *mut *mut c_uchar,
+        out_len: *mut c_int,
+    ) -> c_int;
+    fn nodows_free_output(out: *mut c_uchar);
+}
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Exclusive access to libxslt, with local file reads allowed only below
+/// `allowed_dir`.
+pub struct Xslt {
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// A parsed input document.
+pub struct Document<'x> {
+    doc: *mut c_void,
+    _xslt: std::marker::PhantomData<&'x Xslt>,
+}
+
+/// A compiled stylesheet.
+pub struct Stylesheet<'x> {
+    style: *mut c_void,
+    _xslt: std::marker::PhantomData<&'x Xslt>,
+}
+
+fn c_string(text: &str) -> Result<CString, String> {
+    CString::new(text).map_err(|_| format!("{text:?} contains a NUL byte"))
+}
+
+impl Xslt {
+    /// Takes the lock and sets the directory below which templates and
+    /// `document()` may read files.
+    pub fn new(allowed_dir: &Path) -> Result<Xslt, String> {
+        let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = c_string(&allowed_dir.to_string_lossy())?;
+        // SAFETY: the lock is held; `dir` is a valid C string.
+        let rc = unsafe { nodows_xslt_init(dir.as_ptr()) };
+        if rc != 0 {
+            return Err(format!(
+                "{}: cannot use this directory for templates",
+                allowed_dir.display()
+            ));
+        }
+        // SAFETY: lock held.
+        unsafe { nodows_clear_errors() };
+        Ok(Xslt { _guard: guard })
+    }
+
+    /// The messages libxml2/libxslt reported since the last call, cleared.
+    fn take_errors(&self) -> String {
+        let mut len = 0usize;
+        // SAFETY: lock held; the shim returns a buffer of `len` bytes that
+        // stays valid until the next shim call.
+        let text = unsafe {
+            let ptr = nodows_errors(&mut len);
+            let bytes = std::slice::from_raw_parts(ptr as *const u8, len);
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        // SAFETY: lock held.
+        unsafe { nodows_clear_errors() };
+        text
+    }
+
+    /// Parses an input document held in memory; `name` is used in messages.
+    pub fn parse_document(&self, xml: &str, name: &str) -> Result<Document<'_>, String> {
+        let name_c = c_string(name)?;
+        let len = c_int::try_from(xml.len()).map_err(|_| format!("{name}: document too large"))?;
+        // SAFETY: lock held; buffer and name are valid for the call.
+        let doc =
+            unsafe { nodows_parse_document(xml.as_ptr() as *const c_char, len, name_c.as_ptr()) };
+        let errors = self.take_errors();
+        if doc.is_null() {
+            return Err(tidy(&errors, name, "cannot parse the document"));
+        }
+        Ok(Document {
+            doc,
+            _xslt: std::marker::PhantomData,
+        })
+    }
+
+    /// Compiles a stylesheet file.
+    pub fn compile(&self, path: &Path) -> Result<Stylesheet<'_>, String> {
+        let name = path.to_string_lossy();
+        let path_c = c_string(&name)?;
+        // SAFETY: lock held; path is a valid C string.
+        let style = unsafe { nodows_compile(path_c.as_ptr()) };
+        let errors = self.take_errors();
+        if style.is_null() {
+            return Err(tidy(&errors, &name, "the template does not compile"));
+        }
+        Ok(Stylesheet {
+            style,
+            _xslt: std::marker::PhantomData,
+        })
+    }
+
+    /// Applies `stylesheet` to `document` with string parameters and
+    /// returns the serialized result (as `xsl:output` asks: text, xml, html).
+    pub fn apply(
+        &self,
+        stylesheet: &Stylesheet<'_>,
+        document: &Document<'_>,
+        params: &[(&str, &str)],
+        template_name: &str,
+    ) -> Result<Vec<u8>, String> {
+        let mut owned = Vec::with_capacity(params.len() * 2);
+        for (name, value) in params {
+            owned.push(c_string(name)?);
+            owned.push(c_string(value)?);
+        }
+        let mut pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+        pointers.push(std::ptr::null());
+        let mut out: *mut c_uchar = std::ptr::null_mut();
+        let mut out_len: c_int = 0;
+        // SAFETY: lock held; the style and doc pointers are live (owned by
+        // the wrappers); `pointers` is NULL-terminated and outlives the call.
+        let rc = unsafe {
+            nodows_apply(
+                stylesheet.style,
+                document.doc,
+                pointers.as_ptr(),
+                &mut out,
+                &mut out_len,
+            )
+        };
+        let errors = self.take_errors();
+        if rc != 0 {
+            return Err(tidy(&errors, template_name, "the template failed"));
+        }
+        let bytes = if out.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: the shim returned `out_len` bytes at `out`, freed below.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(out, out_len.max(0) as usize).to_vec() };
+            // SAFETY: `out` came from libxml2's allocator.
+            unsafe { nodows_free_output(out) };
+            bytes
+        };
+        Ok(bytes)
+    }
+}
+
+impl Drop for Document<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the Xslt (and so the lock) outlives this document.
+        unsafe { nodows_free_document(self.doc) }
+    }
+}
+
+impl Drop for Stylesheet<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the Xslt (and so the lock) outlives this stylesheet.
+        unsafe { nodows_free_stylesheet(self.style) }
+    }
+}
+
+/// Turns libxslt's multi-line messages ("compilation error: file F line N
+/// element E" followed by the reason) into `F:N: element E: reason` lines.
+/// Falls back to `name: what` when libxslt said nothing.
+pub(crate) fn tidy(errors: &str, name: &str, what: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut pending: Option<String> = None;
+    for line in errors
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+    {
+        let header = line
+            .strip_prefix("compilation error: ")
+            .or_else(|| line.strip_prefix("runtime error: "));
+        if let Some(header) = header {
+            if let Some(previous) = pending.take() {
+                out.push(format!("{previous}: {what}"));
+            }
+            pending = Some(location(header));
+            continue;
+        }
+        match pending.take() {
+            Some(location) => out.push(format!("{location}: {}", line.trim())),
+            None => out.push(line.trim().to_string()),
+        }
+    }
+    if let Some(previous) = pending {
+        out.push(format!("{previous}: {what}"));
+    }
+    if out.is_empty() {
+        return format!("{name}: {what}");
+    }
+    // Make sure the file is named at least once.
+    if !out.iter().any(|line| line.contains(name)) {
+        out.insert(0, format!("{name}: {what}"));
+    }
+    out.join("\n")
+}
+
+/// `file F line N element E` -> `F:N: element E`.
+fn location(header: &str) -> String {
+    let Some(rest) = header.strip_prefix("file ") else {
+        return header.to_string();
+    };
+    if let Some((file, rest)) = rest.split_once(" line ") {
+        let (line, element) = match rest.split_once(' ') {
+            Some((line, element)) => (line, element.trim()),
+            None => (rest, ""),
+        };
+        if element.is_empty() {
+            return format!("{file}:{line}");
+        }
+        return format!("{file}:{line}: {element}");
+    }
+    rest.to_string()
+}

@@ -1,0 +1,40 @@
+<?xml version="1.0" encoding="utf-8"?>
+<!-- /etc/ssh/sshd_config. The model decides the login policy: dev allows
+     root with a password, every other profile wants keys only. -->
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:output method="text" encoding="utf-8"/>
+  <xsl:param name="server"/>
+  <xsl:param name="mode"/>
+  <xsl:param name="service"/>
+  <xsl:variable name="ssh" select="/model/service[@name = $service]"/>
+  <xsl:template match="/">
+    <xsl:text># rendered by nodows from the model (service </xsl:text>
+    <xsl:value-of select="$service"/>
+    <xsl:text>, mode </xsl:text>
+    <xsl:value-of select="$mode"/>
+    <xsl:text>); do not edit
+Include /etc/ssh/sshd_config.d/*.conf
+
+Port </xsl:text>
+    <xsl:value-of select="$ssh/key[@name = 'port']"/>
+    <xsl:text>
+PermitRootLogin </xsl:text>
+    <xsl:value-of select="$ssh/key[@name = 'permit_root_login']"/>
+    <xsl:text>
+PasswordAuthentication </xsl:text>
+    <xsl:value-of select="$ssh/key[@name = 'password_authentication']"/>
+    <xsl:text>
+PermitEmptyPasswords </xsl:text>
+    <xsl:value-of select="$ssh/key[@name = 'permit_empty_passwords']"/>
+    <xsl:text>
+KbdInteractiveAuthentication no
+UsePAM </xsl:text>
+    <xsl:value-of select="$ssh/key[@name = 'use_pam']"/>
+    <xsl:text>
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+</xsl:text>
+  </xsl:template>
+</xsl:stylesheet>

@@ -1,0 +1,23 @@
+<?xml version="1.0" encoding="utf-8"?>
+<!-- /etc/sysctl.d/90-nodows.conf: every key of the sysctl service is a
+     kernel parameter (key name = sysctl name). -->
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:output method="text" encoding="utf-8"/>
+  <xsl:param name="server"/>
+  <xsl:param name="mode"/>
+  <xsl:param name="service"/>
+  <xsl:template match="/">
+    <xsl:text># rendered by nodows from the model (service </xsl:text>
+    <xsl:value-of select="$service"/>
+    <xsl:text>, mode </xsl:text>
+    <xsl:value-of select="$mode"/>
+    <xsl:text>); do not edit
+</xsl:text>
+    <xsl:for-each select="/model/service[@name = $service]/key">
+      <xsl:value-of select="@name"/>
+      <xsl:text> = </xsl:text>
+      <xsl:value-of select="."/>
+      <xsl:text>&#10;</xsl:text>
+    </xsl:for-each>
+  </xsl:template>
+</xsl:stylesheet>
