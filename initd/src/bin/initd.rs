@@ -1,1 +1,205 @@
-fn main() {}
+//! `initd`: PID 1 (no arguments) or a foreground supervisor.
+//! Exit codes: 0 success, 1 failure, 2 bad input or usage.
+
+use std::path::PathBuf;
+
+use initd::runtime::{Options, Runtime};
+use initd::{pid1, sys};
+
+const USAGE: &str = "usage: initd [--services DIR] [--socket PATH] [--state DIR] [--mode MODE] [--log-dir DIR]
+             [--render-command PATH] [--model PATH] [--root DIR] [--server ID]
+             [--log-max-bytes N] [--no-cgroups]
+       initd check --services DIR [--mode MODE] [--root DIR]
+With no arguments as PID 1: the image defaults (/etc/nodows/services, /run/initd.sock, /run/nodows).";
+
+fn usage_error(message: &str) -> ! {
+    eprintln!("initd: {message}\n{USAGE}");
+    std::process::exit(2)
+}
+
+struct Parsed {
+    options: Options,
+    check: bool,
+    given: Vec<&'static str>,
+}
+
+fn parse_arguments(arguments: &[String]) -> Parsed {
+    let mut options = Options::image_defaults();
+    let mut given = Vec::new();
+    let mut check = false;
+    let mut index = 0;
+    while index < arguments.len() {
+        let argument = arguments[index].as_str();
+        let first = index == 0;
+        let mut value = || -> String {
+            index += 1;
+            match arguments.get(index) {
+                Some(value) => value.clone(),
+                None => usage_error(&format!("{argument} needs a value")),
+            }
+        };
+        match argument {
+            "check" if first => check = true,
+            "--services" => {
+                options.services = PathBuf::from(value());
+                given.push("--services");
+            }
+            "--socket" => {
+                options.socket = PathBuf::from(value());
+                given.push("--socket");
+            }
+            "--state" => {
+                options.state = PathBuf::from(value());
+                given.push("--state");
+            }
+            "--mode" => options.mode = Some(value()),
+            "--log-dir" => {
+                options.log_dir = Some(PathBuf::from(value()));
+                given.push("--log-dir");
+            }
+            "--render-command" => options.render_command = PathBuf::from(value()),
+            "--model" => options.model = PathBuf::from(value()),
+            "--root" => options.root = PathBuf::from(value()),
+            "--server" => options.server = Some(value()),
+            "--log-max-bytes" => {
+                let text = value();
+                options.log_max_bytes = match text.parse::<u64>() {
+                    Ok(bytes) if bytes > 0 => bytes,
+                    _ => usage_error(&format!(
+                        "bad --log-max-bytes {text}: a whole number of bytes"
+                    )),
+                }
+            }
+            "--no-cgroups" => options.use_cgroups = false,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            other => usage_error(&format!("unknown argument {other}")),
+        }
+        index += 1;
+    }
+    Parsed {
+        options,
+        check,
+        given,
+    }
+}
+
+fn read_word(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+}
+
+fn check_command(options: &Options) -> i32 {
+    let definitions = match servicedef::load_dir(&options.services) {
+        Ok(definitions) => definitions,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 2;
+        }
+    };
+    let mode = options
+        .mode
+        .clone()
+        .unwrap_or_else(|| "production".to_string());
+    let supervisor = initd::supervisor::Supervisor::new(definitions.clone(), &mode);
+    let mut code = 0;
+    for definition in &definitions {
+        let in_mode = supervisor.in_current_mode(&definition.name);
+        let (service_code, text) =
+            initd::runtime::check_service(definition, &mode, in_mode, &options.root);
+        print!("{text}");
+        // A missing binary matters for services that run in this mode.
+        if service_code != 0 && in_mode && !definition.exec.path.exists() {
+            code = 2;
+        }
+    }
+    code
+}
+
+fn main() {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let pid1 = sys::getpid() == 1;
+    let parsed = parse_arguments(&arguments);
+    let mut options = parsed.options;
+    if parsed.check {
+        std::process::exit(check_command(&options));
+    }
+    options.pid1 = pid1;
+    if !pid1 {
+        for required in ["--services", "--socket", "--state"] {
+            if !parsed.given.contains(&required) {
+                usage_error(&format!("{required} is required when not running as PID 1"));
+            }
+        }
+        if !parsed.given.contains(&"--log-dir") {
+            options.log_dir = None;
+        }
+    }
+    let mut machine = false;
+    let mut early_messages = Vec::new();
+    let mut command_line = pid1::CommandLine::default();
+    if pid1 {
+        sys::ensure_standard_fds();
+        machine = sys::disable_ctrl_alt_del().is_ok();
+        early_messages = pid1::early_setup(machine);
+        command_line =
+            pid1::parse_command_line(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    }
+    let console = initd::runtime::Console::new(pid1);
+    for message in early_messages {
+        console.line(&format!("initd: {message}"));
+    }
+    let mode = options
+        .mode
+        .clone()
+        .or(command_line.mode.clone())
+        .or_else(|| {
+            if pid1 {
+                read_word("/etc/nodows/mode")
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| "production".to_string());
+    if options.server.is_none() {
+        options.server = command_line.server.clone().or_else(|| {
+            if pid1 {
+                read_word("/etc/nodows/server-id")
+            } else {
+                None
+            }
+        });
+    }
+    let definitions = match servicedef::load_dir(&options.services) {
+        Ok(definitions) => definitions,
+        Err(errors) => {
+            if !pid1 {
+                eprintln!("{errors}");
+                std::process::exit(2);
+            }
+            console.line(&format!("{errors}"));
+            console.line("initd: service definitions are invalid: starting no services");
+            Vec::new()
+        }
+    };
+    match Runtime::new(options, definitions, mode, machine) {
+        Ok(mut runtime) => {
+            let code = runtime.run();
+            std::process::exit(code)
+        }
+        Err((code, message)) => {
+            console.line(&format!("initd: {message}"));
+            if !pid1 {
+                std::process::exit(code);
+            }
+            // PID 1 cannot exit: keep reaping.
+            loop {
+                while sys::reap_one().is_some() {}
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+}

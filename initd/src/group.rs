@@ -1,0 +1,237 @@
+//! "The whole service": every process a service started, however it forked.
+//!
+//! Linux with a writable cgroup v2 at /sys/fs/cgroup: one cgroup per service
+//! (the child joins it before exec); stop signals go to every member and
+//! SIGKILL goes through `cgroup.kill`, as systemd does.
+//! Elsewhere: each service runs in its own session and process group, and
+//! every process carries `NODOWS_SERVICE=<name>` in its environment; the
+//! members are the processes of the service's process groups/sessions plus
+//! those carrying the marker (found in /proc on Linux), so processes that
+//! called setsid or double-forked are still found.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use crate::sys;
+
+/// The environment variable that marks a service's processes.
+pub const MARKER: &str = "NODOWS_SERVICE";
+
+pub struct Groups {
+    cgroup_base: Option<PathBuf>,
+    /// Process groups (= sessions: services start with setsid) per service.
+    pgids: BTreeMap<String, BTreeSet<i32>>,
+}
+
+impl Groups {
+    /// `use_cgroups` false forces the process-group fallback (tests).
+    pub fn new(use_cgroups: bool) -> Groups {
+        let cgroup_base = if use_cgroups { cgroup_base() } else { None };
+        Groups {
+            cgroup_base,
+            pgids: BTreeMap::new(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.cgroup_base {
+            Some(base) => format!("cgroup v2 under {}", base.display()),
+            None => "process groups and tracked descendants".to_string(),
+        }
+    }
+
+    /// Before a spawn: the `cgroup.procs` file the child writes "0" to.
+    pub fn prepare(&self, name: &str) -> Option<CString> {
+        let base = self.cgroup_base.as_ref()?;
+        let directory = base.join(name);
+        if !directory.is_dir() && std::fs::create_dir(&directory).is_err() {
+            return None;
+        }
+        CString::new(directory.join("cgroup.procs").to_string_lossy().as_bytes()).ok()
+    }
+
+    /// After a spawn: remember the new process group.
+    pub fn spawned(&mut self, name: &str, pid: i32) {
+        self.pgids.entry(name.to_string()).or_default().insert(pid);
+    }
+
+    /// Every live process of the service.
+    pub fn members(&self, name: &str) -> Vec<i32> {
+        self.members_of(&[name.to_string()])
+            .remove(name)
+            .unwrap_or_default()
+    }
+
+    /// Members of several services with one scan.
+    pub fn members_of(&self, names: &[String]) -> BTreeMap<String, Vec<i32>> {
+        let mut result = BTreeMap::new();
+        if let Some(base) = &self.cgroup_base {
+            for name in names {
+                let procs = std::fs::read_to_string(base.join(name).join("cgroup.procs"))
+                    .unwrap_or_default();
+                let pids: Vec<i32> = procs
+                    .lines()
+                    .filter_map(|line| line.trim().parse().ok())
+                    .collect();
+                result.insert(name.clone(), pids);
+            }
+            return result;
+        }
+        for name in names {
+            result.insert(name.clone(), Vec::new());
+        }
+        self.scan(names, &mut result);
+        result
+    }
+
+    #[cfg(target_os = "linux")]
+    fn scan(&self, names: &[String], result: &mut BTreeMap<String, Vec<i32>>) {
+        let own = sys::getpid();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid == own {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command (which may contain spaces and parens).
+            let Some(rest) = stat.rfind(')').map(|index| &stat[index + 1..]) else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.len() < 4 || fields[0] == "Z" {
+                continue;
+            }
+            let pgid: i32 = fields[2].parse().unwrap_or(0);
+            let session: i32 = fields[3].parse().unwrap_or(0);
+            let mut owner: Option<&String> = names.iter().find(|name| {
+                self.pgids
+                    .get(*name)
+                    .is_some_and(|set| set.contains(&pgid) || set.contains(&session))
+            });
+            if owner.is_none() {
+                if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+                    for variable in environ.split(|byte| *byte == 0) {
+                        if let Some(value) = variable
+                            .strip_prefix(MARKER.as_bytes())
+                            .and_then(|rest| rest.strip_prefix(b"="))
+                        {
+                            owner = names.iter().find(|name| name.as_bytes() == value);
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(owner) = owner {
+                if let Some(pids) = result.get_mut(owner) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn scan(&self, names: &[String], result: &mut BTreeMap<String, Vec<i32>>) {
+        for name in names {
+            if let Some(pgids) = self.pgids.get(name) {
+                for pgid in pgids {
+                    if sys::kill(-pgid, 0).is_ok() {
+                        if let Some(pids) = result.get_mut(name) {
+                            pids.push(*pgid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send a signal to the whole service.
+    pub fn signal(&self, name: &str, signal: i32) {
+        if self.cgroup_base.is_none() {
+            for pgid in self.pgids.get(name).into_iter().flatten() {
+                let _ = sys::kill(-pgid, signal);
+            }
+        }
+        for pid in self.members(name) {
+            let _ = sys::kill(pid, signal);
+        }
+    }
+
+    /// SIGKILL the whole service.
+    pub fn kill(&self, name: &str) {
+        if let Some(base) = &self.cgroup_base {
+            if std::fs::write(base.join(name).join("cgroup.kill"), "1").is_ok() {
+                return;
+            }
+        }
+        self.signal(name, libc::SIGKILL);
+    }
+
+    /// Nothing of the service is left; forget its process groups.
+    pub fn forget(&mut self, name: &str) {
+        self.pgids.remove(name);
+    }
+
+    /// Remove the cgroups (at exit).
+    pub fn cleanup(&self) {
+        if let Some(base) = &self.cgroup_base {
+            if let Ok(entries) = std::fs::read_dir(base) {
+                for entry in entries.flatten() {
+                    if entry.path().is_dir() {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn cgroup_base() -> Option<PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let root = c"/sys/fs/cgroup";
+    // SAFETY: statfs into a zeroed struct with a valid path.
+    let is_cgroup2 = unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(root.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == CGROUP2_SUPER_MAGIC
+    };
+    if !is_cgroup2 {
+        return None;
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own_path = own
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))?
+        .trim();
+    let pid = sys::getpid();
+    let leaf = if pid == 1 {
+        "nodows".to_string()
+    } else {
+        format!("initd.{pid}")
+    };
+    let base = PathBuf::from("/sys/fs/cgroup")
+        .join(own_path.trim_start_matches('/'))
+        .join(leaf);
+    if base.is_dir() || std::fs::create_dir(&base).is_ok() {
+        Some(base)
+    } else {
+        None
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cgroup_base() -> Option<PathBuf> {
+    None
+}

@@ -1,0 +1,17 @@
+//! initd: the nodows init and service supervisor, and initctl's protocol.
+//!
+//! `supervisor` is the pure state machine; `runtime` is the poll loop that
+//! drives it; `sys`, `group`, `pid1` and `spawn` hold the syscalls (`spawn`
+//! is the only code between fork and exec).
+
+pub mod group;
+pub mod json;
+pub mod logfile;
+pub mod pid1;
+pub mod runtime;
+pub mod spawn;
+pub mod supervisor;
+pub mod sys;
+
+/// The control socket when none is given.
+pub const DEFAULT_SOCKET: &str = "/run/initd.sock";

@@ -1,0 +1,285 @@
+//! PID 1 duties on Linux: early mounts, hostname, loopback, the kernel
+//! command line, and the last steps of shutdown. Every step logs its failure
+//! and goes on: PID 1 never gives up.
+
+#[cfg(target_os = "linux")]
+use std::ffi::CString;
+
+/// Settings read from /proc/cmdline.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    pub mode: Option<String>,
+    pub server: Option<String>,
+}
+
+pub fn parse_command_line(text: &str) -> CommandLine {
+    let mut command_line = CommandLine::default();
+    for word in text.split_whitespace() {
+        if let Some(mode) = word.strip_prefix("nodows.mode=") {
+            command_line.mode = Some(mode.to_string());
+        } else if let Some(server) = word.strip_prefix("nodows.server=") {
+            command_line.server = Some(server.to_string());
+        }
+    }
+    command_line
+}
+
+#[cfg(target_os = "linux")]
+fn mounted_points() -> Vec<(String, String)> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _source = fields.next()?;
+            let target = fields.next()?.to_string();
+            let kind = fields.next()?.to_string();
+            Some((target, kind))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+fn mount(
+    source: &str,
+    target: &str,
+    kind: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
+    let to_c = |text: &str| CString::new(text).map_err(|_| "NUL in mount argument".to_string());
+    let (source_c, target_c, kind_c, data_c) =
+        (to_c(source)?, to_c(target)?, to_c(kind)?, to_c(data)?);
+    let _ = std::fs::create_dir_all(target);
+    // SAFETY: valid NUL-terminated strings.
+    let result = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            kind_c.as_ptr(),
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data_c.as_ptr().cast()
+            },
+        )
+    };
+    if result < 0 {
+        Err(format!(
+            "mount {kind} on {target}: {}",
+            std::io::Error::last_os_error()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Mount the API file systems (each only if nothing is mounted there yet),
+/// remount / read-write, set the hostname, bring up lo. Returns messages
+/// for the console.
+#[cfg(target_os = "linux")]
+pub fn early_setup(machine: bool) -> Vec<String> {
+    let mut messages = Vec::new();
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if !std::path::Path::new("/proc/self").exists() {
+        if let Err(error) = mount("proc", "/proc", "proc", nosuid_nodev_noexec, "") {
+            messages.push(error);
+        }
+    }
+    let table: [(&str, &str, &str, libc::c_ulong, &str); 6] = [
+        ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, ""),
+        ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "gid=5,mode=0620,ptmxmode=0666",
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_nodev_noexec,
+            "",
+        ),
+    ];
+    for (source, target, kind, flags, data) in table {
+        let already = mounted_points().iter().any(|(point, _)| point == target);
+        if already {
+            continue;
+        }
+        if let Err(error) = mount(source, target, kind, flags, data) {
+            messages.push(error);
+        }
+    }
+    // Inside a container the root file system is the host's: leave it alone.
+    // SAFETY: remount of / with valid strings.
+    let remount = if machine {
+        unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT,
+                std::ptr::null(),
+            )
+        }
+    } else {
+        0
+    };
+    if remount < 0 {
+        messages.push(format!(
+            "remount / read-write: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    for directory in ["/run/nodows", "/var/log/nodows"] {
+        if let Err(error) = std::fs::create_dir_all(directory) {
+            messages.push(format!("create {directory}: {error}"));
+        }
+    }
+    if let Ok(hostname) = std::fs::read_to_string("/etc/hostname") {
+        let hostname = hostname.trim();
+        if !hostname.is_empty() {
+            // SAFETY: pointer and length of a valid buffer.
+            let result = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+            if result < 0 {
+                messages.push(format!(
+                    "set hostname {hostname}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    }
+    if let Err(error) = loopback_up() {
+        messages.push(format!("bring up lo: {error}"));
+    }
+    messages
+}
+
+#[cfg(target_os = "linux")]
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a datagram socket, ioctls on a zeroed ifreq with the name set.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (index, byte) in b"lo".iter().enumerate() {
+            request.ifr_name[index] = *byte as libc::c_char;
+        }
+        let mut result = libc::ioctl(socket, libc::SIOCGIFFLAGS as _, &mut request);
+        if result >= 0 {
+            request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            result = libc::ioctl(socket, libc::SIOCSIFFLAGS as _, &request);
+        }
+        let error = std::io::Error::last_os_error();
+        libc::close(socket);
+        if result < 0 {
+            Err(error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn early_setup(_machine: bool) -> Vec<String> {
+    Vec::new()
+}
+
+/// The end of shutdown, after the services stopped: SIGTERM everything,
+/// wait, SIGKILL everything, sync, remount read-only. `machine` is false
+/// inside a PID namespace (a container): then / is only made read-only for
+/// this mount namespace, never for the host's file system.
+pub fn final_kill_and_sync(machine: bool, mut say: impl FnMut(String)) {
+    let _ = crate::sys::kill(-1, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        while crate::sys::reap_one().is_some() {}
+        // ECHILD: nothing left.
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        let result = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if result < 0 || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = crate::sys::kill(-1, libc::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        let result = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if result < 0 || std::time::Instant::now() >= deadline {
+            break;
+        }
+        if result == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    crate::sys::sync();
+    #[cfg(target_os = "linux")]
+    {
+        let flags = if machine {
+            libc::MS_REMOUNT | libc::MS_RDONLY
+        } else {
+            libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_BIND
+        };
+        // SAFETY: remount of / with valid strings.
+        let result = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if result < 0 {
+            say(format!(
+                "remount / read-only: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = machine;
+        let _ = &mut say;
+    }
+    crate::sys::sync();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_mode_and_server() {
+        let parsed = parse_command_line(
+            "root=/dev/vda2 console=ttyS0 nodows.mode=failover nodows.server=web-2 quiet",
+        );
+        assert_eq!(parsed.mode.as_deref(), Some("failover"));
+        assert_eq!(parsed.server.as_deref(), Some("web-2"));
+        assert_eq!(parse_command_line("quiet"), CommandLine::default());
+    }
+}

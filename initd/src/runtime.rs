@@ -1,0 +1,1140 @@
+//! The driver: one poll loop that feeds the supervisor (signals, reaped
+//! children, readiness, control requests, time) and carries out its actions.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use servicedef::{Readiness, ServiceDefinition};
+
+use crate::group::Groups;
+use crate::json;
+use crate::logfile::ServiceLog;
+use crate::supervisor::{Action, Exit, State, Supervisor};
+use crate::sys::{self, Shutdown};
+
+/// Command-line settings of `initd`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub services: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub mode: Option<String>,
+    pub log_dir: Option<PathBuf>,
+    pub render_command: PathBuf,
+    pub model: PathBuf,
+    pub root: PathBuf,
+    pub server: Option<String>,
+    pub log_max_bytes: u64,
+    pub use_cgroups: bool,
+    pub pid1: bool,
+}
+
+impl Options {
+    /// The defaults of ARCHITECTURE.md (PID 1 in an image).
+    pub fn image_defaults() -> Options {
+        Options {
+            services: PathBuf::from("/etc/nodows/services"),
+            socket: PathBuf::from("/run/initd.sock"),
+            state: PathBuf::from("/run/nodows"),
+            mode: None,
+            log_dir: Some(PathBuf::from("/var/log/nodows")),
+            render_command: PathBuf::from("/usr/bin/nodows"),
+            model: PathBuf::from("/etc/nodows/model.xml"),
+            root: PathBuf::from("/"),
+            server: None,
+            log_max_bytes: 1024 * 1024,
+            use_cgroups: true,
+            pid1: false,
+        }
+    }
+}
+
+/// Where console lines go: /dev/console (PID 1) or stderr.
+pub struct Console {
+    fd: RawFd,
+}
+
+impl Console {
+    pub fn new(pid1: bool) -> Console {
+        if pid1 && !sys::fd_is_open(2) {
+            // SAFETY: open with a static path.
+            let fd = unsafe {
+                libc::open(
+                    c"/dev/console".as_ptr(),
+                    libc::O_WRONLY | libc::O_NOCTTY | libc::O_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                return Console { fd };
+            }
+        }
+        Console { fd: 2 }
+    }
+
+    pub fn line(&self, text: &str) {
+        let mut line = String::with_capacity(text.len() + 1);
+        line.push_str(text);
+        line.push('\n');
+        let _ = sys::write_all(self.fd, line.as_bytes());
+    }
+}
+
+enum AfterRender {
+    Nothing,
+    Boot,
+    SwitchMode(String),
+}
+
+struct RenderJob {
+    pid: i32,
+    stdout: RawFd,
+    output: Vec<u8>,
+    eof: bool,
+    exit: Option<Exit>,
+    after: AfterRender,
+    client: Option<UnixStream>,
+}
+
+struct RenderRequest {
+    services: Vec<String>,
+    profile: String,
+    after: AfterRender,
+    client: Option<UnixStream>,
+}
+
+pub struct Runtime {
+    options: Options,
+    supervisor: Supervisor,
+    groups: Groups,
+    logs: BTreeMap<String, ServiceLog>,
+    notify: BTreeMap<String, RawFd>,
+    signal_fd: RawFd,
+    listener: UnixListener,
+    console: Console,
+    started: Instant,
+    log_dir: PathBuf,
+    inherited_env: Vec<(String, String)>,
+    render_job: Option<RenderJob>,
+    render_queue: VecDeque<RenderRequest>,
+    shutdown: Option<(Shutdown, Instant)>,
+    /// Not in a container: PID 1 of the machine.
+    machine: bool,
+    next_readiness_poll: Instant,
+    finished: bool,
+}
+
+const READINESS_POLL: Duration = Duration::from_millis(50);
+
+impl Runtime {
+    /// Set up everything that may fail before supervising: returns a message
+    /// for exit code 2 (bad input) or 1.
+    pub fn new(
+        options: Options,
+        definitions: Vec<ServiceDefinition>,
+        mode: String,
+        machine: bool,
+    ) -> Result<Runtime, (i32, String)> {
+        let console = Console::new(options.pid1);
+        let log_dir = options
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| options.state.join("log"));
+        for directory in [&options.state, &log_dir] {
+            std::fs::create_dir_all(directory).map_err(|error| {
+                (
+                    1,
+                    format!("{}: cannot create directory: {error}", directory.display()),
+                )
+            })?;
+        }
+        if let Err(error) = sys::set_subreaper() {
+            if !options.pid1 {
+                console.line(&format!("initd: cannot become a child subreaper: {error}"));
+            }
+        }
+        let signal_fd = sys::install_signal_handlers()
+            .map_err(|error| (1, format!("cannot install signal handlers: {error}")))?;
+        if let Some(parent) = options.socket.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::remove_file(&options.socket);
+        // SAFETY: umask is process-wide; the socket is created 0600.
+        let old_umask = unsafe { libc::umask(0o077) };
+        let listener = UnixListener::bind(&options.socket);
+        // SAFETY: restore the umask.
+        unsafe { libc::umask(old_umask) };
+        let listener = listener.map_err(|error| {
+            (
+                1,
+                format!("{}: cannot listen: {error}", options.socket.display()),
+            )
+        })?;
+        let _ = std::fs::set_permissions(&options.socket, std::fs::Permissions::from_mode(0o600));
+        listener
+            .set_nonblocking(true)
+            .map_err(|error| (1, format!("{}: {error}", options.socket.display())))?;
+        let groups = Groups::new(options.use_cgroups);
+        let inherited_env = if options.pid1 {
+            vec![(
+                "PATH".to_string(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            )]
+        } else {
+            std::env::vars().collect()
+        };
+        console.line(&format!(
+            "initd: supervising {} services in mode {mode}; whole-service tracking by {}",
+            definitions.len(),
+            groups.describe()
+        ));
+        Ok(Runtime {
+            supervisor: Supervisor::new(definitions, &mode),
+            groups,
+            logs: BTreeMap::new(),
+            notify: BTreeMap::new(),
+            signal_fd,
+            listener,
+            console,
+            started: Instant::now(),
+            log_dir,
+            inherited_env,
+            render_job: None,
+            render_queue: VecDeque::new(),
+            shutdown: None,
+            machine,
+            next_readiness_poll: Instant::now(),
+            finished: false,
+            options,
+        })
+    }
+
+    /// Run until shutdown. As PID 1 this only returns if reboot(2) failed.
+    pub fn run(&mut self) -> i32 {
+        self.start_render(RenderRequest {
+            services: Vec::new(),
+            profile: self.supervisor.mode().to_string(),
+            after: AfterRender::Boot,
+            client: None,
+        });
+        while !self.finished {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.iteration()));
+            if result.is_err() {
+                self.console.line(
+                    "initd: internal error in service handling (panic caught); still running",
+                );
+            }
+        }
+        0
+    }
+
+    fn iteration(&mut self) {
+        let now = Instant::now();
+        let mut deadline = self.supervisor.next_deadline();
+        let polling = !self.supervisor.waiting_for_empty().is_empty()
+            || self.supervisor.starting().iter().any(|service| {
+                matches!(
+                    service.definition.ready,
+                    Readiness::Tcp { .. } | Readiness::Pidfile { .. }
+                ) || (service.pid.is_none()
+                    && matches!(service.definition.ready, Readiness::Pidfile { .. }))
+            })
+            || self.shutdown.is_some();
+        if polling {
+            let next = self.next_readiness_poll.max(now);
+            deadline = Some(deadline.map_or(next, |deadline| deadline.min(next)));
+        }
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(now);
+                (wait.as_millis().min(60_000) as i32) + i32::from(wait.subsec_micros() % 1000 != 0)
+            }
+        };
+        let mut fds = vec![
+            libc::pollfd {
+                fd: self.signal_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let log_names: Vec<String> = self.logs.keys().cloned().collect();
+        for name in &log_names {
+            if let Some(log) = self.logs.get(name) {
+                fds.push(libc::pollfd {
+                    fd: log.read_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        let notify_names: Vec<String> = self.notify.keys().cloned().collect();
+        for name in &notify_names {
+            if let Some(fd) = self.notify.get(name) {
+                fds.push(libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        let render_fd = self
+            .render_job
+            .as_ref()
+            .filter(|job| !job.eof)
+            .map(|job| job.stdout);
+        if let Some(fd) = render_fd {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Err(error) = sys::poll(&mut fds, timeout_ms) {
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                self.console.line(&format!("initd: poll: {error}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return;
+        }
+        if fds[0].revents != 0 {
+            self.handle_signals();
+        }
+        // Reap on every iteration: cheap, and no SIGCHLD can be lost.
+        self.reap();
+        let mut index = 2;
+        for name in &log_names {
+            if fds[index].revents != 0 {
+                if let Some(log) = self.logs.get_mut(name) {
+                    log.drain();
+                }
+            }
+            index += 1;
+        }
+        for name in &notify_names {
+            if fds[index].revents != 0 {
+                self.read_notify(name);
+            }
+            index += 1;
+        }
+        if render_fd.is_some() && fds[index].revents != 0 {
+            self.read_render_output();
+        }
+        if fds[1].revents != 0 {
+            self.accept_clients();
+        }
+        let now = Instant::now();
+        if now >= self.next_readiness_poll {
+            self.next_readiness_poll = now + READINESS_POLL;
+            self.poll_readiness();
+        }
+        self.check_empty();
+        let actions = self.supervisor.tick(Instant::now());
+        self.apply(actions);
+        self.finish_render();
+        self.progress_shutdown();
+    }
+
+    fn say(&self, text: &str) {
+        self.console.line(text);
+    }
+
+    // --- signals and children ---
+
+    fn handle_signals(&mut self) {
+        let mut buffer = [0u8; 64];
+        while let Ok(count) = sys::read(self.signal_fd, &mut buffer) {
+            if count == 0 {
+                break;
+            }
+            for signal in buffer[..count].iter().map(|byte| *byte as i32) {
+                let request = match signal {
+                    libc::SIGTERM | libc::SIGUSR2 => Some(Shutdown::Poweroff),
+                    libc::SIGINT => Some(Shutdown::Reboot),
+                    libc::SIGUSR1 => Some(Shutdown::Halt),
+                    #[cfg(target_os = "linux")]
+                    libc::SIGPWR => Some(Shutdown::Poweroff),
+                    _ => None,
+                };
+                if let Some(kind) = request {
+                    self.request_shutdown(kind);
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some((pid, status)) = sys::reap_one() {
+            let exit = sys::decode_status(status);
+            if let Some(job) = self.render_job.as_mut() {
+                if job.pid == pid {
+                    job.exit = Some(exit);
+                    continue;
+                }
+            }
+            if self.supervisor.service_by_pid(pid).is_some() {
+                let actions = self.supervisor.exited(pid, exit, Instant::now());
+                self.apply(actions);
+            }
+            // Anything else is an orphan (or a failed exec): reaped, nothing
+            // more to do.
+        }
+    }
+
+    fn read_notify(&mut self, name: &str) {
+        let Some(fd) = self.notify.get(name).copied() else {
+            return;
+        };
+        let mut buffer = [0u8; 256];
+        let mut ready = false;
+        let mut closed = false;
+        loop {
+            match sys::read(fd, &mut buffer) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(count) => ready |= buffer[..count].contains(&b'\n'),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if ready || closed {
+            sys::close(fd);
+            self.notify.remove(name);
+        }
+        if ready {
+            let actions = self.supervisor.ready(name, None, Instant::now());
+            self.apply(actions);
+        }
+    }
+
+    fn poll_readiness(&mut self) {
+        let mut ready: Vec<(String, Option<i32>)> = Vec::new();
+        for service in self.supervisor.starting() {
+            match &service.definition.ready {
+                Readiness::Tcp { port } if service.pid.is_some() && sys::tcp_ready(*port) => {
+                    ready.push((service.definition.name.clone(), None));
+                }
+                Readiness::Pidfile { path } => {
+                    let pid = std::fs::read_to_string(path)
+                        .ok()
+                        .and_then(|text| text.trim().parse::<i32>().ok())
+                        .filter(|pid| sys::alive(*pid));
+                    if let Some(pid) = pid {
+                        ready.push((service.definition.name.clone(), Some(pid)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (name, pid) in ready {
+            if let Some(pid) = pid {
+                self.groups.spawned(&name, pid);
+            }
+            let actions = self.supervisor.ready(&name, pid, Instant::now());
+            self.apply(actions);
+        }
+    }
+
+    fn check_empty(&mut self) {
+        let waiting = self.supervisor.waiting_for_empty();
+        if waiting.is_empty() {
+            return;
+        }
+        let members = self.groups.members_of(&waiting);
+        for name in waiting {
+            if members.get(&name).is_none_or(|pids| pids.is_empty()) {
+                let actions = self.supervisor.service_empty(&name, Instant::now());
+                self.apply(actions);
+            }
+        }
+    }
+
+    // --- actions ---
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            let more = self.apply_one(action);
+            queue.extend(more);
+        }
+    }
+
+    fn apply_one(&mut self, action: Action) -> Vec<Action> {
+        let now = Instant::now();
+        match action {
+            Action::Spawn(name) => match self.spawn(&name) {
+                Ok(pid) => {
+                    self.groups.spawned(&name, pid);
+                    self.supervisor.spawned(&name, pid, now)
+                }
+                Err(error) => self.supervisor.spawn_failed(&name, &error, now),
+            },
+            Action::SignalService(name, signal) => {
+                self.groups.signal(&name, signal);
+                Vec::new()
+            }
+            Action::SignalProcess(pid, signal) => {
+                let _ = sys::kill(pid, signal);
+                Vec::new()
+            }
+            Action::KillService(name) => {
+                self.groups.kill(&name);
+                Vec::new()
+            }
+            Action::WatchReadiness(_) => {
+                self.next_readiness_poll = now;
+                Vec::new()
+            }
+            Action::StateChanged { name, state, pid } => {
+                match pid {
+                    Some(pid) => self.say(&format!(
+                        "nodows: service {name} {} pid={pid}",
+                        state.as_str()
+                    )),
+                    None => self.say(&format!("nodows: service {name} {}", state.as_str())),
+                }
+                if matches!(state, State::Stopped | State::Failed) {
+                    self.groups.forget(&name);
+                    if let Some(fd) = self.notify.remove(&name) {
+                        sys::close(fd);
+                    }
+                }
+                Vec::new()
+            }
+            Action::Event(_) => Vec::new(),
+            Action::ModeReady { mode, services } => {
+                let seconds = self.started.elapsed().as_secs_f64();
+                self.say(&format!(
+                    "nodows: ready mode={mode} services={services} t={seconds:.2}"
+                ));
+                Vec::new()
+            }
+            Action::Log(message) => {
+                self.say(&format!("initd: {message}"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn spawn(&mut self, name: &str) -> Result<i32, String> {
+        let Some(service) = self.supervisor.service(name) else {
+            return Err("unknown service".to_string());
+        };
+        let definition = service.definition.clone();
+        if !self.logs.contains_key(name) {
+            let log = ServiceLog::open(&self.log_dir, name, self.options.log_max_bytes).map_err(
+                |error| format!("cannot open its log in {}: {error}", self.log_dir.display()),
+            )?;
+            self.logs.insert(name.to_string(), log);
+        }
+        let output_fd = self.logs.get(name).map(|log| log.write_fd).unwrap_or(2);
+        let mut notify_write = None;
+        if let Readiness::Notify { fd } = definition.ready {
+            let (read_end, write_end) = sys::pipe().map_err(|error| format!("pipe: {error}"))?;
+            if let Some(old) = self.notify.insert(name.to_string(), read_end) {
+                sys::close(old);
+            }
+            notify_write = Some((write_end, fd));
+        }
+        let cgroup = self.groups.prepare(name);
+        let result = crate::spawn::prepare(
+            &definition,
+            &self.inherited_env,
+            output_fd,
+            notify_write,
+            cgroup,
+        )
+        .and_then(|prepared| crate::spawn::spawn(&prepared));
+        if let Some((write_end, _)) = notify_write {
+            sys::close(write_end);
+        }
+        result.map_err(|error| format!("{}: {error}", definition.exec.path.display()))
+    }
+
+    // --- shutdown ---
+
+    fn request_shutdown(&mut self, kind: Shutdown) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let longest = self
+            .supervisor
+            .services()
+            .map(|service| service.definition.stop_timeout)
+            .max()
+            .unwrap_or_default();
+        // Reverse dependency order means timeouts can add up; cap the wait.
+        let deadline =
+            Instant::now() + (longest * 3).min(Duration::from_secs(120)) + Duration::from_secs(5);
+        self.shutdown = Some((kind, deadline));
+        self.say(&format!("initd: {}: stopping services", kind.as_str()));
+        let actions = self.supervisor.stop_all(Instant::now());
+        self.apply(actions);
+    }
+
+    fn progress_shutdown(&mut self) {
+        let Some((kind, deadline)) = self.shutdown else {
+            return;
+        };
+        if !self.supervisor.all_stopped() && Instant::now() < deadline {
+            return;
+        }
+        self.say(&format!("nodows: {}", kind.as_str()));
+        let _ = std::fs::remove_file(&self.options.socket);
+        if self.options.pid1 {
+            let console = &self.console;
+            crate::pid1::final_kill_and_sync(self.machine, |message| {
+                console.line(&format!("initd: {message}"))
+            });
+            self.groups.cleanup();
+            let error = sys::reboot(kind);
+            self.say(&format!("initd: reboot(2) failed: {error}; halting here"));
+            // PID 1 must not exit: wait for the power to go.
+            loop {
+                while sys::reap_one().is_some() {}
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        // Not PID 1: make sure nothing of ours is left, then leave.
+        let names: Vec<String> = self
+            .supervisor
+            .services()
+            .map(|s| s.definition.name.clone())
+            .collect();
+        for name in &names {
+            self.groups.kill(name);
+        }
+        while sys::reap_one().is_some() {}
+        self.groups.cleanup();
+        self.finished = true;
+    }
+
+    // --- rendering ---
+
+    fn start_render(&mut self, request: RenderRequest) {
+        if self.render_job.is_some() {
+            self.render_queue.push_back(request);
+            return;
+        }
+        let command = self.options.render_command.clone();
+        if !command.is_file() {
+            self.say(&format!(
+                "initd: renderer {} not found: configuration not rendered",
+                command.display()
+            ));
+            self.render_done(
+                request.after,
+                request.client,
+                1,
+                format!("renderer {} not found", command.display()),
+                Vec::new(),
+            );
+            return;
+        }
+        let mut process = std::process::Command::new(&command);
+        process
+            .arg("render")
+            .arg("--model")
+            .arg(&self.options.model)
+            .arg("--services")
+            .arg(&self.options.services)
+            .arg("--root")
+            .arg(&self.options.root)
+            .arg("--profile")
+            .arg(&request.profile);
+        if let Some(server) = &self.options.server {
+            process.arg("--server").arg(server);
+        }
+        for service in &request.services {
+            process.arg("--service").arg(service);
+        }
+        process
+            .arg("--json")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        match process.spawn() {
+            Ok(mut child) => {
+                let Some(stdout) = child.stdout.take() else {
+                    return;
+                };
+                let fd = stdout.into_raw_fd();
+                let _ = sys::set_nonblocking(fd);
+                self.render_job = Some(RenderJob {
+                    pid: child.id() as i32,
+                    stdout: fd,
+                    output: Vec::new(),
+                    eof: false,
+                    exit: None,
+                    after: request.after,
+                    client: request.client,
+                });
+            }
+            Err(error) => {
+                self.say(&format!(
+                    "initd: cannot run renderer {}: {error}",
+                    command.display()
+                ));
+                self.render_done(
+                    request.after,
+                    request.client,
+                    1,
+                    format!("cannot run renderer: {error}"),
+                    Vec::new(),
+                );
+            }
+        }
+    }
+
+    fn read_render_output(&mut self) {
+        let Some(job) = self.render_job.as_mut() else {
+            return;
+        };
+        let mut buffer = [0u8; 8192];
+        loop {
+            match sys::read(job.stdout, &mut buffer) {
+                Ok(0) => {
+                    job.eof = true;
+                    sys::close(job.stdout);
+                    break;
+                }
+                Ok(count) => {
+                    if job.output.len() < 16 * 1024 * 1024 {
+                        job.output.extend_from_slice(&buffer[..count]);
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn finish_render(&mut self) {
+        let done = self
+            .render_job
+            .as_ref()
+            .is_some_and(|job| job.eof && job.exit.is_some());
+        if !done {
+            return;
+        }
+        let Some(job) = self.render_job.take() else {
+            return;
+        };
+        let exit = job.exit.unwrap_or(Exit::Code(1));
+        let mut changes = Vec::new();
+        let (code, message) = if !exit.success() {
+            let message = format!(
+                "renderer failed ({}): configuration unchanged",
+                exit.describe()
+            );
+            self.say(&format!("initd: {message}"));
+            (1, message)
+        } else {
+            match json::parse_change_set(&String::from_utf8_lossy(&job.output)) {
+                Ok(change_set) => {
+                    let mut message =
+                        format!("rendered: {} files written", change_set.written.len());
+                    for (name, action) in &change_set.services {
+                        message.push_str(&format!("\n{action} {name}"));
+                    }
+                    changes = change_set.services;
+                    (0, message)
+                }
+                Err(error) => {
+                    let message = format!("renderer printed a bad change set: {error}");
+                    self.say(&format!("initd: {message}"));
+                    (1, message)
+                }
+            }
+        };
+        self.render_done(job.after, job.client, code, message, changes);
+        if let Some(next) = self.render_queue.pop_front() {
+            self.start_render(next);
+        }
+    }
+
+    fn render_done(
+        &mut self,
+        after: AfterRender,
+        client: Option<UnixStream>,
+        code: i32,
+        message: String,
+        changes: Vec<(String, String)>,
+    ) {
+        let now = Instant::now();
+        for (name, action) in &changes {
+            if self.supervisor.service(name).is_none() {
+                self.say(&format!("initd: change set names unknown service {name}"));
+                continue;
+            }
+            let actions = if action == "reload" {
+                self.supervisor.reload(name, now)
+            } else {
+                self.supervisor.restart(name, now)
+            };
+            self.apply(actions);
+            let actions = self.supervisor.emit(&format!("config-changed:{name}"), now);
+            self.apply(actions);
+        }
+        let mut reply_code = code;
+        let mut reply = message;
+        match after {
+            AfterRender::Nothing => {}
+            AfterRender::Boot => {
+                let actions = self.supervisor.boot(now);
+                self.apply(actions);
+            }
+            AfterRender::SwitchMode(mode) => {
+                self.say(&format!("nodows: mode {mode}"));
+                let actions = self.supervisor.set_mode(&mode, now);
+                self.apply(actions);
+                reply_code = 0;
+                reply = format!("mode {mode}\n{reply}");
+            }
+        }
+        if let Some(client) = client {
+            reply_to(client, reply_code, &reply);
+        }
+    }
+
+    // --- control socket ---
+
+    fn accept_clients(&mut self) {
+        for _ in 0..64 {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.handle_client(stream),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn handle_client(&mut self, mut stream: UnixStream) {
+        let own = sys::geteuid();
+        match sys::peer_uid(stream.as_raw_fd()) {
+            Ok(uid) if uid == 0 || uid == own => {}
+            Ok(uid) => {
+                reply_to(
+                    stream,
+                    1,
+                    &format!(
+                        "permission denied: uid {uid} is neither root nor initd's own uid {own}"
+                    ),
+                );
+                return;
+            }
+            Err(error) => {
+                reply_to(
+                    stream,
+                    1,
+                    &format!("permission denied: cannot read peer credentials: {error}"),
+                );
+                return;
+            }
+        }
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !request.contains(&b'\n') && request.len() < 4096 {
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => request.extend_from_slice(&buffer[..count]),
+            }
+        }
+        let text = String::from_utf8_lossy(&request).to_string();
+        let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+        if let Some((code, reply)) =
+            self.request(&words, &mut Some(stream.try_clone().ok()).flatten())
+        {
+            reply_to(stream, code, &reply);
+        }
+    }
+
+    /// One control request. None means the reply comes later (rendering).
+    fn request(
+        &mut self,
+        words: &[String],
+        client: &mut Option<UnixStream>,
+    ) -> Option<(i32, String)> {
+        let now = Instant::now();
+        let word = |index: usize| words.get(index).map(String::as_str);
+        let known = |runtime: &Runtime, name: &str| runtime.supervisor.service(name).is_some();
+        let reply = match (word(0), word(1)) {
+            (Some("status"), flag) => {
+                if flag == Some("--json") {
+                    (0, self.status_json())
+                } else {
+                    (0, self.status_text())
+                }
+            }
+            (Some(verb @ ("start" | "stop" | "restart" | "reload")), Some(name)) => {
+                if !known(self, name) {
+                    (2, format!("unknown service {name}: see initctl status"))
+                } else {
+                    let actions = match verb {
+                        "start" => self.supervisor.start(name, now),
+                        "stop" => self.supervisor.stop(name, now),
+                        "restart" => self.supervisor.restart(name, now),
+                        _ => self.supervisor.reload(name, now),
+                    };
+                    self.apply(actions);
+                    let state = self
+                        .supervisor
+                        .service(name)
+                        .map(|s| s.state.as_str())
+                        .unwrap_or("stopped");
+                    (0, format!("{verb} {name}: {state}"))
+                }
+            }
+            (Some("check"), Some(name)) => match self.supervisor.service(name) {
+                None => (2, format!("unknown service {name}: see initctl status")),
+                Some(service) => {
+                    let definition = service.definition.clone();
+                    let in_mode = self.supervisor.in_current_mode(name);
+                    check_service(
+                        &definition,
+                        self.supervisor.mode(),
+                        in_mode,
+                        &self.options.root,
+                    )
+                }
+            },
+            (Some("load"), name) => match servicedef::load_dir(&self.options.services) {
+                Err(errors) => (
+                    2,
+                    format!("{errors}\nconfiguration not loaded: still running the previous one"),
+                ),
+                Ok(definitions) => {
+                    let count = definitions.len();
+                    if let Some(name) = name {
+                        if !definitions.iter().any(|d| d.name == name) {
+                            return Some((
+                                2,
+                                format!(
+                                    "unknown service {name} in {}",
+                                    self.options.services.display()
+                                ),
+                            ));
+                        }
+                    }
+                    let actions = self.supervisor.load(definitions, now);
+                    self.apply(actions);
+                    (0, format!("loaded {count} services"))
+                }
+            },
+            (Some("configure"), Some(name)) => {
+                if !known(self, name) {
+                    (2, format!("unknown service {name}: see initctl status"))
+                } else {
+                    self.start_render(RenderRequest {
+                        services: vec![name.to_string()],
+                        profile: self.supervisor.mode().to_string(),
+                        after: AfterRender::Nothing,
+                        client: client.take(),
+                    });
+                    return None;
+                }
+            }
+            (Some("render"), None) => {
+                self.start_render(RenderRequest {
+                    services: Vec::new(),
+                    profile: self.supervisor.mode().to_string(),
+                    after: AfterRender::Nothing,
+                    client: client.take(),
+                });
+                return None;
+            }
+            (Some("log"), Some(name)) => {
+                let is_known = known(self, name);
+                match self.logs.get_mut(name) {
+                    Some(log) => {
+                        log.drain();
+                        let path = log.path().to_path_buf();
+                        (0, read_tail(&path, 1024 * 1024))
+                    }
+                    None if is_known => (0, String::new()),
+                    None => (2, format!("unknown service {name}: see initctl status")),
+                }
+            }
+            (Some("emit"), Some(event)) => {
+                let actions = self.supervisor.emit(event, now);
+                self.apply(actions);
+                (0, format!("emitted {event}"))
+            }
+            (Some("mode"), None) => (0, self.supervisor.mode().to_string()),
+            (Some("mode"), Some(mode)) => {
+                if !mode
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    (2, format!("bad mode name {mode}"))
+                } else {
+                    self.start_render(RenderRequest {
+                        services: Vec::new(),
+                        profile: mode.to_string(),
+                        after: AfterRender::SwitchMode(mode.to_string()),
+                        client: client.take(),
+                    });
+                    return None;
+                }
+            }
+            (Some(kind @ ("poweroff" | "reboot" | "halt")), None) => {
+                let kind = match kind {
+                    "poweroff" => Shutdown::Poweroff,
+                    "reboot" => Shutdown::Reboot,
+                    _ => Shutdown::Halt,
+                };
+                self.request_shutdown(kind);
+                (0, kind.as_str().to_string())
+            }
+            _ => (
+                2,
+                format!("bad request \"{}\": see initctl --help", words.join(" ")),
+            ),
+        };
+        Some(reply)
+    }
+
+    fn status_json(&self) -> String {
+        let mut out = String::from("[");
+        for (index, service) in self.supervisor.services().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "\n{{\"name\":{},\"state\":\"{}\",\"pid\":{},\"restarts\":{},\"wanted\":{},\"in_mode\":{},\"exit\":{},\"reason\":{},\"backoff_ms\":{}}}",
+                json::escape(&service.definition.name),
+                service.state.as_str(),
+                service.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "null".to_string()),
+                service.restarts,
+                service.wanted,
+                self.supervisor.in_current_mode(&service.definition.name),
+                service.last_exit.map(|exit| json::escape(&exit.describe())).unwrap_or_else(|| "null".to_string()),
+                service.reason.as_deref().map(json::escape).unwrap_or_else(|| "null".to_string()),
+                service.backoff.as_millis(),
+            ));
+        }
+        out.push_str("\n]");
+        out
+    }
+
+    fn status_text(&self) -> String {
+        let mut out = format!("mode {}\n", self.supervisor.mode());
+        for service in self.supervisor.services() {
+            out.push_str(&format!(
+                "{:<24} {:<9} pid={:<8} restarts={}{}\n",
+                service.definition.name,
+                service.state.as_str(),
+                service
+                    .pid
+                    .map(|pid| pid.to_string())
+                    .unwrap_or_else(|| "-".to_string()),
+                service.restarts,
+                service
+                    .reason
+                    .as_deref()
+                    .map(|reason| format!(" ({reason})"))
+                    .unwrap_or_default(),
+            ));
+        }
+        out
+    }
+}
+
+fn reply_to(mut stream: UnixStream, code: i32, text: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let mut message = format!("exit {code}\n{text}");
+    if !message.ends_with('\n') {
+        message.push('\n');
+    }
+    let _ = stream.write_all(message.as_bytes());
+}
+
+fn read_tail(path: &Path, limit: u64) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if length > limit {
+        use std::io::Seek;
+        let _ = file.seek(std::io::SeekFrom::Start(length - limit));
+    }
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `check`: should the service run in this mode, are its binary and files
+/// there. Exit 0 when it can run, 1 when something is missing.
+pub fn check_service(
+    definition: &ServiceDefinition,
+    mode: &str,
+    in_mode: bool,
+    root: &Path,
+) -> (i32, String) {
+    let mut out = String::new();
+    let mut code = 0;
+    let name = &definition.name;
+    if in_mode {
+        out.push_str(&format!("{name}: runs in mode {mode}\n"));
+    } else {
+        out.push_str(&format!(
+            "{name}: does not run in mode {mode} (modes: {})\n",
+            definition.modes.join(" ")
+        ));
+    }
+    let binary = &definition.exec.path;
+    match std::fs::metadata(binary) {
+        Ok(metadata) if metadata.is_file() && metadata.permissions().mode() & 0o111 != 0 => {
+            out.push_str(&format!("{name}: binary {} present\n", binary.display()));
+        }
+        Ok(_) => {
+            code = 1;
+            out.push_str(&format!(
+                "{name}: binary {} is not an executable file\n",
+                binary.display()
+            ));
+        }
+        Err(_) => {
+            code = 1;
+            out.push_str(&format!(
+                "{name}: binary {} missing: install package {}\n",
+                binary.display(),
+                definition.packages.join(" ")
+            ));
+        }
+    }
+    for file in &definition.files {
+        let path = root.join(file.target.trim_start_matches('/'));
+        if path.exists() {
+            out.push_str(&format!("{name}: file {} present\n", file.target));
+        } else {
+            code = 1;
+            out.push_str(&format!(
+                "{name}: file {} missing: run initctl configure {name}\n",
+                file.target
+            ));
+        }
+        let template = definition.dir.join(&file.template);
+        if !template.is_file() {
+            code = 1;
+            out.push_str(&format!(
+                "{name}: template {} missing\n",
+                template.display()
+            ));
+        }
+    }
+    (code, out)
+}

@@ -1,0 +1,810 @@
+//! The supervisor as a state machine: inputs (requests, exits, readiness,
+//! time) go in through methods, `Action`s come out. It does no syscalls, so
+//! its transitions are tested with tables and no processes.
+//!
+//! Model: every service has a `wanted` flag (the goal) and a `State` (what is
+//! true now). `reconcile` moves each service towards its goal: a wanted,
+//! stopped service is spawned once everything it needs is up (so independent
+//! services start in parallel); an unwanted service is stopped once nothing
+//! that needs it is still up (so stop runs in reverse dependency order).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use servicedef::{Readiness, RestartPolicy, ServiceDefinition};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    Backoff,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Backoff => "backoff",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// How a process ended, as `waitpid` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(code) => format!("exit {code}"),
+            Exit::Signal(signal) => format!(
+                "signal {}",
+                servicedef::signal_name(signal)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| signal.to_string())
+            ),
+        }
+    }
+}
+
+/// What the driver must do. Each is carried out in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Fork and exec the service; answer with `spawned` or `spawn_failed`.
+    Spawn(String),
+    /// Send a signal to the whole service (cgroup, or process group plus
+    /// tracked descendants).
+    SignalService(String, i32),
+    /// Send a signal to one process (reload goes to the main process).
+    SignalProcess(i32, i32),
+    /// SIGKILL every process of the service.
+    KillService(String),
+    /// Start watching readiness (tcp, pidfile, notify) of a starting service.
+    WatchReadiness(String),
+    /// Print the console line for a state change.
+    StateChanged {
+        name: String,
+        state: State,
+        pid: Option<i32>,
+    },
+    /// An event fired (for the log; start-on is handled inside).
+    Event(String),
+    /// Every service of the mode is up: print the ready line.
+    ModeReady { mode: String, services: usize },
+    /// A message for the console/log.
+    Log(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub definition: ServiceDefinition,
+    pub state: State,
+    /// The main process, when there is one.
+    pub pid: Option<i32>,
+    /// Respawns since initd started (or since started by hand).
+    pub restarts: u32,
+    pub wanted: bool,
+    pub last_exit: Option<Exit>,
+    /// Why the service failed, for status.
+    pub reason: Option<String>,
+    /// The current backoff delay (grows after each respawn).
+    pub backoff: Duration,
+    restart_times: VecDeque<Instant>,
+    deadline: Option<Instant>,
+    started_at: Option<Instant>,
+    /// Stopping and the main process is gone: waiting for the rest of the
+    /// service to disappear (`service_empty`).
+    main_gone: bool,
+    /// SIGKILL already sent in this stop.
+    killed: bool,
+}
+
+impl Service {
+    fn new(definition: ServiceDefinition) -> Service {
+        let backoff = definition.restart.backoff_min;
+        Service {
+            definition,
+            state: State::Stopped,
+            pid: None,
+            restarts: 0,
+            wanted: false,
+            last_exit: None,
+            reason: None,
+            backoff,
+            restart_times: VecDeque::new(),
+            deadline: None,
+            started_at: None,
+            main_gone: false,
+            killed: false,
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.state == State::Running
+    }
+
+    /// Has processes or is about to (counts for reverse-order stop).
+    fn is_active(&self) -> bool {
+        matches!(
+            self.state,
+            State::Starting | State::Running | State::Stopping | State::Backoff
+        )
+    }
+}
+
+pub struct Supervisor {
+    services: BTreeMap<String, Service>,
+    mode: String,
+    /// Ready line not yet printed for the current mode.
+    mode_ready_pending: bool,
+    booted: bool,
+    actions: Vec<Action>,
+    events: VecDeque<String>,
+}
+
+impl Supervisor {
+    pub fn new(definitions: Vec<ServiceDefinition>, mode: &str) -> Supervisor {
+        Supervisor {
+            services: definitions
+                .into_iter()
+                .map(|definition| (definition.name.clone(), Service::new(definition)))
+                .collect(),
+            mode: mode.to_string(),
+            mode_ready_pending: false,
+            booted: false,
+            actions: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn mode(&self) -> &str {
+        &self.mode
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    pub fn service_by_pid(&self, pid: i32) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|service| service.pid == Some(pid))
+    }
+
+    /// Services of `mode` that start without an event (boot services), plus
+    /// everything they need.
+    pub fn mode_members(&self, mode: &str) -> Vec<String> {
+        let mut members: Vec<String> = self
+            .services
+            .values()
+            .filter(|service| in_mode(&service.definition, mode))
+            .filter(|service| {
+                service.definition.start_on.is_empty()
+                    || service
+                        .definition
+                        .start_on
+                        .iter()
+                        .any(|event| event == "boot")
+            })
+            .map(|service| service.definition.name.clone())
+            .collect();
+        let mut index = 0;
+        while index < members.len() {
+            let needs = self
+                .services
+                .get(&members[index])
+                .map(|service| service.definition.needs.clone())
+                .unwrap_or_default();
+            for need in needs {
+                if self.services.contains_key(&need) && !members.contains(&need) {
+                    members.push(need);
+                }
+            }
+            index += 1;
+        }
+        members.sort();
+        members
+    }
+
+    /// Does the service belong to the current mode (by its modes or because
+    /// a member needs it)?
+    pub fn in_current_mode(&self, name: &str) -> bool {
+        self.services
+            .get(name)
+            .map(|service| in_mode(&service.definition, &self.mode))
+            .unwrap_or(false)
+            || self
+                .mode_members(&self.mode)
+                .iter()
+                .any(|member| member == name)
+    }
+
+    fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Boot: want every boot service of the mode, fire `boot`.
+    pub fn boot(&mut self, now: Instant) -> Vec<Action> {
+        self.booted = true;
+        for name in self.mode_members(&self.mode.clone()) {
+            self.want(&name);
+        }
+        self.mode_ready_pending = true;
+        self.events.push_back("boot".to_string());
+        self.settle(now)
+    }
+
+    /// `initctl start NAME`: want it and what it needs; clears `failed`.
+    pub fn start(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        if let Some(service) = self.services.get_mut(name) {
+            if service.state == State::Failed {
+                service.state = State::Stopped;
+                service.reason = None;
+                service.restart_times.clear();
+                service.backoff = service.definition.restart.backoff_min;
+                let (name, state) = (name.to_string(), service.state);
+                self.changed(&name, state, None);
+            }
+        }
+        self.want(name);
+        self.settle(now)
+    }
+
+    /// `initctl stop NAME`: unwant it and everything that needs it; a pending
+    /// restart (backoff) is cancelled.
+    pub fn stop(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        self.unwant(name);
+        self.settle(now)
+    }
+
+    /// Stop everything (shutdown).
+    pub fn stop_all(&mut self, now: Instant) -> Vec<Action> {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.unwant(&name);
+        }
+        self.settle(now)
+    }
+
+    /// `initctl restart NAME`: stop, then start again (it stays wanted).
+    pub fn restart(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        let state = self.services.get(name).map(|service| service.state);
+        match state {
+            Some(State::Starting) | Some(State::Running) => {
+                self.want(name);
+                self.begin_stop(name, now);
+            }
+            Some(State::Backoff) => {
+                if let Some(service) = self.services.get_mut(name) {
+                    service.deadline = None;
+                    service.state = State::Stopped;
+                }
+                self.changed(name, State::Stopped, None);
+                self.want(name);
+            }
+            Some(_) => return self.start(name, now),
+            None => {}
+        }
+        self.settle(now)
+    }
+
+    /// `initctl reload NAME`: the reload signal to the main process, or a
+    /// restart when the service has none.
+    pub fn reload(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        let Some(service) = self.services.get(name) else {
+            return Vec::new();
+        };
+        match (service.definition.reload_signal, service.pid, service.state) {
+            (Some(signal), Some(pid), State::Running | State::Starting) => {
+                self.actions.push(Action::SignalProcess(pid, signal));
+                self.take_actions()
+            }
+            (Some(_), None, State::Running) => Vec::new(), // a finished oneshot
+            (_, _, State::Running | State::Starting) => self.restart(name, now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A custom or built-in event: starts services with a matching start-on.
+    pub fn emit(&mut self, event: &str, now: Instant) -> Vec<Action> {
+        self.events.push_back(event.to_string());
+        self.settle(now)
+    }
+
+    /// Switch mode: services outside it stop, boot services of it start.
+    pub fn set_mode(&mut self, mode: &str, now: Instant) -> Vec<Action> {
+        self.mode = mode.to_string();
+        let members = self.mode_members(mode);
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in &names {
+            if !members.contains(name) && !self.in_current_mode_by_definition(name) {
+                self.unwant(name);
+            }
+        }
+        for name in &members {
+            self.want(name);
+        }
+        self.mode_ready_pending = true;
+        self.events.push_back(format!("mode:{mode}"));
+        self.settle(now)
+    }
+
+    fn in_current_mode_by_definition(&self, name: &str) -> bool {
+        // A start-on service of the new mode that is already up stays up.
+        self.services
+            .get(name)
+            .map(|service| {
+                in_mode(&service.definition, &self.mode) && !service.definition.start_on.is_empty()
+            })
+            .unwrap_or(false)
+    }
+
+    /// Replace the definitions (`initctl load`): changed definitions apply
+    /// on the next start; removed services are stopped, then forgotten; new
+    /// ones of the mode are started.
+    pub fn load(&mut self, definitions: Vec<ServiceDefinition>, now: Instant) -> Vec<Action> {
+        let new_names: Vec<String> = definitions.iter().map(|d| d.name.clone()).collect();
+        let old_names: Vec<String> = self.services.keys().cloned().collect();
+        for name in &old_names {
+            if !new_names.contains(name) {
+                self.unwant(name);
+            }
+        }
+        for definition in definitions {
+            match self.services.get_mut(&definition.name) {
+                Some(service) => service.definition = definition,
+                None => {
+                    self.services
+                        .insert(definition.name.clone(), Service::new(definition));
+                }
+            }
+        }
+        let mut actions = self.settle(now);
+        // Forget removed services that are down.
+        self.services
+            .retain(|name, service| new_names.contains(name) || service.is_active());
+        if self.booted {
+            for name in self.mode_members(&self.mode.clone()) {
+                let fresh = self
+                    .services
+                    .get(&name)
+                    .map(|service| {
+                        service.state == State::Stopped
+                            && !service.wanted
+                            && service.restarts == 0
+                            && service.last_exit.is_none()
+                    })
+                    .unwrap_or(false);
+                if fresh {
+                    self.want(&name);
+                }
+            }
+            actions.extend(self.settle(now));
+        }
+        actions
+    }
+
+    /// The driver forked the service.
+    pub fn spawned(&mut self, name: &str, pid: i32, now: Instant) -> Vec<Action> {
+        if let Some(service) = self.services.get_mut(name) {
+            service.pid = Some(pid);
+            service.state = State::Starting;
+            service.started_at = Some(now);
+            service.main_gone = false;
+            service.killed = false;
+            service.deadline = match service.definition.ready {
+                Readiness::None | Readiness::Exit => None,
+                _ => Some(now + service.definition.ready_timeout),
+            };
+            let ready = service.definition.ready.clone();
+            self.changed(name, State::Starting, Some(pid));
+            match ready {
+                Readiness::None => self.become_ready(name, None),
+                Readiness::Exit => {}
+                _ => self.actions.push(Action::WatchReadiness(name.to_string())),
+            }
+        }
+        self.settle(now)
+    }
+
+    /// Fork or exec failed (missing binary, bad user): the service fails at
+    /// once; others are not affected.
+    pub fn spawn_failed(&mut self, name: &str, error: &str, now: Instant) -> Vec<Action> {
+        self.actions
+            .push(Action::Log(format!("service {name} cannot start: {error}")));
+        self.fail(name, error.to_string());
+        self.settle(now)
+    }
+
+    /// Readiness reached (tcp connect, notify line, pidfile naming a live
+    /// process: `pid` then becomes the main process).
+    pub fn ready(&mut self, name: &str, pid: Option<i32>, now: Instant) -> Vec<Action> {
+        if self.services.get(name).map(|service| service.state) == Some(State::Starting) {
+            self.become_ready(name, pid);
+        }
+        self.settle(now)
+    }
+
+    /// A child was reaped. Returns the actions; an exit of an unknown pid (an
+    /// orphan) is only logged by the driver.
+    pub fn exited(&mut self, pid: i32, exit: Exit, now: Instant) -> Vec<Action> {
+        let Some(name) = self
+            .services
+            .values()
+            .find(|service| service.pid == Some(pid))
+            .map(|service| service.definition.name.clone())
+        else {
+            return Vec::new();
+        };
+        let Some(service) = self.services.get_mut(&name) else {
+            return Vec::new();
+        };
+        service.pid = None;
+        service.last_exit = Some(exit);
+        match service.state {
+            State::Stopping => {
+                service.main_gone = true;
+                // The driver now reports `service_empty` once every other
+                // process of the service is gone.
+            }
+            State::Starting | State::Running => {
+                let oneshot = service.definition.ready == Readiness::Exit;
+                let pidfile = matches!(service.definition.ready, Readiness::Pidfile { .. });
+                if oneshot && exit.success() {
+                    if service.state == State::Starting {
+                        self.become_ready(&name, None);
+                    }
+                } else if pidfile && service.state == State::Starting && exit.success() {
+                    // The launcher forked the daemon and left: wait for the pidfile.
+                } else {
+                    self.actions.push(Action::KillService(name.clone()));
+                    self.after_failure(&name, exit, now);
+                }
+            }
+            _ => {}
+        }
+        self.settle(now)
+    }
+
+    /// Every process of a stopping service is gone.
+    pub fn service_empty(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        if let Some(service) = self.services.get_mut(name) {
+            if service.state == State::Stopping && service.main_gone {
+                service.state = State::Stopped;
+                service.deadline = None;
+                service.main_gone = false;
+                self.changed(name, State::Stopped, None);
+                self.events.push_back(format!("stopped:{name}"));
+            }
+        }
+        self.settle(now)
+    }
+
+    /// Services in `Stopping` whose main process is gone: the driver checks
+    /// whether anything of them is left.
+    pub fn waiting_for_empty(&self) -> Vec<String> {
+        self.services
+            .values()
+            .filter(|service| service.state == State::Stopping && service.main_gone)
+            .map(|service| service.definition.name.clone())
+            .collect()
+    }
+
+    /// Services still starting that wait for readiness by polling.
+    pub fn starting(&self) -> Vec<&Service> {
+        self.services
+            .values()
+            .filter(|service| service.state == State::Starting)
+            .collect()
+    }
+
+    pub fn all_stopped(&self) -> bool {
+        self.services.values().all(|service| !service.is_active())
+    }
+
+    /// The earliest timer (backoff end, ready timeout, stop timeout).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .filter_map(|service| service.deadline)
+            .min()
+    }
+
+    /// Time passed: fire due timers.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let due: Vec<String> = self
+            .services
+            .values()
+            .filter(|service| service.deadline.is_some_and(|deadline| deadline <= now))
+            .map(|service| service.definition.name.clone())
+            .collect();
+        for name in due {
+            let Some(service) = self.services.get_mut(&name) else {
+                continue;
+            };
+            service.deadline = None;
+            match service.state {
+                State::Backoff => {
+                    service.state = State::Stopped;
+                    // wanted is still set: reconcile spawns it.
+                }
+                State::Starting => {
+                    let timeout = service.definition.ready_timeout;
+                    self.actions.push(Action::Log(format!(
+                        "service {name} not ready after {}ms",
+                        timeout.as_millis()
+                    )));
+                    self.actions.push(Action::KillService(name.clone()));
+                    if let Some(service) = self.services.get_mut(&name) {
+                        service.pid = None;
+                    }
+                    self.after_failure(&name, Exit::Signal(libc::SIGKILL), now);
+                }
+                State::Stopping => {
+                    if let Some(service) = self.services.get_mut(&name) {
+                        service.killed = true;
+                    }
+                    self.actions.push(Action::Log(format!(
+                        "service {name} still running after its stop timeout: SIGKILL"
+                    )));
+                    self.actions.push(Action::KillService(name.clone()));
+                }
+                _ => {}
+            }
+        }
+        self.settle(now)
+    }
+
+    // --- internals ---
+
+    fn want(&mut self, name: &str) {
+        let mut queue = vec![name.to_string()];
+        while let Some(next) = queue.pop() {
+            if let Some(service) = self.services.get_mut(&next) {
+                if !service.wanted {
+                    service.wanted = true;
+                    queue.extend(service.definition.needs.iter().cloned());
+                }
+            }
+        }
+    }
+
+    fn unwant(&mut self, name: &str) {
+        let mut queue = vec![name.to_string()];
+        while let Some(next) = queue.pop() {
+            let Some(service) = self.services.get_mut(&next) else {
+                continue;
+            };
+            let was_wanted = service.wanted;
+            service.wanted = false;
+            if service.state == State::Backoff {
+                service.state = State::Stopped;
+                service.deadline = None;
+                self.changed(&next, State::Stopped, None);
+            }
+            if was_wanted || next == name {
+                for (dependent, service) in &self.services {
+                    if service.definition.needs.contains(&next) && service.wanted {
+                        queue.push(dependent.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn changed(&mut self, name: &str, state: State, pid: Option<i32>) {
+        self.actions.push(Action::StateChanged {
+            name: name.to_string(),
+            state,
+            pid,
+        });
+    }
+
+    fn become_ready(&mut self, name: &str, pid: Option<i32>) {
+        if let Some(service) = self.services.get_mut(name) {
+            if pid.is_some() {
+                service.pid = pid;
+            }
+            service.state = State::Running;
+            service.deadline = None;
+            let pid = service.pid;
+            self.changed(name, State::Running, pid);
+            self.events.push_back(format!("started:{name}"));
+        }
+    }
+
+    fn fail(&mut self, name: &str, reason: String) {
+        if let Some(service) = self.services.get_mut(name) {
+            service.state = State::Failed;
+            service.wanted = false;
+            service.deadline = None;
+            service.pid = None;
+            service.reason = Some(reason);
+            self.changed(name, State::Failed, None);
+            self.events.push_back(format!("failed:{name}"));
+        }
+    }
+
+    /// The main process ended (or never became ready) while it should run.
+    fn after_failure(&mut self, name: &str, exit: Exit, now: Instant) {
+        let Some(service) = self.services.get_mut(name) else {
+            return;
+        };
+        let restart = service.definition.restart.clone();
+        let respawn = service.wanted
+            && match restart.policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !exit.success(),
+                RestartPolicy::Never => false,
+            };
+        if !respawn {
+            if exit.success() {
+                service.state = State::Stopped;
+                service.wanted = false;
+                service.deadline = None;
+                self.changed(name, State::Stopped, None);
+                self.events.push_back(format!("stopped:{name}"));
+            } else {
+                self.fail(name, exit.describe());
+            }
+            return;
+        }
+        // A service that ran longer than the window starts over with the
+        // shortest backoff.
+        if service
+            .started_at
+            .is_some_and(|started| now.saturating_duration_since(started) >= restart.within)
+        {
+            service.backoff = restart.backoff_min;
+        }
+        while service
+            .restart_times
+            .front()
+            .is_some_and(|time| now.saturating_duration_since(*time) >= restart.within)
+        {
+            service.restart_times.pop_front();
+        }
+        if service.restart_times.len() as u32 >= restart.max {
+            let reason = format!(
+                "{} restarts within {}ms, last {}",
+                restart.max,
+                restart.within.as_millis(),
+                exit.describe()
+            );
+            self.fail(name, reason);
+            return;
+        }
+        service.restart_times.push_back(now);
+        service.restarts += 1;
+        let delay = service.backoff;
+        service.backoff = (service.backoff * 2).min(restart.backoff_max);
+        service.state = State::Backoff;
+        service.deadline = Some(now + delay);
+        self.changed(name, State::Backoff, None);
+    }
+
+    fn begin_stop(&mut self, name: &str, now: Instant) {
+        let Some(service) = self.services.get_mut(name) else {
+            return;
+        };
+        match (service.state, service.pid) {
+            (State::Running | State::Starting, Some(pid)) => {
+                let signal = service.definition.stop_signal;
+                service.state = State::Stopping;
+                service.main_gone = false;
+                service.killed = false;
+                service.deadline = Some(now + service.definition.stop_timeout);
+                self.changed(name, State::Stopping, Some(pid));
+                self.actions
+                    .push(Action::SignalService(name.to_string(), signal));
+            }
+            (State::Running | State::Starting, None) => {
+                // A finished oneshot, or a pidfile launcher gone before the
+                // pidfile: stop whatever is left of the service.
+                let signal = service.definition.stop_signal;
+                service.state = State::Stopping;
+                service.main_gone = true;
+                service.killed = false;
+                service.deadline = Some(now + service.definition.stop_timeout);
+                self.changed(name, State::Stopping, None);
+                self.actions
+                    .push(Action::SignalService(name.to_string(), signal));
+            }
+            _ => {}
+        }
+    }
+
+    /// Process queued events, then move every service towards its goal,
+    /// until nothing changes.
+    fn settle(&mut self, now: Instant) -> Vec<Action> {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.events.pop_front() {
+                progressed = true;
+                self.actions.push(Action::Event(event.clone()));
+                let starters: Vec<String> = self
+                    .services
+                    .values()
+                    .filter(|service| service.definition.start_on.contains(&event))
+                    .filter(|service| in_mode(&service.definition, &self.mode))
+                    .filter(|service| service.state != State::Failed)
+                    .map(|service| service.definition.name.clone())
+                    .collect();
+                for name in starters {
+                    self.want(&name);
+                }
+            }
+            let names: Vec<String> = self.services.keys().cloned().collect();
+            for name in &names {
+                let Some(service) = self.services.get(name) else {
+                    continue;
+                };
+                if service.wanted && service.state == State::Stopped {
+                    let needs_up =
+                        service.definition.needs.iter().all(|need| {
+                            self.services.get(need).map(Service::is_up).unwrap_or(true)
+                        });
+                    if needs_up {
+                        if let Some(service) = self.services.get_mut(name) {
+                            // Spawning: the driver answers at once with
+                            // spawned/spawn_failed.
+                            service.state = State::Starting;
+                        }
+                        self.actions.push(Action::Spawn(name.clone()));
+                        progressed = true;
+                    }
+                } else if !service.wanted
+                    && matches!(service.state, State::Starting | State::Running)
+                {
+                    let dependents_down = self
+                        .services
+                        .values()
+                        .all(|other| !other.definition.needs.contains(name) || !other.is_active());
+                    if dependents_down {
+                        self.begin_stop(name, now);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.mode_ready_pending {
+            let members = self.mode_members(&self.mode.clone());
+            let all_up = members
+                .iter()
+                .all(|name| self.services.get(name).map(Service::is_up).unwrap_or(false));
+            if all_up {
+                self.mode_ready_pending = false;
+                self.actions.push(Action::ModeReady {
+                    mode: self.mode.clone(),
+                    services: members.len(),
+                });
+            }
+        }
+        self.take_actions()
+    }
+}
+
+pub fn in_mode(definition: &ServiceDefinition, mode: &str) -> bool {
+    definition.modes.is_empty() || definition.modes.iter().any(|m| m == mode)
+}
