@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 
 use super::Runner;
 use crate::boot::BuiltImage;
@@ -92,7 +92,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             let mark = vm.console_mark();
             vm.succeed("initctl mode failover")?;
             vm.wait_for_console_text_since(mark, "nodows: mode failover", SERVICE_TIMEOUT)?;
-            check_mode_services(vm, "failover")
+            check_mode_services(vm, "failover")?;
+            // standby now answers on port 80 instead of web.
+            let server = guest_server(vm)?;
+            check_web_page(vm, "failover", server.as_deref())
         },
     );
     let mut overlay: Option<PathBuf> = None;
@@ -172,7 +175,8 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             let image = image("failover")?;
             let mut vm = context.start(&image, "failover", "")?;
             vm.wait_for_ready(READY_TIMEOUT)?;
-            check_console_services(&mut vm, &image, "failover")
+            check_console_services(&mut vm, &image, "failover")?;
+            check_web_page(&mut vm, "failover", None)
         },
     );
 
@@ -617,22 +621,222 @@ fn check_ssh_refuses_passwords(vm: &mut Vm) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A server id of the model other than the image's default one.
+/// The image's model (the same file the image carries as /etc/nodows/model.xml).
+fn model_text() -> anyhow::Result<String> {
+    let path = qemu::workspace_root().join("models/default.xml");
+    std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// The content of the element `<TAG ATTRIBUTE="VALUE">...</TAG>` in `text`.
+fn element<'a>(text: &'a str, tag: &str, attribute: &str, value: &str) -> Option<&'a str> {
+    let open = format!("<{tag} {attribute}=\"{value}\">");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&format!("</{tag}>"))? + start;
+    Some(&text[start..end])
+}
+
+/// A key of a service as layered by the model: defaults, then the profile, then the server.
+fn model_value(
+    model: &str,
+    service: &str,
+    key: &str,
+    mode: &str,
+    server: Option<&str>,
+) -> Option<String> {
+    let defaults = model.find("<defaults>").and_then(|at| {
+        let start = at + "<defaults>".len();
+        Some(&model[start..start + model[start..].find("</defaults>")?])
+    });
+    let layers = [
+        defaults,
+        element(model, "profile", "name", mode),
+        server.and_then(|server| element(model, "server", "id", server)),
+    ];
+    let mut value = None;
+    for layer in layers.into_iter().flatten() {
+        if let Some(keys) = element(layer, "service", "name", service) {
+            if let Some(found) = element(keys, "key", "name", key) {
+                value = Some(found.to_string());
+            }
+        }
+    }
+    value
+}
+
+/// The server id the guest runs as (`nodows.server=` or /etc/nodows/server-id), if any.
+fn guest_server(vm: &mut Vm) -> anyhow::Result<Option<String>> {
+    let output = vm.succeed(
+        "for word in $(cat /proc/cmdline); do case $word in nodows.server=*) echo ${word#nodows.server=}; exit;; esac; done; cat /etc/nodows/server-id 2>/dev/null || true",
+    )?;
+    let server = output.trim();
+    Ok((!server.is_empty()).then(|| server.to_string()))
+}
+
+/// A server id of the model that the image does not run as by default.
 fn other_server(_image: &BuiltImage) -> anyhow::Result<String> {
-    bail!("the model's servers are not known yet")
+    let model = model_text()?;
+    let default_server = std::fs::read_to_string(
+        qemu::workspace_root().join("overlays/common/etc/nodows/server-id"),
+    )
+    .unwrap_or_default();
+    model
+        .match_indices("<server id=\"")
+        .filter_map(|(at, open)| {
+            let rest = &model[at + open.len()..];
+            Some(rest[..rest.find('"')?].to_string())
+        })
+        .filter(|id| id != default_server.trim())
+        .last()
+        .context("the model has no <server id=\"...\"> to boot as")
 }
 
-fn check_web_page(_vm: &mut Vm, _profile: &str, _server: Option<&str>) -> anyhow::Result<()> {
-    bail!("the web page check waits for the web service's template")
+/// The page on port 80 shows the model's title, server and mode (the
+/// standby page and message in failover mode).
+fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> anyhow::Result<()> {
+    let model = model_text()?;
+    let port = vm.host_port(80);
+    vm.wait_for_open_port(port, SERVICE_TIMEOUT)?;
+    let (status, body) = vm.http_get(port, "/")?;
+    let (service, key) = if mode == "failover" {
+        ("standby", "message")
+    } else {
+        ("web", "title")
+    };
+    // Without a server id to expect, the page's own `server=` names the layer.
+    let page_server = body
+        .split("server=")
+        .nth(1)
+        .and_then(|rest| rest.split(" mode=").next())
+        .map(str::to_string);
+    let server = match server {
+        Some(server) => Some(server.to_string()),
+        None => page_server.filter(|server| !server.is_empty()),
+    };
+    let server = server.as_deref();
+    let expected = model_value(&model, service, key, mode, server)
+        .with_context(|| format!("models/default.xml has no {service} {key} for mode {mode}"))?;
+    let server_line = format!("server={} mode={mode}", server.unwrap_or(""));
+    if status != 200 || !body.contains(&expected) || !body.contains(&server_line) {
+        return Err(vm.failure(&format!(
+            "GET / answered {status} without the model's {service} {key} `{expected}` and `{server_line}`:\n{body}"
+        )));
+    }
+    Ok(())
 }
 
-fn check_render_reload(_vm: &mut Vm) -> anyhow::Result<()> {
-    bail!("the render check waits for the web service's template")
+/// The pids of the running services.
+fn running_pids(vm: &mut Vm) -> anyhow::Result<BTreeMap<String, i64>> {
+    Ok(vm
+        .service_status()?
+        .into_iter()
+        .filter(|status| status.state == "running")
+        .filter_map(|status| Some((status.name, status.pid?)))
+        .collect())
+}
+
+/// The child processes of `pid` (nginx's workers).
+fn children(vm: &mut Vm, pid: i64) -> anyhow::Result<Vec<String>> {
+    let output = vm.succeed(&format!("cat /proc/{pid}/task/*/children"))?;
+    let mut pids: Vec<String> = output.split_whitespace().map(str::to_string).collect();
+    pids.sort();
+    Ok(pids)
+}
+
+/// Changes the web service's values in the guest's model and runs
+/// `initctl render`: web reloads (nginx's master keeps its pid, its workers
+/// are new), every other service keeps its pid, the page changes.
+fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
+    let model = model_text()?;
+    let server = guest_server(vm)?;
+    let title =
+        model_value(&model, "web", "title", "test", server.as_deref()).context("no web title")?;
+    let level = model_value(&model, "web", "error_log_level", "test", server.as_deref())
+        .context("no web error_log_level")?;
+    let new_title = "nodows changed by the e2e test";
+    let new_level = if level == "error" { "crit" } else { "error" };
+    let before = running_pids(vm)?;
+    let web_pid = *before.get("web").context("web is not running")?;
+    let workers_before = children(vm, web_pid)?;
+    // The title is shown on the page (its file needs no reload); the log
+    // level is in nginx.conf (on-change reload).
+    vm.succeed(&format!(
+        "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' \
+         -e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|' \
+         /etc/nodows/model.xml && grep -c '{new_title}' /etc/nodows/model.xml"
+    ))?;
+    let rendered = vm.succeed("initctl render")?;
+    let deadline = Instant::now() + SERVICE_TIMEOUT;
+    loop {
+        let (status, body) = vm.http_get(vm.host_port(80), "/")?;
+        if status == 200 && body.contains(new_title) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(vm.failure(&format!(
+                "the page did not change after initctl render ({rendered}):\n{body}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let config = vm.succeed("cat /etc/nginx/nginx.conf")?;
+    ensure!(
+        config.contains(new_level),
+        "nginx.conf was not re-rendered with error_log level {new_level}:\n{config}"
+    );
+    // nginx starts new workers on SIGHUP; wait for the old ones to go.
+    let deadline = Instant::now() + SERVICE_TIMEOUT;
+    loop {
+        let workers_after = children(vm, web_pid)?;
+        if !workers_after.is_empty()
+            && workers_after
+                .iter()
+                .all(|worker| !workers_before.contains(worker))
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(vm.failure(&format!(
+                "web was not reloaded: nginx workers before {workers_before:?}, after {workers_after:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let after = running_pids(vm)?;
+    if before != after {
+        return Err(vm.failure(&format!(
+            "initctl render changed service pids: before {before:?}, after {after:?}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_values_layer_defaults_profile_server() {
+        let model = r#"<model><defaults><service name="web"><key name="title">d</key><key name="port">80</key></service></defaults>
+            <profile name="test"><service name="web"><key name="title">t</key></service></profile>
+            <server id="web02"><service name="web"><key name="title">s</key></service></server></model>"#;
+        assert_eq!(
+            model_value(model, "web", "title", "dev", None).as_deref(),
+            Some("d")
+        );
+        assert_eq!(
+            model_value(model, "web", "title", "test", None).as_deref(),
+            Some("t")
+        );
+        assert_eq!(
+            model_value(model, "web", "title", "test", Some("web02")).as_deref(),
+            Some("s")
+        );
+        assert_eq!(
+            model_value(model, "web", "port", "test", Some("web02")).as_deref(),
+            Some("80")
+        );
+        assert_eq!(model_value(model, "ssh", "port", "test", None), None);
+    }
 
     #[test]
     fn console_states_keep_the_last_state_of_each_service() {
