@@ -7,6 +7,8 @@
 # /dev/virtio-ports/ symlink does not exist.
 
 name=org.nodows.agent
+: "${PATH:=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}"
+export PATH
 
 find_port() {
     if [ -e "/dev/virtio-ports/$name" ]; then
