@@ -72,8 +72,9 @@ static void structured_error(void *ctx, xmlErrorPtr error) {
     if (error == NULL || error->level == XML_ERR_WARNING)
         return;
     char buf[4096];
-    int n = snprintf(buf, sizeof buf, "%s:%d: %s", error->file ? error->file : "(memory)", error->line,
-                     error->message ? error->message : "error\n");
+    const char *message = error->message ? error->message : "error\n";
+    int n = error->file ? snprintf(buf, sizeof buf, "%s:%d: %s", error->file, error->line, message)
+                        : snprintf(buf, sizeof buf, "%s", message);
     if (n < 0)
         return;
     if ((size_t)n >= sizeof buf)

@@ -198,9 +198,16 @@ pub(crate) fn tidy(errors: &str, name: &str, what: &str) -> String {
             pending = Some(location(header));
             continue;
         }
+        let line = line.trim();
+        let line = line.strip_prefix("error : ").unwrap_or(line);
+        if line == "error" {
+            continue;
+        }
+        let line = lowercase_first(line);
         match pending.take() {
-            Some(location) => out.push(format!("{location}: {}", line.trim())),
-            None => out.push(line.trim().to_string()),
+            Some(location) => out.push(format!("{location}: {line}")),
+            None if line.starts_with(name) => out.push(line),
+            None => out.push(format!("{name}: {line}")),
         }
     }
     if let Some(previous) = pending {
@@ -209,11 +216,19 @@ pub(crate) fn tidy(errors: &str, name: &str, what: &str) -> String {
     if out.is_empty() {
         return format!("{name}: {what}");
     }
-    // Make sure the file is named at least once.
-    if !out.iter().any(|line| line.contains(name)) {
-        out.insert(0, format!("{name}: {what}"));
-    }
+    out.dedup();
     out.join("\n")
+}
+
+/// `Local file read ...` -> `local file read ...`; acronyms stay as they are.
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(first), Some(second)) if first.is_uppercase() && second.is_lowercase() => {
+            first.to_lowercase().chain(text.chars().skip(1)).collect()
+        }
+        _ => text.to_string(),
+    }
 }
 
 /// `file F line N element E` -> `F:N: element E`.

@@ -15,11 +15,11 @@
     <xsl:text>); do not edit
 user www-data;
 worker_processes </xsl:text>
-    <xsl:value-of select="$web/key[@name = 'worker_processes']"/>
+    <xsl:call-template name="key"><xsl:with-param name="name" select="'worker_processes'"/><xsl:with-param name="default" select="'1'"/></xsl:call-template>
     <xsl:text>;
 pid /run/nginx.pid;
 error_log stderr </xsl:text>
-    <xsl:value-of select="$web/key[@name = 'error_log_level']"/>
+    <xsl:call-template name="key"><xsl:with-param name="name" select="'error_log_level'"/><xsl:with-param name="default" select="'warn'"/></xsl:call-template>
     <xsl:text>;
 
 events {
@@ -32,10 +32,20 @@ http {
     sendfile on;
     server_tokens off;
     access_log </xsl:text>
-    <xsl:value-of select="$web/key[@name = 'access_log']"/>
+    <xsl:call-template name="key"><xsl:with-param name="name" select="'access_log'"/><xsl:with-param name="default" select="'off'"/></xsl:call-template>
     <xsl:text>;
     include /etc/nginx/sites-enabled/*;
 }
 </xsl:text>
+  </xsl:template>
+  <!-- The value of key $name of this service, or $default when the model has none. -->
+  <xsl:template name="key">
+    <xsl:param name="name"/>
+    <xsl:param name="default"/>
+    <xsl:variable name="value" select="$web/key[@name = $name]"/>
+    <xsl:choose>
+      <xsl:when test="$value"><xsl:value-of select="$value"/></xsl:when>
+      <xsl:otherwise><xsl:value-of select="$default"/></xsl:otherwise>
+    </xsl:choose>
   </xsl:template>
 </xsl:stylesheet>

@@ -14,10 +14,10 @@
     <xsl:text>); do not edit
 server {
     listen </xsl:text>
-    <xsl:value-of select="$web/key[@name = 'port']"/>
+    <xsl:call-template name="key"><xsl:with-param name="name" select="'port'"/><xsl:with-param name="default" select="'80'"/></xsl:call-template>
     <xsl:text> default_server;
     server_name </xsl:text>
-    <xsl:value-of select="$web/key[@name = 'server_name']"/>
+    <xsl:call-template name="key"><xsl:with-param name="name" select="'server_name'"/><xsl:with-param name="default" select="'_'"/></xsl:call-template>
     <xsl:text>;
     root /var/www/html;
     index index.html;
@@ -27,5 +27,15 @@ server {
     }
 }
 </xsl:text>
+  </xsl:template>
+  <!-- The value of key $name of this service, or $default when the model has none. -->
+  <xsl:template name="key">
+    <xsl:param name="name"/>
+    <xsl:param name="default"/>
+    <xsl:variable name="value" select="$web/key[@name = $name]"/>
+    <xsl:choose>
+      <xsl:when test="$value"><xsl:value-of select="$value"/></xsl:when>
+      <xsl:otherwise><xsl:value-of select="$default"/></xsl:otherwise>
+    </xsl:choose>
   </xsl:template>
 </xsl:stylesheet>

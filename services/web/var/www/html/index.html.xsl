@@ -16,8 +16,10 @@
         <h1><xsl:value-of select="$title"/></h1>
         <p>server=<xsl:value-of select="$server"/> mode=<xsl:value-of select="$mode"/></p>
         <xsl:text>&#10;</xsl:text>
-        <p>ssh port <xsl:value-of select="/model/service[@name = 'ssh']/key[@name = 'port']"/></p>
-        <xsl:text>&#10;</xsl:text>
+        <xsl:if test="/model/service[@name = 'ssh']/key[@name = 'port']">
+          <p>ssh port <xsl:value-of select="/model/service[@name = 'ssh']/key[@name = 'port']"/></p>
+          <xsl:text>&#10;</xsl:text>
+        </xsl:if>
       </body>
     </html>
   </xsl:template>

@@ -1,0 +1,8 @@
+//! The renderer's integration tests: one binary (tests/it), modules by topic.
+//! They run the real `nodows` binary and real libxslt on temporary roots.
+
+mod cli;
+mod golden;
+mod support;
+mod sync;
+mod watch;
