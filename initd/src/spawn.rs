@@ -274,9 +274,9 @@ unsafe fn child(
         libc::umask(umask);
     }
     for (resource, limit) in &prepared.rlimits {
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let resource = *resource as libc::__rlimit_resource_t;
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
         let resource = *resource;
         if libc::setrlimit(resource, limit) < 0 {
             fail(error_write);

@@ -114,7 +114,7 @@ pub fn reboot(shutdown: Shutdown) -> io::Error {
 pub fn reboot(shutdown: Shutdown) -> io::Error {
     let howto = match shutdown {
         Shutdown::Poweroff => libc::RB_POWEROFF,
-        Shutdown::Reboot => libc::RB_AUTOBOOT,
+        Shutdown::Reboot => 0, // RB_AUTOBOOT
         Shutdown::Halt => libc::RB_HALT,
     };
     // SAFETY: reboot with valid flags.
@@ -255,17 +255,16 @@ unsafe fn errno_location() -> *mut libc::c_int {
 
 /// The signals initd handles through the self-pipe.
 pub fn handled_signals() -> Vec<i32> {
-    let mut signals = vec![
+    vec![
         libc::SIGCHLD,
         libc::SIGTERM,
         libc::SIGINT,
         libc::SIGHUP,
         libc::SIGUSR1,
         libc::SIGUSR2,
-    ];
-    #[cfg(target_os = "linux")]
-    signals.push(libc::SIGPWR);
-    signals
+        #[cfg(target_os = "linux")]
+        libc::SIGPWR,
+    ]
 }
 
 /// Install the handlers; returns the read end of the self-pipe.
