@@ -17,10 +17,12 @@ use super::BadInput;
 pub struct Binaries {
     pub initd: PathBuf,
     pub initctl: PathBuf,
-    pub nodows: PathBuf,
+    pub nodows: Option<PathBuf>,
 }
 
-/// Builds the static musl initd/initctl and the glibc renderer.
+/// Builds the static musl initd/initctl and the glibc renderer. A renderer
+/// that does not build yet is a loud warning (the image is then not baked);
+/// initd is required.
 pub fn build_binaries(ui: &mut Ui, source: &Path, target_dir: &Path) -> anyhow::Result<Binaries> {
     let sh = Shell::new()?;
     let manifest = super::host::workspace_manifest(source);
@@ -31,20 +33,32 @@ pub fn build_binaries(ui: &mut Ui, source: &Path, target_dir: &Path) -> anyhow::
         )
         .env("CARGO_TARGET_DIR", target_dir),
     )?;
-    ui.run(
+    let nodows = match ui.run(
         cmd!(
             sh,
             "cargo build --release --manifest-path {manifest} -p render --bin nodows"
         )
         .env("CARGO_TARGET_DIR", target_dir),
-    )?;
+    ) {
+        Ok(()) => Some(target_dir.join("release/nodows")),
+        Err(error) => {
+            super::ui::check_interrupted()?;
+            ui.note(&format!(
+                "warning: the renderer does not build; the image gets no /usr/bin/nodows and no baked configs: {error:#}"
+            ));
+            None
+        }
+    };
     let musl = target_dir.join("x86_64-unknown-linux-musl/release");
     let binaries = Binaries {
         initd: musl.join("initd"),
         initctl: musl.join("initctl"),
-        nodows: target_dir.join("release/nodows"),
+        nodows,
     };
-    for binary in [&binaries.initd, &binaries.initctl, &binaries.nodows] {
+    for binary in [&binaries.initd, &binaries.initctl]
+        .into_iter()
+        .chain(binaries.nodows.as_ref())
+    {
         if !binary.is_file() {
             bail!("{} was not built", binary.display());
         }
@@ -180,7 +194,9 @@ pub fn assemble(
     // initd, initctl, the renderer.
     install(&binaries.initd, &staging.join("sbin/initd"), 0o755)?;
     install(&binaries.initctl, &staging.join("sbin/initctl"), 0o755)?;
-    install(&binaries.nodows, &staging.join("usr/bin/nodows"), 0o755)?;
+    if let Some(nodows) = &binaries.nodows {
+        install(nodows, &staging.join("usr/bin/nodows"), 0o755)?;
+    }
 
     // Services, model, mode.
     let services_dir = staging.join("etc/nodows/services");
@@ -325,7 +341,10 @@ pub fn bake(
     staging: &Staging,
 ) -> anyhow::Result<()> {
     let sh = Shell::new()?;
-    let nodows = &binaries.nodows;
+    let Some(nodows) = &binaries.nodows else {
+        ui.note("warning: no renderer, configs not baked");
+        return Ok(());
+    };
     let model = staging.join("etc/nodows/model.xml");
     let services = staging.join("etc/nodows/services");
     let root = staging.path();

@@ -190,7 +190,10 @@ pub fn build(
         layout.root_guid,
     );
     ui.log(&script);
-    ui.run(cmd!(sh, "sfdisk --quiet --no-reread --no-tell-kernel {raw}").stdin(script))?;
+    ui.run_with_input(
+        cmd!(sh, "sfdisk --quiet --no-reread --no-tell-kernel {raw}"),
+        &script,
+    )?;
     copy_sparse(&esp_image, &raw, layout.esp_start_mib * MIB)?;
     copy_sparse(&root_image, &raw, layout.root_start_mib * MIB)?;
     std::fs::remove_dir_all(&work)?;

@@ -106,21 +106,35 @@ impl Ui {
     /// `--verbose`, else the last line is shown on a spinner. On failure
     /// the error carries the output's tail.
     pub fn run(&self, command: xshell::Cmd<'_>) -> anyhow::Result<()> {
-        self.run_command(Command::from(command))
+        self.run_command(Command::from(command), None)
     }
 
-    pub fn run_command(&self, mut command: Command) -> anyhow::Result<()> {
+    /// Like `run`, with `input` on the tool's stdin.
+    pub fn run_with_input(&self, command: xshell::Cmd<'_>, input: &str) -> anyhow::Result<()> {
+        self.run_command(Command::from(command), Some(input.to_owned()))
+    }
+
+    fn run_command(&self, mut command: Command, input: Option<String>) -> anyhow::Result<()> {
         check_interrupted()?;
         let display = format!("{command:?}");
         self.log(&format!("$ {display}"));
         command
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot run {display}"))?;
         CHILD.store(child.id() as i32, Ordering::SeqCst);
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(input.as_bytes());
+            });
+        }
         let spinner = if self.verbose {
             None
         } else {
