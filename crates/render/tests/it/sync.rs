@@ -1,1 +1,374 @@
-//! Sync.
+//! Staging, diff and atomic sync against a real target root.
+
+use crate::support::{change_set, copy_tree, render, repo, stderr, tree, TempDir};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn render_json(model: &Path, services: &Path, root: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--services",
+        services.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    render(&args)
+}
+
+/// A copy of the demo model with `from` replaced by `to` (exactly once).
+fn edited_model(dir: &Path, from: &str, to: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("models/default.xml")).unwrap();
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from} must occur once in the demo model"
+    );
+    let path = dir.join("model.xml");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    path
+}
+
+/// (mtime, inode) of every file, to prove which files were rewritten.
+fn stamps(root: &Path) -> std::collections::BTreeMap<String, (i64, i64, u64)> {
+    tree(root)
+        .into_keys()
+        .map(|path| {
+            let metadata = std::fs::metadata(root.join(&path)).unwrap();
+            (
+                path,
+                (metadata.mtime(), metadata.mtime_nsec(), metadata.ino()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn one_key_changed_rewrites_exactly_one_file_and_reloads_exactly_its_owner() {
+    let root = TempDir::new("one-key");
+    let work = TempDir::new("one-key-model");
+    let services = repo().join("services");
+    let model = repo().join("models/default.xml");
+    let first = change_set(&render_json(
+        &model,
+        &services,
+        root.path(),
+        &["--profile", "production", "--server", "web01"],
+    ));
+    assert_eq!(first["written"].as_array().unwrap().len(), 8);
+    let before = stamps(root.path());
+
+    // Nothing changed: nothing written, nothing to do.
+    let again = change_set(&render_json(
+        &model,
+        &services,
+        root.path(),
+        &["--profile", "production", "--server", "web01"],
+    ));
+    assert_eq!(again, serde_json::json!({"written": [], "services": []}));
+
+    let edited = edited_model(
+        work.path(),
+        r#"<key name="permit_empty_passwords">no</key>"#,
+        r#"<key name="permit_empty_passwords">yes</key>"#,
+    );
+    let changed = change_set(&render_json(
+        &edited,
+        &services,
+        root.path(),
+        &["--profile", "production", "--server", "web01"],
+    ));
+    assert_eq!(
+        changed,
+        serde_json::json!({"written": ["/etc/ssh/sshd_config"], "services": [{"name": "ssh", "action": "reload"}]})
+    );
+    let after = stamps(root.path());
+    for (path, stamp) in &before {
+        if path == "etc/ssh/sshd_config" {
+            assert_ne!(after[path], *stamp, "{path} was not rewritten");
+        } else {
+            assert_eq!(after[path], *stamp, "{path} was rewritten");
+        }
+    }
+    assert!(
+        std::fs::read_to_string(root.path().join("etc/ssh/sshd_config"))
+            .unwrap()
+            .contains("PermitEmptyPasswords yes")
+    );
+}
+
+#[test]
+fn mode_and_owner_drift_is_repaired() {
+    let root = TempDir::new("drift");
+    let services = repo().join("services");
+    let model = repo().join("models/default.xml");
+    let args = ["--profile", "dev", "--service", "net"];
+    change_set(&render_json(&model, &services, root.path(), &args));
+    let script = root.path().join("etc/nodows/net.sh");
+    assert_eq!(std::fs::metadata(&script).unwrap().mode() & 0o7777, 0o755);
+
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let repaired = change_set(&render_json(&model, &services, root.path(), &args));
+    assert_eq!(
+        repaired,
+        serde_json::json!({"written": ["/etc/nodows/net.sh"], "services": [{"name": "net", "action": "restart"}]})
+    );
+    assert_eq!(std::fs::metadata(&script).unwrap().mode() & 0o7777, 0o755);
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&script, Some(1), Some(1)).unwrap();
+        let repaired = change_set(&render_json(&model, &services, root.path(), &args));
+        assert_eq!(
+            repaired["written"],
+            serde_json::json!(["/etc/nodows/net.sh"])
+        );
+        let metadata = std::fs::metadata(&script).unwrap();
+        assert_eq!((metadata.uid(), metadata.gid()), (0, 0));
+    }
+}
+
+#[test]
+fn dry_run_reports_but_writes_nothing() {
+    let root = TempDir::new("dry-run");
+    let output = render_json(
+        &repo().join("models/default.xml"),
+        &repo().join("services"),
+        root.path(),
+        &["--profile", "dev", "--dry-run"],
+    );
+    let change = change_set(&output);
+    assert_eq!(change["written"].as_array().unwrap().len(), 8);
+    assert!(tree(root.path()).is_empty());
+}
+
+#[test]
+fn service_option_restricts_the_render_to_those_services() {
+    let root = TempDir::new("only");
+    let output = render_json(
+        &repo().join("models/default.xml"),
+        &repo().join("services"),
+        root.path(),
+        &[
+            "--profile",
+            "dev",
+            "--service",
+            "ssh",
+            "--service",
+            "sysctl",
+        ],
+    );
+    assert_eq!(
+        change_set(&output),
+        serde_json::json!({
+            "written": ["/etc/ssh/sshd_config", "/etc/sysctl.d/90-nodows.conf"],
+            "services": [{"name": "ssh", "action": "reload"}, {"name": "sysctl", "action": "restart"}]
+        })
+    );
+}
+
+#[test]
+fn failing_template_leaves_every_target_untouched() {
+    // Why: a half-applied configuration (new nginx.conf, old site) is worse
+    // than an old one; one bad template must stop the whole render.
+    let root = TempDir::new("failing");
+    let work = TempDir::new("failing-services");
+    let services = work.path().join("services");
+    copy_tree(&repo().join("services"), &services);
+    let model = repo().join("models/default.xml");
+    change_set(&render_json(
+        &model,
+        &services,
+        root.path(),
+        &["--profile", "dev"],
+    ));
+    let before = tree(root.path());
+    let before_stamps = stamps(root.path());
+
+    // Every file would change in production, but the last template in
+    // target order fails at run time.
+    std::fs::write(
+        services.join("standby/var/www/standby/index.html.xsl"),
+        r#"<?xml version="1.0"?>
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:template match="/"><xsl:message terminate="yes">standby page is broken</xsl:message></xsl:template>
+</xsl:stylesheet>
+"#,
+    )
+    .unwrap();
+    let output = render_json(&model, &services, root.path(), &["--profile", "production"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("index.html.xsl: standby page is broken"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(output.stdout.is_empty());
+    assert_eq!(tree(root.path()), before);
+    assert_eq!(stamps(root.path()), before_stamps);
+}
+
+#[test]
+fn fault_between_two_renames_leaves_every_file_old_or_new() {
+    // Why: the renderer can be killed at any point (power loss, OOM); a
+    // target must never be seen half-written.
+    let root = TempDir::new("fault");
+    let old_root = TempDir::new("fault-old");
+    let new_root = TempDir::new("fault-new");
+    let services = repo().join("services");
+    let model = repo().join("models/default.xml");
+    for (dir, profile) in [(&root, "dev"), (&old_root, "dev"), (&new_root, "failover")] {
+        change_set(&render_json(
+            &model,
+            &services,
+            dir.path(),
+            &["--profile", profile, "--server", "web02"],
+        ));
+    }
+    let old = tree(old_root.path());
+    let new = tree(new_root.path());
+    let differing: Vec<&String> = old.keys().filter(|p| old[*p] != new[*p]).collect();
+    assert!(
+        differing.len() >= 4,
+        "the profiles must differ in several files: {differing:?}"
+    );
+
+    let output = crate::support::nodows()
+        .args([
+            "render",
+            "--model",
+            model.to_str().unwrap(),
+            "--services",
+            services.to_str().unwrap(),
+            "--root",
+            root.path().to_str().unwrap(),
+            "--profile",
+            "failover",
+            "--server",
+            "web02",
+        ])
+        .env("NODOWS_FAULT_AFTER_RENAMES", "2")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the fault was not injected");
+    assert!(stderr(&output).contains("fault injected after 2 renames"));
+
+    let crashed = tree(root.path());
+    let mut renewed = 0;
+    for (path, bytes) in crashed.iter().filter(|(p, _)| !p.contains(".nodows-tmp")) {
+        let is_old = old.get(path) == Some(bytes);
+        let is_new = new.get(path) == Some(bytes);
+        assert!(is_old || is_new, "{path} is neither old nor new");
+        if is_new && !is_old {
+            renewed += 1;
+        }
+    }
+    assert_eq!(renewed, 2, "exactly the two renamed files are new");
+
+    // The next render completes the job and leaves no temporary files.
+    let finished = change_set(&render_json(
+        &model,
+        &services,
+        root.path(),
+        &["--profile", "failover", "--server", "web02"],
+    ));
+    assert_eq!(
+        finished["written"].as_array().unwrap().len(),
+        differing.len() - 2
+    );
+    assert_eq!(
+        tree(root.path()),
+        new,
+        "the root differs from a clean render (or temporary files are left)"
+    );
+}
+
+#[test]
+fn symlinked_parents_resolve_inside_the_root() {
+    // Why: at build time the root is a Debian tree whose symlinks are
+    // absolute (/var/run -> /run); following them on the host would write
+    // outside the image.
+    let root = TempDir::new("symlink");
+    std::fs::create_dir_all(root.path().join("var")).unwrap();
+    std::fs::create_dir_all(root.path().join("real-www")).unwrap();
+    std::os::unix::fs::symlink("/real-www", root.path().join("var/www")).unwrap();
+    let output = render_json(
+        &repo().join("models/default.xml"),
+        &repo().join("services"),
+        root.path(),
+        &["--profile", "dev", "--service", "web"],
+    );
+    change_set(&output);
+    assert!(root.path().join("real-www/html/index.html").is_file());
+    assert!(std::fs::symlink_metadata(root.path().join("var/www"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn xml_and_sqlite_models_render_the_same_files() {
+    let work = TempDir::new("sqlite");
+    let model = model::Model::load(repo().join("models/default.xml").to_str().unwrap()).unwrap();
+    let db = work.path().join("model.db");
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    connection
+        .execute_batch(
+            "CREATE TABLE profile (name TEXT PRIMARY KEY NOT NULL);
+             CREATE TABLE server (id TEXT PRIMARY KEY NOT NULL);
+             CREATE TABLE setting (server TEXT, profile TEXT, service TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL);",
+        )
+        .unwrap();
+    let insert = |server: Option<&str>, profile: Option<&str>, layer: &model::Layer| {
+        for (service, keys) in layer {
+            for (key, value) in &keys.keys {
+                connection
+                    .execute(
+                        "INSERT INTO setting VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![server, profile, service, key, value],
+                    )
+                    .unwrap();
+            }
+        }
+    };
+    insert(None, None, &model.defaults);
+    for (name, layer) in &model.profiles {
+        connection
+            .execute("INSERT INTO profile VALUES (?1)", [name])
+            .unwrap();
+        insert(None, Some(name), layer);
+    }
+    for (id, layer) in &model.servers {
+        connection
+            .execute("INSERT INTO server VALUES (?1)", [id])
+            .unwrap();
+        insert(Some(id), None, layer);
+    }
+    drop(connection);
+
+    let sqlite_spec = format!("sqlite:{}", db.display());
+    let xml_spec = repo().join("models/default.xml");
+    let services = repo().join("services");
+    for profile in ["dev", "test", "production", "failover"] {
+        for server in [None, Some("web01"), Some("web02")] {
+            let mut extra = vec!["--profile", profile];
+            if let Some(server) = server {
+                extra.extend(["--server", server]);
+            }
+            let from_xml = TempDir::new("sqlite-xml");
+            let from_sqlite = TempDir::new("sqlite-db");
+            change_set(&render_json(&xml_spec, &services, from_xml.path(), &extra));
+            change_set(&render_json(
+                Path::new(&sqlite_spec),
+                &services,
+                from_sqlite.path(),
+                &extra,
+            ));
+            let xml_tree = tree(from_xml.path());
+            assert_eq!(xml_tree.len(), 8);
+            assert_eq!(xml_tree, tree(from_sqlite.path()), "{profile} {server:?}");
+        }
+    }
+}
