@@ -808,3 +808,7 @@ impl Supervisor {
 pub fn in_mode(definition: &ServiceDefinition, mode: &str) -> bool {
     definition.modes.is_empty() || definition.modes.iter().any(|m| m == mode)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;

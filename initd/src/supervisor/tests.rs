@@ -1,0 +1,347 @@
+//! Transition tables: inputs in, actions out, no processes.
+
+use super::*;
+use std::path::PathBuf;
+
+fn definition(xml_body: &str, name: &str) -> ServiceDefinition {
+    let text = format!(
+        "<service name=\"{name}\"><exec path=\"/bin/sleep\"><arg>1</arg></exec>{xml_body}</service>"
+    );
+    servicedef::parse_str(&PathBuf::from(format!("/s/{name}/service.xml")), &text).unwrap()
+}
+
+fn spawns(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Spawn(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stop_signals(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::SignalService(name, _) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state(supervisor: &Supervisor, name: &str) -> State {
+    supervisor.service(name).unwrap().state
+}
+
+/// web needs net (oneshot), db independent.
+fn three() -> Supervisor {
+    Supervisor::new(
+        vec![
+            definition("<ready kind=\"exit\"/>", "net"),
+            definition("<needs>net</needs>", "web"),
+            definition("", "db"),
+        ],
+        "production",
+    )
+}
+
+#[test]
+fn boot_starts_independent_services_together_and_dependents_after_ready() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    let actions = supervisor.boot(now);
+    assert_eq!(spawns(&actions), vec!["db", "net"]);
+    assert!(actions.contains(&Action::Event("boot".to_string())));
+    assert!(spawns(&supervisor.spawned("net", 10, now)).is_empty());
+    supervisor.spawned("db", 11, now);
+    assert_eq!(state(&supervisor, "db"), State::Running, "ready kind none");
+    assert_eq!(state(&supervisor, "net"), State::Starting);
+    let actions = supervisor.exited(10, Exit::Code(0), now);
+    assert_eq!(spawns(&actions), vec!["web"]);
+    assert!(actions.contains(&Action::Event("started:net".to_string())));
+    let actions = supervisor.spawned("web", 12, now);
+    assert!(actions.contains(&Action::ModeReady {
+        mode: "production".to_string(),
+        services: 3
+    }));
+}
+
+#[test]
+fn a_failing_oneshot_fails_and_its_dependents_never_start() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    supervisor.boot(now);
+    supervisor.spawned("net", 10, now);
+    let actions = supervisor.exited(10, Exit::Code(3), now);
+    assert!(spawns(&actions).is_empty());
+    assert_eq!(state(&supervisor, "net"), State::Failed);
+    assert_eq!(state(&supervisor, "web"), State::Stopped);
+    assert!(actions.contains(&Action::Event("failed:net".to_string())));
+}
+
+#[test]
+fn crash_loop_backs_off_exponentially_then_fails() {
+    let start = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<restart backoff-min=\"100ms\" backoff-max=\"10s\" max=\"3\" within=\"60s\"/>",
+            "crash",
+        )],
+        "dev",
+    );
+    supervisor.boot(start);
+    let mut now = start;
+    let mut pid = 100;
+    let mut delays = Vec::new();
+    supervisor.spawned("crash", pid, now);
+    for _ in 0..3 {
+        let actions = supervisor.exited(pid, Exit::Code(1), now);
+        assert!(actions.contains(&Action::KillService("crash".to_string())));
+        assert_eq!(state(&supervisor, "crash"), State::Backoff);
+        let deadline = supervisor.next_deadline().unwrap();
+        delays.push(deadline - now);
+        // Nothing happens before the deadline.
+        assert!(spawns(&supervisor.tick(deadline - Duration::from_millis(1))).is_empty());
+        now = deadline;
+        assert_eq!(spawns(&supervisor.tick(now)), vec!["crash"]);
+        pid += 1;
+        supervisor.spawned("crash", pid, now);
+    }
+    assert_eq!(
+        delays,
+        vec![
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(400)
+        ]
+    );
+    let actions = supervisor.exited(pid, Exit::Code(1), now);
+    assert_eq!(state(&supervisor, "crash"), State::Failed);
+    assert!(spawns(&actions).is_empty());
+    assert_eq!(supervisor.service("crash").unwrap().restarts, 3);
+    assert!(supervisor.next_deadline().is_none());
+    // Started by hand, it runs again with a fresh window.
+    assert_eq!(spawns(&supervisor.start("crash", now)), vec!["crash"]);
+}
+
+#[test]
+fn stop_while_restart_pending_does_not_resurrect() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(vec![definition("", "svc")], "dev");
+    supervisor.boot(now);
+    supervisor.spawned("svc", 5, now);
+    supervisor.exited(5, Exit::Signal(libc::SIGSEGV), now);
+    assert_eq!(state(&supervisor, "svc"), State::Backoff);
+    supervisor.stop("svc", now);
+    assert_eq!(state(&supervisor, "svc"), State::Stopped);
+    assert!(spawns(&supervisor.tick(now + Duration::from_secs(3600))).is_empty());
+    assert_eq!(state(&supervisor, "svc"), State::Stopped);
+}
+
+#[test]
+fn stop_runs_in_reverse_dependency_order() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("", "a"),
+            definition("<needs>a</needs>", "b"),
+            definition("<needs>b</needs>", "c"),
+        ],
+        "dev",
+    );
+    supervisor.boot(now);
+    supervisor.spawned("a", 1, now);
+    supervisor.spawned("b", 2, now);
+    supervisor.spawned("c", 3, now);
+    let actions = supervisor.stop_all(now);
+    assert_eq!(stop_signals(&actions), vec!["c"]);
+    supervisor.exited(3, Exit::Signal(libc::SIGTERM), now);
+    let actions = supervisor.service_empty("c", now);
+    assert_eq!(stop_signals(&actions), vec!["b"]);
+    supervisor.exited(2, Exit::Signal(libc::SIGTERM), now);
+    let actions = supervisor.service_empty("b", now);
+    assert_eq!(stop_signals(&actions), vec!["a"]);
+    supervisor.exited(1, Exit::Signal(libc::SIGTERM), now);
+    supervisor.service_empty("a", now);
+    assert!(supervisor.all_stopped());
+}
+
+#[test]
+fn stop_timeout_sends_sigkill_and_waits_for_the_group() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition("<stop timeout=\"2s\"/>", "stubborn")],
+        "dev",
+    );
+    supervisor.boot(now);
+    supervisor.spawned("stubborn", 7, now);
+    let actions = supervisor.stop("stubborn", now);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::SignalService(_, libc::SIGTERM)))
+            .count(),
+        1
+    );
+    assert!(!supervisor
+        .tick(now + Duration::from_millis(1999))
+        .contains(&Action::KillService("stubborn".to_string())));
+    let actions = supervisor.tick(now + Duration::from_secs(2));
+    assert!(actions.contains(&Action::KillService("stubborn".to_string())));
+    assert_eq!(state(&supervisor, "stubborn"), State::Stopping);
+    supervisor.exited(7, Exit::Signal(libc::SIGKILL), now);
+    assert_eq!(supervisor.waiting_for_empty(), vec!["stubborn"]);
+    supervisor.service_empty("stubborn", now);
+    assert_eq!(state(&supervisor, "stubborn"), State::Stopped);
+}
+
+#[test]
+fn start_on_fires_on_an_emitted_event_only() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("<start-on event=\"go\"/>", "late"),
+            definition("", "early"),
+        ],
+        "dev",
+    );
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["early"]);
+    assert!(spawns(&supervisor.emit("other", now)).is_empty());
+    assert_eq!(spawns(&supervisor.emit("go", now)), vec!["late"]);
+}
+
+#[test]
+fn start_on_a_builtin_event() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("<start-on event=\"started:early\"/>", "after"),
+            definition("", "early"),
+        ],
+        "dev",
+    );
+    supervisor.boot(now);
+    assert_eq!(spawns(&supervisor.spawned("early", 1, now)), vec!["after"]);
+}
+
+#[test]
+fn mode_switch_stops_and_starts_the_right_services() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("<modes>production</modes>", "prod"),
+            definition("<modes>failover</modes>", "fail"),
+            definition("", "both"),
+        ],
+        "production",
+    );
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["both", "prod"]);
+    supervisor.spawned("both", 1, now);
+    supervisor.spawned("prod", 2, now);
+    let actions = supervisor.set_mode("failover", now);
+    assert_eq!(spawns(&actions), vec!["fail"]);
+    assert_eq!(stop_signals(&actions), vec!["prod"]);
+    assert!(actions.contains(&Action::Event("mode:failover".to_string())));
+    assert_eq!(supervisor.mode(), "failover");
+}
+
+#[test]
+fn pidfile_launcher_exit_waits_for_the_daemon() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<ready kind=\"pidfile\" path=\"/run/d.pid\"/>",
+            "daemon",
+        )],
+        "dev",
+    );
+    supervisor.boot(now);
+    let actions = supervisor.spawned("daemon", 10, now);
+    assert!(actions.contains(&Action::WatchReadiness("daemon".to_string())));
+    supervisor.exited(10, Exit::Code(0), now);
+    assert_eq!(state(&supervisor, "daemon"), State::Starting);
+    supervisor.ready("daemon", Some(42), now);
+    assert_eq!(state(&supervisor, "daemon"), State::Running);
+    assert_eq!(supervisor.service("daemon").unwrap().pid, Some(42));
+    supervisor.exited(42, Exit::Code(1), now);
+    assert_eq!(state(&supervisor, "daemon"), State::Backoff);
+}
+
+#[test]
+fn ready_timeout_counts_as_a_failure() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<ready kind=\"tcp\" port=\"1\" timeout=\"1s\"/><restart policy=\"never\"/>",
+            "slow",
+        )],
+        "dev",
+    );
+    supervisor.boot(now);
+    supervisor.spawned("slow", 3, now);
+    let actions = supervisor.tick(now + Duration::from_secs(1));
+    assert!(actions.contains(&Action::KillService("slow".to_string())));
+    assert_eq!(state(&supervisor, "slow"), State::Failed);
+}
+
+#[test]
+fn spawn_failure_fails_only_that_service() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(vec![definition("", "a"), definition("", "b")], "dev");
+    supervisor.boot(now);
+    supervisor.spawn_failed("a", "/nope: No such file or directory", now);
+    supervisor.spawned("b", 2, now);
+    assert_eq!(state(&supervisor, "a"), State::Failed);
+    assert_eq!(state(&supervisor, "b"), State::Running);
+}
+
+#[test]
+fn reload_signals_the_main_process_or_restarts() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("<reload signal=\"HUP\"/>", "hup"),
+            definition("", "plain"),
+        ],
+        "dev",
+    );
+    supervisor.boot(now);
+    supervisor.spawned("hup", 1, now);
+    supervisor.spawned("plain", 2, now);
+    assert_eq!(
+        supervisor.reload("hup", now),
+        vec![Action::SignalProcess(1, libc::SIGHUP)]
+    );
+    let actions = supervisor.reload("plain", now);
+    assert_eq!(stop_signals(&actions), vec!["plain"]);
+    supervisor.exited(2, Exit::Signal(libc::SIGTERM), now);
+    let actions = supervisor.service_empty("plain", now);
+    assert_eq!(spawns(&actions), vec!["plain"], "a restart starts it again");
+}
+
+#[test]
+fn exits_are_credited_by_pid() {
+    let now = Instant::now();
+    let names: Vec<String> = (0..100).map(|index| format!("s{index:03}")).collect();
+    let mut supervisor = Supervisor::new(
+        names
+            .iter()
+            .map(|name| definition("<restart policy=\"never\"/>", name))
+            .collect(),
+        "dev",
+    );
+    supervisor.boot(now);
+    for (index, name) in names.iter().enumerate() {
+        supervisor.spawned(name, 1000 + index as i32, now);
+    }
+    for index in (0..100).rev() {
+        supervisor.exited(1000 + index, Exit::Code(index % 7 + 1), now);
+    }
+    for (index, name) in names.iter().enumerate() {
+        assert_eq!(
+            supervisor.service(name).unwrap().last_exit,
+            Some(Exit::Code(index as i32 % 7 + 1))
+        );
+    }
+}
