@@ -179,14 +179,9 @@ impl Runtime {
             .set_nonblocking(true)
             .map_err(|error| (1, format!("{}: {error}", options.socket.display())))?;
         let groups = Groups::new(options.use_cgroups);
-        let inherited_env = if options.pid1 {
-            vec![(
-                "PATH".to_string(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            )]
-        } else {
-            std::env::vars().collect()
-        };
+        // Services inherit initd's environment (as PID 1: what the kernel
+        // passed, e.g. HOME and TERM); spawn adds PATH when missing.
+        let inherited_env: Vec<(String, String)> = std::env::vars().collect();
         console.line(&format!(
             "initd: supervising {} services in mode {mode}; whole-service tracking by {}",
             definitions.len(),
@@ -821,6 +816,18 @@ impl Runtime {
 
     fn handle_client(&mut self, mut stream: UnixStream) {
         let own = sys::geteuid();
+        // Read the request first in every case: closing with unread data
+        // would reset the connection and lose the reply.
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !request.contains(&b'\n') && request.len() < 4096 {
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => request.extend_from_slice(&buffer[..count]),
+            }
+        }
         match sys::peer_uid(stream.as_raw_fd()) {
             Ok(uid) if uid == 0 || uid == own => {}
             Ok(uid) => {
@@ -840,16 +847,6 @@ impl Runtime {
                     &format!("permission denied: cannot read peer credentials: {error}"),
                 );
                 return;
-            }
-        }
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut request = Vec::new();
-        let mut buffer = [0u8; 1024];
-        while !request.contains(&b'\n') && request.len() < 4096 {
-            match stream.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(count) => request.extend_from_slice(&buffer[..count]),
             }
         }
         let text = String::from_utf8_lossy(&request).to_string();
