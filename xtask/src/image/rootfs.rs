@@ -59,9 +59,9 @@ pub fn mmdebstrap_options(plan: &Plan) -> Vec<String> {
     // kernel is installed, so that its postinst builds the right initrd.
     let modules = plan.initrd_modules.join("\\n");
     options.push(format!(
-        "--setup-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" \"$1/etc/initramfs-tools/modules.d\" \
+        "--setup-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" \"$1/usr/share/initramfs-tools/modules.d\" \
          && printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/nodows.conf\" \
-         && printf '{modules}\\n' > \"$1/etc/initramfs-tools/modules.d/nodows.conf\""
+         && printf '{modules}\\n' > \"$1/usr/share/initramfs-tools/modules.d/nodows\""
     ));
     // No host keys, no machine id, no logs or caches in the base.
     options.push(
