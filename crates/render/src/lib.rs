@@ -234,25 +234,34 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     }
     let effective = request.model.effective(request.server, request.profile)?;
     let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
-    let document = xslt
-        .parse_document(&effective.to_xml(), "effective-model.xml")
+    let render_jobs: Vec<(PathBuf, Vec<(String, String)>)> = jobs
+        .iter()
+        .map(|(definition, _, template)| {
+            (
+                template.clone(),
+                vec![
+                    (
+                        "server".to_string(),
+                        request.server.unwrap_or("").to_string(),
+                    ),
+                    ("mode".to_string(), request.profile.to_string()),
+                    ("service".to_string(), definition.name.clone()),
+                ],
+            )
+        })
+        .collect();
+    // Small renders stay on one thread; big ones use every core.
+    let threads = if render_jobs.len() < 32 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    };
+    let rendered = xslt
+        .render_all(&effective.to_xml(), &render_jobs, threads)
         .map_err(|e| Error::BadInput(vec![e]))?;
     let mut staged = Vec::with_capacity(jobs.len());
-    for (definition, file, template) in jobs {
-        let template_name = template.display().to_string();
-        let rendered = xslt.compile(&template).and_then(|stylesheet| {
-            xslt.apply(
-                &stylesheet,
-                &document,
-                &[
-                    ("server", request.server.unwrap_or("")),
-                    ("mode", request.profile),
-                    ("service", &definition.name),
-                ],
-                &template_name,
-            )
-        });
-        match rendered {
+    for ((definition, file, _), result) in jobs.into_iter().zip(rendered) {
+        match result {
             Ok(bytes) => staged.push(StagedFile {
                 target: file.target.clone(),
                 bytes,

@@ -29,9 +29,10 @@
 #include <libxslt/xsltutils.h>
 #include <libexslt/exslt.h>
 
-static char *errors = NULL;
-static size_t errors_len = 0;
-static size_t errors_cap = 0;
+/* Per thread: the renderer may render on several threads at once. */
+static __thread char *errors = NULL;
+static __thread size_t errors_len = 0;
+static __thread size_t errors_cap = 0;
 static char allowed_dir[PATH_MAX + 1] = "";
 static xsltSecurityPrefsPtr prefs = NULL;
 static xsltDocLoaderFunc original_loader = NULL;
@@ -112,15 +113,21 @@ static xmlDocPtr safe_loader(const xmlChar *uri, xmlDictPtr dict, int options, v
     return doc;
 }
 
-/* Returns 0 on success. May be called again to change the allowed directory. */
+/* Must be called on every thread that uses the shim (libxml2's error
+ * handlers are per thread). */
+void nodows_thread_init(void) {
+    xmlSetGenericErrorFunc(NULL, generic_error);
+    xmlSetStructuredErrorFunc(NULL, structured_error);
+}
+
+/* Returns 0 on success. May be called again to change the allowed directory
+ * (never while another thread renders). */
 int nodows_xslt_init(const char *dir) {
     if (prefs == NULL) {
         xmlInitParser();
         exsltRegisterAll();
         xmlSubstituteEntitiesDefault(0);
         xmlLoadExtDtdDefaultValue = 0;
-        xmlSetGenericErrorFunc(NULL, generic_error);
-        xmlSetStructuredErrorFunc(NULL, structured_error);
         xsltSetGenericErrorFunc(NULL, generic_error);
         original_loader = xsltDocDefaultLoader;
         xsltSetLoaderFunc(safe_loader);
@@ -135,6 +142,7 @@ int nodows_xslt_init(const char *dir) {
             return -1;
         xsltSetDefaultSecurityPrefs(prefs);
     }
+    nodows_thread_init();
     if (dir == NULL || realpath(dir, allowed_dir) == NULL) {
         allowed_dir[0] = '\0';
         return -1;

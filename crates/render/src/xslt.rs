@@ -1,7 +1,9 @@
 //! Safe wrapper over the C shim (src/shim.c) and libxslt.
 //!
-//! libxslt keeps its error handlers and security preferences in globals, so
-//! every call goes through one process-wide lock, held by [`Xslt`].
+//! libxslt keeps its security preferences and loader in globals, so they are
+//! set under one process-wide lock, held by [`Xslt`]. While it is held,
+//! [`Xslt::render_all`] may use several threads, each with its own parsed
+//! document, stylesheets and (thread-local) error buffer.
 
 use std::ffi::{c_char, c_int, c_uchar, c_void, CString};
 use std::path::Path;
@@ -9,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 extern "C" {
     fn nodows_xslt_init(dir: *const c_char) -> c_int;
+    fn nodows_thread_init();
     fn nodows_errors(len: *mut usize) -> *const c_char;
     fn nodows_clear_errors();
     fn nodows_parse_document(buf: *const c_char, len: c_int, name: *const c_char) -> *mut c_void;
@@ -26,6 +29,13 @@ extern "C" {
 }
 
 static LOCK: Mutex<()> = Mutex::new(());
+
+/// One rendered template: its output or its error messages.
+pub type Rendered = Result<Vec<u8>, String>;
+
+/// What one render thread did: (job index, result) pairs, or why it could
+/// not start.
+type Batch = Result<Vec<(usize, Rendered)>, String>;
 
 /// Exclusive access to libxslt, with local file reads allowed only below
 /// `allowed_dir`.
@@ -68,7 +78,68 @@ impl Xslt {
         Ok(Xslt { _guard: guard })
     }
 
-    /// The messages libxml2/libxslt reported since the last call, cleared.
+    /// Renders every job (template path, parameters) against the document
+    /// `xml`, on up to `threads` threads; results are in job order.
+    pub fn render_all(
+        &self,
+        xml: &str,
+        jobs: &[(std::path::PathBuf, Vec<(String, String)>)],
+        threads: usize,
+    ) -> Result<Vec<Rendered>, String> {
+        let threads = threads.clamp(1, jobs.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = |thread_index: usize| -> Batch {
+            if thread_index > 0 {
+                // SAFETY: sets this thread's libxml2 error handlers.
+                unsafe { nodows_thread_init() };
+            }
+            let document = self.parse_document(xml, "effective-model.xml")?;
+            let mut done = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((template, params)) = jobs.get(index) else {
+                    break;
+                };
+                let name = template.display().to_string();
+                let params: Vec<(&str, &str)> = params
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let result = self
+                    .compile(template)
+                    .and_then(|stylesheet| self.apply(&stylesheet, &document, &params, &name));
+                done.push((index, result));
+            }
+            Ok(done)
+        };
+        let mut results: Vec<Option<Rendered>> = vec![None; jobs.len()];
+        let batches: Vec<Batch> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..threads)
+                .map(|thread_index| scope.spawn(move || work(thread_index)))
+                .collect();
+            let mut batches = vec![work(0)];
+            for handle in handles {
+                batches.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err("a render thread panicked".to_string())),
+                );
+            }
+            batches
+        });
+        for batch in batches {
+            for (index, result) in batch? {
+                results[index] = Some(result);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("template was not rendered".to_string())))
+            .collect())
+    }
+
+    /// The messages libxml2/libxslt reported since the last call on this
+    /// thread, cleared.
     fn take_errors(&self) -> String {
         let mut len = 0usize;
         // SAFETY: lock held; the shim returns a buffer of `len` bytes that

@@ -372,3 +372,63 @@ fn xml_and_sqlite_models_render_the_same_files() {
         }
     }
 }
+
+#[test]
+fn many_services_render_on_several_threads_with_per_template_errors() {
+    // Why: 32 or more templates are rendered on several threads; each
+    // result must land in its own file and an error must name its template.
+    let work = TempDir::new("many");
+    let services = work.path().join("services");
+    let mut model = String::from("<model>\n  <defaults>\n");
+    for index in 0..40 {
+        let name = format!("svc{index:02}");
+        let dir = services.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("service.xml"),
+            format!("<service name=\"{name}\">\n  <exec path=\"/bin/true\"/>\n  <file target=\"/etc/many/{name}.conf\" template=\"t.xsl\" on-change=\"reload\"/>\n</service>\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("t.xsl"),
+            r#"<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:output method="text"/>
+  <xsl:param name="service"/>
+  <xsl:template match="/"><xsl:value-of select="$service"/>=<xsl:value-of select="/model/service[@name = $service]/key"/></xsl:template>
+</xsl:stylesheet>
+"#,
+        )
+        .unwrap();
+        model.push_str(&format!(
+            "    <service name=\"{name}\"><key name=\"v\">{}</key></service>\n",
+            index * 7
+        ));
+    }
+    model.push_str("  </defaults>\n  <profile name=\"dev\"/>\n</model>\n");
+    let model_path = work.path().join("model.xml");
+    std::fs::write(&model_path, model).unwrap();
+
+    let root = TempDir::new("many-root");
+    let change = change_set(&render_json(
+        &model_path,
+        &services,
+        root.path(),
+        &["--profile", "dev"],
+    ));
+    assert_eq!(change["written"].as_array().unwrap().len(), 40);
+    for index in 0..40 {
+        let text =
+            std::fs::read_to_string(root.path().join(format!("etc/many/svc{index:02}.conf")))
+                .unwrap();
+        assert_eq!(text, format!("svc{index:02}={}", index * 7));
+    }
+
+    std::fs::write(services.join("svc17/t.xsl"), "<xsl:stylesheet version=\"1.0\" xmlns:xsl=\"http://www.w3.org/1999/XSL/Transform\">\n<xsl:template match=\"/\"><xsl:value-of select=\"(\"/></xsl:template>\n</xsl:stylesheet>\n").unwrap();
+    let fresh = TempDir::new("many-fresh");
+    let output = render_json(&model_path, &services, fresh.path(), &["--profile", "dev"]);
+    assert_eq!(output.status.code(), Some(2));
+    let error = stderr(&output);
+    assert!(error.contains("svc17/t.xsl:2: element value-of"), "{error}");
+    assert!(!error.contains("svc16"), "{error}");
+    assert!(tree(fresh.path()).is_empty());
+}
