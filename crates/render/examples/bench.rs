@@ -5,6 +5,8 @@
 //! Prints the time of one full re-render (model parse, service definitions,
 //! render, diff, sync) after one key changed, and checks that exactly one
 //! file was written and one service reloaded. Exits 1 if not.
+//! Then measures `nodows watch`: the time from a model save to its command
+//! running (debounce 200 ms included).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -151,6 +153,7 @@ fn main() {
     }
     println!("worst of 5: {} (goal < 200 ms)", ms(worst));
     split(&model_path, &services);
+    watch_latency(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     if !ok {
         eprintln!("bench: a round did not write exactly one file and reload one service");
@@ -193,4 +196,64 @@ fn split(model_path: &Path, services: &Path) {
         ms(compiled - started),
         ms(applied - compiled)
     );
+}
+
+/// Save -> command latency of the model watch (the command records the time
+/// it ran).
+fn watch_latency(dir: &Path) {
+    let model = dir.join("watched.xml");
+    let ran = dir.join("ran");
+    std::fs::write(&model, "<model/>\n").unwrap();
+    let debounce = Duration::from_millis(200);
+    let options = render::watch::Options {
+        model: model.clone(),
+        command: vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!(
+                "date +%s%N > {}.tmp && mv {}.tmp {}",
+                ran.display(),
+                ran.display(),
+                ran.display()
+            ),
+        ],
+        debounce,
+        poll: None,
+    };
+    std::thread::spawn(move || render::watch::watch(&options));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut latencies = Vec::new();
+    for round in 0..5 {
+        let _ = std::fs::remove_file(&ran);
+        let saved = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        std::fs::write(&model, format!("<model><!-- {round} --></model>\n")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ran_at = loop {
+            if let Ok(text) = std::fs::read_to_string(&ran) {
+                if let Ok(nanos) = text.trim().parse::<u128>() {
+                    break Some(nanos);
+                }
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        match ran_at {
+            Some(nanos) => latencies.push(Duration::from_nanos((nanos - saved.as_nanos()) as u64)),
+            None => println!("watch: the command did not run within 10 s"),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if let Some(worst) = latencies.iter().max() {
+        println!(
+            "watch: model save -> command ran: worst {} of {} saves (debounce {} included; {} beyond it)",
+            ms(*worst),
+            latencies.len(),
+            ms(debounce),
+            ms(worst.saturating_sub(debounce))
+        );
+    }
 }
