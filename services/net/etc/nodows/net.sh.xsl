@@ -19,6 +19,11 @@
     <xsl:value-of select="$mode"/>
     <xsl:text>); do not edit
 set -e
+# The driver may still be registering the interface: wait up to 5 s.
+i=0
+while [ ! -e /sys/class/net/</xsl:text>
+    <xsl:value-of select="$interface"/>
+    <xsl:text> ] &amp;&amp; [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 /sbin/ip link set lo up
 /sbin/ip link set </xsl:text>
     <xsl:value-of select="$interface"/>
