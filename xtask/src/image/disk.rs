@@ -214,9 +214,9 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// mkfs.ext4 -d copies each inode's ctime from the staging tree, where the
-/// kernel set it to the time of extraction; debugfs sets every used inode's
-/// ctime to SOURCE_DATE_EPOCH.
+/// mkfs.ext4 -d copies each inode's ctime and atime from the staging tree,
+/// where the kernel set them at extraction and on reads; debugfs sets both
+/// to SOURCE_DATE_EPOCH in every used inode (mtimes are clamped before).
 fn clamp_ext4_ctimes(ui: &mut Ui, image: &Path, epoch: &str) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let dump = cmd!(sh, "dumpe2fs {image}")
@@ -264,7 +264,7 @@ fn clamp_ext4_ctimes(ui: &mut Ui, image: &Path, epoch: &str) -> anyhow::Result<(
     }
     let script: String = used
         .iter()
-        .map(|inode| format!("set_inode_field <{inode}> ctime @{epoch}\n"))
+        .map(|inode| format!("set_inode_field <{inode}> ctime @{epoch}\nset_inode_field <{inode}> atime @{epoch}\n"))
         .collect();
     let script_path = image.with_extension("debugfs");
     std::fs::write(&script_path, script)?;
