@@ -1106,10 +1106,14 @@ pub fn check_service(
         }
         Err(_) => {
             code = 1;
+            let hint = if definition.packages.is_empty() {
+                String::new()
+            } else {
+                format!(": install package {}", definition.packages.join(" "))
+            };
             out.push_str(&format!(
-                "{name}: binary {} missing: install package {}\n",
-                binary.display(),
-                definition.packages.join(" ")
+                "{name}: binary {} missing{hint}\n",
+                binary.display()
             ));
         }
     }

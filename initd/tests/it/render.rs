@@ -125,7 +125,10 @@ fn a_mode_switch_renders_with_the_new_profile_first() {
     initd.launch(&["--render-command", &renderer, "--mode", "production"]);
     initd.ctl(&["mode", "failover"]);
     initd.wait_for_state("fail", "running");
-    initd.wait_until("seen", || initd.path("seen").exists());
+    // The redirect creates the file before cat fills it.
+    initd.wait_until("seen", || {
+        std::fs::read_to_string(initd.path("seen")).is_ok_and(|text| text.ends_with('\n'))
+    });
     assert_eq!(
         std::fs::read_to_string(initd.path("seen")).unwrap().trim(),
         "failover"
