@@ -60,6 +60,8 @@ pub struct Initd {
     pub socket: PathBuf,
     pub console: PathBuf,
     pub services: PathBuf,
+    /// A command line that runs initd (its last word is initd's path).
+    pub wrapper: Vec<String>,
 }
 
 impl Initd {
@@ -78,6 +80,7 @@ impl Initd {
             services: services_dir,
             dir,
             child: None,
+            wrapper: Vec::new(),
         }
     }
 
@@ -111,7 +114,15 @@ impl Initd {
         // Later flags win: extra may override the renderer.
         arguments.extend(extra.iter().map(|s| s.to_string()));
         let console = std::fs::File::create(&self.console).unwrap();
-        let child = Command::new(initd_binary())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(initd_binary());
+                command
+            }
+            None => Command::new(initd_binary()),
+        };
+        let child = command
             .args(&arguments)
             .env("TEST_DIR", &self.dir.path)
             .stdin(Stdio::null())

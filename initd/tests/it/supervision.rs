@@ -682,3 +682,68 @@ fn initctl_usage_errors_exit_2() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// The cgroup v2 path: run initd in its own mount namespace with cgroup2
+/// mounted on /sys/fs/cgroup (this host may have cgroup v1 there).
+#[test]
+fn stop_leaves_nothing_behind_with_cgroup_v2() {
+    let probe = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t cgroup2 none /sys/fs/cgroup && test -w /sys/fs/cgroup/cgroup.procs",
+        ])
+        .status();
+    if !probe.is_ok_and(|status| status.success()) {
+        println!("skipped: cannot mount a writable cgroup2 in a mount namespace here (needs root)");
+        return;
+    }
+    let script = "setsid sh -c 'trap \"\" TERM; echo $$ >> \"$TEST_DIR/pids\"; exec sleep 1000' & \
+                  ( sh -c 'echo $$ >> \"$TEST_DIR/pids\"; exec sleep 1000' & ) ; \
+                  echo $$ >> \"$TEST_DIR/pids\"; exec sleep 1000";
+    let mut initd = Initd::prepare(
+        "cgroup2",
+        &[(
+            "messy",
+            shell_service("messy", script, "<stop timeout=\"1s\"/>"),
+        )],
+    );
+    initd.wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"",
+    ]
+    .iter()
+    .map(|word| word.to_string())
+    .collect();
+    initd.launch(&[]);
+    initd.wait_for_state("messy", "running");
+    assert!(
+        initd
+            .console_text()
+            .contains("whole-service tracking by cgroup v2"),
+        "{}",
+        initd.console_text()
+    );
+    initd.wait_until("three pids", || read_pids(&initd.path("pids")).len() == 3);
+    let pids = read_pids(&initd.path("pids"));
+    initd.ctl(&["stop", "messy"]);
+    initd.wait_for_state("messy", "stopped");
+    for pid in &pids {
+        assert!(
+            !alive(*pid),
+            "pid {pid} ({}) survived the stop",
+            cmdline(*pid)
+        );
+    }
+    assert!(initd
+        .console_text()
+        .contains("still running after its stop timeout: SIGKILL"));
+}
