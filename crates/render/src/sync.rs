@@ -189,7 +189,13 @@ pub fn sync(root: &Path, staged: &[StagedFile], dry_run: bool) -> Result<ChangeS
             }
         };
         let differs = match std::fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            // Missing, or a parent is not a directory (the write reports it).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                true
+            }
             Err(e) => {
                 return Err(Error::Failed(format!("{}: {e}", path.display())));
             }
@@ -301,7 +307,7 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
                 let _ = std::fs::remove_file(written);
             }
             return Err(Error::Failed(format!(
-                "{}: cannot write: {e}; nothing was changed",
+                "{}: cannot write: {e}; no target was changed",
                 temp.display()
             )));
         }

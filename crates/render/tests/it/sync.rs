@@ -432,3 +432,33 @@ fn many_services_render_on_several_threads_with_per_template_errors() {
     assert!(!error.contains("svc16"), "{error}");
     assert!(tree(fresh.path()).is_empty());
 }
+
+#[test]
+fn a_write_failure_exits_1_and_removes_every_temporary_file() {
+    // Why: an I/O error after some temporary files were written must not
+    // leave any of them, and no target may change.
+    let root = TempDir::new("io-failure");
+    std::fs::create_dir_all(root.path().join("var")).unwrap();
+    // /var/www is a file, so /var/www/html/index.html (late in target
+    // order) cannot be written after the /etc files were staged on disk.
+    std::fs::write(root.path().join("var/www"), "not a directory").unwrap();
+    let before = tree(root.path());
+    let output = render_json(
+        &repo().join("models/default.xml"),
+        &repo().join("services"),
+        root.path(),
+        &["--profile", "dev"],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot write"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("no target was changed"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(tree(root.path()), before);
+}
