@@ -94,3 +94,45 @@ fn a_burst_of_model_saves_runs_the_command_once() {
         "an unrelated file ran the command"
     );
 }
+
+#[test]
+fn the_periodic_poll_catches_changes_the_watch_cannot_see() {
+    // Why: some sources cannot be watched (network file systems, writes
+    // through a hard link in another directory, which inotify reports only
+    // there); `--poll` must still notice them.
+    let dir = TempDir::new("poll");
+    let other = TempDir::new("poll-link");
+    let model = dir.path().join("model.xml");
+    let link = other.path().join("link.xml");
+    let count = dir.path().join("count");
+    std::fs::write(&model, "<model/>\n").unwrap();
+    std::fs::hard_link(&model, &link).unwrap();
+    let command = format!("/bin/sh -c 'echo run >> {}'", count.display());
+    let _child = Child(
+        nodows()
+            .args([
+                "watch",
+                "--model",
+                model.to_str().unwrap(),
+                "--command",
+                &command,
+                "--poll",
+                "1s",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Write in place through the other name: same inode, other directory.
+    std::fs::write(&link, "<model><!-- changed elsewhere --></model>\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&model).unwrap(),
+        "<model><!-- changed elsewhere --></model>\n"
+    );
+    assert_eq!(
+        wait_for_runs(&count, 1),
+        1,
+        "the poll did not run the command"
+    );
+}
