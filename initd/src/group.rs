@@ -22,6 +22,18 @@ pub struct Groups {
     cgroup_base: Option<PathBuf>,
     /// Process groups (= sessions: services start with setsid) per service.
     pgids: BTreeMap<String, BTreeSet<i32>>,
+    /// One /proc scan per loop turn, shared by every query of that turn
+    /// (stopping 1,000 services must not scan /proc 1,000 times).
+    snapshot: std::cell::RefCell<Option<Vec<Process>>>,
+}
+
+/// A process as the fallback sees it.
+#[derive(Debug, Clone)]
+struct Process {
+    pid: i32,
+    pgid: i32,
+    session: i32,
+    marker: Option<String>,
 }
 
 impl Groups {
@@ -31,7 +43,13 @@ impl Groups {
         Groups {
             cgroup_base,
             pgids: BTreeMap::new(),
+            snapshot: std::cell::RefCell::new(None),
         }
+    }
+
+    /// A new loop turn: forget the last /proc snapshot.
+    pub fn begin_turn(&self) {
+        self.snapshot.replace(None);
     }
 
     pub fn describe(&self) -> String {
@@ -85,71 +103,30 @@ impl Groups {
         result
     }
 
-    #[cfg(target_os = "linux")]
     fn scan(&self, names: &[String], result: &mut BTreeMap<String, Vec<i32>>) {
-        let own = sys::getpid();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid == own {
-                continue;
-            }
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the command (which may contain spaces and parens).
-            let Some(rest) = stat.rfind(')').map(|index| &stat[index + 1..]) else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.len() < 4 || fields[0] == "Z" {
-                continue;
-            }
-            let pgid: i32 = fields[2].parse().unwrap_or(0);
-            let session: i32 = fields[3].parse().unwrap_or(0);
-            let mut owner: Option<&String> = names.iter().find(|name| {
-                self.pgids
-                    .get(*name)
-                    .is_some_and(|set| set.contains(&pgid) || set.contains(&session))
+        if self.snapshot.borrow().is_none() {
+            self.snapshot.replace(Some(processes()));
+        }
+        let snapshot = self.snapshot.borrow();
+        for process in snapshot.iter().flatten() {
+            let owner = names.iter().find(|name| {
+                self.pgids.get(*name).is_some_and(|set| {
+                    set.contains(&process.pgid) || set.contains(&process.session)
+                }) || process.marker.as_deref() == Some(name.as_str())
             });
-            if owner.is_none() {
-                if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
-                    for variable in environ.split(|byte| *byte == 0) {
-                        if let Some(value) = variable
-                            .strip_prefix(MARKER.as_bytes())
-                            .and_then(|rest| rest.strip_prefix(b"="))
-                        {
-                            owner = names.iter().find(|name| name.as_bytes() == value);
-                            break;
-                        }
-                    }
-                }
-            }
             if let Some(owner) = owner {
                 if let Some(pids) = result.get_mut(owner) {
-                    pids.push(pid);
+                    pids.push(process.pid);
                 }
             }
         }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn scan(&self, names: &[String], result: &mut BTreeMap<String, Vec<i32>>) {
+        // Without /proc, a live process group stands for its members.
+        #[cfg(not(target_os = "linux"))]
         for name in names {
-            if let Some(pgids) = self.pgids.get(name) {
-                for pgid in pgids {
-                    if sys::kill(-pgid, 0).is_ok() {
-                        if let Some(pids) = result.get_mut(name) {
-                            pids.push(*pgid);
-                        }
+            for pgid in self.pgids.get(name).into_iter().flatten() {
+                if sys::kill(-pgid, 0).is_ok() {
+                    if let Some(pids) = result.get_mut(name) {
+                        pids.push(*pgid);
                     }
                 }
             }
@@ -196,6 +173,64 @@ impl Groups {
             let _ = std::fs::remove_dir(base);
         }
     }
+}
+
+/// Every live process but initd: pid, process group, session, marker.
+#[cfg(target_os = "linux")]
+fn processes() -> Vec<Process> {
+    let own = sys::getpid();
+    let mut processes = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return processes;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which may contain spaces and parens).
+        let Some(rest) = stat.rfind(')').map(|index| &stat[index + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() < 4 || fields[0] == "Z" {
+            continue;
+        }
+        let mut marker = None;
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+            for variable in environ.split(|byte| *byte == 0) {
+                if let Some(value) = variable
+                    .strip_prefix(MARKER.as_bytes())
+                    .and_then(|rest| rest.strip_prefix(b"="))
+                {
+                    marker = Some(String::from_utf8_lossy(value).into_owned());
+                    break;
+                }
+            }
+        }
+        processes.push(Process {
+            pid,
+            pgid: fields[2].parse().unwrap_or(0),
+            session: fields[3].parse().unwrap_or(0),
+            marker,
+        });
+    }
+    processes
+}
+
+/// Without /proc: the live process groups of the services (kill 0).
+#[cfg(not(target_os = "linux"))]
+fn processes() -> Vec<Process> {
+    Vec::new()
 }
 
 #[cfg(target_os = "linux")]

@@ -229,6 +229,7 @@ impl Runtime {
     }
 
     fn iteration(&mut self) {
+        self.groups.begin_turn();
         let now = Instant::now();
         let mut deadline = self.supervisor.next_deadline();
         let polling = !self.supervisor.waiting_for_empty().is_empty()
@@ -305,6 +306,8 @@ impl Runtime {
         if fds[0].revents != 0 {
             self.handle_signals();
         }
+        // What poll waited for may have changed the process table.
+        self.groups.begin_turn();
         // Reap on every iteration: cheap, and no SIGCHLD can be lost.
         self.reap();
         let mut index = 2;
