@@ -13,8 +13,13 @@
 //! root, never out of it. A symlink at the target itself is replaced by a
 //! regular file.
 //!
-//! Test hook: `NODOWS_FAULT_AFTER_RENAMES=N` aborts the process after the
-//! N-th rename (the crash-consistency test uses it).
+//! Concurrent renders of one root are serialized with `flock` on the root
+//! directory.
+//!
+//! Test hooks: `NODOWS_FAULT_AFTER_RENAMES=N` aborts the process after the
+//! N-th rename (the crash-consistency test uses it);
+//! `NODOWS_TEST_SYNC_DELAY_MS=N` sleeps between writing the temporary files
+//! and renaming them (the concurrency test uses it).
 
 use crate::{Error, StagedFile};
 use serde::Serialize;
@@ -162,6 +167,19 @@ pub fn sync(root: &Path, staged: &[StagedFile], dry_run: bool) -> Result<ChangeS
             "{}: the target root is not a directory",
             root.display()
         )]));
+    }
+    // Two renders of the same root (a boot render and a watch-triggered one)
+    // take turns: the lock covers the diff and the writes. It is released
+    // when `root_lock` is dropped (or the process dies).
+    let root_lock = std::fs::File::open(root)
+        .map_err(|e| Error::Failed(format!("{}: cannot open the root: {e}", root.display())))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&root_lock), libc::LOCK_EX) } != 0 {
+        return Err(Error::Failed(format!(
+            "{}: cannot lock the root: {}",
+            root.display(),
+            std::io::Error::last_os_error()
+        )));
     }
     let accounts = Accounts::read(root);
     let as_root = is_root_user();
@@ -312,6 +330,13 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
             )));
         }
         temps.push(temp);
+    }
+    // Test hook: widen the window between the phases (concurrency test).
+    if let Some(delay) = std::env::var("NODOWS_TEST_SYNC_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(delay));
     }
     // Phase 2: renames, then the directories' fsync.
     let fault_after: Option<usize> = std::env::var("NODOWS_FAULT_AFTER_RENAMES")

@@ -462,3 +462,59 @@ fn a_write_failure_exits_1_and_removes_every_temporary_file() {
     );
     assert_eq!(tree(root.path()), before);
 }
+
+#[test]
+fn concurrent_renders_of_one_root_take_turns() {
+    // Why: a boot render and a watch-triggered render may overlap; they
+    // share temporary file names, so they must not interleave.
+    let root = TempDir::new("concurrent");
+    let model = repo().join("models/default.xml");
+    let services = repo().join("services");
+    let mut children = Vec::new();
+    for round in 0..4 {
+        let profile = if round % 2 == 0 { "dev" } else { "production" };
+        children.push(
+            crate::support::nodows()
+                .args([
+                    "render",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--services",
+                    services.to_str().unwrap(),
+                ])
+                .args([
+                    "--root",
+                    root.path().to_str().unwrap(),
+                    "--profile",
+                    profile,
+                    "--json",
+                ])
+                .env("NODOWS_TEST_SYNC_DELAY_MS", "150")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let result = tree(root.path());
+    for profile in ["dev", "production"] {
+        let reference = TempDir::new("concurrent-reference");
+        change_set(&render_json(
+            &model,
+            &services,
+            reference.path(),
+            &["--profile", profile],
+        ));
+        if tree(reference.path()) == result {
+            return;
+        }
+    }
+    panic!(
+        "the root is neither a dev nor a production render: {:?}",
+        result.keys()
+    );
+}
