@@ -105,7 +105,12 @@ impl Groups {
 
     fn scan(&self, names: &[String], result: &mut BTreeMap<String, Vec<i32>>) {
         if self.snapshot.borrow().is_none() {
-            self.snapshot.replace(Some(processes()));
+            let known = |pgid: i32, session: i32| {
+                self.pgids
+                    .values()
+                    .any(|set| set.contains(&pgid) || set.contains(&session))
+            };
+            self.snapshot.replace(Some(processes(&known)));
         }
         let snapshot = self.snapshot.borrow();
         for process in snapshot.iter().flatten() {
@@ -175,14 +180,18 @@ impl Groups {
     }
 }
 
-/// Every live process but initd: pid, process group, session, marker.
+/// Every live descendant of initd (orphans of services are re-parented to
+/// initd, the subreaper, so every service process is one): pid, process
+/// group, session, and the marker, read from the environment only for
+/// processes that left every known process group (setsid).
 #[cfg(target_os = "linux")]
-fn processes() -> Vec<Process> {
+fn processes(known: &dyn Fn(i32, i32) -> bool) -> Vec<Process> {
     let own = sys::getpid();
-    let mut processes = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return processes;
+        return Vec::new();
     };
+    // (pid, parent, pgid, session) of every live process.
+    let mut table: Vec<(i32, i32, i32, i32)> = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -191,9 +200,6 @@ fn processes() -> Vec<Process> {
         else {
             continue;
         };
-        if pid == own {
-            continue;
-        }
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -205,22 +211,50 @@ fn processes() -> Vec<Process> {
         if fields.len() < 4 || fields[0] == "Z" {
             continue;
         }
+        table.push((
+            pid,
+            fields[1].parse().unwrap_or(0),
+            fields[2].parse().unwrap_or(0),
+            fields[3].parse().unwrap_or(0),
+        ));
+    }
+    let parents: BTreeMap<i32, i32> = table
+        .iter()
+        .map(|(pid, parent, _, _)| (*pid, *parent))
+        .collect();
+    let descends_from_initd = |mut pid: i32| {
+        for _ in 0..4096 {
+            match parents.get(&pid) {
+                Some(parent) if *parent == own => return true,
+                Some(parent) if *parent > 1 => pid = *parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut processes = Vec::new();
+    for (pid, _, pgid, session) in table {
+        if pid == own || !descends_from_initd(pid) {
+            continue;
+        }
         let mut marker = None;
-        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
-            for variable in environ.split(|byte| *byte == 0) {
-                if let Some(value) = variable
-                    .strip_prefix(MARKER.as_bytes())
-                    .and_then(|rest| rest.strip_prefix(b"="))
-                {
-                    marker = Some(String::from_utf8_lossy(value).into_owned());
-                    break;
+        if !known(pgid, session) {
+            if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+                for variable in environ.split(|byte| *byte == 0) {
+                    if let Some(value) = variable
+                        .strip_prefix(MARKER.as_bytes())
+                        .and_then(|rest| rest.strip_prefix(b"="))
+                    {
+                        marker = Some(String::from_utf8_lossy(value).into_owned());
+                        break;
+                    }
                 }
             }
         }
         processes.push(Process {
             pid,
-            pgid: fields[2].parse().unwrap_or(0),
-            session: fields[3].parse().unwrap_or(0),
+            pgid,
+            session,
             marker,
         });
     }
@@ -229,7 +263,7 @@ fn processes() -> Vec<Process> {
 
 /// Without /proc: the live process groups of the services (kill 0).
 #[cfg(not(target_os = "linux"))]
-fn processes() -> Vec<Process> {
+fn processes(_known: &dyn Fn(i32, i32) -> bool) -> Vec<Process> {
     Vec::new()
 }
 

@@ -192,7 +192,7 @@ impl Supervisor {
     /// Services of `mode` that start without an event (boot services), plus
     /// everything they need.
     pub fn mode_members(&self, mode: &str) -> Vec<String> {
-        let mut members: Vec<String> = self
+        let mut members: std::collections::BTreeSet<&str> = self
             .services
             .values()
             .filter(|service| in_mode(&service.definition, mode))
@@ -204,24 +204,21 @@ impl Supervisor {
                         .iter()
                         .any(|event| event == "boot")
             })
-            .map(|service| service.definition.name.clone())
+            .map(|service| service.definition.name.as_str())
             .collect();
-        let mut index = 0;
-        while index < members.len() {
-            let needs = self
-                .services
-                .get(&members[index])
-                .map(|service| service.definition.needs.clone())
-                .unwrap_or_default();
-            for need in needs {
-                if self.services.contains_key(&need) && !members.contains(&need) {
-                    members.push(need);
+        let mut queue: Vec<&str> = members.iter().copied().collect();
+        while let Some(name) = queue.pop() {
+            if let Some(service) = self.services.get(name) {
+                for need in &service.definition.needs {
+                    if let Some((key, _)) = self.services.get_key_value(need) {
+                        if members.insert(key.as_str()) {
+                            queue.push(key.as_str());
+                        }
+                    }
                 }
             }
-            index += 1;
         }
-        members.sort();
-        members
+        members.into_iter().map(str::to_string).collect()
     }
 
     /// Does the service belong to the current mode (by its modes or because

@@ -338,3 +338,43 @@ fn start_order_puts_needs_first() {
     assert_eq!(start_order(&definitions), vec!["c", "d", "b", "a"]);
     assert!(check_definitions(&definitions).is_ok());
 }
+
+/// Guards: the repository's own definitions always load.
+#[test]
+fn the_repository_services_load() {
+    let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../services");
+    let definitions = load_dir(&services).unwrap_or_else(|errors| panic!("{errors}"));
+    assert!(!definitions.is_empty());
+}
+
+/// Guards: the RELAX NG schema accepts what the parser accepts (the issue's
+/// example and every repository definition) and refuses an unknown element.
+#[test]
+fn the_schema_agrees_with_the_parser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let schema = root.join("services/service.rng");
+    let tree = Tree::new(&[("web", WEB), ("bad", &service("bad", "  <frobnicate/>\n"))]);
+    let mut files = vec![tree.root.join("web/service.xml")];
+    for entry in std::fs::read_dir(root.join("services")).unwrap().flatten() {
+        let file = entry.path().join(FILE_NAME);
+        if file.is_file() {
+            files.push(file);
+        }
+    }
+    let output = std::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--relaxng")
+        .arg(&schema)
+        .args(&files)
+        .output()
+        .expect("xmllint (Debian package libxml2-utils) is needed for the schema test");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = std::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--relaxng")
+        .arg(&schema)
+        .arg(tree.root.join("bad/service.xml"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}

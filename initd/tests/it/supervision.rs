@@ -747,3 +747,38 @@ fn stop_leaves_nothing_behind_with_cgroup_v2() {
         .console_text()
         .contains("still running after its stop timeout: SIGKILL"));
 }
+
+/// Tidy: initd links no XML/XSLT C library, no CLI framework, no async
+/// runtime (it must stay small and cannot die).
+#[test]
+fn initd_has_no_banned_dependencies() {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--package",
+            "initd",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree = String::from_utf8_lossy(&output.stdout);
+    for banned in [
+        "libxml", "libxslt", "clap", "tokio", "render ", "model ", "rusqlite",
+    ] {
+        assert!(
+            !tree.lines().any(|line| line.starts_with(banned.trim_end())
+                && (banned.ends_with(' ') == line.starts_with(banned))),
+            "initd depends on {banned}:\n{tree}"
+        );
+    }
+}
