@@ -9,6 +9,7 @@
 
 mod assemble;
 mod disk;
+mod freebsd;
 mod host;
 mod manifest;
 mod plan;
@@ -65,6 +66,9 @@ pub struct Args {
     /// Where cached bases live (default: TARGET/nodows-cache, TARGET from cargo metadata).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+    /// FreeBSD images only: the directory holding the distribution sets base.txz and kernel.txz.
+    #[arg(long, value_name = "DIR")]
+    pub freebsd_dist: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -104,6 +108,9 @@ fn build(args: Args) -> anyhow::Result<()> {
             println!("  {name}");
         }
         return Ok(());
+    }
+    if freebsd::is_freebsd_image(&source, &args.image) {
+        return freebsd::build(&args, &source);
     }
     let apt_sources = host::AptSources::from_host();
     let mirror_sources =

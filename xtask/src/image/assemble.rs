@@ -100,7 +100,7 @@ pub struct Assembled {
     pub initrd: PathBuf,
 }
 
-fn write(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+pub(super) fn write(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -109,7 +109,7 @@ fn write(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+pub(super) fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -121,7 +121,7 @@ fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// Copies a tree with its modes (owner root), in sorted order.
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(super) fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     let metadata = std::fs::symlink_metadata(from)?;
     if metadata.file_type().is_symlink() {
         let target = std::fs::read_link(from)?;

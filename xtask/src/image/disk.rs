@@ -33,7 +33,7 @@ pub struct Layout {
     pub disk_size_mib: u64,
 }
 
-fn derived_uuid(input_hash: &str, purpose: &str) -> String {
+pub(super) fn derived_uuid(input_hash: &str, purpose: &str) -> String {
     let digest = Sha256::digest(format!("{input_hash} {purpose}").as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
@@ -278,7 +278,7 @@ fn clamp_ext4_ctimes(ui: &mut Ui, image: &Path, epoch: &str) -> anyhow::Result<(
 }
 
 /// Copies `from` into `to` at `offset`, leaving all-zero blocks as holes.
-fn copy_sparse(from: &Path, to: &Path, offset: u64) -> anyhow::Result<()> {
+pub(super) fn copy_sparse(from: &Path, to: &Path, offset: u64) -> anyhow::Result<()> {
     let mut input =
         std::fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     let mut output = std::fs::OpenOptions::new()

@@ -120,7 +120,7 @@ fn spdx_id(name: &str) -> String {
     format!("SPDXRef-Package-deb-{cleaned}")
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
+pub(super) fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;

@@ -1,0 +1,71 @@
+<?xml version="1.0" encoding="utf-8"?>
+<!-- /usr/local/etc/rc.d/nodows: an rc.subr(8) script that starts initd
+     (not as PID 1) once the base system is up, backgrounded by daemon(8).
+     rcorder(8) reads the PROVIDE/REQUIRE/KEYWORD lines. -->
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:output method="text" encoding="utf-8"/>
+  <xsl:param name="server"/>
+  <xsl:param name="mode"/>
+  <xsl:param name="service"/>
+  <xsl:template match="/">
+    <xsl:text>#!/bin/sh
+#
+# rendered by nodows from the model (service </xsl:text>
+    <xsl:value-of select="$service"/>
+    <xsl:text>, mode </xsl:text>
+    <xsl:value-of select="$mode"/>
+    <xsl:text>); do not edit
+#
+# PROVIDE: nodows
+# REQUIRE: LOGIN NETWORKING
+# KEYWORD: shutdown
+#
+# Add these lines to /etc/rc.conf (or /etc/rc.conf.d/nodows) to run nodows:
+# nodows_enable="YES"
+# nodows_mode="</xsl:text>
+    <xsl:value-of select="$mode"/>
+    <xsl:text>"	# the initial mode: dev, test, production or failover
+
+. /etc/rc.subr
+
+name="nodows"
+rcvar="nodows_enable"
+desc="nodows service manager (initd)"
+
+load_rc_config $name
+
+: ${nodows_enable:="NO"}
+: ${nodows_mode:="</xsl:text>
+    <xsl:value-of select="$mode"/>
+    <xsl:text>"}
+: ${nodows_services:="/usr/local/etc/nodows/services"}
+: ${nodows_model:="/usr/local/etc/nodows/model.xml"}
+: ${nodows_socket:="/var/run/initd.sock"}
+: ${nodows_state:="/var/run/nodows"}
+: ${nodows_log_dir:="/var/log/nodows"}
+: ${nodows_output:="/dev/console"}
+
+pidfile="/var/run/${name}.pid"
+command="/usr/local/sbin/initd"
+command_args="--services ${nodows_services} --socket ${nodows_socket} --state ${nodows_state} --mode ${nodows_mode} --log-dir ${nodows_log_dir} --model ${nodows_model} --render-command /usr/local/bin/nodows --root /"
+start_precmd="${name}_prestart"
+start_cmd="${name}_start"
+
+nodows_prestart()
+{
+	mkdir -p "${nodows_state}" "${nodows_log_dir}"
+}
+
+# daemon(8) puts initd in the background, writes its pid (the pid of initd
+# itself, so rc.subr's stop and status find it) and sends its console
+# lines to ${nodows_output}.
+nodows_start()
+{
+	check_startmsgs &amp;&amp; echo "Starting ${name}."
+	/usr/sbin/daemon -p "${pidfile}" -o "${nodows_output}" ${command} ${command_args}
+}
+
+run_rc_command "$1"
+</xsl:text>
+  </xsl:template>
+</xsl:stylesheet>
