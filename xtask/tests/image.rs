@@ -97,6 +97,12 @@ fn plan_snapshots() {
     };
     let mut failures = Vec::new();
     for image in names("images") {
+        // Other operating systems' images have their own builder and tests.
+        let definition =
+            std::fs::read_to_string(source.join(format!("images/{image}.xml"))).unwrap();
+        if definition.contains("os=\"") && !definition.contains("os=\"debian\"") {
+            continue;
+        }
         for profile in names("profiles") {
             let output = xtask(&[
                 "--plan",
@@ -298,11 +304,14 @@ fn two_builds_give_identical_raw_images() {
             serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
                 .unwrap();
         assert_eq!(manifest["profile"], "test");
-        assert!(manifest["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["path"] == "/sbin/initd"));
+        assert!(
+            manifest["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["path"] == "/usr/sbin/initd"),
+            "initd missing (/sbin is /usr/sbin)"
+        );
         assert!(manifest["packages"]
             .as_array()
             .unwrap()

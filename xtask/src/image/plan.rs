@@ -346,7 +346,9 @@ pub fn resolve(
     }
     // What the builder itself relies on in the image: the initrd generator
     // and the module loader.
-    for package in ["initramfs-tools", "kmod", "zstd"] {
+    // usr-is-merged: otherwise apt satisfies init-system-helpers'
+    // `usrmerge | usr-is-merged` with usrmerge, which pulls in all of perl.
+    for package in ["initramfs-tools", "kmod", "zstd", "usr-is-merged"] {
         image_packages.insert(package.to_owned());
     }
     let image_services = services_of(&image_document, &mut problems);

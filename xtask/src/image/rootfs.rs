@@ -18,7 +18,7 @@ use super::plan::Plan;
 use super::ui::Ui;
 
 /// Bump when the builder changes what it puts in the base.
-const BASE_FORMAT: &str = "nodows-base-3";
+const BASE_FORMAT: &str = "nodows-base-4";
 
 /// The epoch the base's timestamps are clamped to. It is fixed (not the
 /// commit time) so that a new commit reuses the cached base; the assembly
@@ -38,6 +38,7 @@ const DPKG_EXCLUDES: &[&str] = &[
     "/usr/share/lintian/*",
     "/usr/share/linda/*",
     "/usr/lib/udev/hwdb.d/*",
+    "/lib/udev/hwdb.d/*",
 ];
 
 /// The mmdebstrap arguments except the output path and the sources.
