@@ -2,7 +2,7 @@
 //! A benchmark, not a test: it prints figures and ratios.
 //!
 //!   cargo build --release -p initd --target x86_64-unknown-linux-musl
-//!   cargo run --release -p initd --example bench -- TARGET/x86_64-unknown-linux-musl/release
+//!   cargo run --release -p initd --example bench -- TARGET/x86_64-unknown-linux-musl/release [--cgroup2]
 //!
 //! Criteria (the same for both supervisors, observed from outside in /proc):
 //! start = supervisor launched until N `sleep` processes of the run exist;
@@ -142,11 +142,18 @@ trait Supervisor {
 struct Initd {
     binaries: PathBuf,
     socket: PathBuf,
+    /// Run in a private mount namespace with cgroup2 on /sys/fs/cgroup (the
+    /// path PID 1 takes in an image), whatever the host has there.
+    cgroup2: bool,
 }
 
 impl Supervisor for Initd {
     fn name(&self) -> &'static str {
-        "initd"
+        if self.cgroup2 {
+            "initd-cgroup2"
+        } else {
+            "initd"
+        }
     }
     fn start(&mut self, dir: &Path, count: usize, tag: &str) -> Child {
         let services = dir.join("services");
@@ -160,7 +167,17 @@ impl Supervisor for Initd {
             .unwrap();
         }
         self.socket = dir.join("initd.sock");
-        Command::new(self.binaries.join("initd"))
+        let mut command = if self.cgroup2 {
+            let mut command = Command::new("unshare");
+            command
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg("mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"")
+                .arg(self.binaries.join("initd"));
+            command
+        } else {
+            Command::new(self.binaries.join("initd"))
+        };
+        command
             .arg("--services")
             .arg(&services)
             .arg("--socket")
@@ -292,15 +309,17 @@ fn main() {
             .nth(1)
             .expect("usage: bench DIR-WITH-initd-AND-initctl"),
     );
+    let cgroup2 = std::env::args().nth(2).as_deref() == Some("--cgroup2");
     let mut initd = Initd {
         binaries,
         socket: PathBuf::new(),
+        cgroup2,
     };
     let mut runit = Runit;
     for (count, full) in [(100, true), (1000, false)] {
         let a = measure(&mut initd, count, full);
         let b = measure(&mut runit, count, full);
-        println!("{count} services:");
+        println!("{count} services ({} against runit):", initd.name());
         println!(
             "  start to running   initd {:8.1} ms   runit {:8.1} ms   ratio {:.2}",
             a.start_ms,

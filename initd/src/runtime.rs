@@ -113,6 +113,8 @@ pub struct Runtime {
     groups: Groups,
     logs: BTreeMap<String, ServiceLog>,
     notify: BTreeMap<String, RawFd>,
+    /// Children not yet known to have exec'd: pid -> (service, program, pipe).
+    exec_pipes: BTreeMap<i32, (String, String, RawFd)>,
     signal_fd: RawFd,
     listener: UnixListener,
     console: Console,
@@ -192,6 +194,7 @@ impl Runtime {
             groups,
             logs: BTreeMap::new(),
             notify: BTreeMap::new(),
+            exec_pipes: BTreeMap::new(),
             signal_fd,
             listener,
             console,
@@ -284,6 +287,16 @@ impl Runtime {
                 });
             }
         }
+        let exec_pids: Vec<i32> = self.exec_pipes.keys().copied().collect();
+        for pid in &exec_pids {
+            if let Some((_, _, fd)) = self.exec_pipes.get(pid) {
+                fds.push(libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
         let render_fd = self
             .render_job
             .as_ref()
@@ -322,6 +335,12 @@ impl Runtime {
         for name in &notify_names {
             if fds[index].revents != 0 {
                 self.read_notify(name);
+            }
+            index += 1;
+        }
+        for pid in &exec_pids {
+            if fds[index].revents != 0 {
+                self.check_exec(*pid);
             }
             index += 1;
         }
@@ -380,12 +399,46 @@ impl Runtime {
                     continue;
                 }
             }
+            if self.exec_pipes.contains_key(&pid) {
+                // The errno (if exec failed) is in the pipe before the exit.
+                self.check_exec(pid);
+            }
             if self.supervisor.service_by_pid(pid).is_some() {
                 let actions = self.supervisor.exited(pid, exit, Instant::now());
                 self.apply(actions);
             }
             // Anything else is an orphan (or a failed exec): reaped, nothing
             // more to do.
+        }
+    }
+
+    /// Did the child exec? A failed exec fails its service (once, no
+    /// respawn loop: a missing binary will not appear by itself).
+    fn check_exec(&mut self, pid: i32) {
+        let Some((_, _, fd)) = self.exec_pipes.get(&pid) else {
+            return;
+        };
+        let Some(result) = crate::spawn::exec_result(*fd) else {
+            return;
+        };
+        let Some((name, program, fd)) = self.exec_pipes.remove(&pid) else {
+            return;
+        };
+        sys::close(fd);
+        if let Err(error) = result {
+            if self
+                .supervisor
+                .service(&name)
+                .and_then(|service| service.pid)
+                == Some(pid)
+            {
+                let actions = self.supervisor.spawn_failed(
+                    &name,
+                    &format!("{program}: {error}"),
+                    Instant::now(),
+                );
+                self.apply(actions);
+            }
         }
     }
 
@@ -558,7 +611,17 @@ impl Runtime {
         if let Some((write_end, _)) = notify_write {
             sys::close(write_end);
         }
-        result.map_err(|error| format!("{}: {error}", definition.exec.path.display()))
+        let program = definition.exec.path.display().to_string();
+        match result {
+            Ok(spawned) => {
+                self.exec_pipes.insert(
+                    spawned.pid,
+                    (name.to_string(), program, spawned.exec_result),
+                );
+                Ok(spawned.pid)
+            }
+            Err(error) => Err(format!("{program}: {error}")),
+        }
     }
 
     // --- shutdown ---

@@ -140,9 +140,9 @@ fn rlimit_resource(name: &str) -> Option<i32> {
     })
 }
 
-/// Fork and exec. Returns the pid once exec succeeded; an exec failure
-/// (missing binary, permission) comes back as the child's errno.
-pub fn spawn(prepared: &Prepared) -> io::Result<i32> {
+/// Fork and exec without waiting for the exec: an exec failure (missing
+/// binary, permission) comes back later through `Spawned::exec_result`.
+pub fn spawn(prepared: &Prepared) -> io::Result<Spawned> {
     let (error_read, error_write) = sys::pipe()?;
     // Pointer arrays built before fork: the child must not allocate.
     let mut argv: Vec<*const libc::c_char> = prepared.argv.iter().map(|arg| arg.as_ptr()).collect();
@@ -164,40 +164,47 @@ pub fn spawn(prepared: &Prepared) -> io::Result<i32> {
         sys::close(error_read);
         return Err(fork_error);
     }
-    // Wait for exec (the pipe closes) or an errno from the child.
+    Ok(Spawned {
+        pid,
+        exec_result: error_read,
+    })
+}
+
+/// A forked child on its way to exec.
+pub struct Spawned {
+    pub pid: i32,
+    /// Non-blocking read end: end of file when exec succeeded, or 4 bytes of
+    /// errno when it failed (the child then exits 127). Read it with
+    /// `exec_result` before treating the child's exit as the service's.
+    pub exec_result: RawFd,
+}
+
+/// What the exec pipe says: None = not known yet, Some(Ok) = exec'd,
+/// Some(Err) = exec failed with that error.
+pub fn exec_result(fd: RawFd) -> Option<io::Result<()>> {
     let mut buffer = [0u8; 4];
     let mut filled = 0;
     loop {
-        let mut poll = [libc::pollfd {
-            fd: error_read,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let _ = sys::poll(&mut poll, 5000);
-        match sys::read(error_read, &mut buffer[filled..]) {
-            Ok(0) => break,
+        match sys::read(fd, &mut buffer[filled..]) {
+            Ok(0) => {
+                return Some(if filled == 4 {
+                    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buffer)))
+                } else {
+                    Ok(())
+                })
+            }
             Ok(count) => {
                 filled += count;
                 if filled == 4 {
-                    break;
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                if poll[0].revents == 0 {
-                    break; // the child is stuck before exec: treat as started
+                    return Some(Err(io::Error::from_raw_os_error(i32::from_ne_bytes(
+                        buffer,
+                    ))));
                 }
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Err(_) => return None,
         }
     }
-    sys::close(error_read);
-    if filled == 4 {
-        // The child exited with 127; the reaper collects it (it is no
-        // service's main process).
-        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buffer)));
-    }
-    Ok(pid)
 }
 
 /// Move `fd` to a number >= 64 so that dup2 onto 0-2 or the notify fd cannot

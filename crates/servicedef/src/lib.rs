@@ -811,7 +811,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         modes: Vec::new(),
         start_on: Vec::new(),
         ready: Readiness::None,
-        ready_timeout: Duration::from_secs(30),
+        ready_timeout: Duration::from_secs(90),
         restart: Restart {
             policy: RestartPolicy::Always,
             backoff_min: Duration::from_millis(100),

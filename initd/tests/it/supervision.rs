@@ -166,19 +166,29 @@ fn a_service_ignoring_sigterm_is_killed_after_its_timeout() {
         .contains("still running after its stop timeout: SIGKILL"));
 }
 
+const NOTIFY: &str = "<ready kind=\"notify\" fd=\"3\"/>";
+
 #[test]
 fn stop_order_is_the_reverse_of_start_order() {
     let record = |name: &str| {
         format!(
-            "echo start-{name} >> \"$TEST_DIR/order\"; trap 'echo stop-{name} >> \"$TEST_DIR/order\"; exit 0' TERM; while :; do sleep 0.1; done"
+            "echo start-{name} >> \"$TEST_DIR/order\"; trap 'echo stop-{name} >> \"$TEST_DIR/order\"; exit 0' TERM; echo ready >&3; while :; do sleep 0.1; done"
         )
     };
     let mut initd = Initd::start(
         "reverse",
         &[
-            ("a", shell_service("a", &record("a"), "")),
-            ("b", shell_service("b", &record("b"), "<needs>a</needs>")),
-            ("c", shell_service("c", &record("c"), "<needs>b</needs>")),
+            // Ready once the start is recorded (notify), so the file order is
+            // the start order.
+            ("a", shell_service("a", &record("a"), NOTIFY)),
+            (
+                "b",
+                shell_service("b", &record("b"), &format!("<needs>a</needs>{NOTIFY}")),
+            ),
+            (
+                "c",
+                shell_service("c", &record("c"), &format!("<needs>b</needs>{NOTIFY}")),
+            ),
         ],
         &[],
     );
