@@ -23,6 +23,10 @@ pub struct Args {
     /// Extra kernel command line words (direct-kernel boot only), e.g. nodows.server=web2.
     #[arg(long, value_name = "WORDS")]
     pub append: Option<String>,
+    /// Instead of an interactive console: boot N times, print the time from
+    /// QEMU start to `nodows: ready` of each boot and the median.
+    #[arg(long, value_name = "N")]
+    pub measure: Option<u32>,
     /// Output directory the image was built into (default: images/out).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -137,9 +141,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.forward_tcp = vec![22, 80];
     // The probe uses the image's kernel even under --uefi.
     qemu::resolve_accel(args.accel, Some(&built.kernel));
+    if let Some(count) = args.measure {
+        return measure(&config, count);
+    }
     let status = qemu::run_interactive(&config)?;
     if !status.success() {
         bail!("qemu exited with {status}");
     }
+    Ok(())
+}
+
+/// Boots `count` times to the ready line; prints each time and the median.
+fn measure(config: &VmConfig, count: u32) -> anyhow::Result<()> {
+    let mut seconds = Vec::new();
+    for boot in 1..=count.max(1) {
+        let mut config = config.clone();
+        config.name = format!("{}-measure-{boot}", config.name);
+        let _ = std::fs::remove_dir_all(config.work_root.join(&config.name));
+        let mut vm = qemu::Vm::start(&config)?;
+        let ready = vm.wait_for_ready(std::time::Duration::from_secs(600))?;
+        let elapsed = vm.uptime().as_secs_f64();
+        println!("boot {boot}: {elapsed:.2}s from qemu start to `{ready}`");
+        seconds.push(elapsed);
+        vm.kill();
+    }
+    seconds.sort_by(f64::total_cmp);
+    println!(
+        "median of {}: {:.2}s ({})",
+        seconds.len(),
+        seconds[seconds.len() / 2],
+        config.name
+    );
     Ok(())
 }
