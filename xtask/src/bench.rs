@@ -1,8 +1,202 @@
-//! `cargo xtask bench`.
+//! `cargo xtask bench`: nodows side by side with the systems people would
+//! pick instead, measured in the same run on the same machine.
+//!
+//! Suites: `boot` (QEMU start to ready, nodows vs Debian with systemd, plus
+//! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
+//! the host), `image` (cold and warm builds of the dev image vs a bare
+//! mmdebstrap), `render` (one key changed among 1,000 services).
+//! Writes BENCHMARKS.md and TARGET/bench/results.json.
+
+mod boot;
+mod image;
+mod render;
+mod report;
+mod supervisor;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use xshell::{cmd, Shell};
+
+use crate::qemu;
+use report::{Machine, Suite};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
+    #[arg(long)]
+    pub quick: bool,
+    /// Run one suite only: boot, supervisor, image or render.
+    #[arg(long, value_name = "NAME")]
+    pub only: Option<String>,
+    /// QEMU accelerator for the boot suite.
+    #[arg(long, value_enum, default_value = "tcg")]
+    pub accel: qemu::Accel,
+    /// Where BENCHMARKS.md is written (default: the workspace root).
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask bench is not implemented yet")
+const SUITES: [&str; 4] = ["boot", "supervisor", "image", "render"];
+
+/// What every suite needs: where to work and how much to run.
+pub struct Context {
+    pub quick: bool,
+    pub accel: qemu::Accel,
+    /// TARGET/bench: caches (the systemd reference image) and results.
+    pub bench_dir: PathBuf,
+    /// TARGET/bench/work: scratch, emptied at the start of a run.
+    pub work: PathBuf,
+    pub sh: Shell,
+}
+
+impl Context {
+    /// Installs Debian packages the benchmark needs (peers, tools).
+    pub fn apt_install(&self, packages: &[&str]) -> anyhow::Result<()> {
+        let sh = &self.sh;
+        eprintln!("    installing {} from Debian", packages.join(" "));
+        cmd!(
+            sh,
+            "apt-get install --yes --no-install-recommends --quiet {packages...}"
+        )
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("apt-get install {}", packages.join(" ")))?;
+        Ok(())
+    }
+
+    /// Builds the static initd and returns its path.
+    pub fn initd_binary(&self) -> anyhow::Result<PathBuf> {
+        let sh = &self.sh;
+        let target = "x86_64-unknown-linux-musl";
+        cmd!(
+            sh,
+            "cargo build --quiet --release --package initd --target {target}"
+        )
+        .run()
+        .context(
+            "building initd (cargo build --release -p initd --target x86_64-unknown-linux-musl)",
+        )?;
+        let path = qemu::target_dir()?.join(target).join("release/initd");
+        if !path.is_file() {
+            anyhow::bail!("{}: missing after the build", path.display());
+        }
+        Ok(path)
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(only) = &args.only {
+        if !SUITES.contains(&only.as_str()) {
+            eprintln!(
+                "error: --only {only}: unknown suite; the suites are {}",
+                SUITES.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
+    let root = qemu::workspace_root();
+    let bench_dir = qemu::target_dir()?.join("bench");
+    let work = bench_dir.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("{}: cannot create", work.display()))?;
+    let sh = Shell::new()?;
+    sh.change_dir(&root);
+    let context = Context {
+        quick: args.quick,
+        accel: args.accel,
+        bench_dir: bench_dir.clone(),
+        work,
+        sh,
+    };
+
+    let mut suites = Vec::new();
+    for name in SUITES {
+        if args.only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
+        let started = Instant::now();
+        eprintln!("==> bench {name}");
+        let mut suite = match name {
+            "boot" => {
+                let mut suite = Suite::new("boot", "Boot to ready and PID 1 footprint (QEMU)");
+                let result = boot::run(&context, &mut suite);
+                finish(&mut suite, result);
+                suite
+            }
+            "supervisor" => {
+                let mut suite = Suite::new("supervisor", "Supervisor on the host");
+                let result = supervisor::run(&context, &mut suite);
+                finish(&mut suite, result);
+                suite
+            }
+            "image" => {
+                let mut suite = Suite::new("image", "Image build");
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it takes minutes)".to_owned());
+                } else {
+                    let result = image::run(&context, &mut suite);
+                    finish(&mut suite, result);
+                }
+                suite
+            }
+            _ => {
+                let mut suite = Suite::new("render", "Re-render: 1,000 services, one key changed");
+                let result = render::run(&context, &mut suite);
+                finish(&mut suite, result);
+                suite
+            }
+        };
+        suite.seconds = started.elapsed().as_secs_f64();
+        eprintln!("    {name}: {:.0} s", suite.seconds);
+        suites.push(suite);
+    }
+
+    let sh = &context.sh;
+    let machine = Machine {
+        date: cmd!(sh, "date --utc +%Y-%m-%dT%H:%MZ").quiet().read()?,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        accel: match args.accel {
+            qemu::Accel::Kvm => "kvm".to_owned(),
+            qemu::Accel::Tcg => "tcg".to_owned(),
+            qemu::Accel::Auto => "auto".to_owned(),
+        },
+        kernel: cmd!(sh, "uname --kernel-release").quiet().read()?,
+        quick: args.quick,
+    };
+    let markdown = report::markdown(&machine, &suites);
+    let json = report::json(&machine, &suites);
+    let output = args.output.unwrap_or_else(|| root.join("BENCHMARKS.md"));
+    write_atomically(&output, markdown.as_bytes())?;
+    let results = bench_dir.join("results.json");
+    write_atomically(&results, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    print!("{markdown}");
+    eprintln!("wrote {} and {}", output.display(), results.display());
+    let _ = std::fs::remove_dir_all(&context.work);
+    Ok(())
+}
+
+/// A suite that failed keeps the rows it measured and says why it stopped.
+fn finish(suite: &mut Suite, result: anyhow::Result<()>) {
+    if let Err(error) = result {
+        let reason = format!("{error:#}").replace('\n', " ");
+        eprintln!("    {}: not available: {reason}", suite.name);
+        suite.not_available = Some(reason);
+    }
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes)
+        .with_context(|| format!("{}: cannot write", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
 }

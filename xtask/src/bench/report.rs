@@ -1,0 +1,329 @@
+//! Results of the suites: figures with median and spread, BENCHMARKS.md
+//! and results.json.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+/// Samples of one figure.
+#[derive(Clone, Debug)]
+pub struct Stat {
+    pub samples: Vec<f64>,
+}
+
+impl Stat {
+    pub fn new(samples: Vec<f64>) -> Option<Stat> {
+        if samples.is_empty() {
+            None
+        } else {
+            Some(Stat { samples })
+        }
+    }
+
+    pub fn one(value: f64) -> Stat {
+        Stat {
+            samples: vec![value],
+        }
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut sorted = self.samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted
+    }
+
+    pub fn median(&self) -> f64 {
+        let sorted = self.sorted();
+        let middle = sorted.len() / 2;
+        if sorted.len() % 2 == 1 {
+            sorted[middle]
+        } else {
+            (sorted[middle - 1] + sorted[middle]) / 2.0
+        }
+    }
+
+    pub fn min(&self) -> f64 {
+        self.sorted()[0]
+    }
+
+    pub fn max(&self) -> f64 {
+        self.sorted()[self.samples.len() - 1]
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "median": self.median(),
+            "min": self.min(),
+            "max": self.max(),
+            "samples": self.samples,
+        })
+    }
+}
+
+/// Unit of a figure; values are stored in this unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Milliseconds,
+    KiB,
+    MiB,
+    Count,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Seconds => "s",
+            Unit::Milliseconds => "ms",
+            Unit::KiB => "KiB",
+            Unit::MiB => "MiB",
+            Unit::Count => "",
+        }
+    }
+
+    fn format(self, value: f64) -> String {
+        let number = match self {
+            Unit::Count => format!("{value:.0}"),
+            Unit::Seconds | Unit::MiB => format!("{value:.2}"),
+            Unit::Milliseconds => {
+                if value < 10.0 {
+                    format!("{value:.2}")
+                } else {
+                    format!("{value:.1}")
+                }
+            }
+            Unit::KiB => format!("{value:.0}"),
+        };
+        if self.name().is_empty() {
+            number
+        } else {
+            format!("{number} {}", self.name())
+        }
+    }
+}
+
+/// One line of a suite's table: a nodows figure beside a peer's.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub figure: String,
+    pub unit: Unit,
+    pub nodows: Option<Stat>,
+    pub peer: String,
+    pub peer_stat: Option<Stat>,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        let nodows = self.nodows.as_ref()?.median();
+        let peer = self.peer_stat.as_ref()?.median();
+        if peer == 0.0 {
+            None
+        } else {
+            Some(nodows / peer)
+        }
+    }
+}
+
+fn cell(unit: Unit, stat: &Option<Stat>) -> String {
+    match stat {
+        None => "n/a".to_owned(),
+        Some(stat) if stat.samples.len() == 1 => unit.format(stat.median()),
+        Some(stat) => format!(
+            "{} ({}–{}, n={})",
+            unit.format(stat.median()),
+            unit.format(stat.min()),
+            unit.format(stat.max()),
+            stat.samples.len()
+        ),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Suite {
+    pub name: &'static str,
+    pub title: &'static str,
+    /// None when the suite ran; otherwise why it could not.
+    pub not_available: Option<String>,
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+impl Suite {
+    pub fn new(name: &'static str, title: &'static str) -> Suite {
+        Suite {
+            name,
+            title,
+            not_available: None,
+            rows: Vec::new(),
+            notes: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+
+    pub fn row(
+        &mut self,
+        figure: impl Into<String>,
+        unit: Unit,
+        nodows: Option<Stat>,
+        peer: impl Into<String>,
+        peer_stat: Option<Stat>,
+    ) {
+        self.rows.push(Row {
+            figure: figure.into(),
+            unit,
+            nodows,
+            peer: peer.into(),
+            peer_stat,
+        });
+    }
+
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+}
+
+pub struct Machine {
+    pub date: String,
+    pub cores: usize,
+    pub accel: String,
+    pub kernel: String,
+    pub quick: bool,
+}
+
+pub fn markdown(machine: &Machine, suites: &[Suite]) -> String {
+    let mut out = String::new();
+    out.push_str("# Benchmarks\n\n");
+    out.push_str(
+        "Written by `cargo xtask bench` (do not edit by hand; rerun it).\n\
+         Figures are medians over the runs of one benchmark run, with the min–max spread and the number of runs; the machine is shared and noisy, so read ratios, not absolute times.\n\
+         A ratio is nodows divided by the peer: below 1 means nodows is faster or smaller.\n\
+         A suite that could not run says why instead of showing a number.\n\n",
+    );
+    let _ = writeln!(out, "- Date: {}", machine.date);
+    let _ = writeln!(out, "- Cores: {}", machine.cores);
+    let _ = writeln!(out, "- QEMU accelerator: {}", machine.accel);
+    let _ = writeln!(out, "- Host kernel: {}", machine.kernel);
+    let _ = writeln!(
+        out,
+        "- Run: `cargo xtask bench{}`",
+        if machine.quick { " --quick" } else { "" }
+    );
+    for suite in suites {
+        let _ = writeln!(out, "\n## {} (`--only {}`)\n", suite.title, suite.name);
+        if let Some(reason) = &suite.not_available {
+            let _ = writeln!(out, "Not available: {reason}.");
+        }
+        if !suite.rows.is_empty() {
+            out.push_str("| figure | nodows | peer | peer figure | ratio |\n");
+            out.push_str("|---|---|---|---|---|\n");
+            for row in &suite.rows {
+                let ratio = row
+                    .ratio()
+                    .map(|ratio| format!("{ratio:.2}x"))
+                    .unwrap_or_else(|| "n/a".to_owned());
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} |",
+                    row.figure,
+                    cell(row.unit, &row.nodows),
+                    row.peer,
+                    cell(row.unit, &row.peer_stat),
+                    ratio
+                );
+            }
+        }
+        if !suite.notes.is_empty() {
+            out.push('\n');
+            for note in &suite.notes {
+                let _ = writeln!(out, "- {note}");
+            }
+        }
+        if suite.seconds > 0.0 {
+            let _ = writeln!(out, "\nThe suite took {:.0} s.", suite.seconds);
+        }
+    }
+    out
+}
+
+pub fn json(machine: &Machine, suites: &[Suite]) -> Value {
+    let suites: Vec<Value> = suites
+        .iter()
+        .map(|suite| {
+            let rows: Vec<Value> = suite
+                .rows
+                .iter()
+                .map(|row| {
+                    json!({
+                        "figure": row.figure,
+                        "unit": row.unit.name(),
+                        "nodows": row.nodows.as_ref().map(Stat::to_json),
+                        "peer": row.peer,
+                        "peer_value": row.peer_stat.as_ref().map(Stat::to_json),
+                        "ratio": row.ratio(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": suite.name,
+                "title": suite.title,
+                "available": suite.not_available.is_none(),
+                "not_available": suite.not_available,
+                "rows": rows,
+                "notes": suite.notes,
+                "seconds": suite.seconds,
+            })
+        })
+        .collect();
+    json!({
+        "date": machine.date,
+        "cores": machine.cores,
+        "accel": machine.accel,
+        "host_kernel": machine.kernel,
+        "quick": machine.quick,
+        "suites": suites,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_even_and_odd_sample_counts() {
+        assert_eq!(Stat::new(vec![3.0, 1.0, 2.0]).unwrap().median(), 2.0);
+        assert_eq!(Stat::new(vec![4.0, 1.0, 2.0, 3.0]).unwrap().median(), 2.5);
+        assert!(Stat::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn table_shows_ratio_spread_and_not_available() {
+        let mut ran = Suite::new("boot", "Boot");
+        ran.row(
+            "boot to ready",
+            Unit::Seconds,
+            Stat::new(vec![2.0, 3.0, 4.0]),
+            "systemd",
+            Some(Stat::one(10.0)),
+        );
+        let mut missing = Suite::new("image", "Image build");
+        missing.not_available = Some("the image builder is missing".to_owned());
+        let machine = Machine {
+            date: "2026-01-01".to_owned(),
+            cores: 2,
+            accel: "tcg".to_owned(),
+            kernel: "6.1".to_owned(),
+            quick: false,
+        };
+        let text = markdown(&machine, &[ran, missing]);
+        assert!(
+            text.contains(
+                "| boot to ready | 3.00 s (2.00 s–4.00 s, n=3) | systemd | 10.00 s | 0.30x |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Not available: the image builder is missing."));
+        let value = json(&machine, &[]);
+        assert_eq!(value["cores"], 2);
+    }
+}
