@@ -71,6 +71,10 @@ pub struct FreebsdPlan {
     /// Services the profile asks for that have no FreeBSD form (`<linux-only>`).
     pub left_out: Vec<String>,
     pub overlays: Vec<PathBuf>,
+    /// `<root login="locked">` (or no <root>): root gets `*` as its password
+    /// in /etc/master.passwd; `autologin` keeps the set's empty password
+    /// (FreeBSD has no autologin: root logs in on the console without one).
+    pub root_locked: bool,
 }
 
 fn size_mib(value: &str) -> Option<u64> {
@@ -218,6 +222,21 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
         overlays.push(overlay);
     }
 
+    let root_locked = match profile_root.children_named("root").next() {
+        None => true,
+        Some(element) => match element.attribute("login") {
+            Some("locked") => true,
+            Some("autologin") => false,
+            _ => {
+                problems.push(format!(
+                    "{}: <root login=\"...\"> must be autologin or locked",
+                    profile_document.at(element)
+                ));
+                true
+            }
+        },
+    };
+
     // The image's services, then the profile's.
     let mut named = Vec::new();
     for document in [&image_document, &profile_document] {
@@ -293,6 +312,7 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
         services,
         left_out,
         overlays,
+        root_locked,
     })
 }
 
@@ -333,6 +353,15 @@ impl FreebsdPlan {
                     .display()
             );
         }
+        let _ = writeln!(
+            out,
+            "root login: {}",
+            if self.root_locked {
+                "locked (no password login)"
+            } else {
+                "no password on the console (dev)"
+            }
+        );
         let _ = writeln!(out, "left out (linux only): {}", self.left_out.join(" "));
         let _ = writeln!(out, "packages to add: {}", self.packages_to_add().join(" "));
         let _ = writeln!(out, "overlays:");
@@ -637,6 +666,9 @@ pub fn assemble(
     for overlay in &plan.overlays {
         assemble::copy_tree(&plan.source.join(overlay), root)?;
     }
+    if plan.root_locked {
+        lock_root(staging)?;
+    }
     // /run is Linux's; a link keeps initctl's default socket path working.
     if !staging.join("run").exists() {
         std::os::unix::fs::symlink("var/run", staging.join("run"))?;
@@ -657,6 +689,35 @@ pub fn assemble(
         ),
         0o644,
     )?;
+    Ok(())
+}
+
+/// Sets root's password field in /etc/master.passwd to `*`. The password
+/// databases (pwd.db, spwd.db) cannot be rebuilt on Linux: their mtime is
+/// set to 1970 so that rc.d/nodows runs `pwd_mkdb -p /etc/master.passwd`
+/// before anyone can log in (it does so whenever master.passwd is newer).
+fn lock_root(staging: &Staging) -> anyhow::Result<()> {
+    let path = staging.join("etc/master.passwd");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(()); // a set without password files: nothing to lock
+    };
+    let locked: String = text
+        .lines()
+        .map(|line| match line.split_once(':') {
+            Some(("root", rest)) => match rest.split_once(':') {
+                Some((_, after)) => format!("root:*:{after}\n"),
+                None => format!("{line}\n"),
+            },
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assemble::write(&path, &locked, 0o600)?;
+    for database in ["etc/pwd.db", "etc/spwd.db"] {
+        let database = staging.join(database);
+        if database.exists() {
+            assemble::clamp_time(&database, 0)?;
+        }
+    }
     Ok(())
 }
 

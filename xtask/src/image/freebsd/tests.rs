@@ -63,6 +63,14 @@ fn synthetic_distribution(dir: &Path, sh_binary: &[u8]) -> PathBuf {
     .unwrap();
     std::fs::write(base.join("etc/rc.subr"), "# SYNTHETIC rc.subr stub\n").unwrap();
     std::fs::write(base.join("etc/motd.template"), "SYNTHETIC FreeBSD base\n").unwrap();
+    std::fs::write(
+        base.join("etc/master.passwd"),
+        "# SYNTHETIC master.passwd\nroot::0:0::0:0:Charlie &:/root:/bin/sh\ntoor:*:0:0::0:0:Bourne-again Superuser:/root:\n",
+    )
+    .unwrap();
+    for database in ["pwd.db", "spwd.db"] {
+        std::fs::write(base.join("etc").join(database), b"SYNTHETIC db\n").unwrap();
+    }
     let kernel = dir.join("synthetic-kernel");
     std::fs::create_dir_all(kernel.join("boot/kernel")).unwrap();
     std::fs::write(kernel.join("boot/kernel/kernel"), b"SYNTHETIC kernel\n").unwrap();
@@ -305,18 +313,56 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window == needle)
 }
 
+/// Builds freebsd-PROFILE from a synthetic set whose ./bin/sh is the
+/// cross-built initd (a real amd64 FreeBSD ELF); returns the scratch
+/// directory, the output directory and the root partition's bytes.
+fn build_synthetic(profile: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let dir = scratch(&format!("pipeline-{profile}"));
+    let initd = std::fs::read(zigbuild_initd().join("initd")).unwrap();
+    let dist = synthetic_distribution(&dir, &initd);
+    let plan = resolve(&repo(), "freebsd", profile).unwrap();
+    let out = build_with(&plan, &dist, &dir.join("out"), false, None).unwrap();
+    let sh = Shell::new().unwrap();
+    let raw = out.join(format!("freebsd-{profile}.raw"));
+    let table: serde_json::Value =
+        serde_json::from_str(&cmd!(sh, "sfdisk --json {raw}").quiet().read().unwrap()).unwrap();
+    let root = &table["partitiontable"]["partitions"][1];
+    let bytes = std::fs::read(&raw).unwrap();
+    let start = root["start"].as_u64().unwrap() as usize * 512;
+    let size = root["size"].as_u64().unwrap() as usize * 512;
+    (dir, out, bytes[start..start + size].to_vec())
+}
+
+#[test]
+fn synthetic_production_image_locks_root() {
+    if !slow_tests() {
+        println!("skipped: the FreeBSD image pipeline test runs with NODOWS_SLOW_TESTS=1");
+        return;
+    }
+    let (dir, out, root) = build_synthetic("production");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(file_entry(&manifest, "/etc/master.passwd")["mode"], "0600");
+    assert!(contains(
+        &root,
+        b"root:*:0:0::0:0:Charlie &:/root:/bin/sh\ntoor:*:"
+    ));
+    assert!(!contains(&root, b"root::0:0::0:0:Charlie"));
+    assert!(contains(
+        &root,
+        b"nodows_mode=\"production\"\n# production: syslogd opens no network socket."
+    ));
+    assert_eq!(manifest["services_left_out"], serde_json::json!([]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn synthetic_distribution_builds_a_complete_image() {
     if !slow_tests() {
         println!("skipped: the FreeBSD image pipeline test runs with NODOWS_SLOW_TESTS=1");
         return;
     }
-    let dir = scratch("pipeline");
-    // The set's ./bin/sh is the cross-built initd: a real amd64 FreeBSD ELF.
-    let initd = std::fs::read(zigbuild_initd().join("initd")).unwrap();
-    let dist = synthetic_distribution(&dir, &initd);
-    let plan = resolve(&repo(), "freebsd", "dev").unwrap();
-    let out = build_with(&plan, &dist, &dir.join("out"), false, None).unwrap();
+    let (dir, out, root_bytes) = build_synthetic("dev");
     let sh = Shell::new().unwrap();
 
     // Outputs and checksums.

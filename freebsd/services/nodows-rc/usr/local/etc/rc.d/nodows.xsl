@@ -51,8 +51,14 @@ command_args="--services ${nodows_services} --socket ${nodows_socket} --state ${
 start_precmd="${name}_prestart"
 start_cmd="${name}_start"
 
+# The image builder edits /etc/master.passwd (root locked) but cannot
+# rebuild the password databases on Linux; they are rebuilt here, before
+# the first login (getty starts after rc(8), sshd under initd).
 nodows_prestart()
 {
+	if [ /etc/master.passwd -nt /etc/spwd.db ]; then
+		/usr/sbin/pwd_mkdb -p /etc/master.passwd
+	fi
 	mkdir -p "${nodows_state}" "${nodows_log_dir}"
 }
 
