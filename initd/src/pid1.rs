@@ -206,10 +206,16 @@ pub fn early_setup(_machine: bool) -> Vec<String> {
 }
 
 /// The end of shutdown, after the services stopped: SIGTERM everything,
-/// wait, SIGKILL everything, sync, remount read-only. `machine` is false
-/// inside a PID namespace (a container): then / is only made read-only for
-/// this mount namespace, never for the host's file system.
-pub fn final_kill_and_sync(machine: bool, mut say: impl FnMut(String)) {
+/// wait, SIGKILL everything, then `before_remount` (initd closes its own
+/// log files there: an open file for writing makes the remount fail with
+/// EBUSY), sync, remount read-only. `machine` is false inside a PID
+/// namespace (a container): then / is only made read-only for this mount
+/// namespace, never for the host's file system.
+pub fn final_kill_and_sync(
+    machine: bool,
+    before_remount: impl FnOnce(),
+    mut say: impl FnMut(String),
+) {
     let _ = crate::sys::kill(-1, libc::SIGTERM);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -236,6 +242,7 @@ pub fn final_kill_and_sync(machine: bool, mut say: impl FnMut(String)) {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+    before_remount();
     crate::sys::sync();
     #[cfg(target_os = "linux")]
     {

@@ -656,9 +656,17 @@ impl Runtime {
         let _ = std::fs::remove_file(&self.options.socket);
         if self.options.pid1 {
             let console = &self.console;
-            crate::pid1::final_kill_and_sync(self.machine, |message| {
-                console.line(&format!("initd: {message}"))
-            });
+            let logs = &mut self.logs;
+            crate::pid1::final_kill_and_sync(
+                self.machine,
+                || {
+                    for log in logs.values_mut() {
+                        log.drain();
+                    }
+                    logs.clear();
+                },
+                |message| console.line(&format!("initd: {message}")),
+            );
             self.groups.cleanup();
             let error = sys::reboot(kind);
             self.say(&format!("initd: reboot(2) failed: {error}; halting here"));
