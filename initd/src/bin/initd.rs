@@ -23,7 +23,9 @@ struct Parsed {
     given: Vec<&'static str>,
 }
 
-fn parse_arguments(arguments: &[String]) -> Parsed {
+/// As PID 1 the kernel passes the command-line words it does not know as
+/// arguments: those are ignored (and reported), never fatal.
+fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
     let mut options = Options::image_defaults();
     let mut given = Vec::new();
     let mut check = false;
@@ -35,11 +37,12 @@ fn parse_arguments(arguments: &[String]) -> Parsed {
             index += 1;
             match arguments.get(index) {
                 Some(value) => value.clone(),
+                None if pid1 => String::new(),
                 None => usage_error(&format!("{argument} needs a value")),
             }
         };
         match argument {
-            "check" if first => check = true,
+            "check" if first && !pid1 => check = true,
             "--services" => {
                 options.services = PathBuf::from(value());
                 given.push("--services");
@@ -65,16 +68,18 @@ fn parse_arguments(arguments: &[String]) -> Parsed {
                 let text = value();
                 options.log_max_bytes = match text.parse::<u64>() {
                     Ok(bytes) if bytes > 0 => bytes,
+                    _ if pid1 => options.log_max_bytes,
                     _ => usage_error(&format!(
                         "bad --log-max-bytes {text}: a whole number of bytes"
                     )),
                 }
             }
             "--no-cgroups" => options.use_cgroups = false,
-            "--help" | "-h" => {
+            "--help" | "-h" if !pid1 => {
                 println!("{USAGE}");
                 std::process::exit(0)
             }
+            other if pid1 => eprintln!("initd: ignoring argument {other}"),
             other => usage_error(&format!("unknown argument {other}")),
         }
         index += 1;
@@ -122,7 +127,7 @@ fn check_command(options: &Options) -> i32 {
 fn main() {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let pid1 = sys::getpid() == 1;
-    let parsed = parse_arguments(&arguments);
+    let parsed = parse_arguments(&arguments, pid1);
     let mut options = parsed.options;
     if parsed.check {
         std::process::exit(check_command(&options));

@@ -34,6 +34,8 @@ fn as_pid1_in_a_pid_namespace_it_reaps_orphans_and_shuts_down_on_sigterm() {
         .args(["--pid", "--fork", "--mount-proc", "--uts", "--mount", "--"])
         .arg(initd_binary())
         .args(initd.arguments())
+        // The kernel passes unknown command-line words to init: never fatal.
+        .arg("single")
         .env("TEST_DIR", &initd.dir.path)
         .stdin(Stdio::null())
         .stdout(console.try_clone().unwrap())
@@ -62,6 +64,9 @@ fn as_pid1_in_a_pid_namespace_it_reaps_orphans_and_shuts_down_on_sigterm() {
             .contains("nodows: ready mode=production services=2")
     });
     assert_eq!(initd.state("plain"), "running");
+    assert!(initd
+        .console_text()
+        .contains("initd: ignoring argument single"));
     initd.wait_until("orphan pid", || {
         !read_pids(&initd.path("orphan.pid")).is_empty()
     });
