@@ -141,15 +141,18 @@ fn build(args: Args) -> anyhow::Result<()> {
     ui.step("check host tools", |ui| {
         host::check_tools(ui, args.no_install)
     })?;
-    ui.step("check packages against apt-cache", |ui| {
-        host::check_packages(ui, &apt_sources, &plan)
-    })?;
     let source_date_epoch = host::source_date_epoch(&source)?;
     let target_dir = host::cargo_target_dir(&source)?;
     let cache_dir = args
         .cache
         .clone()
         .unwrap_or_else(|| target_dir.join("nodows-cache"));
+    // A cached base proves its package set (mmdebstrap installed it).
+    if !rootfs::is_cached(&plan, &cache_dir)? {
+        ui.step("check packages against apt-cache", |ui| {
+            host::check_packages(ui, &apt_sources, &plan)
+        })?;
+    }
     ui.cleanup_stale(&out_parent);
     ui.cleanup_stale(&cache_dir);
 

@@ -277,38 +277,34 @@ fn clamp_ext4_ctimes(ui: &mut Ui, image: &Path, epoch: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// Copies `from` into `to` at `offset`, leaving all-zero blocks as holes.
+/// Copies `from` into `to` at `offset`: only the data ranges of the sparse
+/// source (SEEK_DATA/SEEK_HOLE), with copy_file_range, so holes stay holes.
 pub(super) fn copy_sparse(from: &Path, to: &Path, offset: u64) -> anyhow::Result<()> {
-    let mut input =
+    use std::os::unix::io::AsRawFd as _;
+    let input =
         std::fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     let mut output = std::fs::OpenOptions::new()
         .write(true)
         .open(to)
         .with_context(|| format!("cannot open {}", to.display()))?;
-    let mut buffer = vec![0u8; 1024 * 1024];
-    let mut position = offset;
-    loop {
-        let mut filled = 0;
-        while filled < buffer.len() {
-            let read = input.read(&mut buffer[filled..])?;
-            if read == 0 {
-                break;
-            }
-            filled += read;
+    let length = input.metadata()?.len() as i64;
+    let fd = input.as_raw_fd();
+    let mut position: i64 = 0;
+    while position < length {
+        let data = unsafe { libc::lseek(fd, position, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no more data
         }
-        if filled == 0 {
-            break;
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { length } else { hole };
+        let mut source = &input;
+        source.seek(SeekFrom::Start(data as u64))?;
+        output.seek(SeekFrom::Start(offset + data as u64))?;
+        let copied = std::io::copy(&mut source.take((end - data) as u64), &mut output)?;
+        if copied != (end - data) as u64 {
+            bail!("short copy from {}", from.display());
         }
-        for (index, block) in buffer[..filled].chunks(4096).enumerate() {
-            if block.iter().any(|&byte| byte != 0) {
-                output.seek(SeekFrom::Start(position + (index * 4096) as u64))?;
-                output.write_all(block)?;
-            }
-        }
-        position += filled as u64;
-        if filled < buffer.len() {
-            break;
-        }
+        position = end;
     }
     output.flush()?;
     Ok(())

@@ -99,6 +99,14 @@ pub fn cache_key(plan: &Plan, mmdebstrap_version: &str) -> String {
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Whether the base of this plan is in the cache.
+pub fn is_cached(plan: &Plan, cache_dir: &Path) -> anyhow::Result<bool> {
+    let sh = Shell::new()?;
+    let version = cmd!(sh, "mmdebstrap --version").quiet().read()?;
+    let key = cache_key(plan, &version);
+    Ok(cache_dir.join(format!("base-{key}.tar")).is_file())
+}
+
 pub fn base(ui: &mut Ui, plan: &Plan, cache_dir: &Path) -> anyhow::Result<Base> {
     let sh = Shell::new()?;
     let version = cmd!(sh, "mmdebstrap --version").quiet().read()?;

@@ -126,6 +126,7 @@ impl Ui {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let started = Instant::now();
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot run {display}"))?;
@@ -183,6 +184,7 @@ impl Ui {
             spinner.finish_and_clear();
         }
         let status = status.with_context(|| format!("cannot wait for {display}"))?;
+        self.log(&format!("    ({:.2}s)", started.elapsed().as_secs_f64()));
         check_interrupted()?;
         if !status.success() {
             let tail = tail
