@@ -134,17 +134,24 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             let mut vm = Vm::start(&config)?;
             vm.wait_for_ready(READY_TIMEOUT)?;
             let kernel_log = vm.succeed("dmesg")?;
-            for bad in [
-                "recovery complete",
-                "orphan",
-                "EXT4-fs error",
-                "needs_recovery",
-            ] {
-                if kernel_log.contains(bad) {
-                    return Err(vm.failure(&format!(
-                        "the second boot's kernel log says `{bad}`:\n{kernel_log}"
-                    )));
-                }
+            let bad: Vec<&str> = kernel_log
+                .lines()
+                .filter(|line| {
+                    [
+                        "recovery complete",
+                        "orphan",
+                        "EXT4-fs error",
+                        "needs_recovery",
+                    ]
+                    .iter()
+                    .any(|bad| line.contains(bad))
+                })
+                .collect();
+            if !bad.is_empty() {
+                return Err(vm.failure(&format!(
+                    "the second boot found an unclean root file system:\n{}",
+                    bad.join("\n")
+                )));
             }
             check_mode_services(&mut vm, "test")?;
             check_web_page(&mut vm, "test", Some(&server))?;
