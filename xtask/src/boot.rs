@@ -125,9 +125,13 @@ impl BuiltImage {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     qemu::ensure_qemu_installed()?;
-    let built = BuiltImage::find(args.out.as_deref(), &args.image, &args.profile)?;
+    // A missing image or a contradictory request is bad input: exit code 2.
+    let built = match BuiltImage::find(args.out.as_deref(), &args.image, &args.profile) {
+        Ok(built) => built,
+        Err(error) => bad_input(&format!("{error:#}")),
+    };
     if args.uefi && args.append.is_some() {
-        bail!("--append needs a direct-kernel boot: the boot loader on the disk decides the command line under --uefi");
+        bad_input("--append needs a direct-kernel boot: under --uefi the boot loader on the disk decides the command line");
     }
     let work_root = qemu::target_dir()?.join("qemu-boot");
     let _ = std::fs::remove_dir_all(work_root.join(&built.name));
@@ -149,6 +153,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("qemu exited with {status}");
     }
     Ok(())
+}
+
+fn bad_input(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(2)
 }
 
 /// Boots `count` times to the ready line; prints each time and the median.
