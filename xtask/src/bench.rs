@@ -154,28 +154,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         suite.seconds = started.elapsed().as_secs_f64();
         eprintln!("    {name}: {:.0} s", suite.seconds);
         suites.push(suite);
+        // After every suite, so that a long run interrupted later keeps its figures.
+        write_results(&context, &args.output, args.accel, &suites)?;
     }
 
-    let sh = &context.sh;
-    let machine = Machine {
-        date: cmd!(sh, "date --utc +%Y-%m-%dT%H:%MZ").quiet().read()?,
-        cores: std::thread::available_parallelism().map_or(1, usize::from),
-        accel: match args.accel {
-            qemu::Accel::Kvm => "kvm".to_owned(),
-            qemu::Accel::Tcg => "tcg".to_owned(),
-            qemu::Accel::Auto => "auto".to_owned(),
-        },
-        kernel: cmd!(sh, "uname --kernel-release").quiet().read()?,
-        quick: args.quick,
-    };
-    let markdown = report::markdown(&machine, &suites);
-    let json = report::json(&machine, &suites);
-    let output = args.output.unwrap_or_else(|| root.join("BENCHMARKS.md"));
-    write_atomically(&output, markdown.as_bytes())?;
-    let results = bench_dir.join("results.json");
-    write_atomically(&results, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let markdown = write_results(&context, &args.output, args.accel, &suites)?;
     print!("{markdown}");
-    eprintln!("wrote {} and {}", output.display(), results.display());
     let _ = std::fs::remove_dir_all(&context.work);
     Ok(())
 }
@@ -199,4 +183,39 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> 
     std::fs::rename(&temporary, path)
         .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
+}
+
+pub fn accel_name(accel: qemu::Accel) -> &'static str {
+    match accel {
+        qemu::Accel::Kvm => "kvm",
+        qemu::Accel::Tcg => "tcg",
+        qemu::Accel::Auto => "auto (KVM if it works, else TCG)",
+    }
+}
+
+/// Writes BENCHMARKS.md and results.json; returns the Markdown.
+fn write_results(
+    context: &Context,
+    output: &Option<PathBuf>,
+    accel: qemu::Accel,
+    suites: &[Suite],
+) -> anyhow::Result<String> {
+    let sh = &context.sh;
+    let machine = Machine {
+        date: cmd!(sh, "date --utc +%Y-%m-%dT%H:%MZ").quiet().read()?,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        accel: accel_name(accel).to_owned(),
+        kernel: cmd!(sh, "uname --kernel-release").quiet().read()?,
+        quick: context.quick,
+    };
+    let markdown = report::markdown(&machine, suites);
+    let json = report::json(&machine, suites);
+    let output = output
+        .clone()
+        .unwrap_or_else(|| qemu::workspace_root().join("BENCHMARKS.md"));
+    write_atomically(&output, markdown.as_bytes())?;
+    let results = context.bench_dir.join("results.json");
+    write_atomically(&results, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    eprintln!("    wrote {} and {}", output.display(), results.display());
+    Ok(markdown)
 }
