@@ -69,6 +69,12 @@ impl Groups {
         CString::new(directory.join("cgroup.procs").to_string_lossy().as_bytes()).ok()
     }
 
+    /// Before a spawn: the previous instance was killed whole; forget its
+    /// process groups (their numbers may be reused by anyone).
+    pub fn respawning(&mut self, name: &str) {
+        self.pgids.remove(name);
+    }
+
     /// After a spawn: remember the new process group.
     pub fn spawned(&mut self, name: &str, pid: i32) {
         self.pgids.entry(name.to_string()).or_default().insert(pid);
@@ -140,6 +146,9 @@ impl Groups {
 
     /// Send a signal to the whole service.
     pub fn signal(&self, name: &str, signal: i32) {
+        // On Linux the members come from initd's own descendants only, so a
+        // process group number reused by a stranger is never signalled.
+        #[cfg(not(target_os = "linux"))]
         if self.cgroup_base.is_none() {
             for pgid in self.pgids.get(name).into_iter().flatten() {
                 let _ = sys::kill(-pgid, signal);

@@ -100,6 +100,12 @@ struct RenderJob {
     client: Option<UnixStream>,
 }
 
+struct Client {
+    stream: UnixStream,
+    request: Vec<u8>,
+    since: Instant,
+}
+
 struct RenderRequest {
     services: Vec<String>,
     profile: String,
@@ -113,6 +119,8 @@ pub struct Runtime {
     groups: Groups,
     logs: BTreeMap<String, ServiceLog>,
     notify: BTreeMap<String, RawFd>,
+    /// Control connections whose request line is not complete yet.
+    clients: Vec<Client>,
     /// Children not yet known to have exec'd: pid -> (service, program, pipe).
     exec_pipes: BTreeMap<i32, (String, String, RawFd)>,
     signal_fd: RawFd,
@@ -194,6 +202,7 @@ impl Runtime {
             groups,
             logs: BTreeMap::new(),
             notify: BTreeMap::new(),
+            clients: Vec::new(),
             exec_pipes: BTreeMap::new(),
             signal_fd,
             listener,
@@ -297,6 +306,14 @@ impl Runtime {
                 });
             }
         }
+        let client_count = self.clients.len();
+        for client in &self.clients {
+            fds.push(libc::pollfd {
+                fd: client.stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         let render_fd = self
             .render_job
             .as_ref()
@@ -344,6 +361,17 @@ impl Runtime {
             }
             index += 1;
         }
+        // Highest index first: read_client may swap_remove.
+        let client_start = index;
+        for client_index in (0..client_count).rev() {
+            if fds[client_start + client_index].revents != 0 {
+                self.read_client(client_index);
+            }
+        }
+        index += client_count;
+        // Forget clients that never finished their request.
+        self.clients
+            .retain(|client| client.since.elapsed() < Duration::from_secs(30));
         if render_fd.is_some() && fds[index].revents != 0 {
             self.read_render_output();
         }
@@ -525,7 +553,7 @@ impl Runtime {
     fn apply_one(&mut self, action: Action) -> Vec<Action> {
         let now = Instant::now();
         match action {
-            Action::Spawn(name) => match self.spawn(&name) {
+            Action::Spawn(name) => match self.respawn(&name) {
                 Ok(pid) => {
                     self.groups.spawned(&name, pid);
                     self.supervisor.spawned(&name, pid, now)
@@ -577,6 +605,11 @@ impl Runtime {
                 Vec::new()
             }
         }
+    }
+
+    fn respawn(&mut self, name: &str) -> Result<i32, String> {
+        self.groups.respawning(name);
+        self.spawn(name)
     }
 
     fn spawn(&mut self, name: &str) -> Result<i32, String> {
@@ -882,26 +915,57 @@ impl Runtime {
     fn accept_clients(&mut self) {
         for _ in 0..64 {
             match self.listener.accept() {
-                Ok((stream, _)) => self.handle_client(stream),
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.clients.push(Client {
+                            stream,
+                            request: Vec::new(),
+                            since: Instant::now(),
+                        });
+                    }
+                }
                 Err(_) => return,
             }
         }
     }
 
-    fn handle_client(&mut self, mut stream: UnixStream) {
-        let own = sys::geteuid();
-        // Read the request first in every case: closing with unread data
-        // would reset the connection and lose the reply.
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut request = Vec::new();
+    /// Read what a client sent; a whole line (or end of file) is a request.
+    /// Clients are read without blocking: a slow one never stalls PID 1.
+    fn read_client(&mut self, index: usize) {
+        let Some(client) = self.clients.get_mut(index) else {
+            return;
+        };
         let mut buffer = [0u8; 1024];
-        while !request.contains(&b'\n') && request.len() < 4096 {
-            match stream.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(count) => request.extend_from_slice(&buffer[..count]),
+        let mut complete = false;
+        loop {
+            match client.stream.read(&mut buffer) {
+                Ok(0) => {
+                    complete = true;
+                    break;
+                }
+                Ok(count) => {
+                    client.request.extend_from_slice(&buffer[..count]);
+                    if client.request.contains(&b'\n') || client.request.len() >= 4096 {
+                        complete = true;
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    complete = true;
+                    break;
+                }
             }
         }
+        if complete {
+            let client = self.clients.swap_remove(index);
+            self.handle_client(client.stream, client.request);
+        }
+    }
+
+    fn handle_client(&mut self, stream: UnixStream, request: Vec<u8>) {
+        let own = sys::geteuid();
         match sys::peer_uid(stream.as_raw_fd()) {
             Ok(uid) if uid == 0 || uid == own => {}
             Ok(uid) => {
@@ -1044,6 +1108,14 @@ impl Runtime {
                 (0, format!("emitted {event}"))
             }
             (Some("mode"), None) => (0, self.supervisor.mode().to_string()),
+            // Proves that a panic in request handling is survived; only
+            // when initd was started with INITD_TEST_HOOKS=1.
+            (Some("debug-panic"), None) if std::env::var_os("INITD_TEST_HOOKS").is_some() => {
+                #[allow(clippy::panic)]
+                {
+                    panic!("debug-panic requested")
+                }
+            }
             (Some("mode"), Some(mode)) => {
                 if !mode
                     .chars()

@@ -62,6 +62,8 @@ pub struct Initd {
     pub services: PathBuf,
     /// A command line that runs initd (its last word is initd's path).
     pub wrapper: Vec<String>,
+    /// More environment for initd.
+    pub env: Vec<(String, String)>,
 }
 
 impl Initd {
@@ -81,6 +83,7 @@ impl Initd {
             dir,
             child: None,
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -125,6 +128,7 @@ impl Initd {
         let child = command
             .args(&arguments)
             .env("TEST_DIR", &self.dir.path)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)
@@ -154,9 +158,15 @@ impl Initd {
         let output = self.try_ctl(arguments);
         assert!(
             output.status.success(),
-            "initctl {arguments:?} failed: {}{}\nconsole:\n{}",
+            "initctl {arguments:?} failed: {}{}\ninitd: {}\nconsole:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
+            self.child
+                .as_ref()
+                .map(|child| proc_stat(child.id() as i32)
+                    .map(|(_, state)| format!("state {state}"))
+                    .unwrap_or_else(|| "gone".to_string()))
+                .unwrap_or_default(),
             self.console_text()
         );
         String::from_utf8_lossy(&output.stdout).into_owned()

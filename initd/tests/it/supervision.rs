@@ -792,3 +792,34 @@ fn initd_has_no_banned_dependencies() {
         );
     }
 }
+
+/// Guards: a panic while handling a request is caught; initd keeps
+/// supervising (as PID 1 it must never die).
+#[test]
+fn a_panic_in_request_handling_is_survived() {
+    use std::io::{Read, Write};
+    let mut initd = Initd::prepare(
+        "panic",
+        &[("one", shell_service("one", "exec sleep 1000", ""))],
+    );
+    initd
+        .env
+        .push(("INITD_TEST_HOOKS".to_string(), "1".to_string()));
+    initd.launch(&[]);
+    initd.wait_for_state("one", "running");
+    let pid = initd.main_pid("one");
+    let mut stream = std::os::unix::net::UnixStream::connect(&initd.socket).unwrap();
+    stream.write_all(b"debug-panic\n").unwrap();
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    assert_eq!(reply, "", "no reply: the handler panicked");
+    initd.wait_until("the panic logged", || {
+        initd.console_text().contains("panic caught")
+    });
+    assert_eq!(initd.state("one"), "running");
+    assert_eq!(initd.main_pid("one"), pid);
+    initd.ctl(&["restart", "one"]);
+    initd.wait_until("a new pid", || {
+        initd.state("one") == "running" && initd.main_pid("one") != pid
+    });
+}
