@@ -368,7 +368,11 @@ fn the_schema_agrees_with_the_parser() {
         .args(&files)
         .output()
         .expect("xmllint (Debian package libxml2-utils) is needed for the schema test");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = std::process::Command::new("xmllint")
         .arg("--noout")
         .arg("--relaxng")
