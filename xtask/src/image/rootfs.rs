@@ -139,3 +139,67 @@ pub fn base(ui: &mut Ui, plan: &Plan, cache_dir: &Path) -> anyhow::Result<Base> 
     result?;
     Ok(Base { key, tar })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let sources = vec!["deb http://deb.debian.org/debian bookworm main".to_owned()];
+        super::super::plan::resolve(source, "debian", "dev", sources).unwrap()
+    }
+
+    /// A changed input is a new cache entry, never a stale hit (the mkosi
+    /// tracker's lesson): every input that shapes the base changes the key.
+    #[test]
+    fn cache_key_covers_every_input() {
+        let base = plan();
+        let key = cache_key(&base, "mmdebstrap 1.3.5");
+        assert_eq!(
+            key,
+            cache_key(&base, "mmdebstrap 1.3.5"),
+            "the key is stable"
+        );
+        let mut changed = Vec::new();
+        let mut with = |name: &str, plan: Plan, version: &str| {
+            changed.push((name.to_owned(), cache_key(&plan, version)));
+        };
+        with("mmdebstrap version", base.clone(), "mmdebstrap 1.4.0");
+        let mut p = base.clone();
+        p.suite = "trixie".to_owned();
+        with("suite", p, "mmdebstrap 1.3.5");
+        let mut p = base.clone();
+        p.architecture = "arm64".to_owned();
+        with("architecture", p, "mmdebstrap 1.3.5");
+        let mut p = base.clone();
+        p.sources = vec!["deb http://mirror.example/debian bookworm main".to_owned()];
+        with("mirror", p, "mmdebstrap 1.3.5");
+        let mut p = base.clone();
+        p.base_packages.insert("curl".to_owned());
+        with("package set", p, "mmdebstrap 1.3.5");
+        let mut p = base.clone();
+        p.initrd_modules.push("xfs".to_owned());
+        with("initrd modules (an mmdebstrap hook)", p, "mmdebstrap 1.3.5");
+        for (name, other) in changed {
+            assert_ne!(key, other, "changing the {name} must change the key");
+        }
+    }
+
+    /// Pruning and the profile are applied at assembly: all profiles of an
+    /// image share one base.
+    #[test]
+    fn profiles_share_one_base() {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let sources = vec!["deb http://deb.debian.org/debian bookworm main".to_owned()];
+        let keys: std::collections::BTreeSet<String> = ["dev", "test", "production", "failover"]
+            .iter()
+            .map(|profile| {
+                let plan = super::super::plan::resolve(source, "debian", profile, sources.clone())
+                    .unwrap();
+                cache_key(&plan, "mmdebstrap 1.3.5")
+            })
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+    }
+}
