@@ -826,10 +826,15 @@ pub fn build_disk(
     let root_image = work.join("root.ufs");
     let root_size = format!("{}m", layout.root_size_mib);
     let staging_dir = staging.path();
+    // makefs writes a few in-memory pointers into the superblock; without
+    // address randomisation they are the same on every run, so two builds
+    // give byte-identical images.
     ui.run(cmd!(
         sh,
-        "makefs -t ffs -B little -o version=2 -s {root_size} -T {epoch} {root_image} {staging_dir}"
+        "setarch --addr-no-randomize makefs -t ffs -B little -o version=2 -s {root_size} -T {epoch} {root_image} {staging_dir}"
     ))?;
+
+    clamp_ufs2_inode_times(&root_image, source_date_epoch)?;
 
     let esp_image = work.join("esp.fat");
     let esp_kib = (layout.esp_size_mib * 1024).to_string();
@@ -882,11 +887,81 @@ pub fn build_disk(
         cmd!(sh, "sfdisk --quiet --no-reread --no-tell-kernel {raw}"),
         &script,
     )?;
+    // makefs and mkfs.vfat write their zeros: punch them out, so that the
+    // sparse copy (SEEK_DATA) keeps the raw image sparse.
+    ui.run(cmd!(sh, "fallocate --dig-holes {root_image}"))?;
+    ui.run(cmd!(sh, "fallocate --dig-holes {esp_image}"))?;
     super::disk::copy_sparse(&esp_image, &raw, layout.esp_start_mib * MIB)?;
     super::disk::copy_sparse(&root_image, &raw, layout.root_start_mib * MIB)?;
     std::fs::remove_dir_all(&work)?;
     let qcow2 = out.join(format!("{name}.qcow2"));
     ui.run(cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {qcow2}"))?;
+    Ok(())
+}
+
+/// Where the UFS2 superblock of `image` is: 65536, or 8192 where Debian's
+/// makefs puts it (fs_sblockloc says which; FreeBSD accepts both).
+pub fn ufs2_superblock(image: &[u8]) -> Option<usize> {
+    [65536usize, 8192].into_iter().find(|&offset| {
+        image.get(offset + 1372..offset + 1376) == Some(&0x1954_0119u32.to_le_bytes()[..])
+            && image
+                .get(offset + 1000..offset + 1008)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(i64::from_le_bytes)
+                == Some(offset as i64)
+    })
+}
+
+/// makefs -T clamps mtimes but copies atime and ctime from the staging
+/// tree (the kernel's clock): set both to SOURCE_DATE_EPOCH in every used
+/// inode, reading the layout from the superblock (fs_iblkno, fs_ncg,
+/// fs_fsize, fs_ipg, fs_fpg) and writing only the inode tables.
+pub fn clamp_ufs2_inode_times(image: &Path, epoch: u64) -> anyhow::Result<()> {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("cannot open {}", image.display()))?;
+    let mut head = vec![0u8; 65536 + 8192];
+    file.read_exact(&mut head)?;
+    let superblock = ufs2_superblock(&head)
+        .with_context(|| format!("{}: no UFS2 superblock", image.display()))?;
+    let field = |offset: usize| {
+        i32::from_le_bytes(
+            head[superblock + offset..superblock + offset + 4]
+                .try_into()
+                .unwrap_or_default(),
+        ) as u64
+    };
+    let (iblkno, ncg, fsize, ipg, fpg) =
+        (field(16), field(44), field(52), field(0xb8), field(0xbc));
+    if fsize == 0 || ipg == 0 || fpg == 0 {
+        bail!("{}: implausible UFS2 superblock", image.display());
+    }
+    const INODE_SIZE: usize = 256;
+    let mut table = vec![0u8; ipg as usize * INODE_SIZE];
+    for group in 0..ncg {
+        let offset = (group * fpg + iblkno) * fsize;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut table)?;
+        let mut changed = false;
+        for inode in table.chunks_mut(INODE_SIZE) {
+            if inode[0] == 0 && inode[1] == 0 {
+                continue; // di_mode 0: unused
+            }
+            for (time, nanoseconds) in [(32, 68), (48, 72)] {
+                inode[time..time + 8].copy_from_slice(&(epoch as i64).to_le_bytes());
+                inode[nanoseconds..nanoseconds + 4].copy_from_slice(&0i32.to_le_bytes());
+            }
+            changed = true;
+        }
+        if changed {
+            file.seek(SeekFrom::Start(offset))?;
+            file.write_all(&table)?;
+        }
+    }
+    file.flush()?;
     Ok(())
 }
 
@@ -1007,7 +1082,7 @@ pub fn build(args: &super::Args, source: &Path) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| source.join("images/out"));
-    build_with(&plan, dist, &out_parent, args.verbose, None)?;
+    build_with(&plan, dist, &out_parent, args.verbose, None, None)?;
     Ok(())
 }
 
@@ -1019,13 +1094,15 @@ fn on_path(tool: &str) -> bool {
 }
 
 /// The whole pipeline; returns the output directory. `target_dir` defaults
-/// to cargo metadata's.
+/// to cargo metadata's, `source_date_epoch` to SOURCE_DATE_EPOCH or the
+/// last commit's time.
 pub fn build_with(
     plan: &FreebsdPlan,
     dist: &Path,
     out_parent: &Path,
     verbose: bool,
     target_dir: Option<&Path>,
+    source_date_epoch: Option<u64>,
 ) -> anyhow::Result<PathBuf> {
     // Every check that needs no build or unpacking first.
     let distribution = check_distribution(dist)?;
@@ -1047,6 +1124,8 @@ pub fn build_with(
             ("sfdisk", "fdisk"),
             ("qemu-img", "qemu-utils"),
             ("xz", "xz-utils"),
+            ("fallocate", "util-linux"),
+            ("setarch", "util-linux"),
         ]
         .into_iter()
         .filter(|(tool, _)| !on_path(tool))
@@ -1061,7 +1140,10 @@ pub fn build_with(
         }
         Ok(())
     })?;
-    let source_date_epoch = super::host::source_date_epoch(&plan.source)?;
+    let source_date_epoch = match source_date_epoch {
+        Some(epoch) => epoch,
+        None => super::host::source_date_epoch(&plan.source)?,
+    };
     let target_dir = match target_dir {
         Some(dir) => dir.to_path_buf(),
         None => super::host::cargo_target_dir(&plan.source)?,

@@ -79,7 +79,7 @@ fn synthetic_distribution(dir: &Path, sh_binary: &[u8]) -> PathBuf {
     let sh = Shell::new().unwrap();
     for (tree, set) in [(&base, "base.txz"), (&kernel, "kernel.txz")] {
         let archive = dist.join(set);
-        cmd!(sh, "tar --create --xz --file {archive} --directory {tree} --owner=0 --group=0 --numeric-owner --sort=name .")
+        cmd!(sh, "tar --create --xz --file {archive} --directory {tree} --owner=0 --group=0 --numeric-owner --sort=name --mtime=@1700000000 .")
             .quiet()
             .run()
             .unwrap();
@@ -237,7 +237,15 @@ fn set_for_another_architecture_is_refused_before_any_slow_step() {
     let dist = synthetic_distribution(&dir, &synthetic_elf_header(183, 9));
     let plan = resolve(&repo(), "freebsd", "dev").unwrap();
     let out = dir.join("out");
-    let error = build_with(&plan, &dist, &out, false, Some(&dir.join("no-target"))).unwrap_err();
+    let error = build_with(
+        &plan,
+        &dist,
+        &out,
+        false,
+        Some(&dir.join("no-target")),
+        None,
+    )
+    .unwrap_err();
     let message = error.downcast_ref::<BadInput>().unwrap().0.clone();
     assert!(
         message.contains("the set is for aarch64 (ELF machine 183"),
@@ -336,12 +344,24 @@ fn used_blocks(raw: &Path, start: usize, size: usize) -> Vec<u8> {
 /// scratch directory, the output directory and the root partition's used
 /// blocks.
 fn build_synthetic(profile: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-    let dir = scratch(&format!("pipeline-{profile}"));
+    build_synthetic_in(&format!("pipeline-{profile}"), profile)
+}
+
+fn build_synthetic_in(name: &str, profile: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let dir = scratch(name);
     let initd = std::fs::read(zigbuild_initd().join("initd")).unwrap();
     let dist = synthetic_distribution(&dir, &initd);
     let mut plan = resolve(&repo(), "freebsd", profile).unwrap();
     plan.disk_size_mib = 192;
-    let out = build_with(&plan, &dist, &dir.join("out"), false, None).unwrap();
+    let out = build_with(
+        &plan,
+        &dist,
+        &dir.join("out"),
+        false,
+        None,
+        Some(1_764_000_000),
+    )
+    .unwrap();
     let sh = Shell::new().unwrap();
     let raw = out.join(format!("freebsd-{profile}.raw"));
     let table: serde_json::Value =
@@ -350,6 +370,25 @@ fn build_synthetic(profile: &str) -> (PathBuf, PathBuf, Vec<u8>) {
     let start = root["start"].as_u64().unwrap() as usize * 512;
     let size = root["size"].as_u64().unwrap() as usize * 512;
     (dir, out, used_blocks(&raw, start, size))
+}
+
+/// Regression guard: makefs copies atime and ctime from the staging tree
+/// and writes heap pointers into the superblock; two builds must still
+/// give the same bytes.
+#[test]
+fn two_synthetic_builds_are_byte_identical() {
+    if !slow_tests() {
+        println!("skipped: the FreeBSD image pipeline test runs with NODOWS_SLOW_TESTS=1");
+        return;
+    }
+    let (first_dir, first, _) = build_synthetic_in("reproducible-1", "test");
+    std::thread::sleep(Duration::from_secs(2));
+    let (second_dir, second, _) = build_synthetic_in("reproducible-2", "test");
+    let sums = |dir: &Path| std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums(&first), sums(&second));
+    assert!(sums(&first).contains("freebsd-test.raw"));
+    std::fs::remove_dir_all(&first_dir).unwrap();
+    std::fs::remove_dir_all(&second_dir).unwrap();
 }
 
 #[test]
@@ -512,10 +551,7 @@ fn synthetic_distribution_builds_a_complete_image() {
         file.read_exact(&mut bytes).unwrap();
         bytes
     };
-    let superblock = [65536usize, 8192]
-        .into_iter()
-        .find(|&offset| root_head[offset + 1372..offset + 1376] == 0x1954_0119u32.to_le_bytes())
-        .expect("no UFS2 superblock magic at 65536 or 8192");
+    let superblock = ufs2_superblock(&root_head).expect("no UFS2 superblock at 65536 or 8192");
     let sblockloc = i64::from_le_bytes(
         root_head[superblock + 1000..superblock + 1008]
             .try_into()
@@ -555,6 +591,7 @@ fn freebsd_image_boots_in_qemu_with_real_sets() {
         Path::new(&dist),
         &work.join("freebsd-images"),
         false,
+        None,
         None,
     )
     .unwrap();
