@@ -253,7 +253,9 @@ pub fn assemble(
     // No machine id: nothing in the image needs one, and a fixed one would be shared by every appliance.
     let _ = std::fs::remove_file(staging.join("etc/machine-id"));
 
-    // Users: root's password field by policy; the change day clamped.
+    // Users: the image's accounts (password locked), root's password field
+    // by policy, the change day clamped.
+    add_users(staging, &plan.users)?;
     set_shadow(
         &staging.join("etc/shadow"),
         plan.root_login,
@@ -299,6 +301,54 @@ fn prune_modules(kernel_dir: &Path, dir: &Path, keep: &[String]) -> anyhow::Resu
         } else {
             std::fs::remove_file(&path)?;
         }
+    }
+    Ok(())
+}
+
+fn append(path: &Path, line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(file, "{line}")?;
+    Ok(())
+}
+
+/// Adds each user to passwd, group, shadow and gshadow (own group, same id,
+/// password `*`) with a home directory of mode 0750.
+fn add_users(staging: &Staging, users: &[super::plan::User]) -> anyhow::Result<()> {
+    let passwd = std::fs::read_to_string(staging.join("etc/passwd"))?
+        + &std::fs::read_to_string(staging.join("etc/group"))?;
+    for user in users {
+        let taken = passwd.lines().any(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next();
+            let uid = fields.nth(1);
+            name == Some(user.name.as_str()) || uid == Some(user.uid.to_string().as_str())
+        });
+        if taken {
+            return Err(BadInput(format!(
+                "user or group `{}` or id {} already exists in the base; pick another",
+                user.name, user.uid
+            ))
+            .into());
+        }
+        let (name, uid, shell) = (&user.name, user.uid, &user.shell);
+        append(
+            &staging.join("etc/passwd"),
+            &format!("{name}:x:{uid}:{uid}::/home/{name}:{shell}"),
+        )?;
+        append(&staging.join("etc/group"), &format!("{name}:x:{uid}:"))?;
+        append(
+            &staging.join("etc/shadow"),
+            &format!("{name}:*:0:0:99999:7:::"),
+        )?;
+        append(&staging.join("etc/gshadow"), &format!("{name}:!::"))?;
+        let home = staging.join(&format!("home/{name}"));
+        std::fs::create_dir_all(&home)?;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750))?;
+        std::os::unix::fs::chown(&home, Some(uid), Some(uid))?;
     }
     Ok(())
 }

@@ -17,6 +17,14 @@ pub enum RootLogin {
     Locked,
 }
 
+/// An account from `<users><user name uid shell/></users>` of the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub shell: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServicePlan {
     pub name: String,
@@ -52,6 +60,8 @@ pub struct Plan {
     /// Overlay directories relative to `source`, in copy order.
     pub overlays: Vec<PathBuf>,
     pub root_login: RootLogin,
+    /// Accounts added to the image (password locked; SSH keys only).
+    pub users: Vec<User>,
     /// The model, relative to `source`.
     pub model: PathBuf,
 }
@@ -352,6 +362,31 @@ pub fn resolve(
         image_packages.insert(package.to_owned());
     }
     let image_services = services_of(&image_document, &mut problems);
+    let mut users = Vec::new();
+    for element in root.children_named("users") {
+        for user in element.children_named("user") {
+            let name = user.attribute("name").unwrap_or_default();
+            let uid = user
+                .attribute("uid")
+                .and_then(|uid| uid.parse::<u32>().ok());
+            let shell = user.attribute("shell").unwrap_or("/bin/sh");
+            match uid {
+                Some(uid)
+                    if is_name(name) && (1000..60000).contains(&uid) && shell.starts_with('/') =>
+                {
+                    users.push(User {
+                        name: name.to_owned(),
+                        uid,
+                        shell: shell.to_owned(),
+                    })
+                }
+                _ => problems.push(format!(
+                    "{}: <user> needs name=\"...\", uid=\"1000..59999\" and an absolute shell",
+                    image_document.at(user)
+                )),
+            }
+        }
+    }
 
     // The profile.
     let profile_root = &profile_document.root;
@@ -480,6 +515,7 @@ pub fn resolve(
         services,
         overlays,
         root_login,
+        users,
         model,
     })
 }
@@ -525,6 +561,13 @@ impl Plan {
                 RootLogin::Locked => "locked (no password login)",
             }
         );
+        for user in &self.users {
+            let _ = writeln!(
+                out,
+                "user: {} (uid {}, {}, password locked)",
+                user.name, user.uid, user.shell
+            );
+        }
         let _ = writeln!(out, "base packages:");
         for package in &self.base_packages {
             let _ = writeln!(out, "  {package}");
