@@ -190,6 +190,30 @@ fn linux_binaries_are_not_freebsd_elves() {
     assert_eq!(freebsd_abi_note(&std::fs::read(&this).unwrap()), None);
 }
 
+/// The rendered rc.d script must at least parse as a POSIX shell script.
+#[test]
+fn golden_rc_d_scripts_parse_as_shell() {
+    let sh = Shell::new().unwrap();
+    for case in ["freebsd-rc-dev", "freebsd-rc-production"] {
+        let script = repo()
+            .join("test_data/render")
+            .join(case)
+            .join("expected/usr/local/etc/rc.d/nodows");
+        cmd!(sh, "sh -n {script}").quiet().run().unwrap();
+        let text = std::fs::read_to_string(&script).unwrap();
+        for line in [
+            "# PROVIDE: nodows\n# REQUIRE: LOGIN NETWORKING\n# KEYWORD: shutdown\n",
+            "\n. /etc/rc.subr\n",
+            "\nname=\"nodows\"\nrcvar=\"nodows_enable\"\n",
+            "\nload_rc_config $name\n",
+            "\ncommand=\"/usr/local/sbin/initd\"\n",
+            "\nrun_rc_command \"$1\"\n",
+        ] {
+            assert!(text.contains(line), "{case}: {line:?} missing");
+        }
+    }
+}
+
 #[test]
 fn freebsd_version_is_read_from_the_script() {
     let text = "#!/bin/sh\nKERNEL_VERSION=\"x\"\nUSERLAND_VERSION=\"14.1-RELEASE-p5\"\n";
@@ -577,14 +601,14 @@ fn synthetic_distribution_builds_a_complete_image() {
 
 /// The real boot: only with real distribution sets (none can be downloaded
 /// here). rc(8) starts initd through rc.d/nodows; the console shows its
-/// service lines; root (no password in a fresh base set) runs initctl.
+/// service lines; root (dev keeps the set's empty password) runs initctl.
 #[test]
 fn freebsd_image_boots_in_qemu_with_real_sets() {
     let Some(dist) = std::env::var_os("NODOWS_FREEBSD_DIST") else {
         println!("skipped: the FreeBSD QEMU boot test needs NODOWS_FREEBSD_DIST=DIR with the real base.txz and kernel.txz (none can be downloaded here)");
         return;
     };
-    let plan = resolve(&repo(), "freebsd", "production").unwrap();
+    let plan = resolve(&repo(), "freebsd", "dev").unwrap();
     let work = crate::qemu::target_dir().unwrap().join("qemu");
     let out = build_with(
         &plan,
@@ -595,11 +619,10 @@ fn freebsd_image_boots_in_qemu_with_real_sets() {
         None,
     )
     .unwrap();
-    let mut config =
-        crate::qemu::VmConfig::new("freebsd-production", crate::qemu::Firmware::Uefi, &work);
+    let mut config = crate::qemu::VmConfig::new("freebsd-dev", crate::qemu::Firmware::Uefi, &work);
     config.disk = Some(crate::qemu::Disk::Fresh {
-        image: out.join("freebsd-production.raw"),
-        format: crate::qemu::DiskFormat::of(&out.join("freebsd-production.raw")),
+        image: out.join("freebsd-dev.raw"),
+        format: crate::qemu::DiskFormat::of(&out.join("freebsd-dev.raw")),
     });
     config.accel = crate::qemu::Accel::Tcg;
     config.agent = false;
