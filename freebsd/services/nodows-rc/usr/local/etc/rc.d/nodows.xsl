@@ -62,11 +62,17 @@ nodows_prestart()
 	mkdir -p "${nodows_state}" "${nodows_log_dir}"
 }
 
+# A custom start_cmd gets no "already running" check from rc.subr; rc_pid
+# is set from the pidfile before it runs.
 # daemon(8) puts initd in the background, writes its pid (the pid of initd
 # itself, so rc.subr's stop and status find it) and sends its console
 # lines to ${nodows_output}.
 nodows_start()
 {
+	if [ -n "${rc_pid}" ]; then
+		echo "${name} already running? (pid=${rc_pid})."
+		return 1
+	fi
 	check_startmsgs &amp;&amp; echo "Starting ${name}."
 	/usr/sbin/daemon -p "${pidfile}" -o "${nodows_output}" ${command} ${command_args}
 }
