@@ -8,7 +8,6 @@
 
 mod e2e;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -102,13 +101,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     );
     let test_name = if args.quick {
-        "cargo test --workspace".to_string()
+        "cargo test --workspace --no-fail-fast".to_string()
     } else {
-        "cargo test --workspace (NODOWS_SLOW_TESTS=1)".to_string()
+        "cargo test --workspace --no-fail-fast (NODOWS_SLOW_TESTS=1)".to_string()
     };
     runner.step(&test_name, || {
         let mut command = Command::new(&cargo);
-        command.args(["test", "--workspace"]).current_dir(&root);
+        command
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .current_dir(&root);
         if !args.quick {
             command.env("NODOWS_SLOW_TESTS", "1");
         }
@@ -167,7 +168,21 @@ pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The xtask itself, to run `cargo xtask image` without recompiling.
-pub fn xtask_exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("finding the xtask executable")
+/// `cargo xtask ARGS` (through cargo: `cargo test` may have replaced this
+/// very executable on disk by then).
+pub fn cargo_xtask(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+    command
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--bin",
+            "xtask",
+            "--",
+        ])
+        .args(args)
+        .current_dir(qemu::workspace_root());
+    command
 }

@@ -42,8 +42,7 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     for profile in PROFILES {
         let name = format!("cargo xtask image --image {IMAGE} --profile {profile}");
         runner.step(&name, || {
-            let exe = super::xtask_exe()?;
-            super::run_command(Command::new(exe).args([
+            super::run_command(&mut super::cargo_xtask(&[
                 "image",
                 "--image",
                 IMAGE,
