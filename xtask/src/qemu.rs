@@ -139,9 +139,13 @@ impl Pattern {
         Pattern::Regex(regex_lite::Regex::new(pattern).expect("a valid regular expression"))
     }
 
+    /// The first line that matches. A regex sees complete lines only (so
+    /// `$` and captured values are whole); a substring also matches the
+    /// unfinished last line (a prompt such as `login: `).
     fn find_line<'a>(&self, text: &'a str) -> Option<&'a str> {
-        text.split('\n')
-            .map(|line| line.trim_end_matches('\r'))
+        text.split_inclusive('\n')
+            .filter(|line| line.ends_with('\n') || matches!(self, Pattern::Text(_)))
+            .map(|line| line.trim_end_matches('\n').trim_end_matches('\r'))
             .find(|line| match self {
                 Pattern::Text(needle) => line.contains(needle.as_str()),
                 Pattern::Regex(regex) => regex.is_match(line),
@@ -1180,6 +1184,15 @@ mod tests {
             Some("nodows: ready mode=test services=5 t=1.84s")
         );
         assert_eq!(Pattern::from("ready").find_line("no\n"), None);
+        // An unfinished line is not the ready line yet (regex), but can be a prompt (text).
+        assert_eq!(
+            Pattern::regex(r"^nodows: ready( |$)").find_line("nodows: ready mode=d"),
+            None
+        );
+        assert_eq!(
+            Pattern::from("login: ").find_line("x\nnodows login: "),
+            Some("nodows login: ")
+        );
     }
 
     #[test]
