@@ -60,6 +60,8 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         cmd!(sh, "cp --archive {from} {source}").run()?;
     }
 
+    // The copy has no git history to take the build date from.
+    let epoch = cmd!(sh, "git log -1 --format=%ct").quiet().read()?;
     let plan = cmd!(
         sh,
         "cargo xtask image --image debian --profile dev --plan --source {source}"
@@ -90,15 +92,26 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     let build = |what: &str| -> anyhow::Result<f64> {
         eprintln!("    {what} build of the dev image");
         let started = Instant::now();
-        cmd!(
+        let output = cmd!(
             sh,
             "cargo xtask image --image debian --profile dev --source {source} --cache {cache} --out {out}"
         )
+        .env("SOURCE_DATE_EPOCH", &epoch)
         .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .with_context(|| format!("the {what} build (cargo xtask image --image debian --profile dev)"))?;
+        .ignore_status()
+        .output()?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr
+                .lines()
+                .filter(|line| line.starts_with("Error") || line.starts_with("error"))
+                .take(3)
+                .collect();
+            bail!(
+                "the {what} build (cargo xtask image --image debian --profile dev) failed: {}",
+                tail.join(" ")
+            );
+        }
         Ok(started.elapsed().as_secs_f64())
     };
     let cold = build("cold")?;
