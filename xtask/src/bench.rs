@@ -113,9 +113,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sh,
     };
 
+    // With --only, the other suites keep their last results.
+    let previous: Vec<Suite> = if args.only.is_some() {
+        std::fs::read_to_string(bench_dir.join("results.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|value| value["suites"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(report::suite_from_json)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sh = &context.sh;
     let mut suites = Vec::new();
     for name in SUITES {
         if args.only.as_deref().is_some_and(|only| only != name) {
+            if let Some(old) = previous.iter().find(|suite| suite.name == name) {
+                suites.push(old.clone());
+            }
             continue;
         }
         let started = Instant::now();
@@ -152,6 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         suite.seconds = started.elapsed().as_secs_f64();
+        suite.date = cmd!(sh, "date --utc +%Y-%m-%dT%H:%MZ").quiet().read()?;
         eprintln!("    {name}: {:.0} s", suite.seconds);
         suites.push(suite);
         // After every suite, so that a long run interrupted later keeps its figures.

@@ -140,8 +140,10 @@ fn cell(unit: Unit, stat: &Option<Stat>) -> String {
 
 #[derive(Clone, Debug)]
 pub struct Suite {
-    pub name: &'static str,
-    pub title: &'static str,
+    pub name: String,
+    pub title: String,
+    /// When the suite ran (UTC).
+    pub date: String,
     /// None when the suite ran; otherwise why it could not.
     pub not_available: Option<String>,
     pub rows: Vec<Row>,
@@ -150,10 +152,11 @@ pub struct Suite {
 }
 
 impl Suite {
-    pub fn new(name: &'static str, title: &'static str) -> Suite {
+    pub fn new(name: &str, title: &str) -> Suite {
         Suite {
-            name,
-            title,
+            name: name.to_owned(),
+            title: title.to_owned(),
+            date: String::new(),
             not_available: None,
             rows: Vec::new(),
             notes: Vec::new(),
@@ -181,6 +184,39 @@ impl Suite {
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
+}
+
+/// A suite read back from results.json (to keep it when `--only` runs another).
+pub fn suite_from_json(value: &Value) -> Option<Suite> {
+    let text = |key: &str| value[key].as_str().map(str::to_owned);
+    let stat = |value: &Value| -> Option<Stat> {
+        let samples = value["samples"].as_array()?;
+        Stat::new(samples.iter().filter_map(Value::as_f64).collect())
+    };
+    let mut suite = Suite::new(&text("name")?, &text("title")?);
+    suite.date = text("date").unwrap_or_default();
+    suite.seconds = value["seconds"].as_f64().unwrap_or_default();
+    suite.not_available = text("not_available");
+    for note in value["notes"].as_array()? {
+        suite.notes.push(note.as_str()?.to_owned());
+    }
+    for row in value["rows"].as_array()? {
+        let unit = match row["unit"].as_str()? {
+            "s" => Unit::Seconds,
+            "ms" => Unit::Milliseconds,
+            "KiB" => Unit::KiB,
+            "MiB" => Unit::MiB,
+            _ => Unit::Count,
+        };
+        suite.row(
+            row["figure"].as_str()?,
+            unit,
+            stat(&row["nodows"]),
+            row["peer"].as_str()?,
+            stat(&row["peer_value"]),
+        );
+    }
+    Some(suite)
 }
 
 pub struct Machine {
@@ -240,7 +276,11 @@ pub fn markdown(machine: &Machine, suites: &[Suite]) -> String {
             }
         }
         if suite.seconds > 0.0 {
-            let _ = writeln!(out, "\nThe suite took {:.0} s.", suite.seconds);
+            let _ = writeln!(
+                out,
+                "\nMeasured {}; the suite took {:.0} s.",
+                suite.date, suite.seconds
+            );
         }
     }
     out
@@ -272,6 +312,7 @@ pub fn json(machine: &Machine, suites: &[Suite]) -> Value {
                 "rows": rows,
                 "notes": suite.notes,
                 "seconds": suite.seconds,
+                "date": suite.date,
             })
         })
         .collect();
@@ -315,7 +356,7 @@ mod tests {
             kernel: "6.1".to_owned(),
             quick: false,
         };
-        let text = markdown(&machine, &[ran, missing]);
+        let text = markdown(&machine, &[ran.clone(), missing]);
         assert!(
             text.contains(
                 "| boot to ready | 3.00 s (2.00 s–4.00 s, n=3) | systemd | 10.00 s | 0.30x |"
@@ -323,7 +364,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Not available: the image builder is missing."));
-        let value = json(&machine, &[]);
+        let value = json(&machine, &[ran.clone()]);
         assert_eq!(value["cores"], 2);
+        let back = suite_from_json(&value["suites"][0]).unwrap();
+        assert_eq!(back.rows.len(), 1);
+        assert_eq!(
+            back.rows[0].nodows.as_ref().unwrap().samples,
+            [2.0, 3.0, 4.0]
+        );
+        assert_eq!(back.rows[0].unit, Unit::Seconds);
     }
 }
