@@ -173,10 +173,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("    {name}: {:.0} s", suite.seconds);
         suites.push(suite);
         // After every suite, so that a long run interrupted later keeps its figures.
-        write_results(&context, &args.output, args.accel, &suites)?;
+        write_results(&context, &args.output, args.accel, &args.only, &suites)?;
     }
 
-    let markdown = write_results(&context, &args.output, args.accel, &suites)?;
+    let markdown = write_results(&context, &args.output, args.accel, &args.only, &suites)?;
     print!("{markdown}");
     let _ = std::fs::remove_dir_all(&context.work);
     Ok(())
@@ -216,6 +216,7 @@ fn write_results(
     context: &Context,
     output: &Option<PathBuf>,
     accel: qemu::Accel,
+    only: &Option<String>,
     suites: &[Suite],
 ) -> anyhow::Result<String> {
     let sh = &context.sh;
@@ -225,6 +226,7 @@ fn write_results(
         accel: accel_name(accel).to_owned(),
         kernel: cmd!(sh, "uname --kernel-release").quiet().read()?,
         quick: context.quick,
+        only: only.clone(),
     };
     let markdown = report::markdown(&machine, suites);
     let json = report::json(&machine, suites);

@@ -225,6 +225,8 @@ pub struct Machine {
     pub accel: String,
     pub kernel: String,
     pub quick: bool,
+    /// The suite named by `--only`, if any.
+    pub only: Option<String>,
 }
 
 pub fn markdown(machine: &Machine, suites: &[Suite]) -> String {
@@ -236,14 +238,23 @@ pub fn markdown(machine: &Machine, suites: &[Suite]) -> String {
          A ratio is nodows divided by the peer: below 1 means nodows is faster or smaller.\n\
          A suite that could not run says why instead of showing a number.\n\n",
     );
-    let _ = writeln!(out, "- Date: {}", machine.date);
+    let _ = writeln!(
+        out,
+        "- Written: {} (each suite says when it was measured)",
+        machine.date
+    );
     let _ = writeln!(out, "- Cores: {}", machine.cores);
     let _ = writeln!(out, "- QEMU accelerator: {}", machine.accel);
     let _ = writeln!(out, "- Host kernel: {}", machine.kernel);
     let _ = writeln!(
         out,
-        "- Run: `cargo xtask bench{}`",
-        if machine.quick { " --quick" } else { "" }
+        "- Last run: `cargo xtask bench{}{}`",
+        if machine.quick { " --quick" } else { "" },
+        machine
+            .only
+            .as_ref()
+            .map(|only| format!(" --only {only}"))
+            .unwrap_or_default()
     );
     for suite in suites {
         let _ = writeln!(out, "\n## {} (`--only {}`)\n", suite.title, suite.name);
@@ -355,6 +366,7 @@ mod tests {
             accel: "tcg".to_owned(),
             kernel: "6.1".to_owned(),
             quick: false,
+            only: None,
         };
         let text = markdown(&machine, &[ran.clone(), missing]);
         assert!(
