@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use servicedef::{Readiness, RestartPolicy, ServiceDefinition};
 
+/// A service that dies after running this long is respawned without delay;
+/// one that dies sooner is crash-looping and waits out its backoff.
+pub const SETTLED: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Stopped,
@@ -664,12 +668,12 @@ impl Supervisor {
             }
             return;
         }
+        let ran = service
+            .started_at
+            .map(|started| now.saturating_duration_since(started));
         // A service that ran longer than the window starts over with the
         // shortest backoff.
-        if service
-            .started_at
-            .is_some_and(|started| now.saturating_duration_since(started) >= restart.within)
-        {
+        if ran.is_some_and(|ran| ran >= restart.within) {
             service.backoff = restart.backoff_min;
         }
         while service
@@ -691,8 +695,17 @@ impl Supervisor {
         }
         service.restart_times.push_back(now);
         service.restarts += 1;
-        let delay = service.backoff;
-        service.backoff = (service.backoff * 2).min(restart.backoff_max);
+        // As runit does: a service that was up for a while is respawned at
+        // once, and only a crash loop (death within SETTLED of the start)
+        // waits out the backoff, which doubles on each quick death.
+        let delay = if ran.is_some_and(|ran| ran >= SETTLED) {
+            service.backoff = restart.backoff_min;
+            Duration::ZERO
+        } else {
+            let delay = service.backoff;
+            service.backoff = (service.backoff * 2).min(restart.backoff_max);
+            delay
+        };
         service.state = State::Backoff;
         service.deadline = Some(now + delay);
         self.changed(name, State::Backoff, None);

@@ -345,3 +345,31 @@ fn exits_are_credited_by_pid() {
         );
     }
 }
+
+/// Guards the respawn latency: a service that ran for a while is respawned at
+/// once (runit's rule), only quick deaths wait for the backoff.
+#[test]
+fn a_settled_service_is_respawned_at_once_and_a_quick_death_backs_off() {
+    let start = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<restart backoff-min=\"100ms\" backoff-max=\"10s\" max=\"10\" within=\"60s\"/>",
+            "svc",
+        )],
+        "dev",
+    );
+    supervisor.boot(start);
+    supervisor.spawned("svc", 100, start);
+    let died = start + SETTLED;
+    supervisor.exited(100, Exit::Signal(libc::SIGKILL), died);
+    assert_eq!(supervisor.next_deadline(), Some(died));
+    assert_eq!(spawns(&supervisor.tick(died)), vec!["svc"]);
+    supervisor.spawned("svc", 101, died);
+    // Dies right away: a crash loop, so the backoff applies.
+    supervisor.exited(101, Exit::Code(1), died);
+    assert_eq!(
+        supervisor.next_deadline(),
+        Some(died + Duration::from_millis(100))
+    );
+    assert!(spawns(&supervisor.tick(died)).is_empty());
+}
