@@ -5,7 +5,9 @@
 //! is the only code between fork and exec).
 
 pub mod group;
+pub mod initrd;
 pub mod json;
+pub mod kmod;
 pub mod logfile;
 pub mod pid1;
 pub mod runtime;

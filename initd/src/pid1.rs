@@ -39,8 +39,10 @@ fn mounted_points() -> Vec<(String, String)> {
         .collect()
 }
 
+/// mount(2) of `source` on `target` (created when missing); an empty `data`
+/// passes no options.
 #[cfg(target_os = "linux")]
-fn mount(
+pub fn mount(
     source: &str,
     target: &str,
     kind: &str,

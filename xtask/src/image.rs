@@ -11,6 +11,7 @@ mod assemble;
 mod disk;
 mod freebsd;
 mod host;
+mod initrd;
 mod manifest;
 mod plan;
 mod rootfs;

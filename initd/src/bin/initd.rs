@@ -10,6 +10,7 @@ const USAGE: &str = "usage: initd [--services DIR] [--socket PATH] [--state DIR]
              [--render-command PATH] [--model PATH] [--root DIR] [--server ID]
              [--log-max-bytes N] [--no-cgroups]
        initd check --services DIR [--mode MODE] [--root DIR]
+       initd coldplug [--modules DIR] [--with-cpu]   (load the modules of the devices present)
 With no arguments as PID 1: the image defaults (/etc/nodows/services, /run/initd.sock, /run/nodows).";
 
 fn usage_error(message: &str) -> ! {
@@ -124,9 +125,82 @@ fn check_command(options: &Options) -> i32 {
     code
 }
 
+/// `/init` of the nodows initrd: mount the root and execute the real init.
+/// Never returns: on failure it says why, again and again, reaping orphans.
+#[cfg(target_os = "linux")]
+fn initrd_stage() -> ! {
+    sys::ensure_standard_fds();
+    let console = initd::runtime::Console::new(true);
+    let reason = initd::initrd::run(&|text: &str| console.line(text));
+    loop {
+        console.line(&format!(
+            "initrd: cannot boot: {reason}; check root= and the initrd modules of the image"
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            // SAFETY: waitpid with a valid status pointer.
+            unsafe {
+                let mut status = 0;
+                libc::waitpid(-1, &mut status, libc::WNOHANG);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+/// `initd coldplug`: load the modules of every device present (no udev).
+fn coldplug_command(arguments: &[String]) -> i32 {
+    let mut directory = None;
+    let mut with_cpu = false;
+    let mut words = arguments.iter();
+    while let Some(word) = words.next() {
+        match (word.as_str(), words.len()) {
+            ("--with-cpu", _) => with_cpu = true,
+            ("--modules", 1..) => directory = words.next().map(PathBuf::from),
+            _ => usage_error("usage: initd coldplug [--modules DIR] [--with-cpu]"),
+        }
+    }
+    let directory = match directory.or_else(|| {
+        initd::kmod::kernel_release().map(|release| PathBuf::from("/lib/modules").join(release))
+    }) {
+        Some(directory) => directory,
+        None => {
+            eprintln!("initd coldplug: cannot read the kernel release from /proc");
+            return 1;
+        }
+    };
+    let started = std::time::Instant::now();
+    let index = match initd::kmod::ModuleIndex::load(&directory) {
+        Ok(index) => index,
+        Err(error) => {
+            eprintln!("initd coldplug: {error}");
+            return 1;
+        }
+    };
+    let mut loader = initd::kmod::Loader::new(&index);
+    loader.coldplug(std::path::Path::new("/sys/devices"), with_cpu);
+    for error in &loader.errors {
+        eprintln!("initd coldplug: module {error}");
+    }
+    println!(
+        "initd coldplug: loaded {} modules in {:.2}s: {}",
+        loader.loaded.len(),
+        started.elapsed().as_secs_f64(),
+        loader.loaded.join(" ")
+    );
+    0
+}
+
 fn main() {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let pid1 = sys::getpid() == 1;
+    #[cfg(target_os = "linux")]
+    if pid1 && std::env::args().next().as_deref() == Some("/init") {
+        initrd_stage();
+    }
+    if !pid1 && arguments.first().map(String::as_str) == Some("coldplug") {
+        std::process::exit(coldplug_command(&arguments[1..]));
+    }
     let parsed = parse_arguments(&arguments, pid1);
     let mut options = parsed.options;
     if parsed.check {

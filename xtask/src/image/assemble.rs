@@ -198,6 +198,18 @@ pub fn assemble(
         install(nodows, &staging.join("usr/bin/nodows"), 0o755)?;
     }
 
+    // The nodows initrd (initd's initrd stage) replaces the base's
+    // initramfs-tools one: no udev, no shell scripts.
+    let initrd_bytes = super::initrd::build(
+        root,
+        &kernel_version,
+        &binaries.initd,
+        &plan.initrd_modules,
+        source_date_epoch,
+    )?;
+    std::fs::write(&initrd, initrd_bytes)
+        .with_context(|| format!("cannot write {}", initrd.display()))?;
+
     // Services, model, mode.
     let services_dir = staging.join("etc/nodows/services");
     std::fs::create_dir_all(&services_dir)?;

@@ -1,0 +1,381 @@
+//! The initrd stage: initd as `/init` of the nodows initrd (the image builder
+//! writes it: this binary, the storage and file system modules, their
+//! index). It mounts /proc, /sys and /dev, loads the modules of the devices
+//! present, waits for the root device of `root=`, mounts it, moves the API
+//! file systems over and executes the real init there (`init=`, default
+//! /sbin/init). It replaces initramfs-tools, udev and busybox, whose scripts
+//! take seconds under emulation.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What the kernel command line says about the root.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RootSpec {
+    /// `root=`: `PARTUUID=...`, `UUID=...` (ext4) or `/dev/...`.
+    pub root: Option<String>,
+    pub fstype: Option<String>,
+    pub flags: Option<String>,
+    pub read_write: bool,
+    pub init: Option<String>,
+    /// `rootdelay=`/`rootwait` stretch the wait; seconds.
+    pub wait_seconds: u64,
+}
+
+pub fn parse_root_spec(command_line: &str) -> RootSpec {
+    let mut spec = RootSpec {
+        wait_seconds: 30,
+        ..RootSpec::default()
+    };
+    for word in command_line.split_whitespace() {
+        if let Some(value) = word.strip_prefix("root=") {
+            spec.root = Some(value.to_string());
+        } else if let Some(value) = word.strip_prefix("rootfstype=") {
+            spec.fstype = Some(value.to_string());
+        } else if let Some(value) = word.strip_prefix("rootflags=") {
+            spec.flags = Some(value.to_string());
+        } else if let Some(value) = word.strip_prefix("init=") {
+            spec.init = Some(value.to_string());
+        } else if let Some(value) = word.strip_prefix("rootdelay=") {
+            if let Ok(seconds) = value.parse::<u64>() {
+                spec.wait_seconds = spec.wait_seconds.max(seconds);
+            }
+        } else if word == "rootwait" {
+            spec.wait_seconds = spec.wait_seconds.max(300);
+        } else if word == "rw" {
+            spec.read_write = true;
+        } else if word == "ro" {
+            spec.read_write = false;
+        }
+    }
+    spec
+}
+
+/// A GPT partition's unique GUID in its text form (lowercase), from the 16
+/// bytes of a partition entry (the first three fields little-endian).
+pub fn guid_text(bytes: &[u8]) -> String {
+    if bytes.len() < 16 {
+        return String::new();
+    }
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        bytes[3], bytes[2], bytes[1], bytes[0], bytes[5], bytes[4], bytes[7], bytes[6],
+        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]
+    )
+}
+
+/// The unique GUIDs of the GPT partitions of a disk image or device, by
+/// partition number (1-based). Empty when there is no GPT.
+pub fn gpt_partition_guids(disk: &Path, sector: u64) -> Vec<(u32, String)> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(disk) else {
+        return Vec::new();
+    };
+    let mut header = [0u8; 92];
+    if file.seek(SeekFrom::Start(sector)).is_err() || file.read_exact(&mut header).is_err() {
+        return Vec::new();
+    }
+    if &header[0..8] != b"EFI PART" {
+        return Vec::new();
+    }
+    let le64 = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&header[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    let le32 = |at: usize| {
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(&header[at..at + 4]);
+        u32::from_le_bytes(bytes)
+    };
+    let (entries_lba, count, size) = (le64(72), le32(80).min(1024), le32(84) as usize);
+    if !(128..=4096).contains(&size) {
+        return Vec::new();
+    }
+    let mut table = vec![0u8; count as usize * size];
+    if file.seek(SeekFrom::Start(entries_lba * sector)).is_err()
+        || file.read_exact(&mut table).is_err()
+    {
+        return Vec::new();
+    }
+    let mut guids = Vec::new();
+    for number in 0..count {
+        let entry = &table[number as usize * size..][..size];
+        // An unused entry has a zero type GUID.
+        if entry[0..16].iter().all(|byte| *byte == 0) {
+            continue;
+        }
+        guids.push((number + 1, guid_text(&entry[16..32])));
+    }
+    guids
+}
+
+/// The UUID of the ext2/3/4 file system on `device`, if it has one.
+pub fn ext4_uuid(device: &Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::File::open(device).ok()?;
+    let mut superblock = [0u8; 136];
+    file.seek(SeekFrom::Start(1024)).ok()?;
+    file.read_exact(&mut superblock).ok()?;
+    if superblock[56..58] != [0x53, 0xef] {
+        return None;
+    }
+    let uuid = &superblock[104..120];
+    Some(format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        uuid[0], uuid[1], uuid[2], uuid[3], uuid[4], uuid[5], uuid[6], uuid[7],
+        uuid[8], uuid[9], uuid[10], uuid[11], uuid[12], uuid[13], uuid[14], uuid[15]
+    ))
+}
+
+/// The block device that `root` names, among those under `sys_block`
+/// (/sys/class/block) with their nodes under `dev` (/dev).
+pub fn find_root(root: &str, sys_block: &Path, dev: &Path) -> Option<PathBuf> {
+    if let Some(path) = root.strip_prefix("/dev/") {
+        let device = dev.join(path);
+        return device.exists().then_some(device);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if let Some(wanted) = root.strip_prefix("PARTUUID=") {
+        let wanted = wanted.to_ascii_lowercase();
+        for disk in &names {
+            // Whole disks only: partitions have a `partition` file.
+            if sys_block.join(disk).join("partition").exists() {
+                continue;
+            }
+            let sector =
+                std::fs::read_to_string(sys_block.join(disk).join("queue/logical_block_size"))
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u64>().ok())
+                    .unwrap_or(512);
+            let guids = gpt_partition_guids(&dev.join(disk), sector);
+            let Some((number, _)) = guids.iter().find(|(_, guid)| *guid == wanted) else {
+                continue;
+            };
+            // The partition of that number on this disk.
+            for partition in &names {
+                let base = sys_block.join(partition);
+                let is_ours = std::fs::canonicalize(&base)
+                    .ok()
+                    .and_then(|path| path.parent().map(Path::to_path_buf))
+                    == std::fs::canonicalize(sys_block.join(disk)).ok();
+                let same_number = std::fs::read_to_string(base.join("partition"))
+                    .ok()
+                    .is_some_and(|text| text.trim() == number.to_string());
+                if is_ours && same_number && dev.join(partition).exists() {
+                    return Some(dev.join(partition));
+                }
+            }
+        }
+        return None;
+    }
+    if let Some(wanted) = root.strip_prefix("UUID=") {
+        let wanted = wanted.to_ascii_lowercase();
+        return names
+            .iter()
+            .map(|name| dev.join(name))
+            .find(|device| ext4_uuid(device).as_deref() == Some(wanted.as_str()));
+    }
+    None
+}
+
+/// Runs the initrd stage; returns only when it failed (with the reason).
+#[cfg(target_os = "linux")]
+pub fn run(console: &dyn Fn(&str)) -> String {
+    use crate::kmod::{kernel_release, Loader, ModuleIndex};
+    let started = Instant::now();
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for (source, target, kind, flags, data) in [
+        ("proc", "/proc", "proc", flags, ""),
+        ("sysfs", "/sys", "sysfs", flags, ""),
+        ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+    ] {
+        if let Err(error) = crate::pid1::mount(source, target, kind, flags, data) {
+            console(&format!("initrd: {error}"));
+        }
+    }
+    let command_line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let spec = parse_root_spec(&command_line);
+    let Some(root) = spec.root.clone() else {
+        return "no root= on the kernel command line".to_string();
+    };
+    let fstype = spec.fstype.clone().unwrap_or_else(|| "ext4".to_string());
+    let release = kernel_release().unwrap_or_default();
+    let index = match ModuleIndex::load(&Path::new("/lib/modules").join(&release)) {
+        Ok(index) => index,
+        Err(error) => {
+            console(&format!("initrd: {error}: loading no modules"));
+            ModuleIndex::default()
+        }
+    };
+    let mut loader = Loader::new(&index);
+    loader.coldplug(Path::new("/sys/devices"), false);
+    loader.load(&fstype);
+    for error in &loader.errors {
+        console(&format!("initrd: module {error}"));
+    }
+    let deadline = started + Duration::from_secs(spec.wait_seconds);
+    let device = loop {
+        if let Some(device) = find_root(&root, Path::new("/sys/class/block"), Path::new("/dev")) {
+            break device;
+        }
+        if Instant::now() >= deadline {
+            return format!(
+                "root device {root} did not appear within {}s (modules loaded: {})",
+                spec.wait_seconds,
+                loader.loaded.join(" ")
+            );
+        }
+        // Devices that probe asynchronously: try their modules again.
+        loader.coldplug(Path::new("/sys/devices"), false);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mount_flags = if spec.read_write { 0 } else { libc::MS_RDONLY };
+    let device_text = device.to_string_lossy().into_owned();
+    if let Err(error) = crate::pid1::mount(
+        &device_text,
+        "/root",
+        &fstype,
+        mount_flags,
+        spec.flags.as_deref().unwrap_or(""),
+    ) {
+        return format!("{error} (root={root})");
+    }
+    let init = spec
+        .init
+        .clone()
+        .unwrap_or_else(|| "/sbin/init".to_string());
+    if !Path::new("/root")
+        .join(init.trim_start_matches('/'))
+        .exists()
+    {
+        return format!("{init} is not on the root file system {device_text}");
+    }
+    console(&format!(
+        "initrd: root {device_text} ({fstype}) mounted after {:.2}s, modules: {}",
+        started.elapsed().as_secs_f64(),
+        loader.loaded.join(" ")
+    ));
+    switch_root(&init)
+}
+
+/// Moves the API mounts into /root, frees the initramfs, makes /root the
+/// root and executes `init` there. Returns only on failure.
+#[cfg(target_os = "linux")]
+fn switch_root(init: &str) -> String {
+    use std::ffi::CString;
+    for point in ["/dev", "/proc", "/sys"] {
+        let target = format!("/root{point}");
+        let _ = std::fs::create_dir_all(&target);
+        if let Err(error) = crate::pid1::mount(point, &target, "", libc::MS_MOVE, "") {
+            return error;
+        }
+    }
+    // The initramfs holds only what the image builder put there; free it.
+    for entry in ["/init", "/lib", "/etc"] {
+        let path = Path::new(entry);
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+    }
+    let Ok(init_c) = CString::new(init) else {
+        return format!("init={init} has a NUL byte");
+    };
+    // SAFETY: valid NUL-terminated strings; execv gets a NULL-ended argv.
+    unsafe {
+        if libc::chdir(c"/root".as_ptr()) < 0 {
+            return format!("chdir /root: {}", std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            c".".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        ) < 0
+        {
+            return format!("move /root to /: {}", std::io::Error::last_os_error());
+        }
+        if libc::chroot(c".".as_ptr()) < 0 {
+            return format!("chroot: {}", std::io::Error::last_os_error());
+        }
+        if libc::chdir(c"/".as_ptr()) < 0 {
+            return format!("chdir /: {}", std::io::Error::last_os_error());
+        }
+        let argv = [init_c.as_ptr(), std::ptr::null()];
+        libc::execv(init_c.as_ptr(), argv.as_ptr());
+    }
+    format!("exec {init}: {}", std::io::Error::last_os_error())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_spec_comes_from_the_command_line() {
+        let spec = parse_root_spec(
+            "root=PARTUUID=D9136F07-dc8d console=ttyS0 init=/sbin/initd rw rootfstype=ext4 nodows.verbose=1",
+        );
+        assert_eq!(spec.root.as_deref(), Some("PARTUUID=D9136F07-dc8d"));
+        assert_eq!(spec.init.as_deref(), Some("/sbin/initd"));
+        assert_eq!(spec.fstype.as_deref(), Some("ext4"));
+        assert!(spec.read_write);
+        assert_eq!(spec.wait_seconds, 30);
+        assert!(!parse_root_spec("root=/dev/vda2 rw ro").read_write);
+    }
+
+    /// Guards the PARTUUID lookup against a partition table written by a
+    /// real tool (sfdisk, as the image builder uses).
+    #[test]
+    fn partition_guids_are_read_from_a_gpt_made_by_sfdisk() {
+        let dir = std::env::temp_dir().join(format!("initd-gpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.raw");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let script = "label: gpt\nstart=2048, size=4096, uuid=0D1B2C3A-4E5F-4A6B-8C7D-9E0F1A2B3C4D\nstart=6144, size=4096, uuid=11111111-2222-4333-8444-555555555555\n";
+        let mut child = std::process::Command::new("sfdisk")
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&disk)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sfdisk (Debian package fdisk) must be installed");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(
+            gpt_partition_guids(&disk, 512),
+            vec![
+                (1, "0d1b2c3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d".to_string()),
+                (2, "11111111-2222-4333-8444-555555555555".to_string())
+            ]
+        );
+        assert!(gpt_partition_guids(&dir.join("missing"), 512).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guids_are_mixed_endian() {
+        let bytes = [
+            0x07, 0x6f, 0x13, 0xd9, 0x8d, 0xdc, 0x93, 0x4d, 0xb8, 0x27, 0x8d, 0xf2, 0xba, 0xf3,
+            0x0e, 0x9c,
+        ];
+        assert_eq!(guid_text(&bytes), "d9136f07-dc8d-4d93-b827-8df2baf30e9c");
+    }
+}
