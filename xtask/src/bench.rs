@@ -113,10 +113,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sh,
     };
 
-    // With --only, the other suites keep their last results.
+    // With --only, the other suites keep their last results: from
+    // results.json, or in a fresh checkout from the copy in BENCHMARKS.md.
+    let markdown_path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| root.join("BENCHMARKS.md"));
     let previous: Vec<Suite> = if args.only.is_some() {
         std::fs::read_to_string(bench_dir.join("results.json"))
             .ok()
+            .or_else(|| {
+                std::fs::read_to_string(&markdown_path)
+                    .ok()
+                    .and_then(|text| report::embedded_json(&text).map(str::to_owned))
+            })
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
             .and_then(|value| value["suites"].as_array().cloned())
             .unwrap_or_default()
@@ -228,8 +238,8 @@ fn write_results(
         quick: context.quick,
         only: only.clone(),
     };
-    let markdown = report::markdown(&machine, suites);
     let json = report::json(&machine, suites);
+    let markdown = report::with_embedded_json(report::markdown(&machine, suites), &json)?;
     let output = output
         .clone()
         .unwrap_or_else(|| qemu::workspace_root().join("BENCHMARKS.md"));

@@ -186,6 +186,27 @@ impl Suite {
     }
 }
 
+const EMBEDDED_START: &str = "<!-- results.json (read back by `cargo xtask bench --only`)\n";
+
+/// Appends results.json to the Markdown as an HTML comment, so that a fresh
+/// checkout (no target/bench/results.json) keeps the suites `--only` skips.
+pub fn with_embedded_json(mut markdown: String, json: &Value) -> anyhow::Result<String> {
+    // `-->` would end the comment; `\u003e` is the same JSON string.
+    let text = serde_json::to_string(json)?.replace("-->", "--\\u003e");
+    markdown.push('\n');
+    markdown.push_str(EMBEDDED_START);
+    markdown.push_str(&text);
+    markdown.push_str("\n-->\n");
+    Ok(markdown)
+}
+
+/// The results.json embedded by `with_embedded_json`, if any.
+pub fn embedded_json(markdown: &str) -> Option<&str> {
+    let start = markdown.find(EMBEDDED_START)? + EMBEDDED_START.len();
+    let length = markdown[start..].find("\n-->")?;
+    Some(&markdown[start..start + length])
+}
+
 /// A suite read back from results.json (to keep it when `--only` runs another).
 pub fn suite_from_json(value: &Value) -> Option<Suite> {
     let text = |key: &str| value[key].as_str().map(str::to_owned);
@@ -385,5 +406,20 @@ mod tests {
             [2.0, 3.0, 4.0]
         );
         assert_eq!(back.rows[0].unit, Unit::Seconds);
+    }
+
+    /// Guards `--only` in a fresh checkout: the other suites come back from
+    /// the copy of results.json inside BENCHMARKS.md.
+    #[test]
+    fn results_embedded_in_the_markdown_read_back() {
+        let mut suite = Suite::new("boot", "Boot");
+        suite.note("run with `--only boot --> here`");
+        let value = serde_json::json!({ "suites": [{ "notes": suite.notes }] });
+        let text = with_embedded_json("# Benchmarks\n".to_owned(), &value).unwrap();
+        let embedded = embedded_json(&text).unwrap();
+        assert!(!embedded.contains("-->"));
+        let back: Value = serde_json::from_str(embedded).unwrap();
+        assert_eq!(back, value);
+        assert!(embedded_json("# Benchmarks\n").is_none());
     }
 }
