@@ -75,7 +75,9 @@ fn run(model_path: &Path, services: &Path, root: &Path) -> Timings {
     let started = Instant::now();
     let model = model::Model::load(model_path.to_str().unwrap()).unwrap();
     let model_done = Instant::now();
-    let definitions = servicedef::load_dir(services).unwrap();
+    // As `nodows render` does.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let definitions = servicedef::load_dir_on_threads(services, threads).unwrap();
     let definitions_done = Instant::now();
     let staged = render::stage(&render::Request {
         model: &model,
