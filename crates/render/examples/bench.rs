@@ -39,9 +39,8 @@ fn write_services(dir: &Path, services: usize) {
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
-  <xsl:key name="service" match="/model/service" use="@name"/>
+  <xsl:param name="self"/>
   <xsl:template match="/">
-    <xsl:variable name="self" select="/model/service[@name = $service]"/>
     <xsl:text># </xsl:text><xsl:value-of select="$service"/><xsl:text> on </xsl:text><xsl:value-of select="$server"/><xsl:text> (</xsl:text><xsl:value-of select="$mode"/><xsl:text>)
 port = </xsl:text><xsl:value-of select="$self/key[@name = 'port']"/><xsl:text>
 value = </xsl:text><xsl:value-of select="$self/key[@name = 'value']"/><xsl:text>
@@ -76,7 +75,9 @@ fn run(model_path: &Path, services: &Path, root: &Path) -> Timings {
     let started = Instant::now();
     let model = model::Model::load(model_path.to_str().unwrap()).unwrap();
     let model_done = Instant::now();
-    let definitions = servicedef::load_dir(services).unwrap();
+    // As `nodows render` does.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let definitions = servicedef::load_dir_on_threads(services, threads).unwrap();
     let definitions_done = Instant::now();
     let staged = render::stage(&render::Request {
         model: &model,

@@ -120,7 +120,9 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
     let only = arguments.all("--service");
 
     let model = model::Model::load(&model_spec).map_err(render::Error::from)?;
-    let definitions = servicedef::load_dir(&services_dir).map_err(render::Error::from)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let definitions =
+        servicedef::load_dir_on_threads(&services_dir, threads).map_err(render::Error::from)?;
     let staged = render::stage(&render::Request {
         model: &model,
         definitions: &definitions,

@@ -56,3 +56,102 @@ fn render_template_is_a_function_of_model_template_and_parameters() {
         text.as_bytes()
     );
 }
+
+fn effective_xml(services: usize) -> String {
+    let mut xml = String::from("<model profile=\"p\">\n");
+    for index in 0..services {
+        xml.push_str(&format!(
+            "  <service name=\"svc{index}\">\n    <key name=\"port\">{index}</key>\n  </service>\n"
+        ));
+    }
+    xml.push_str("</model>\n");
+    xml
+}
+
+/// Guards the idiom `$self`: the owning service's element, found through
+/// the `name` IDs the effective document's services get when it is parsed.
+#[test]
+fn self_is_the_owning_services_element() {
+    let dir = tempdir("self");
+    let template = dir.join("t.xsl");
+    std::fs::write(
+        &template,
+        r#"<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:output method="text"/>
+  <xsl:param name="self" select="/.."/>
+  <xsl:template match="/"><xsl:value-of select="$self/key[@name = 'port']"/>,<xsl:value-of select="id('svc3')/key"/></xsl:template>
+</xsl:stylesheet>"#,
+    )
+    .unwrap();
+    let xslt = xslt::Xslt::new(&dir).unwrap();
+    let document = xslt.parse_document(&effective_xml(5), "effective").unwrap();
+    let stylesheet = xslt.compile(&template).unwrap();
+    let out = xslt
+        .apply(&stylesheet, &document, &[("service", "svc1")], "t")
+        .unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "1,3");
+    // Without a `service` parameter, `$self` keeps its default.
+    let out = xslt.apply(&stylesheet, &document, &[], "t").unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), ",3");
+    let twice = xslt.parse_document(
+        "<model><service name=\"a\"/><service name=\"a\"/></model>",
+        "effective",
+    );
+    assert!(twice.is_err_and(|e| e.contains("service `a` appears twice")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Guards against libxslt numbering every element of the effective document
+/// for every transformation (xmlXPathOrderDocElems in
+/// xsltNewTransformContext), which made a full render O(services^2): one
+/// apply must cost about the same against 100 services as against 20,000.
+#[test]
+fn one_apply_does_not_walk_the_whole_model() {
+    let dir = tempdir("scale");
+    let template = dir.join("t.xsl");
+    std::fs::write(
+        &template,
+        r#"<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+  <xsl:output method="text"/>
+  <xsl:param name="self"/>
+  <xsl:template match="/"><xsl:value-of select="$self/key"/></xsl:template>
+</xsl:stylesheet>"#,
+    )
+    .unwrap();
+    let xslt = xslt::Xslt::new(&dir).unwrap();
+    let small = xslt.parse_document(&effective_xml(100), "small").unwrap();
+    let large = xslt
+        .parse_document(&effective_xml(20_000), "large")
+        .unwrap();
+    let stylesheet = xslt.compile(&template).unwrap();
+    let time = |document: &xslt::Document| {
+        let started = std::time::Instant::now();
+        for index in 0..100 {
+            let service = format!("svc{index}");
+            let out = xslt
+                .apply(&stylesheet, document, &[("service", &service)], "t")
+                .unwrap();
+            assert_eq!(out, index.to_string().as_bytes());
+        }
+        started.elapsed()
+    };
+    // The best of several rounds, interleaved, so a busy machine hurts both.
+    let (mut best_small, mut best_large) = (std::time::Duration::MAX, std::time::Duration::MAX);
+    for _ in 0..5 {
+        best_small = best_small.min(time(&small));
+        best_large = best_large.min(time(&large));
+    }
+    assert!(
+        best_large < best_small * 3,
+        "100 applies took {best_small:?} against 100 services but {best_large:?} against 20,000"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("nodows-render-unit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.canonicalize().unwrap()
+}

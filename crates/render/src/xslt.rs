@@ -22,6 +22,7 @@ extern "C" {
         style: *mut c_void,
         doc: *mut c_void,
         params: *const *const c_char,
+        self_service: *const c_char,
         out: *mut *mut c_uchar,
         out_len: *mut c_int,
     ) -> c_int;
@@ -189,6 +190,9 @@ impl Xslt {
 
     /// Applies `stylesheet` to `document` with string parameters and
     /// returns the serialized result (as `xsl:output` asks: text, xml, html).
+    /// If there is a `service` parameter and the stylesheet declares a
+    /// top-level `<xsl:param name="self"/>`, `$self` is that service's
+    /// `<service>` element (`id($service)`, found in constant time).
     pub fn apply(
         &self,
         stylesheet: &Stylesheet<'_>,
@@ -203,15 +207,21 @@ impl Xslt {
         }
         let mut pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
         pointers.push(std::ptr::null());
+        let self_service = params
+            .iter()
+            .position(|(name, _)| *name == "service")
+            .map_or(std::ptr::null(), |index| owned[index * 2 + 1].as_ptr());
         let mut out: *mut c_uchar = std::ptr::null_mut();
         let mut out_len: c_int = 0;
         // SAFETY: lock held; the style and doc pointers are live (owned by
-        // the wrappers); `pointers` is NULL-terminated and outlives the call.
+        // the wrappers); `pointers` is NULL-terminated and, like
+        // `self_service` (NULL or a C string in `owned`), outlives the call.
         let rc = unsafe {
             nodows_apply(
                 stylesheet.style,
                 document.doc,
                 pointers.as_ptr(),
+                self_service,
                 &mut out,
                 &mut out_len,
             )

@@ -131,6 +131,14 @@ pub const FILE_NAME: &str = "service.xml";
 /// service name. Missing binaries are not checked here (definitions are
 /// validated on the build host): initd's `check` does that.
 pub fn load_dir(dir: &Path) -> Result<Vec<ServiceDefinition>, Errors> {
+    load_dir_on_threads(dir, 1)
+}
+
+/// [`load_dir`], parsing the files on up to `threads` threads (the
+/// renderer's 1,000-service case; initd stays on one). The result and the
+/// problems are the same and in the same order whatever `threads` is; if a
+/// thread cannot be started, its share is parsed on the calling thread.
+pub fn load_dir_on_threads(dir: &Path, threads: usize) -> Result<Vec<ServiceDefinition>, Errors> {
     let mut problems = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -146,9 +154,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<ServiceDefinition>, Errors> {
         .filter(|path| path.is_file())
         .collect();
     files.sort();
+    let results = parse_all(&files, threads);
     let mut parsed = Vec::new();
-    for file in &files {
-        match parse_with_positions(file) {
+    for (file, result) in files.iter().zip(results) {
+        match result {
             Ok(parsed_one) => {
                 let directory_name = file
                     .parent()
@@ -423,6 +432,47 @@ struct Element {
     attributes: Vec<(String, String)>,
     children: Vec<Element>,
     text: String,
+}
+
+/// Parses every file, in order, on up to `threads` threads (contiguous
+/// chunks, one per thread).
+fn parse_all(files: &[PathBuf], threads: usize) -> Vec<Result<Parsed, Errors>> {
+    let threads = threads.clamp(1, files.len().max(1));
+    if threads == 1 {
+        return files
+            .iter()
+            .map(|file| parse_with_positions(file))
+            .collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .skip(1)
+            .map(|part| {
+                let handle = std::thread::Builder::new()
+                    .spawn_scoped(scope, move || {
+                        part.iter()
+                            .map(|file| parse_with_positions(file))
+                            .collect::<Vec<_>>()
+                    })
+                    .ok();
+                (part, handle)
+            })
+            .collect();
+        let mut results: Vec<Result<Parsed, Errors>> = files[..chunk.min(files.len())]
+            .iter()
+            .map(|file| parse_with_positions(file))
+            .collect();
+        for (part, handle) in handles {
+            match handle.map(|handle| handle.join()) {
+                Some(Ok(part_results)) => results.extend(part_results),
+                // Not started or panicked: parse this share here.
+                _ => results.extend(part.iter().map(|file| parse_with_positions(file))),
+            }
+        }
+        results
+    })
 }
 
 fn parse_with_positions(path: &Path) -> Result<Parsed, Errors> {

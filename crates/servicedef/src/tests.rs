@@ -382,3 +382,36 @@ fn the_schema_agrees_with_the_parser() {
         .unwrap();
     assert!(!output.status.success());
 }
+
+/// Guards the renderer's parallel load: any number of threads gives the
+/// same definitions and the same problems in the same order.
+#[test]
+fn loading_on_threads_gives_the_same_result() {
+    let names: Vec<String> = (0..40).map(|index| format!("svc{index:02}")).collect();
+    let good: Vec<(String, String)> = names
+        .iter()
+        .map(|name| (name.clone(), service(name, "")))
+        .collect();
+    let files: Vec<(&str, &str)> = good
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let tree = Tree::new(&files);
+    let one = format!("{:?}", load_dir(&tree.root).unwrap());
+    for threads in [2, 3, 8, 64] {
+        let many = format!("{:?}", load_dir_on_threads(&tree.root, threads).unwrap());
+        assert_eq!(one, many, "{threads} threads");
+    }
+    let mut bad = files.clone();
+    bad[5].1 = "<service name=\"svc05\">";
+    bad[30].1 = "<service name=\"other\"><exec path=\"/bin/true\"/></service>";
+    let tree = Tree::new(&bad);
+    let one = load_dir(&tree.root).unwrap_err().to_string();
+    assert!(one.contains("svc05") && one.contains("other"), "{one}");
+    for threads in [2, 3, 8, 64] {
+        let many = load_dir_on_threads(&tree.root, threads)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(one, many, "{threads} threads");
+    }
+}

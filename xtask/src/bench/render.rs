@@ -26,8 +26,8 @@ const TEMPLATE: &str = r#"<?xml version="1.0"?>
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
+  <xsl:param name="self"/>
   <xsl:template match="/">
-    <xsl:variable name="self" select="/model/service[@name = $service]"/>
     <xsl:text># </xsl:text><xsl:value-of select="$service"/><xsl:text> on </xsl:text><xsl:value-of select="$server"/><xsl:text> (</xsl:text><xsl:value-of select="$mode"/><xsl:text>)
 port = </xsl:text><xsl:value-of select="$self/key[@name = 'port']"/><xsl:text>
 value = </xsl:text><xsl:value-of select="$self/key[@name = 'value']"/><xsl:text>

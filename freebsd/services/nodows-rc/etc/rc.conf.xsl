@@ -7,7 +7,8 @@
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
-  <xsl:variable name="rc" select="/model/service[@name = $service]"/>
+  <xsl:param name="self"/>
+  <xsl:variable name="rc" select="$self"/>
   <xsl:variable name="hostname">
     <xsl:choose>
       <xsl:when test="$rc/key[@name = 'hostname']">

@@ -6,7 +6,8 @@
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
-  <xsl:variable name="net" select="/model/service[@name = $service]"/>
+  <xsl:param name="self"/>
+  <xsl:variable name="net" select="$self"/>
   <xsl:variable name="interface" select="$net/key[@name = 'interface']"/>
   <xsl:template match="/">
     <xsl:if test="not($net/key[@name = 'address']) or not($interface)">

@@ -6,7 +6,8 @@
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
-  <xsl:variable name="ssh" select="/model/service[@name = $service]"/>
+  <xsl:param name="self"/>
+  <xsl:variable name="ssh" select="$self"/>
   <xsl:template match="/">
     <xsl:text># rendered by nodows from the model (service </xsl:text>
     <xsl:value-of select="$service"/>

@@ -6,6 +6,7 @@
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
+  <xsl:param name="self"/>
   <xsl:template match="/">
     <xsl:text># rendered by nodows from the model (service </xsl:text>
     <xsl:value-of select="$service"/>
@@ -13,7 +14,7 @@
     <xsl:value-of select="$mode"/>
     <xsl:text>); do not edit
 </xsl:text>
-    <xsl:for-each select="/model/service[@name = $service]/key">
+    <xsl:for-each select="$self/key">
       <xsl:value-of select="@name"/>
       <xsl:text> = </xsl:text>
       <xsl:value-of select="."/>

@@ -5,7 +5,8 @@
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
-  <xsl:variable name="standby" select="/model/service[@name = $service]"/>
+  <xsl:param name="self"/>
+  <xsl:variable name="standby" select="$self"/>
   <xsl:template match="/">
     <xsl:text disable-output-escaping="yes">&lt;!DOCTYPE html&gt;&#10;</xsl:text>
     <html>

@@ -5,7 +5,8 @@
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
-  <xsl:variable name="web" select="/model/service[@name = $service]"/>
+  <xsl:param name="self"/>
+  <xsl:variable name="web" select="$self"/>
   <xsl:variable name="title" select="$web/key[@name = 'title']"/>
   <xsl:template match="/">
     <xsl:text disable-output-escaping="yes">&lt;!DOCTYPE html&gt;&#10;</xsl:text>
@@ -16,8 +17,8 @@
         <h1><xsl:value-of select="$title"/></h1>
         <p>server=<xsl:value-of select="$server"/> mode=<xsl:value-of select="$mode"/></p>
         <xsl:text>&#10;</xsl:text>
-        <xsl:if test="/model/service[@name = 'ssh']/key[@name = 'port']">
-          <p>ssh port <xsl:value-of select="/model/service[@name = 'ssh']/key[@name = 'port']"/></p>
+        <xsl:if test="id('ssh')/key[@name = 'port']">
+          <p>ssh port <xsl:value-of select="id('ssh')/key[@name = 'port']"/></p>
           <xsl:text>&#10;</xsl:text>
         </xsl:if>
       </body>
