@@ -2,7 +2,7 @@
 //! A benchmark, not a test: it prints figures and ratios.
 //!
 //!   cargo build --release -p initd --target x86_64-unknown-linux-musl
-//!   cargo run --release -p initd --example bench -- TARGET/x86_64-unknown-linux-musl/release [--cgroup2]
+//!   cargo run --release -p initd --example supervisor_bench -- TARGET/x86_64-unknown-linux-musl/release [--cgroup2]
 //!
 //! Criteria (the same for both supervisors, observed from outside in /proc):
 //! start = supervisor launched until N `sleep` processes of the run exist;
