@@ -223,23 +223,49 @@ pub fn ensure_qemu_installed() -> anyhow::Result<()> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        eprintln!("nodows: installing qemu-system-x86 and qemu-utils with apt-get");
+        let packages = qemu_packages(&candidate_version("qemu-system-x86"));
+        eprintln!(
+            "nodows: installing QEMU with apt-get install {}",
+            packages.join(" ")
+        );
         let status = Command::new("apt-get")
             .args([
                 "install",
                 "--yes",
                 "--no-install-recommends",
-                "qemu-system-x86",
-                "qemu-utils",
-                "ovmf",
+                "--allow-downgrades",
             ])
+            .args(&packages)
             .status()
             .context("running apt-get install")?;
         if !status.success() {
-            bail!("apt-get install qemu-system-x86 qemu-utils ovmf failed ({status})");
+            bail!("apt-get install {} failed ({status})", packages.join(" "));
         }
     }
     require_qemu()
+}
+
+/// apt's candidate version of a package, if it has one.
+fn candidate_version(package: &str) -> Option<String> {
+    let output = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Candidate: ").map(str::to_owned))
+        .filter(|version| version != "(none)")
+}
+
+/// The QEMU packages to install. qemu-utils is pinned to qemu-system-x86's
+/// version: a backported qemu-utils (seen on these machines) breaks the
+/// release's qemu-system-common, and apt would rather remove qemu-img.
+fn qemu_packages(system_version: &Option<String>) -> Vec<String> {
+    let utils = match system_version {
+        Some(version) => format!("qemu-utils={version}"),
+        None => "qemu-utils".to_owned(),
+    };
+    vec!["qemu-system-x86".to_owned(), utils, "ovmf".to_owned()]
 }
 
 fn find_program(program: &str) -> Option<PathBuf> {
@@ -1147,6 +1173,24 @@ pub fn http_get(host_port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 
 #[cfg(test)]
 mod tests {
+    /// Guards the install on machines with a backported qemu-utils: both
+    /// QEMU packages must come from one release.
+    #[test]
+    fn qemu_utils_is_pinned_to_the_system_emulators_version() {
+        assert_eq!(
+            super::qemu_packages(&Some("1:7.2+dfsg-7+deb12u18+b3".to_owned())),
+            [
+                "qemu-system-x86",
+                "qemu-utils=1:7.2+dfsg-7+deb12u18+b3",
+                "ovmf"
+            ]
+        );
+        assert_eq!(
+            super::qemu_packages(&None),
+            ["qemu-system-x86", "qemu-utils", "ovmf"]
+        );
+    }
+
     use super::*;
 
     #[test]
