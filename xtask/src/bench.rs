@@ -16,7 +16,7 @@ mod supervisor;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use xshell::{cmd, Shell};
 
 use crate::qemu;
@@ -120,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("BENCHMARKS.md"));
     let previous: Vec<Suite> = if args.only.is_some() {
-        std::fs::read_to_string(bench_dir.join("results.json"))
+        std::fs::read_to_string(results_path(&bench_dir, &args.output))
             .ok()
             .or_else(|| {
                 std::fs::read_to_string(&markdown_path)
@@ -138,7 +138,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let sh = &context.sh;
     let mut suites = Vec::new();
+    let mut broken_suites = Vec::new();
     for name in SUITES {
+        let mut broken = false;
         if args.only.as_deref().is_some_and(|only| only != name) {
             if let Some(old) = previous.iter().find(|suite| suite.name == name) {
                 suites.push(old.clone());
@@ -151,13 +153,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "boot" => {
                 let mut suite = Suite::new("boot", "Boot to ready and PID 1 footprint (QEMU)");
                 let result = boot::run(&context, &mut suite);
-                finish(&mut suite, result);
+                broken |= finish(&mut suite, result);
                 suite
             }
             "supervisor" => {
                 let mut suite = Suite::new("supervisor", "Supervisor on the host");
                 let result = supervisor::run(&context, &mut suite);
-                finish(&mut suite, result);
+                broken |= finish(&mut suite, result);
                 suite
             }
             "image" => {
@@ -167,17 +169,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         Some("skipped under --quick (it takes minutes)".to_owned());
                 } else {
                     let result = image::run(&context, &mut suite);
-                    finish(&mut suite, result);
+                    broken |= finish(&mut suite, result);
                 }
                 suite
             }
             _ => {
                 let mut suite = Suite::new("render", "Re-render: 1,000 services, one key changed");
                 let result = render::run(&context, &mut suite);
-                finish(&mut suite, result);
+                broken |= finish(&mut suite, result);
                 suite
             }
         };
+        if broken {
+            broken_suites.push(name);
+        }
         suite.seconds = started.elapsed().as_secs_f64();
         suite.date = cmd!(sh, "date --utc +%Y-%m-%dT%H:%MZ").quiet().read()?;
         eprintln!("    {name}: {:.0} s", suite.seconds);
@@ -189,15 +194,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let markdown = write_results(&context, &args.output, args.accel, &args.only, &suites)?;
     print!("{markdown}");
     let _ = std::fs::remove_dir_all(&context.work);
+    // A figure never fails the run; a benchmark that broke does.
+    if !broken_suites.is_empty() {
+        bail!(
+            "the benchmark broke in suite(s) {}: the reason is in the suite's section",
+            broken_suites.join(", ")
+        );
+    }
     Ok(())
 }
 
-/// A suite that failed keeps the rows it measured and says why it stopped.
-fn finish(suite: &mut Suite, result: anyhow::Result<()>) {
-    if let Err(error) = result {
-        let reason = format!("{error:#}").replace('\n', " ");
-        eprintln!("    {}: not available: {reason}", suite.name);
-        suite.not_available = Some(reason);
+/// results.json: in TARGET/bench for BENCHMARKS.md at the root, beside any
+/// other --output (CI's quick run), never over the last full run's.
+fn results_path(bench_dir: &std::path::Path, output: &Option<PathBuf>) -> PathBuf {
+    match output {
+        Some(path) if *path != qemu::workspace_root().join("BENCHMARKS.md") => {
+            path.with_file_name("results.json")
+        }
+        _ => bench_dir.join("results.json"),
+    }
+}
+
+/// A suite that failed keeps the rows it measured and says why it stopped;
+/// true when it failed.
+fn finish(suite: &mut Suite, result: anyhow::Result<()>) -> bool {
+    match result {
+        Ok(()) => false,
+        Err(error) => {
+            let reason = format!("{error:#}").replace('\n', " ");
+            eprintln!("    {}: not available: {reason}", suite.name);
+            suite.not_available = Some(reason);
+            true
+        }
     }
 }
 
@@ -244,7 +272,7 @@ fn write_results(
         .clone()
         .unwrap_or_else(|| qemu::workspace_root().join("BENCHMARKS.md"));
     write_atomically(&output, markdown.as_bytes())?;
-    let results = context.bench_dir.join("results.json");
+    let results = results_path(&context.bench_dir, &Some(output.clone()));
     write_atomically(&results, serde_json::to_string_pretty(&json)?.as_bytes())?;
     eprintln!("    wrote {} and {}", output.display(), results.display());
     Ok(markdown)
