@@ -250,10 +250,9 @@ pub fn run(console: &dyn Fn(&str)) -> String {
         .init
         .clone()
         .unwrap_or_else(|| "/sbin/init".to_string());
-    if !Path::new("/root")
-        .join(init.trim_start_matches('/'))
-        .exists()
-    {
+    // Not exists(): init is often an absolute symlink (/sbin/init ->
+    // /lib/systemd/systemd), which only resolves once /root is the root.
+    if std::fs::symlink_metadata(Path::new("/root").join(init.trim_start_matches('/'))).is_err() {
         return format!("{init} is not on the root file system {device_text}");
     }
     console(&format!(
