@@ -207,6 +207,9 @@ pub fn assemble(
         &plan.initrd_modules,
         source_date_epoch,
     )?;
+    // A new file, never a write through a name the staging tree may share
+    // with a cached base.
+    let _ = std::fs::remove_file(&initrd);
     std::fs::write(&initrd, initrd_bytes)
         .with_context(|| format!("cannot write {}", initrd.display()))?;
 
