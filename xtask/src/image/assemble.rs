@@ -184,13 +184,6 @@ pub fn assemble(
         );
     }
 
-    // Optional module pruning (documented in images/debian.xml).
-    if let Some(keep) = &plan.keep_modules {
-        let kernel_dir = modules_dir.join(&kernel_version).join("kernel");
-        prune_modules(&kernel_dir, &kernel_dir, keep)?;
-        ui.run(cmd!(sh, "depmod --basedir {root} {kernel_version}"))?;
-    }
-
     // initd, initctl, the renderer.
     install(&binaries.initd, &staging.join("sbin/initd"), 0o755)?;
     install(&binaries.initctl, &staging.join("sbin/initctl"), 0o755)?;
@@ -277,32 +270,6 @@ pub fn assemble(
         vmlinuz,
         initrd,
     })
-}
-
-fn prune_modules(kernel_dir: &Path, dir: &Path, keep: &[String]) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let relative = path
-            .strip_prefix(kernel_dir)?
-            .to_string_lossy()
-            .into_owned();
-        let kept = keep
-            .iter()
-            .any(|k| relative == *k || relative.starts_with(&format!("{k}/")));
-        let ancestor_of_kept = keep.iter().any(|k| k.starts_with(&format!("{relative}/")));
-        if kept {
-            continue;
-        } else if ancestor_of_kept && entry.file_type()?.is_dir() {
-            prune_modules(kernel_dir, &path, keep)?;
-        } else if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
 }
 
 fn append(path: &Path, line: &str) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use super::plan::Plan;
 use super::ui::Ui;
 
 /// Bump when the builder changes what it puts in the base.
-const BASE_FORMAT: &str = "nodows-base-4";
+const BASE_FORMAT: &str = "nodows-base-5";
 
 /// The epoch the base's timestamps are clamped to. It is fixed (not the
 /// commit time) so that a new commit reuses the cached base; the assembly
@@ -64,6 +64,9 @@ pub fn mmdebstrap_options(plan: &Plan) -> Vec<String> {
          && printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/nodows.conf\" \
          && printf '{modules}\\n' > \"$1/usr/share/initramfs-tools/modules.d/nodows\""
     ));
+    if let Some(keep) = &plan.keep_modules {
+        options.push(prune_modules_hook(keep));
+    }
     // No host keys, no machine id, no logs or caches in the base.
     options.push(
         "--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*_key \"$1\"/etc/ssh/ssh_host_*_key.pub \
@@ -74,6 +77,44 @@ pub fn mmdebstrap_options(plan: &Plan) -> Vec<String> {
             .to_owned(),
     );
     options
+}
+
+/// `<keep-modules>` as a customize hook: under every
+/// `/usr/lib/modules/VERSION/kernel`, keep the listed trees and the
+/// directories leading to them, remove everything else, then run the base's
+/// own depmod. Pruning in the base (not at every assembly) keeps the cached
+/// tar small: every warm build extracts it. The kernel's postinst has built
+/// the initrd before this hook runs. The paths are checked by the plan (only
+/// `[A-Za-z0-9_.+-/]`), so they need no quoting in the `case` patterns.
+fn prune_modules_hook(keep: &[String]) -> String {
+    let kept: Vec<String> = keep
+        .iter()
+        .flat_map(|path| [path.clone(), format!("{path}/*")])
+        .collect();
+    let mut ancestors = std::collections::BTreeSet::new();
+    for path in keep {
+        let mut prefix = path.as_str();
+        while let Some((parent, _)) = prefix.rsplit_once('/') {
+            ancestors.insert(parent.to_owned());
+            prefix = parent;
+        }
+    }
+    let ancestors: Vec<String> = ancestors.into_iter().collect();
+    let ancestors = if ancestors.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{}) if [ -d \"$entry\" ]; then prune \"$entry/\"; else printf '%s\\0' \"$entry\"; fi ;; ",
+            ancestors.join("|")
+        )
+    };
+    format!(
+        "--customize-hook=prune() {{ for entry in \"$1\"*; do case \"$entry\" in {kept}) ;; {ancestors}*) printf '%s\\0' \"$entry\" ;; esac; done; }}; \
+         for kernel in \"$1\"/usr/lib/modules/*/kernel; do \
+         (cd \"$kernel\" && prune \"\" | xargs --null --no-run-if-empty rm --recursive --force) || exit 1; \
+         version=\"${{kernel%/kernel}}\"; chroot \"$1\" depmod \"${{version##*/}}\" || exit 1; done",
+        kept = kept.join("|"),
+    )
 }
 
 pub fn cache_key(plan: &Plan, mmdebstrap_version: &str) -> String {
@@ -99,18 +140,26 @@ pub fn cache_key(plan: &Plan, mmdebstrap_version: &str) -> String {
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Whether the base of this plan is in the cache.
-pub fn is_cached(plan: &Plan, cache_dir: &Path) -> anyhow::Result<bool> {
+/// `mmdebstrap --version`, part of the cache key (a perl start: ask once).
+pub fn mmdebstrap_version() -> anyhow::Result<String> {
     let sh = Shell::new()?;
-    let version = cmd!(sh, "mmdebstrap --version").quiet().read()?;
-    let key = cache_key(plan, &version);
-    Ok(cache_dir.join(format!("base-{key}.tar")).is_file())
+    Ok(cmd!(sh, "mmdebstrap --version").quiet().read()?)
 }
 
-pub fn base(ui: &mut Ui, plan: &Plan, cache_dir: &Path) -> anyhow::Result<Base> {
+/// Whether the base of this plan is in the cache.
+pub fn is_cached(plan: &Plan, mmdebstrap_version: &str, cache_dir: &Path) -> bool {
+    let key = cache_key(plan, mmdebstrap_version);
+    cache_dir.join(format!("base-{key}.tar")).is_file()
+}
+
+pub fn base(
+    ui: &mut Ui,
+    plan: &Plan,
+    mmdebstrap_version: &str,
+    cache_dir: &Path,
+) -> anyhow::Result<Base> {
     let sh = Shell::new()?;
-    let version = cmd!(sh, "mmdebstrap --version").quiet().read()?;
-    let key = cache_key(plan, &version);
+    let key = cache_key(plan, mmdebstrap_version);
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("cannot create {}", cache_dir.display()))?;
     let tar = cache_dir.join(format!("base-{key}.tar"));
@@ -181,13 +230,123 @@ mod tests {
         let mut p = base.clone();
         p.initrd_modules.push("xfs".to_owned());
         with("initrd modules (an mmdebstrap hook)", p, "mmdebstrap 1.3.5");
+        let mut p = base.clone();
+        p.keep_modules
+            .get_or_insert_with(Vec::new)
+            .push("fs/xfs".to_owned());
+        with(
+            "kept kernel modules (an mmdebstrap hook)",
+            p,
+            "mmdebstrap 1.3.5",
+        );
+        let mut p = base.clone();
+        p.keep_modules = None;
+        with("no module pruning", p, "mmdebstrap 1.3.5");
         for (name, other) in changed {
             assert_ne!(key, other, "changing the {name} must change the key");
         }
     }
 
-    /// Pruning and the profile are applied at assembly: all profiles of an
-    /// image share one base.
+    /// The pruning hook keeps exactly what assembly used to keep: the listed
+    /// trees and the directories leading to them (files there go), and runs
+    /// the base's depmod for each kernel.
+    #[test]
+    fn prune_hook_keeps_listed_trees_only() {
+        let dir = std::env::temp_dir().join(format!("nodows-prune-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let kernel = dir.join("root/usr/lib/modules/6.1.0-test/kernel");
+        for file in [
+            "fs/ext4/ext4.ko",
+            "fs/mbcache.ko",
+            "fs/xfs/xfs.ko",
+            "fs/binfmt_misc.ko",
+            "drivers/net/virtio_net.ko",
+            "drivers/net/dummy.ko",
+            "drivers/net/ethernet/intel/e1000/e1000.ko",
+            "drivers/net/ethernet/realtek/r8169.ko",
+            "sound/core/snd.ko",
+        ] {
+            std::fs::create_dir_all(kernel.join(file).parent().unwrap()).unwrap();
+            std::fs::write(kernel.join(file), "").unwrap();
+        }
+        // A chroot that records the depmod it was asked to run.
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.join("chroot.log");
+        std::fs::write(
+            bin.join("chroot"),
+            format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            bin.join("chroot"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let keep: Vec<String> = [
+            "fs/ext4",
+            "fs/mbcache.ko",
+            "drivers/net/virtio_net.ko",
+            "drivers/net/ethernet/intel/e1000",
+        ]
+        .iter()
+        .map(|path| path.to_string())
+        .collect();
+        let hook = prune_modules_hook(&keep);
+        let hook = hook.strip_prefix("--customize-hook=").unwrap();
+        let sh = Shell::new().unwrap();
+        let root = dir.join("root");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd!(sh, "sh -c {hook} exec {root}")
+            .env("PATH", path)
+            .run()
+            .unwrap();
+        let mut left = Vec::new();
+        let mut stack = vec![kernel.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path.clone());
+                }
+                left.push(
+                    path.strip_prefix(&kernel)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "drivers",
+                "drivers/net",
+                "drivers/net/ethernet",
+                "drivers/net/ethernet/intel",
+                "drivers/net/ethernet/intel/e1000",
+                "drivers/net/ethernet/intel/e1000/e1000.ko",
+                "drivers/net/virtio_net.ko",
+                "fs",
+                "fs/ext4",
+                "fs/ext4/ext4.ko",
+                "fs/mbcache.ko",
+            ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            format!("{} depmod 6.1.0-test\n", root.display())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The profile is applied at assembly (module pruning is the image's):
+    /// all profiles of an image share one base.
     #[test]
     fn profiles_share_one_base() {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
