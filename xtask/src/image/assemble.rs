@@ -25,20 +25,26 @@ pub struct Binaries {
 /// initd is required.
 pub fn build_binaries(ui: &mut Ui, source: &Path, target_dir: &Path) -> anyhow::Result<Binaries> {
     let sh = Shell::new()?;
+    // cc passes SOURCE_DATE_EPOCH to the compiler, so cargo rebuilds the
+    // renderer whenever it changes (a new commit, or the bench setting it);
+    // the shim uses no __DATE__, and without it the binaries do not depend
+    // on the commit time at all.
     let manifest = super::host::workspace_manifest(source);
     ui.run(
         cmd!(
             sh,
             "cargo build --release --manifest-path {manifest} -p initd --target x86_64-unknown-linux-musl"
         )
-        .env("CARGO_TARGET_DIR", target_dir),
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("SOURCE_DATE_EPOCH"),
     )?;
     let nodows = match ui.run(
         cmd!(
             sh,
             "cargo build --release --manifest-path {manifest} -p render --bin nodows"
         )
-        .env("CARGO_TARGET_DIR", target_dir),
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("SOURCE_DATE_EPOCH"),
     ) {
         Ok(()) => Some(target_dir.join("release/nodows")),
         Err(error) => {
