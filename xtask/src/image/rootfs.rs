@@ -175,9 +175,14 @@ pub fn base(
         let options = mmdebstrap_options(plan);
         let suite = &plan.suite;
         let sources = &plan.sources;
-        let command = cmd!(sh, "mmdebstrap {options...} {suite} {partial} {sources...}")
+        let mut command = cmd!(sh, "mmdebstrap {options...} {suite} {partial} {sources...}")
             .env("SOURCE_DATE_EPOCH", BASE_EPOCH.to_string())
             .env("LC_ALL", "C.UTF-8");
+        // mmdebstrap fills a temporary directory and then packs the tar:
+        // on a tmpfs, dpkg's unpacking and the packing never wait for the disk.
+        if Path::new("/dev/shm").is_dir() {
+            command = command.env("TMPDIR", "/dev/shm");
+        }
         ui.run(command)?;
         std::fs::rename(&partial, &tar)
             .with_context(|| format!("cannot rename to {}", tar.display()))
