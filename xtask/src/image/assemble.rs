@@ -79,15 +79,20 @@ pub struct Staging {
     dir: TempDir,
 }
 
+/// Where the staging tree and the disk's scratch files live: /dev/shm when
+/// it exists, else the temporary directory.
+pub fn tmpfs_parent() -> PathBuf {
+    if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 impl Staging {
     pub fn create(name: &str) -> anyhow::Result<Staging> {
-        let parent = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
         Ok(Staging {
-            dir: TempDir::create(&parent, &format!("nodows-stage-{name}"))?,
+            dir: TempDir::create(&tmpfs_parent(), &format!("nodows-stage-{name}"))?,
         })
     }
 
