@@ -188,8 +188,9 @@ fn build(args: Args) -> anyhow::Result<()> {
             source_date_epoch,
         )
     })?;
-    ui.step("manifest, SBOM and checksums", |_| {
+    ui.step("qcow2, manifest, SBOM and checksums", |ui| {
         manifest::write(
+            ui,
             output.path(),
             &name,
             &plan,

@@ -206,9 +206,6 @@ pub fn build(
     )?;
     copy_sparse(&esp_image, &raw, layout.esp_start_mib * MIB)?;
     copy_sparse(&root_image, &raw, layout.root_start_mib * MIB)?;
-
-    let qcow2 = out.join(format!("{name}.qcow2"));
-    ui.run(cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {qcow2}"))?;
     Ok(())
 }
 
