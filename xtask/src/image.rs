@@ -147,9 +147,9 @@ fn build(args: Args) -> anyhow::Result<()> {
         .cache
         .clone()
         .unwrap_or_else(|| target_dir.join("nodows-cache"));
-    let mmdebstrap_version = rootfs::mmdebstrap_version()?;
+    let mmdebstrap_identity = rootfs::mmdebstrap_identity()?;
     // A cached base proves its package set (mmdebstrap installed it).
-    if !rootfs::is_cached(&plan, &mmdebstrap_version, &cache_dir) {
+    if !rootfs::is_cached(&plan, &mmdebstrap_identity, &cache_dir) {
         ui.step("check packages against apt-cache", |ui| {
             host::check_packages(ui, &apt_sources, &plan)
         })?;
@@ -161,7 +161,7 @@ fn build(args: Args) -> anyhow::Result<()> {
         assemble::build_binaries(ui, &source, &target_dir)
     })?;
     let base = ui.step("root file system base (mmdebstrap, cached)", |ui| {
-        rootfs::base(ui, &plan, &mmdebstrap_version, &cache_dir)
+        rootfs::base(ui, &plan, &mmdebstrap_identity, &cache_dir)
     })?;
     let staging = assemble::Staging::create(&name)?;
     let assembled = ui.step("assemble the root", |ui| {
