@@ -157,15 +157,32 @@ fn build(args: Args) -> anyhow::Result<()> {
     ui.cleanup_stale(&out_parent);
     ui.cleanup_stale(&cache_dir);
 
-    let binaries = ui.step("build initd, initctl and nodows", |ui| {
-        assemble::build_binaries(ui, &source, &target_dir)
-    })?;
-    let base = ui.step("root file system base (mmdebstrap, cached)", |ui| {
-        rootfs::base(ui, &plan, &mmdebstrap_identity, &cache_dir)
-    })?;
+    // cargo builds the binaries (a freshness check when warm, minutes when
+    // cold) while the base is made or found and extracted.
     let staging = assemble::Staging::create(&name)?;
-    let assembled = ui.step("assemble the root", |ui| {
-        assemble::assemble(ui, &plan, &base, &binaries, &staging, source_date_epoch)
+    let (binaries, base) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let mut builder = ui.background();
+        let (source, target_dir) = (&source, &target_dir);
+        let binaries = scope.spawn(move || {
+            builder.step("build initd, initctl and nodows", |ui| {
+                assemble::build_binaries(ui, source, target_dir)
+            })
+        });
+        let base = ui
+            .step("root file system base (mmdebstrap, cached)", |ui| {
+                rootfs::base(ui, &plan, &mmdebstrap_identity, &cache_dir)
+            })
+            .and_then(|base| {
+                ui.step("extract the base", |ui| {
+                    assemble::extract(ui, &base, &staging)
+                })?;
+                Ok(base)
+            });
+        let binaries = binaries.join().expect("the build thread");
+        Ok((binaries?, base?))
+    })?;
+    let assembled = ui.step("assemble the root", |_| {
+        assemble::assemble(&plan, &binaries, &staging, source_date_epoch)
     })?;
     ui.step("bake configs (nodows render)", |ui| {
         assemble::bake(ui, &plan, &binaries, &staging)

@@ -158,21 +158,23 @@ pub(super) fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Extracts the cached base into the (empty) staging directory.
+pub fn extract(ui: &mut Ui, base: &super::rootfs::Base, staging: &Staging) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    let (tar, root) = (&base.tar, staging.path());
+    ui.run(cmd!(
+        sh,
+        "tar --extract --file {tar} --directory {root} --numeric-owner --xattrs --xattrs-include=*"
+    ))
+}
+
 pub fn assemble(
-    ui: &mut Ui,
     plan: &Plan,
-    base: &super::rootfs::Base,
     binaries: &Binaries,
     staging: &Staging,
     source_date_epoch: u64,
 ) -> anyhow::Result<Assembled> {
-    let sh = Shell::new()?;
     let root = staging.path();
-    let tar = &base.tar;
-    ui.run(cmd!(
-        sh,
-        "tar --extract --file {tar} --directory {root} --numeric-owner --xattrs --xattrs-include=*"
-    ))?;
 
     // The kernel and initrd of the base.
     let modules_dir = staging.join("usr/lib/modules");
@@ -402,8 +404,16 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// Lowercase hex; called for every file of the image, so no `format!`
+/// per byte (the xtask is a debug build).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
 }
 
 pub fn clamp_time(path: &Path, epoch: u64) -> anyhow::Result<()> {
@@ -431,8 +441,9 @@ pub fn clamp_time(path: &Path, epoch: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Clamps every timestamp newer than SOURCE_DATE_EPOCH, then lists and
-/// hashes every entry (two threads), sorted by path.
+/// Clamps every timestamp newer than SOURCE_DATE_EPOCH and hashes every
+/// entry (two threads), sorted by path. Setting a file's times does not
+/// change its directory's, so the order of the clamps does not matter.
 pub fn finish(staging: &Staging, source_date_epoch: u64) -> anyhow::Result<Vec<FileEntry>> {
     let root = staging.path();
     let mut paths = Vec::new();
@@ -447,21 +458,18 @@ pub fn finish(staging: &Staging, source_date_epoch: u64) -> anyhow::Result<Vec<F
         }
     }
     paths.sort();
-    // Directories last, deepest first, so that clamping a file does not touch its directory's times afterwards.
-    for path in paths
-        .iter()
-        .rev()
-        .chain(std::iter::once(&root.to_path_buf()))
-    {
-        let metadata = std::fs::symlink_metadata(path)?;
+    let clamp = |path: &Path, metadata: &std::fs::Metadata| -> anyhow::Result<()> {
         if metadata.mtime() as u64 > source_date_epoch
             || metadata.atime() as u64 > source_date_epoch
         {
             clamp_time(path, source_date_epoch.min(metadata.mtime().max(0) as u64))?;
         }
-    }
+        Ok(())
+    };
+    clamp(root, &std::fs::symlink_metadata(root)?)?;
     let hash_one = |path: &PathBuf| -> anyhow::Result<FileEntry> {
         let metadata = std::fs::symlink_metadata(path)?;
+        clamp(path, &metadata)?;
         let file_type = metadata.file_type();
         let (kind, sha256) = if file_type.is_symlink() {
             (
