@@ -41,6 +41,38 @@ const DPKG_EXCLUDES: &[&str] = &[
     "/lib/udev/hwdb.d/*",
 ];
 
+/// The dpkg path-excludes as an extract hook, not as `--dpkgopt`: with a
+/// `--dpkgopt=path-exclude`, mmdebstrap pipes every essential package
+/// through mmtarfilter (a Python script, one start per package), which took
+/// 30 of the 70 s of a cold mmdebstrap here. The hook runs after the plain
+/// extraction of the essential packages and before dpkg installs them: it
+/// writes the same `/etc/dpkg/dpkg.cfg.d/99mmdebstrap` that `--dpkgopt`
+/// would (so dpkg excludes the paths from then on, and the image keeps the
+/// file) and deletes what the extraction put under the excluded
+/// directories. A directory that resolves outside the root (an absolute
+/// symlink on the way) is left alone.
+fn dpkg_excludes_hook() -> String {
+    let lines: String = DPKG_EXCLUDES
+        .iter()
+        .map(|exclude| format!(" 'path-exclude={exclude}'"))
+        .collect();
+    let dirs: String = DPKG_EXCLUDES
+        .iter()
+        .map(|exclude| {
+            format!(
+                " {}",
+                exclude.trim_end_matches("/*").trim_start_matches('/')
+            )
+        })
+        .collect();
+    format!(
+        "--extract-hook=mkdir -p \"$1/etc/dpkg/dpkg.cfg.d\" \
+         && printf '%s\\n'{lines} > \"$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap\" \
+         && root=\"$(realpath \"$1\")\" && for dir in{dirs}; do \
+         if [ -d \"$1/$dir\" ]; then case \"$(realpath \"$1/$dir\")\" in \"$root\"/*) find \"$1/$dir\" -mindepth 1 -delete || exit 1 ;; esac; fi; done"
+    )
+}
+
 /// The mmdebstrap arguments except the output path and the sources.
 pub fn mmdebstrap_options(plan: &Plan) -> Vec<String> {
     let packages: Vec<&str> = plan.base_packages.iter().map(String::as_str).collect();
@@ -53,9 +85,7 @@ pub fn mmdebstrap_options(plan: &Plan) -> Vec<String> {
         "--aptopt=Acquire::Languages \"none\"".to_owned(),
         "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata".to_owned(),
     ];
-    for exclude in DPKG_EXCLUDES {
-        options.push(format!("--dpkgopt=path-exclude={exclude}"));
-    }
+    options.push(dpkg_excludes_hook());
     // The initrd: only the listed modules, zstd; configured before the
     // kernel is installed, so that its postinst builds the right initrd.
     let modules = plan.initrd_modules.join("\\n");
@@ -347,6 +377,57 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),
             format!("{} depmod 6.1.0-test\n", root.display())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The excludes hook leaves what the old `--dpkgopt` excludes left: the
+    /// excluded directories emptied (dot files too), everything else kept,
+    /// dpkg's 99mmdebstrap written; and it never follows a path out of the
+    /// root.
+    #[test]
+    fn excludes_hook_empties_excluded_directories_inside_the_root_only() {
+        let dir = std::env::temp_dir().join(format!("nodows-excludes-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        let outside = dir.join("outside");
+        for file in [
+            "usr/share/doc/bash/README",
+            "usr/share/doc/.hidden",
+            "usr/share/man/man1/sh.1",
+            "usr/lib/udev/hwdb.d/20-usb.hwdb",
+            "usr/share/zoneinfo/UTC",
+        ] {
+            std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+            std::fs::write(root.join(file), "").unwrap();
+        }
+        std::fs::create_dir_all(outside.join("kept")).unwrap();
+        std::fs::write(outside.join("kept/file"), "").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("usr/share/info")).unwrap();
+        let hook = dpkg_excludes_hook();
+        let hook = hook.strip_prefix("--extract-hook=").unwrap();
+        let sh = Shell::new().unwrap();
+        cmd!(sh, "sh -c {hook} exec {root}").run().unwrap();
+        for emptied in ["usr/share/doc", "usr/share/man", "usr/lib/udev/hwdb.d"] {
+            assert_eq!(
+                std::fs::read_dir(root.join(emptied)).unwrap().count(),
+                0,
+                "{emptied}"
+            );
+        }
+        assert!(root.join("usr/share/zoneinfo/UTC").is_file());
+        assert!(
+            outside.join("kept/file").is_file(),
+            "followed a symlink out of the root"
+        );
+        let expected: String = DPKG_EXCLUDES
+            .iter()
+            .map(|exclude| format!("path-exclude={exclude}\n"))
+            .collect();
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/dpkg/dpkg.cfg.d/99mmdebstrap")).unwrap(),
+            expected
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
