@@ -193,32 +193,40 @@ fn build(args: Args) -> anyhow::Result<()> {
     let input_hash = manifest::input_hash(&base.key, &plan, source_date_epoch, &files);
     let output = ui::TempDir::create(&out_parent, &name)?;
     let layout = disk::Layout::new(&plan, &input_hash);
-    ui.step("disk image (ext4 root, ESP, GPT)", |ui| {
-        disk::build(
-            ui,
-            &plan,
-            &layout,
-            &staging,
-            &assembled,
-            output.path(),
-            &name,
-            source_date_epoch,
-        )
+    let packages = manifest::installed_packages(&staging)?;
+    // The raw disk is hashed on a thread from the moment its parts are
+    // final until after the qcow2 is made; the staging tree is removed on
+    // another once the root file system holds it.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let raw_sum = ui.step("disk image (ext4 root, ESP, GPT)", |ui| {
+            disk::build(
+                ui,
+                scope,
+                &plan,
+                &layout,
+                &staging,
+                &assembled,
+                output.path(),
+                &name,
+                source_date_epoch,
+            )
+        })?;
+        scope.spawn(move || drop(staging));
+        ui.step("qcow2, manifest, SBOM and checksums", |ui| {
+            manifest::write(
+                ui,
+                raw_sum,
+                output.path(),
+                &name,
+                &plan,
+                &input_hash,
+                source_date_epoch,
+                &packages,
+                &files,
+                &layout,
+            )
+        })
     })?;
-    ui.step("qcow2, manifest, SBOM and checksums", |ui| {
-        manifest::write(
-            ui,
-            output.path(),
-            &name,
-            &plan,
-            &input_hash,
-            source_date_epoch,
-            &staging,
-            &files,
-            &layout,
-        )
-    })?;
-    drop(staging);
     let final_path = out_parent.join(&name);
     output.persist(&final_path)?;
     ui.note(&format!(

@@ -85,9 +85,15 @@ impl Layout {
     }
 }
 
+/// Makes the raw disk and the kernel, initrd and command line beside it.
+/// Returns the raw disk's sha256, computed on a thread of `scope` from its
+/// parts (the GPT regions of the raw file, the ESP and root images) while
+/// they are copied into the raw file; that thread removes the scratch
+/// directory when done.
 #[allow(clippy::too_many_arguments)]
-pub fn build(
+pub fn build<'scope>(
     ui: &mut Ui,
+    scope: &'scope std::thread::Scope<'scope, '_>,
     plan: &Plan,
     layout: &Layout,
     staging: &Staging,
@@ -95,7 +101,7 @@ pub fn build(
     out: &Path,
     name: &str,
     source_date_epoch: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::thread::ScopedJoinHandle<'scope, anyhow::Result<String>>> {
     let sh = Shell::new()?;
     let epoch = source_date_epoch.to_string();
     // The partition images are made on the tmpfs: mke2fs and debugfs fsync
@@ -105,7 +111,7 @@ pub fn build(
         &super::assemble::tmpfs_parent(),
         &format!("nodows-disk-{name}"),
     )?;
-    let work = scratch.path();
+    let work = scratch.path().to_path_buf();
 
     // The kernel, initrd and command line beside the image, for direct boots.
     let cmdline = layout.cmdline(plan);
@@ -204,9 +210,53 @@ pub fn build(
         cmd!(sh, "sfdisk --quiet --no-reread --no-tell-kernel {raw}"),
         &script,
     )?;
-    copy_sparse(&esp_image, &raw, layout.esp_start_mib * MIB)?;
-    copy_sparse(&root_image, &raw, layout.root_start_mib * MIB)?;
-    Ok(())
+    let parts = [
+        (
+            esp_image,
+            layout.esp_start_mib * MIB,
+            layout.esp_size_mib * MIB,
+        ),
+        (
+            root_image,
+            layout.root_start_mib * MIB,
+            layout.root_size_mib * MIB,
+        ),
+    ];
+    for (image, _, size) in &parts {
+        let length = std::fs::metadata(image)?.len();
+        if length > *size {
+            bail!(
+                "{} is {length} bytes, more than its partition's {size}",
+                image.display()
+            );
+        }
+    }
+    let disk_size = layout.disk_size_mib * MIB;
+    let hashed_raw = raw.clone();
+    let hashed_parts = parts.clone();
+    let raw_sum = scope.spawn(move || -> anyhow::Result<String> {
+        // The raw file's bytes in order: what sfdisk wrote between and
+        // around the partitions, and each partition's image (zeros past its
+        // end, as in the raw file after the sparse copy).
+        let mut hasher = Sha256::new();
+        let mut position = 0;
+        for (image, start, size) in &hashed_parts {
+            super::manifest::hash_range(&mut hasher, &hashed_raw, position, start - position)?;
+            super::manifest::hash_range(&mut hasher, image, 0, *size)?;
+            position = start + size;
+        }
+        super::manifest::hash_range(&mut hasher, &hashed_raw, position, disk_size - position)?;
+        drop(scratch);
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect())
+    });
+    for (image, start, _) in &parts {
+        copy_sparse(image, &raw, *start)?;
+    }
+    Ok(raw_sum)
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {

@@ -128,40 +128,62 @@ fn spdx_id(name: &str) -> String {
 /// disk is 1 GiB of mostly holes; SHA-256 must still see every zero byte,
 /// but the kernel need not copy them.
 pub(super) fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let length = std::fs::metadata(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .len();
+    let mut hasher = Sha256::new();
+    hash_range(&mut hasher, path, 0, length)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Feeds `length` bytes of `path` from `start` to `hasher`, sparse-aware
+/// (see `sha256_file`); bytes past the file's end count as zeros.
+pub(super) fn hash_range(
+    hasher: &mut Sha256,
+    path: &Path,
+    start: u64,
+    length: u64,
+) -> anyhow::Result<()> {
     use std::io::{Read as _, Seek as _, SeekFrom};
     use std::os::unix::io::AsRawFd as _;
     const CHUNK: usize = 1 << 20;
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let length = file.metadata()?.len();
+    let file_end = file.metadata()?.len();
+    let end = start + length;
     let fd = file.as_raw_fd();
-    let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; CHUNK];
     let zeros = vec![0u8; CHUNK];
-    let mut position = 0u64;
-    while position < length {
+    let hash_zeros = |hasher: &mut Sha256, mut count: u64| {
+        while count > 0 {
+            let run = count.min(CHUNK as u64) as usize;
+            hasher.update(&zeros[..run]);
+            count -= run as u64;
+        }
+    };
+    let mut position = start;
+    while position < end {
         super::ui::check_interrupted()?;
         // The next data at or after `position`; ENXIO: only a hole is left.
         // A file system without SEEK_DATA reports everything as data.
-        let data = unsafe { libc::lseek(fd, position as libc::off_t, libc::SEEK_DATA) };
-        let data = if data < 0 { length } else { data as u64 };
-        let mut hole = data - position;
-        while hole > 0 {
-            let run = hole.min(CHUNK as u64) as usize;
-            hasher.update(&zeros[..run]);
-            hole -= run as u64;
-        }
-        if data >= length {
+        let data = if position < file_end {
+            unsafe { libc::lseek(fd, position as libc::off_t, libc::SEEK_DATA) }
+        } else {
+            -1
+        };
+        let data = if data < 0 {
+            end
+        } else {
+            (data as u64).min(end)
+        };
+        hash_zeros(hasher, data - position);
+        if data >= end {
             break;
         }
-        let end = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let end = if end < 0 {
-            length
-        } else {
-            (end as u64).min(length)
-        };
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { file_end } else { hole as u64 }.min(end);
         file.seek(SeekFrom::Start(data))?;
-        let mut left = end - data;
+        let mut left = hole - data;
         while left > 0 {
             let want = left.min(CHUNK as u64) as usize;
             let read = file
@@ -173,31 +195,31 @@ pub(super) fn sha256_file(path: &Path) -> anyhow::Result<String> {
             hasher.update(&buffer[..read]);
             left -= read as u64;
         }
-        position = end;
+        position = hole;
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(())
 }
 
 /// The qcow2, manifest.json, sbom.spdx.json and SHA256SUMS. The raw disk
-/// is final when this runs: it is hashed on a thread of its own while
-/// qemu-img converts it to qcow2 (another process) and the JSON is written;
-/// the qcow2 is hashed as soon as it exists.
+/// is final when this runs and is being hashed (`raw_sum`, see
+/// `disk::build`); qemu-img converts it to qcow2 (another process) and the
+/// JSON is written meanwhile, the qcow2 is hashed as soon as it exists.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     ui: &Ui,
+    raw_sum: std::thread::ScopedJoinHandle<'_, anyhow::Result<String>>,
     out: &Path,
     name: &str,
     plan: &Plan,
     input_hash: &str,
     source_date_epoch: u64,
-    staging: &Staging,
+    packages: &[Package],
     files: &[FileEntry],
     layout: &Layout,
 ) -> anyhow::Result<()> {
     let raw = out.join(format!("{name}.raw"));
     let qcow2 = out.join(format!("{name}.qcow2"));
     let sums = std::thread::scope(|scope| -> anyhow::Result<BTreeMap<String, String>> {
-        let raw_sum = scope.spawn(|| sha256_file(&raw));
         let converted = (|| -> anyhow::Result<_> {
             let sh = Shell::new()?;
             ui.run(cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {qcow2}"))?;
@@ -208,7 +230,7 @@ pub fn write(
                 plan,
                 input_hash,
                 source_date_epoch,
-                staging,
+                packages,
                 files,
                 layout,
             )?;
@@ -249,11 +271,10 @@ fn write_documents(
     plan: &Plan,
     input_hash: &str,
     source_date_epoch: u64,
-    staging: &Staging,
+    packages: &[Package],
     files: &[FileEntry],
     layout: &Layout,
 ) -> anyhow::Result<()> {
-    let packages = installed_packages(staging)?;
     let manifest = json!({
         "image": plan.image,
         "profile": plan.profile,
