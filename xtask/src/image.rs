@@ -156,11 +156,12 @@ fn build(args: Args) -> anyhow::Result<()> {
     }
     ui.cleanup_stale(&out_parent);
     ui.cleanup_stale(&cache_dir);
+    ui.cleanup_stale_named(&assemble::tmpfs_parent(), ".nodows-");
 
     // cargo builds the binaries (a freshness check when warm, minutes when
     // cold) while the base is made or found and extracted.
     let staging = assemble::Staging::create(&name)?;
-    let (binaries, base) = std::thread::scope(|scope| -> anyhow::Result<_> {
+    let (binaries, (base, base_tree)) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let mut builder = ui.background();
         let (source, target_dir) = (&source, &target_dir);
         let binaries = scope.spawn(move || {
@@ -173,10 +174,13 @@ fn build(args: Args) -> anyhow::Result<()> {
                 rootfs::base(ui, &plan, &mmdebstrap_identity, &cache_dir)
             })
             .and_then(|base| {
-                ui.step("extract the base", |ui| {
-                    assemble::extract(ui, &base, &staging)
-                })?;
-                Ok(base)
+                let base_tree =
+                    ui.step("stage the base (hard links to its extracted tree)", |ui| {
+                        let base_tree = assemble::BaseTree::open(ui, &base)?;
+                        base_tree.link_into(ui, &staging)?;
+                        Ok(base_tree)
+                    })?;
+                Ok((base, base_tree))
             });
         let binaries = binaries.join().expect("the build thread");
         Ok((binaries?, base?))
@@ -188,7 +192,7 @@ fn build(args: Args) -> anyhow::Result<()> {
         assemble::bake(ui, &plan, &binaries, &staging)
     })?;
     let files = ui.step("clamp timestamps and hash every file", |_| {
-        assemble::finish(&staging, source_date_epoch)
+        assemble::finish(&staging, Some(&base_tree), source_date_epoch)
     })?;
     let input_hash = manifest::input_hash(&base.key, &plan, source_date_epoch, &files);
     let output = ui::TempDir::create(&out_parent, &name)?;

@@ -226,6 +226,12 @@ impl Ui {
     /// Removes temporary entries (`.NAME.tmp-PID`) left in DIR by builds
     /// that were killed outright (SIGKILL, power loss).
     pub fn cleanup_stale(&self, dir: &Path) {
+        self.cleanup_stale_named(dir, ".");
+    }
+
+    /// `cleanup_stale` for the entries whose name starts with `prefix` (in
+    /// a directory shared with other programs, such as /dev/shm).
+    pub fn cleanup_stale_named(&self, dir: &Path, prefix: &str) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(pid) = name
@@ -234,7 +240,10 @@ impl Ui {
             else {
                 continue;
             };
-            if !name.starts_with('.') || pid == std::process::id() as i32 {
+            if !name.starts_with('.')
+                || !name.starts_with(prefix)
+                || pid == std::process::id() as i32
+            {
                 continue;
             }
             let alive = unsafe { libc::kill(pid, 0) } == 0;
@@ -264,6 +273,26 @@ impl TempDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Renames the directory to `target` unless a directory is there
+    /// already (made by a build beside this one); then this one is removed.
+    pub fn persist_unless_exists(mut self, target: &Path) -> anyhow::Result<()> {
+        check_interrupted()?;
+        match std::fs::rename(&self.path, target) {
+            Ok(()) => {
+                self.keep = true;
+                Ok(())
+            }
+            Err(_) if target.is_dir() => Ok(()),
+            Err(error) => Err(error).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    self.path.display(),
+                    target.display()
+                )
+            }),
+        }
     }
 
     /// Renames the directory to `target`, replacing what was there.
