@@ -213,6 +213,7 @@ impl BaseTree {
         let current = std::fs::read_to_string(dir.join("source"))
             .is_ok_and(|text| text == identity)
             && dir.join("files").is_file();
+        Self::remove_other_trees(ui, &parent, &tar, !current);
         if !current {
             if dir.exists() {
                 ui.log(&format!(
@@ -222,7 +223,6 @@ impl BaseTree {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("cannot remove {}", dir.display()))?;
             }
-            Self::remove_other_trees(ui, &parent, &tar);
             let partial = TempDir::create(&parent, &name)?;
             let root = partial.path().join("root");
             std::fs::create_dir(&root)?;
@@ -285,9 +285,10 @@ impl BaseTree {
         })
     }
 
-    /// Removes the extracted trees of other tars in the same cache
-    /// directory, and those whose tar is gone.
-    fn remove_other_trees(ui: &Ui, parent: &Path, tar: &Path) {
+    /// Removes the extracted trees whose tar is gone (a removed cache, such
+    /// as the bench's) and, when a new tree is made, those of other tars in
+    /// the same cache directory.
+    fn remove_other_trees(ui: &Ui, parent: &Path, tar: &Path, making: bool) {
         for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
             if !entry
                 .file_name()
@@ -300,7 +301,8 @@ impl BaseTree {
                 continue;
             };
             let other = PathBuf::from(source.lines().next().unwrap_or_default());
-            if !other.is_file() || (other.parent() == tar.parent() && other != tar) {
+            let replaced = making && other.parent() == tar.parent() && other != tar;
+            if !other.is_file() || replaced {
                 ui.log(&format!(
                     "removing the extracted base {}",
                     entry.path().display()
