@@ -148,59 +148,90 @@ fn build(args: Args) -> anyhow::Result<()> {
         .cache
         .clone()
         .unwrap_or_else(|| target_dir.join("nodows-cache"));
+    let mmdebstrap_identity = rootfs::mmdebstrap_identity()?;
     // A cached base proves its package set (mmdebstrap installed it).
-    if !rootfs::is_cached(&plan, &cache_dir)? {
+    if !rootfs::is_cached(&plan, &mmdebstrap_identity, &cache_dir) {
         ui.step("check packages against apt-cache", |ui| {
             host::check_packages(ui, &apt_sources, &plan)
         })?;
     }
     ui.cleanup_stale(&out_parent);
     ui.cleanup_stale(&cache_dir);
+    ui.cleanup_stale_named(&assemble::tmpfs_parent(), ".nodows-");
 
-    let binaries = ui.step("build initd, initctl and nodows", |ui| {
-        assemble::build_binaries(ui, &source, &target_dir)
-    })?;
-    let base = ui.step("root file system base (mmdebstrap, cached)", |ui| {
-        rootfs::base(ui, &plan, &cache_dir)
-    })?;
+    // cargo builds the binaries (a freshness check when warm, minutes when
+    // cold) while the base is made or found and extracted.
     let staging = assemble::Staging::create(&name)?;
-    let assembled = ui.step("assemble the root", |ui| {
-        assemble::assemble(ui, &plan, &base, &binaries, &staging, source_date_epoch)
+    let (binaries, (base, base_tree)) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let mut builder = ui.background();
+        let (source, target_dir) = (&source, &target_dir);
+        let binaries = scope.spawn(move || {
+            builder.step("build initd, initctl and nodows", |ui| {
+                assemble::build_binaries(ui, source, target_dir)
+            })
+        });
+        let base = ui
+            .step("root file system base (mmdebstrap, cached)", |ui| {
+                rootfs::base(ui, &plan, &mmdebstrap_identity, &cache_dir)
+            })
+            .and_then(|base| {
+                let base_tree =
+                    ui.step("stage the base (hard links to its extracted tree)", |ui| {
+                        let base_tree = assemble::BaseTree::open(ui, &base)?;
+                        base_tree.link_into(ui, &staging)?;
+                        Ok(base_tree)
+                    })?;
+                Ok((base, base_tree))
+            });
+        let binaries = binaries.join().expect("the build thread");
+        Ok((binaries?, base?))
+    })?;
+    let assembled = ui.step("assemble the root", |_| {
+        assemble::assemble(&plan, &binaries, &staging, source_date_epoch)
     })?;
     ui.step("bake configs (nodows render)", |ui| {
         assemble::bake(ui, &plan, &binaries, &staging)
     })?;
     let files = ui.step("clamp timestamps and hash every file", |_| {
-        assemble::finish(&staging, source_date_epoch)
+        assemble::finish(&staging, Some(&base_tree), source_date_epoch)
     })?;
     let input_hash = manifest::input_hash(&base.key, &plan, source_date_epoch, &files);
     let output = ui::TempDir::create(&out_parent, &name)?;
     let layout = disk::Layout::new(&plan, &input_hash);
-    ui.step("disk image (ext4 root, ESP, GPT)", |ui| {
-        disk::build(
-            ui,
-            &plan,
-            &layout,
-            &staging,
-            &assembled,
-            output.path(),
-            &name,
-            source_date_epoch,
-        )
+    let packages = manifest::installed_packages(&staging)?;
+    // The raw disk is hashed on a thread from the moment its parts are
+    // final until after the qcow2 is made; the staging tree is removed on
+    // another once the root file system holds it.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let raw_sum = ui.step("disk image (ext4 root, ESP, GPT)", |ui| {
+            disk::build(
+                ui,
+                scope,
+                &plan,
+                &layout,
+                &staging,
+                &assembled,
+                output.path(),
+                &name,
+                source_date_epoch,
+            )
+        })?;
+        scope.spawn(move || drop(staging));
+        ui.step("qcow2, manifest, SBOM and checksums", |ui| {
+            manifest::write(
+                ui,
+                raw_sum,
+                output.path(),
+                &name,
+                &plan,
+                &input_hash,
+                source_date_epoch,
+                &packages,
+                &files,
+                &layout,
+            )
+        })
     })?;
-    ui.step("manifest, SBOM and checksums", |_| {
-        manifest::write(
-            output.path(),
-            &name,
-            &plan,
-            &input_hash,
-            source_date_epoch,
-            &staging,
-            &files,
-            &layout,
-        )
-    })?;
-    drop(staging);
     let final_path = out_parent.join(&name);
     output.persist(&final_path)?;
     ui.note(&format!(

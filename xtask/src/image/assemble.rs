@@ -25,20 +25,26 @@ pub struct Binaries {
 /// initd is required.
 pub fn build_binaries(ui: &mut Ui, source: &Path, target_dir: &Path) -> anyhow::Result<Binaries> {
     let sh = Shell::new()?;
+    // cc passes SOURCE_DATE_EPOCH to the compiler, so cargo rebuilds the
+    // renderer whenever it changes (a new commit, or the bench setting it);
+    // the shim uses no __DATE__, and without it the binaries do not depend
+    // on the commit time at all.
     let manifest = super::host::workspace_manifest(source);
     ui.run(
         cmd!(
             sh,
             "cargo build --release --manifest-path {manifest} -p initd --target x86_64-unknown-linux-musl"
         )
-        .env("CARGO_TARGET_DIR", target_dir),
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("SOURCE_DATE_EPOCH"),
     )?;
     let nodows = match ui.run(
         cmd!(
             sh,
             "cargo build --release --manifest-path {manifest} -p render --bin nodows"
         )
-        .env("CARGO_TARGET_DIR", target_dir),
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("SOURCE_DATE_EPOCH"),
     ) {
         Ok(()) => Some(target_dir.join("release/nodows")),
         Err(error) => {
@@ -73,15 +79,20 @@ pub struct Staging {
     dir: TempDir,
 }
 
+/// Where the staging tree and the disk's scratch files live: /dev/shm when
+/// it exists, else the temporary directory.
+pub fn tmpfs_parent() -> PathBuf {
+    if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 impl Staging {
     pub fn create(name: &str) -> anyhow::Result<Staging> {
-        let parent = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
         Ok(Staging {
-            dir: TempDir::create(&parent, &format!("nodows-stage-{name}"))?,
+            dir: TempDir::create(&tmpfs_parent(), &format!("nodows-stage-{name}"))?,
         })
     }
 
@@ -100,10 +111,14 @@ pub struct Assembled {
     pub initrd: PathBuf,
 }
 
+/// Writes a new file at `path` (a file there is unlinked first: the staging
+/// tree's base files are hard links into the extracted base, which must
+/// never be written through).
 pub(super) fn write(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    let _ = std::fs::remove_file(path);
     std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
@@ -147,21 +162,196 @@ pub(super) fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The base extracted once on the tmpfs (`/dev/shm/nodows-base-ID/root`,
+/// ID from the cached tar's path), with the inode, size, mtime and sha256
+/// of each of its regular files (`files`) and the identity of the tar it
+/// came from (`source`: path, device, inode, size, mtime; another tar at
+/// that path is a new tree). A build hard-links the tree into its staging
+/// directory (`cp --archive --link`: directories are copied, files and
+/// symlinks shared) instead of extracting the tar again, and reuses the
+/// hash of every file that is still the base's inode. Nothing may write
+/// through those links: the assembly unlinks before it writes, the
+/// renderer renames into place, and `finish` fails if a shared inode's
+/// size or mtime changed. One tree per cache directory is kept (making one
+/// removes the others of that directory and those whose tar is gone).
+pub struct BaseTree {
+    root: PathBuf,
+    device: u64,
+    files: std::collections::HashMap<String, BaseFile>,
+}
+
+struct BaseFile {
+    inode: u64,
+    size: u64,
+    mtime: (i64, i64),
+    sha256: String,
+}
+
+/// What identifies a cached tar for its extracted tree.
+fn tar_identity(tar: &Path) -> anyhow::Result<String> {
+    let metadata =
+        std::fs::metadata(tar).with_context(|| format!("cannot read {}", tar.display()))?;
+    Ok(format!(
+        "{}\n{} {} {} {} {}\n",
+        tar.display(),
+        metadata.dev(),
+        metadata.ino(),
+        metadata.size(),
+        metadata.mtime(),
+        metadata.mtime_nsec()
+    ))
+}
+
+impl BaseTree {
+    pub fn open(ui: &mut Ui, base: &super::rootfs::Base) -> anyhow::Result<BaseTree> {
+        let parent = tmpfs_parent();
+        let tar = std::path::absolute(&base.tar)?;
+        let identity = tar_identity(&tar)?;
+        let id = hex(&Sha256::digest(tar.as_os_str().as_bytes()));
+        let name = format!("nodows-base-{}", &id[..16]);
+        let dir = parent.join(&name);
+        let current = std::fs::read_to_string(dir.join("source"))
+            .is_ok_and(|text| text == identity)
+            && dir.join("files").is_file();
+        Self::remove_other_trees(ui, &parent, &tar, !current);
+        if !current {
+            if dir.exists() {
+                ui.log(&format!(
+                    "{} is of another tar; extracting again",
+                    dir.display()
+                ));
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {}", dir.display()))?;
+            }
+            let partial = TempDir::create(&parent, &name)?;
+            let root = partial.path().join("root");
+            std::fs::create_dir(&root)?;
+            let sh = Shell::new()?;
+            ui.run(cmd!(
+                sh,
+                "tar --extract --file {tar} --directory {root} --numeric-owner --xattrs --xattrs-include=*"
+            ))?;
+            let mut listing = String::new();
+            for (path, entry) in hash_tree(&root, None)? {
+                if entry.kind == "file" {
+                    let metadata =
+                        std::fs::symlink_metadata(root.join(path.trim_start_matches('/')))?;
+                    listing.push_str(&format!(
+                        "{} {} {} {} {} {}\n",
+                        metadata.ino(),
+                        metadata.size(),
+                        metadata.mtime(),
+                        metadata.mtime_nsec(),
+                        entry.sha256,
+                        path
+                    ));
+                }
+            }
+            std::fs::write(partial.path().join("files"), listing)?;
+            std::fs::write(partial.path().join("source"), &identity)?;
+            // A build beside this one may have made the same tree first:
+            // then this one is dropped and that one used.
+            partial.persist_unless_exists(&dir)?;
+        }
+        let listing = std::fs::read_to_string(dir.join("files"))?;
+        let mut files = std::collections::HashMap::new();
+        for line in listing.lines() {
+            let mut fields = line.splitn(6, ' ');
+            let mut next = || {
+                fields
+                    .next()
+                    .with_context(|| format!("{}: a short line; remove it", dir.display()))
+            };
+            let (inode, size, seconds, nanoseconds, sha256, path) =
+                (next()?, next()?, next()?, next()?, next()?, next()?);
+            files.insert(
+                path.to_owned(),
+                BaseFile {
+                    inode: inode.parse()?,
+                    size: size.parse()?,
+                    mtime: (seconds.parse()?, nanoseconds.parse()?),
+                    sha256: sha256.to_owned(),
+                },
+            );
+        }
+        let root = dir.join("root");
+        let device = std::fs::symlink_metadata(&root)
+            .with_context(|| format!("{} is incomplete; remove it", dir.display()))?
+            .dev();
+        Ok(BaseTree {
+            root,
+            device,
+            files,
+        })
+    }
+
+    /// Removes the extracted trees whose tar is gone (a removed cache, such
+    /// as the bench's) and, when a new tree is made, those of other tars in
+    /// the same cache directory.
+    fn remove_other_trees(ui: &Ui, parent: &Path, tar: &Path, making: bool) {
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            if !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("nodows-base-")
+            {
+                continue;
+            }
+            let Ok(source) = std::fs::read_to_string(entry.path().join("source")) else {
+                continue;
+            };
+            let other = PathBuf::from(source.lines().next().unwrap_or_default());
+            let replaced = making && other.parent() == tar.parent() && other != tar;
+            if !other.is_file() || replaced {
+                ui.log(&format!(
+                    "removing the extracted base {}",
+                    entry.path().display()
+                ));
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Hard-links the tree into the (empty) staging directory.
+    pub fn link_into(&self, ui: &mut Ui, staging: &Staging) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        let (from, to) = (self.root.join("."), staging.path());
+        ui.run(cmd!(
+            sh,
+            "cp --archive --link --no-target-directory {from} {to}"
+        ))
+    }
+
+    /// The base's hash of `path` if the staging entry is still the base's
+    /// inode; an error if that inode was written through.
+    fn reused_hash(
+        &self,
+        path: &str,
+        metadata: &std::fs::Metadata,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(file) = self.files.get(path) else {
+            return Ok(None);
+        };
+        if metadata.dev() != self.device || metadata.ino() != file.inode {
+            return Ok(None);
+        }
+        if metadata.size() != file.size || (metadata.mtime(), metadata.mtime_nsec()) != file.mtime {
+            bail!(
+                "{path} was written through its hard link into the extracted base {}; remove that directory and build again",
+                self.root.display()
+            );
+        }
+        Ok(Some(file.sha256.clone()))
+    }
+}
+
 pub fn assemble(
-    ui: &mut Ui,
     plan: &Plan,
-    base: &super::rootfs::Base,
     binaries: &Binaries,
     staging: &Staging,
     source_date_epoch: u64,
 ) -> anyhow::Result<Assembled> {
-    let sh = Shell::new()?;
     let root = staging.path();
-    let tar = &base.tar;
-    ui.run(cmd!(
-        sh,
-        "tar --extract --file {tar} --directory {root} --numeric-owner --xattrs --xattrs-include=*"
-    ))?;
 
     // The kernel and initrd of the base.
     let modules_dir = staging.join("usr/lib/modules");
@@ -182,13 +372,6 @@ pub fn assemble(
             vmlinuz.display(),
             initrd.display()
         );
-    }
-
-    // Optional module pruning (documented in images/debian.xml).
-    if let Some(keep) = &plan.keep_modules {
-        let kernel_dir = modules_dir.join(&kernel_version).join("kernel");
-        prune_modules(&kernel_dir, &kernel_dir, keep)?;
-        ui.run(cmd!(sh, "depmod --basedir {root} {kernel_version}"))?;
     }
 
     // initd, initctl, the renderer.
@@ -294,39 +477,15 @@ pub fn assemble(
     })
 }
 
-fn prune_modules(kernel_dir: &Path, dir: &Path, keep: &[String]) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let relative = path
-            .strip_prefix(kernel_dir)?
-            .to_string_lossy()
-            .into_owned();
-        let kept = keep
-            .iter()
-            .any(|k| relative == *k || relative.starts_with(&format!("{k}/")));
-        let ancestor_of_kept = keep.iter().any(|k| k.starts_with(&format!("{relative}/")));
-        if kept {
-            continue;
-        } else if ancestor_of_kept && entry.file_type()?.is_dir() {
-            prune_modules(kernel_dir, &path, keep)?;
-        } else if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
+/// Appends a line as a new file with the old one's mode and owner (never
+/// through a hard link into the extracted base, see `write`).
 fn append(path: &Path, line: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(file, "{line}")?;
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    write(path, &format!("{text}{line}\n"), metadata.mode() & 0o7777)?;
+    std::os::unix::fs::chown(path, Some(metadata.uid()), Some(metadata.gid()))?;
     Ok(())
 }
 
@@ -439,8 +598,16 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// Lowercase hex; called for every file of the image, so no `format!`
+/// per byte (the xtask is a debug build).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
 }
 
 pub fn clamp_time(path: &Path, epoch: u64) -> anyhow::Result<()> {
@@ -468,10 +635,41 @@ pub fn clamp_time(path: &Path, epoch: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Clamps every timestamp newer than SOURCE_DATE_EPOCH, then lists and
-/// hashes every entry (two threads), sorted by path.
-pub fn finish(staging: &Staging, source_date_epoch: u64) -> anyhow::Result<Vec<FileEntry>> {
+/// Clamps every timestamp newer than SOURCE_DATE_EPOCH and hashes every
+/// entry (two threads), sorted by path. Setting a file's times does not
+/// change its directory's, so the order of the clamps does not matter.
+/// With the Debian base tree, the hashes of files still shared with it are
+/// reused and only mtimes are clamped (an atime clamp would touch every
+/// shared inode; debugfs sets atimes and ctimes in the image anyway).
+pub fn finish(
+    staging: &Staging,
+    base_tree: Option<&BaseTree>,
+    source_date_epoch: u64,
+) -> anyhow::Result<Vec<FileEntry>> {
     let root = staging.path();
+    let clamp = |path: &Path, metadata: &std::fs::Metadata| -> anyhow::Result<()> {
+        let atime_too = base_tree.is_none() && metadata.atime() as u64 > source_date_epoch;
+        if metadata.mtime() as u64 > source_date_epoch || atime_too {
+            clamp_time(path, source_date_epoch.min(metadata.mtime().max(0) as u64))?;
+        }
+        Ok(())
+    };
+    clamp(root, &std::fs::symlink_metadata(root)?)?;
+    Ok(hash_tree(root, Some((base_tree, &clamp)))?
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect())
+}
+
+type Clamp<'a> = &'a (dyn Fn(&Path, &std::fs::Metadata) -> anyhow::Result<()> + Sync);
+
+/// Every entry under `root` with its hash, sorted by path, on two threads;
+/// with `reuse`, each entry is clamped first and the base tree's hashes
+/// are reused.
+fn hash_tree(
+    root: &Path,
+    reuse: Option<(Option<&BaseTree>, Clamp<'_>)>,
+) -> anyhow::Result<Vec<(String, FileEntry)>> {
     let mut paths = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -484,21 +682,16 @@ pub fn finish(staging: &Staging, source_date_epoch: u64) -> anyhow::Result<Vec<F
         }
     }
     paths.sort();
-    // Directories last, deepest first, so that clamping a file does not touch its directory's times afterwards.
-    for path in paths
-        .iter()
-        .rev()
-        .chain(std::iter::once(&root.to_path_buf()))
-    {
+    let hash_one = |path: &PathBuf| -> anyhow::Result<(String, FileEntry)> {
         let metadata = std::fs::symlink_metadata(path)?;
-        if metadata.mtime() as u64 > source_date_epoch
-            || metadata.atime() as u64 > source_date_epoch
-        {
-            clamp_time(path, source_date_epoch.min(metadata.mtime().max(0) as u64))?;
+        let relative = format!("/{}", path.strip_prefix(root)?.to_string_lossy());
+        let mut reused = None;
+        if let Some((base_tree, clamp)) = reuse {
+            clamp(path, &metadata)?;
+            if let (Some(base_tree), true) = (base_tree, metadata.is_file()) {
+                reused = base_tree.reused_hash(&relative, &metadata)?;
+            }
         }
-    }
-    let hash_one = |path: &PathBuf| -> anyhow::Result<FileEntry> {
-        let metadata = std::fs::symlink_metadata(path)?;
         let file_type = metadata.file_type();
         let (kind, sha256) = if file_type.is_symlink() {
             (
@@ -508,24 +701,31 @@ pub fn finish(staging: &Staging, source_date_epoch: u64) -> anyhow::Result<Vec<F
                 )),
             )
         } else if file_type.is_file() {
-            let mut hasher = Sha256::new();
-            let mut file = std::fs::File::open(path)?;
-            std::io::copy(&mut file, &mut hasher)?;
-            ("file", hex(&hasher.finalize()))
+            let sha256 = match reused {
+                Some(sha256) => sha256,
+                None => {
+                    let mut hasher = Sha256::new();
+                    let mut file = std::fs::File::open(path)?;
+                    std::io::copy(&mut file, &mut hasher)?;
+                    hex(&hasher.finalize())
+                }
+            };
+            ("file", sha256)
         } else if file_type.is_dir() {
             ("directory", String::new())
         } else {
             ("special", String::new())
         };
-        Ok(FileEntry {
-            path: format!("/{}", path.strip_prefix(root)?.to_string_lossy()),
+        let entry = FileEntry {
+            path: relative.clone(),
             kind,
             mode: metadata.mode() & 0o7777,
             uid: metadata.uid(),
             gid: metadata.gid(),
             size: if kind == "file" { metadata.len() } else { 0 },
             sha256,
-        })
+        };
+        Ok((relative, entry))
     };
     let half = paths.len() / 2;
     let (first, second) = paths.split_at(half);
@@ -545,4 +745,77 @@ pub fn finish(staging: &Staging, source_date_epoch: u64) -> anyhow::Result<Vec<F
     let mut entries = first?;
     entries.extend(second?);
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staging tree shares the extracted base's inodes: a file written
+    /// through its link would change the base for every later build, so the
+    /// hash pass refuses it; a file replaced by a new inode is just hashed.
+    #[test]
+    fn writing_through_a_base_link_is_refused() {
+        let dir = std::env::temp_dir().join(format!("nodows-link-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("base/etc")).unwrap();
+        std::fs::create_dir_all(dir.join("stage/etc")).unwrap();
+        for name in ["passwd", "hostname"] {
+            std::fs::write(dir.join("base/etc").join(name), "base\n").unwrap();
+            std::fs::hard_link(
+                dir.join("base/etc").join(name),
+                dir.join("stage/etc").join(name),
+            )
+            .unwrap();
+        }
+        let record = |name: &str| {
+            let metadata = std::fs::metadata(dir.join("base/etc").join(name)).unwrap();
+            BaseFile {
+                inode: metadata.ino(),
+                size: metadata.size(),
+                mtime: (metadata.mtime(), metadata.mtime_nsec()),
+                sha256: "recorded".to_owned(),
+            }
+        };
+        let base_tree = BaseTree {
+            root: dir.join("base"),
+            device: std::fs::metadata(dir.join("base")).unwrap().dev(),
+            files: [
+                ("/etc/passwd".to_owned(), record("passwd")),
+                ("/etc/hostname".to_owned(), record("hostname")),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let reused = |name: &str| {
+            let path = dir.join("stage/etc").join(name);
+            base_tree.reused_hash(
+                &format!("/etc/{name}"),
+                &std::fs::symlink_metadata(path).unwrap(),
+            )
+        };
+        assert_eq!(reused("passwd").unwrap().as_deref(), Some("recorded"));
+        write(&dir.join("stage/etc/hostname"), "appliance\n", 0o644).unwrap();
+        assert_eq!(reused("hostname").unwrap(), None, "a new inode is hashed");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("base/etc/hostname")).unwrap(),
+            "base\n"
+        );
+        append(
+            &dir.join("stage/etc/passwd"),
+            "nodows:x:1000:1000::/home/nodows:/bin/sh",
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("base/etc/passwd")).unwrap(),
+            "base\n"
+        );
+        assert_eq!(reused("passwd").unwrap(), None);
+        std::fs::remove_file(dir.join("stage/etc/passwd")).unwrap();
+        std::fs::hard_link(dir.join("base/etc/passwd"), dir.join("stage/etc/passwd")).unwrap();
+        std::fs::write(dir.join("stage/etc/passwd"), "written through\n").unwrap();
+        let error = reused("passwd").unwrap_err().to_string();
+        assert!(error.contains("written through its hard link"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1160,7 +1160,7 @@ pub fn build_with(
         bake(ui, plan, &binaries.nodows, &staging)
     })?;
     let files = ui.step("clamp timestamps and hash every file", |_| {
-        assemble::finish(&staging, source_date_epoch)
+        assemble::finish(&staging, None, source_date_epoch)
     })?;
     let input_hash = input_hash(plan, &distribution, source_date_epoch, &files);
     let layout = FreebsdLayout::new(plan, &input_hash);

@@ -2,15 +2,18 @@
 //! sha256), sbom.spdx.json (SPDX 2.3, the installed Debian packages) and
 //! SHA256SUMS.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context as _;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
+use xshell::{cmd, Shell};
 
 use super::assemble::{FileEntry, Staging};
 use super::disk::Layout;
 use super::plan::Plan;
+use super::ui::Ui;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -120,26 +123,158 @@ fn spdx_id(name: &str) -> String {
     format!("SPDXRef-Package-deb-{cleaned}")
 }
 
+/// The sha256 of a file, sparse-aware: holes (SEEK_HOLE) are hashed from a
+/// zero buffer instead of being read, data is read in 1 MiB chunks. The raw
+/// disk is 1 GiB of mostly holes; SHA-256 must still see every zero byte,
+/// but the kernel need not copy them.
 pub(super) fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let length = std::fs::metadata(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .len();
     let mut hasher = Sha256::new();
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    std::io::copy(&mut file, &mut hasher)?;
+    hash_range(&mut hasher, path, 0, length)?;
     Ok(hex(&hasher.finalize()))
 }
 
+/// Feeds `length` bytes of `path` from `start` to `hasher`, sparse-aware
+/// (see `sha256_file`); bytes past the file's end count as zeros.
+pub(super) fn hash_range(
+    hasher: &mut Sha256,
+    path: &Path,
+    start: u64,
+    length: u64,
+) -> anyhow::Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    use std::os::unix::io::AsRawFd as _;
+    const CHUNK: usize = 1 << 20;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file_end = file.metadata()?.len();
+    let end = start + length;
+    let fd = file.as_raw_fd();
+    let mut buffer = vec![0u8; CHUNK];
+    let zeros = vec![0u8; CHUNK];
+    let hash_zeros = |hasher: &mut Sha256, mut count: u64| {
+        while count > 0 {
+            let run = count.min(CHUNK as u64) as usize;
+            hasher.update(&zeros[..run]);
+            count -= run as u64;
+        }
+    };
+    let mut position = start;
+    while position < end {
+        super::ui::check_interrupted()?;
+        // The next data at or after `position`; ENXIO: only a hole is left.
+        // A file system without SEEK_DATA reports everything as data.
+        let data = if position < file_end {
+            unsafe { libc::lseek(fd, position as libc::off_t, libc::SEEK_DATA) }
+        } else {
+            -1
+        };
+        let data = if data < 0 {
+            end
+        } else {
+            (data as u64).min(end)
+        };
+        hash_zeros(hasher, data - position);
+        if data >= end {
+            break;
+        }
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { file_end } else { hole as u64 }.min(end);
+        file.seek(SeekFrom::Start(data))?;
+        let mut left = hole - data;
+        while left > 0 {
+            let want = left.min(CHUNK as u64) as usize;
+            let read = file
+                .read(&mut buffer[..want])
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if read == 0 {
+                anyhow::bail!("{}: shorter than its length while hashing", path.display());
+            }
+            hasher.update(&buffer[..read]);
+            left -= read as u64;
+        }
+        position = hole;
+    }
+    Ok(())
+}
+
+/// The qcow2, manifest.json, sbom.spdx.json and SHA256SUMS. The raw disk
+/// is final when this runs and is being hashed (`raw_sum`, see
+/// `disk::build`); qemu-img converts it to qcow2 (another process) and the
+/// JSON is written meanwhile, the qcow2 is hashed as soon as it exists.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
+    ui: &Ui,
+    raw_sum: std::thread::ScopedJoinHandle<'_, anyhow::Result<String>>,
     out: &Path,
     name: &str,
     plan: &Plan,
     input_hash: &str,
     source_date_epoch: u64,
-    staging: &Staging,
+    packages: &[Package],
     files: &[FileEntry],
     layout: &Layout,
 ) -> anyhow::Result<()> {
-    let packages = installed_packages(staging)?;
+    let raw = out.join(format!("{name}.raw"));
+    let qcow2 = out.join(format!("{name}.qcow2"));
+    let sums = std::thread::scope(|scope| -> anyhow::Result<BTreeMap<String, String>> {
+        let converted = (|| -> anyhow::Result<_> {
+            let sh = Shell::new()?;
+            ui.run(cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {qcow2}"))?;
+            let qcow2_sum = scope.spawn(|| sha256_file(&qcow2));
+            write_documents(
+                out,
+                name,
+                plan,
+                input_hash,
+                source_date_epoch,
+                packages,
+                files,
+                layout,
+            )?;
+            Ok(qcow2_sum)
+        })();
+        // Always join the raw's thread before returning an error.
+        let raw_sum = raw_sum.join().expect("hashing thread");
+        let qcow2_sum = converted?.join().expect("hashing thread");
+        let mut sums = BTreeMap::new();
+        sums.insert(format!("{name}.raw"), raw_sum?);
+        sums.insert(format!("{name}.qcow2"), qcow2_sum?);
+        Ok(sums)
+    })?;
+    write_sha256sums(out, sums)
+}
+
+/// SHA256SUMS of every output: the given sums, the other files hashed here.
+fn write_sha256sums(out: &Path, mut sums: BTreeMap<String, String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(out)? {
+        let file = entry?.file_name().to_string_lossy().into_owned();
+        if file != "SHA256SUMS" && !sums.contains_key(&file) {
+            let sum = sha256_file(&out.join(&file))?;
+            sums.insert(file, sum);
+        }
+    }
+    let text: String = sums
+        .iter()
+        .map(|(file, sum)| format!("{sum}  {file}\n"))
+        .collect();
+    std::fs::write(out.join("SHA256SUMS"), text)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_documents(
+    out: &Path,
+    name: &str,
+    plan: &Plan,
+    input_hash: &str,
+    source_date_epoch: u64,
+    packages: &[Package],
+    files: &[FileEntry],
+    layout: &Layout,
+) -> anyhow::Result<()> {
     let manifest = json!({
         "image": plan.image,
         "profile": plan.profile,
@@ -214,27 +349,5 @@ pub fn write(
         serde_json::to_string_pretty(&sbom)? + "\n",
     )?;
 
-    // SHA256SUMS of every output, hashed on two threads.
-    let mut names: Vec<String> = std::fs::read_dir(out)?
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|file| file != "SHA256SUMS")
-        .collect();
-    names.sort();
-    let sums = std::thread::scope(|scope| {
-        let handles: Vec<_> = names
-            .iter()
-            .map(|file| {
-                scope.spawn(move || {
-                    sha256_file(&out.join(file)).map(|sum| format!("{sum}  {file}\n"))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("hashing thread"))
-            .collect::<anyhow::Result<String>>()
-    })?;
-    std::fs::write(out.join("SHA256SUMS"), sums)?;
     Ok(())
 }

@@ -312,7 +312,25 @@ pub fn resolve(
                 .map(|(name, _)| name)
                 .collect();
             if let Some(keep) = kernel.children_named("keep-modules").next() {
-                keep_modules = Some(keep.text().split_whitespace().map(str::to_owned).collect());
+                let paths: Vec<String> =
+                    keep.text().split_whitespace().map(str::to_owned).collect();
+                // The paths become shell patterns of the base's pruning hook.
+                for path in &paths {
+                    let plain = path
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || b"_.+-/".contains(&byte));
+                    if !plain
+                        || path.starts_with('/')
+                        || path.ends_with('/')
+                        || path.split('/').any(|part| part.is_empty() || part == "..")
+                    {
+                        problems.push(format!(
+                            "{}: <keep-modules> path `{path}` must be relative to /usr/lib/modules/VERSION/kernel, of letters, digits and `_.+-/`",
+                            image_document.at(keep)
+                        ));
+                    }
+                }
+                keep_modules = Some(paths);
             }
         }
         None => problems.push(format!(

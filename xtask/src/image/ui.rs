@@ -13,17 +13,29 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static CHILD: AtomicI32 = AtomicI32::new(0);
+/// The running tools, one slot each (the binaries are built while the base
+/// is made or extracted); 0 is a free slot.
+static CHILDREN: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
 
 extern "C" fn on_interrupt(_signal: libc::c_int) {
-    // Only async-signal-safe things: an atomic store and kill(2).
+    // Only async-signal-safe things: atomic loads and stores and kill(2).
     INTERRUPTED.store(true, Ordering::SeqCst);
-    let child = CHILD.load(Ordering::SeqCst);
-    if child > 0 {
-        unsafe {
-            libc::kill(child, libc::SIGTERM);
+    for slot in &CHILDREN {
+        let child = slot.load(Ordering::SeqCst);
+        if child > 0 {
+            unsafe {
+                libc::kill(child, libc::SIGTERM);
+            }
         }
     }
+}
+
+/// Claims a slot for a running tool; cleared again by `release_child`.
+fn track_child(pid: i32) -> Option<&'static AtomicI32> {
+    CHILDREN.iter().find(|slot| {
+        slot.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    })
 }
 
 /// SIGINT and SIGTERM stop the running tool; the build then unwinds, and
@@ -47,9 +59,13 @@ pub fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Clone)]
 pub struct Ui {
     log: Arc<Mutex<std::fs::File>>,
     verbose: bool,
+    /// Whether a spinner may show a running tool's last line; off for a
+    /// step that runs beside another one (two spinners garble the line).
+    spinner: bool,
     start: Instant,
 }
 
@@ -60,8 +76,17 @@ impl Ui {
         Ok(Ui {
             log: Arc::new(Mutex::new(log)),
             verbose,
+            spinner: true,
             start: Instant::now(),
         })
+    }
+
+    /// A handle for a step run on another thread: same log, no spinner.
+    pub fn background(&self) -> Ui {
+        Ui {
+            spinner: false,
+            ..self.clone()
+        }
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -130,13 +155,13 @@ impl Ui {
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot run {display}"))?;
-        CHILD.store(child.id() as i32, Ordering::SeqCst);
+        let slot = track_child(child.id() as i32);
         if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
             std::thread::spawn(move || {
                 let _ = stdin.write_all(input.as_bytes());
             });
         }
-        let spinner = if self.verbose {
+        let spinner = if self.verbose || !self.spinner {
             None
         } else {
             let spinner = indicatif::ProgressBar::new_spinner();
@@ -176,7 +201,9 @@ impl Ui {
             }));
         }
         let status = child.wait();
-        CHILD.store(0, Ordering::SeqCst);
+        if let Some(slot) = slot {
+            slot.store(0, Ordering::SeqCst);
+        }
         for reader in readers {
             let _ = reader.join();
         }
@@ -199,6 +226,12 @@ impl Ui {
     /// Removes temporary entries (`.NAME.tmp-PID`) left in DIR by builds
     /// that were killed outright (SIGKILL, power loss).
     pub fn cleanup_stale(&self, dir: &Path) {
+        self.cleanup_stale_named(dir, ".");
+    }
+
+    /// `cleanup_stale` for the entries whose name starts with `prefix` (in
+    /// a directory shared with other programs, such as /dev/shm).
+    pub fn cleanup_stale_named(&self, dir: &Path, prefix: &str) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(pid) = name
@@ -207,7 +240,10 @@ impl Ui {
             else {
                 continue;
             };
-            if !name.starts_with('.') || pid == std::process::id() as i32 {
+            if !name.starts_with('.')
+                || !name.starts_with(prefix)
+                || pid == std::process::id() as i32
+            {
                 continue;
             }
             let alive = unsafe { libc::kill(pid, 0) } == 0;
@@ -237,6 +273,26 @@ impl TempDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Renames the directory to `target` unless a directory is there
+    /// already (made by a build beside this one); then this one is removed.
+    pub fn persist_unless_exists(mut self, target: &Path) -> anyhow::Result<()> {
+        check_interrupted()?;
+        match std::fs::rename(&self.path, target) {
+            Ok(()) => {
+                self.keep = true;
+                Ok(())
+            }
+            Err(_) if target.is_dir() => Ok(()),
+            Err(error) => Err(error).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    self.path.display(),
+                    target.display()
+                )
+            }),
+        }
     }
 
     /// Renames the directory to `target`, replacing what was there.
