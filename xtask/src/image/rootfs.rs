@@ -2,8 +2,7 @@
 //! service's packages, cached under a content-addressed key.
 //!
 //! The key is the sha256 of everything that shapes the base: the suite, the
-//! architecture, the apt source lines, the sorted package set, the initrd
-//! modules, the sha256 of the mmdebstrap program, every mmdebstrap option and hook (they
+//! architecture, the apt source lines, the sorted package set, the sha256 of the mmdebstrap program, every mmdebstrap option and hook (they
 //! are part of the hashed text), and a format version. A changed input is a
 //! new entry. The entry is written to `.base-KEY.tar.tmp-PID` and renamed to
 //! `base-KEY.tar` only when mmdebstrap succeeded.
@@ -86,14 +85,15 @@ pub fn mmdebstrap_options(plan: &Plan) -> Vec<String> {
         "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata".to_owned(),
     ];
     options.push(dpkg_excludes_hook());
-    // The initrd: only the listed modules, zstd; configured before the
-    // kernel is installed, so that its postinst builds the right initrd.
-    let modules = plan.initrd_modules.join("\\n");
-    options.push(format!(
-        "--setup-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" \"$1/usr/share/initramfs-tools/modules.d\" \
-         && printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1/etc/initramfs-tools/conf.d/nodows.conf\" \
-         && printf '{modules}\\n' > \"$1/usr/share/initramfs-tools/modules.d/nodows\""
-    ));
+    // The initrd is nodows' own (written at assembly): update-initramfs is
+    // diverted to a stub before the kernel and initramfs-tools come in, so
+    // their postinst and trigger build none (two initrds, seconds each).
+    options.push(
+        "--essential-hook=chroot \"$1\" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs \
+         && printf '#!/bin/sh\\necho \"update-initramfs: the initrd of a nodows image is written by cargo xtask image\"\\n' > \"$1/usr/sbin/update-initramfs\" \
+         && chmod 0755 \"$1/usr/sbin/update-initramfs\""
+            .to_owned(),
+    );
     if let Some(keep) = &plan.keep_modules {
         options.push(prune_modules_hook(keep));
     }
@@ -267,9 +267,6 @@ mod tests {
         let mut p = base.clone();
         p.base_packages.insert("curl".to_owned());
         with("package set", p, "sha256 1111");
-        let mut p = base.clone();
-        p.initrd_modules.push("xfs".to_owned());
-        with("initrd modules (an mmdebstrap hook)", p, "sha256 1111");
         let mut p = base.clone();
         p.keep_modules
             .get_or_insert_with(Vec::new)
