@@ -12,7 +12,7 @@ pub mod xslt;
 
 use model::{Effective, Model};
 use servicedef::{OnChange, ServiceDefinition};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 /// The renderer's errors; [`Error::exit_code`] maps them to the CLI's codes.
@@ -145,6 +145,116 @@ fn definition_file(definition: &ServiceDefinition) -> String {
     )
 }
 
+/// Where a template is, for [`stage`]: inside the services directory (its
+/// canonical path and, if it was asked for, its bytes) or outside it.
+enum Located {
+    Inside(PathBuf, Vec<u8>),
+    Outside,
+}
+
+/// Finds templates below the canonical services directory and reads them,
+/// resolving each path once: a directory's canonical path is its parent's
+/// plus its name when `lstat` shows a real directory (one syscall, cached
+/// per directory, instead of a `readlink` per component and template), and
+/// the template is opened with `O_NOFOLLOW` below it. Anything else (a
+/// symlink, `..`, a relative or odd path) takes the slow path,
+/// `canonicalize`, so the answer is always the canonical path.
+struct Templates<'a> {
+    /// The services directory as given, and canonical.
+    given: &'a Path,
+    canonical: &'a Path,
+    directories: HashMap<PathBuf, PathBuf>,
+    /// How many paths took the slow path (the tests count them).
+    slow_paths: usize,
+}
+
+impl<'a> Templates<'a> {
+    fn new(given: &'a Path, canonical: &'a Path) -> Templates<'a> {
+        Templates {
+            given,
+            canonical,
+            directories: HashMap::new(),
+            slow_paths: 0,
+        }
+    }
+
+    fn canonical_directory(&mut self, directory: &Path) -> std::io::Result<PathBuf> {
+        if let Some(canonical) = self.directories.get(directory) {
+            return Ok(canonical.clone());
+        }
+        let canonical = if directory == self.given {
+            self.canonical.to_path_buf()
+        } else {
+            match (directory.parent(), directory.components().next_back()) {
+                (Some(parent), Some(Component::Normal(name))) if !parent.as_os_str().is_empty() => {
+                    let candidate = self.canonical_directory(parent)?.join(name);
+                    match std::fs::symlink_metadata(&candidate) {
+                        Ok(metadata) if metadata.is_dir() => candidate,
+                        _ => {
+                            self.slow_paths += 1;
+                            directory.canonicalize()?
+                        }
+                    }
+                }
+                _ => {
+                    self.slow_paths += 1;
+                    directory.canonicalize()?
+                }
+            }
+        };
+        self.directories
+            .insert(directory.to_path_buf(), canonical.clone());
+        Ok(canonical)
+    }
+
+    /// Where `template` is; with `read`, its bytes too (otherwise empty).
+    fn locate(&mut self, template: &Path, read: bool) -> std::io::Result<Located> {
+        if let (Some(parent), Some(name)) = (template.parent(), template.file_name()) {
+            let candidate = self.canonical_directory(parent)?.join(name);
+            if candidate.starts_with(self.canonical) {
+                match read_template(&candidate, read) {
+                    Ok(source) => return Ok(Located::Inside(candidate, source)),
+                    // A symlink: the slow path below follows it.
+                    Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.slow_paths += 1;
+        let canonical = template.canonicalize()?;
+        if !canonical.starts_with(self.canonical) {
+            return Ok(Located::Outside);
+        }
+        let source = read_template(&canonical, read)?;
+        Ok(Located::Inside(canonical, source))
+    }
+}
+
+/// With `read`, opens `path` without following a symlink at its end and
+/// reads it to the end (open, reads, close: no stat, no seek); without, only
+/// checks that it exists and is not a symlink (`ELOOP` if it is, as
+/// `O_NOFOLLOW` says).
+fn read_template(path: &Path, read: bool) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !read {
+        return match std::fs::symlink_metadata(path)? {
+            metadata if metadata.file_type().is_symlink() => {
+                Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+            }
+            _ => Ok(Vec::new()),
+        };
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let mut source = Vec::with_capacity(8192);
+    // Through `Take`, read_to_end does not fstat and seek for a size hint.
+    file.take(u64::MAX).read_to_end(&mut source)?;
+    Ok(source)
+}
+
 /// Renders every file of the selected services into memory. If anything is
 /// wrong, returns every problem found and no file.
 pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
@@ -181,7 +291,10 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     // Validate every definition's targets (not only the selected ones): the
     // image must be consistent as a whole.
     let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut jobs: Vec<(&ServiceDefinition, &servicedef::FileTarget, PathBuf)> = Vec::new();
+    // Per selected file: its owner and target, and the template to render.
+    let mut jobs: Vec<(&ServiceDefinition, &servicedef::FileTarget)> = Vec::new();
+    let mut render_jobs: Vec<xslt::Job> = Vec::new();
+    let mut templates = Templates::new(request.services_dir, &services_dir);
     for definition in request.definitions {
         let selected = request.only.is_empty() || request.only.contains(&definition.name);
         for file in &definition.files {
@@ -202,9 +315,10 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
                 ));
             }
             let template = definition.dir.join(&file.template);
-            let template = match template.canonicalize() {
-                Ok(path) if path.starts_with(&services_dir) => path,
-                Ok(_) => {
+            // Only selected templates are read; every one is checked.
+            let (template, source) = match templates.locate(&template, selected) {
+                Ok(Located::Inside(path, source)) => (path, source),
+                Ok(Located::Outside) => {
                     problems.push(format!(
                         "{}: service `{}`: template {} is outside {}; keep templates in the service's directory",
                         definition_file(definition),
@@ -225,7 +339,19 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
                 }
             };
             if selected {
-                jobs.push((definition, file, template));
+                jobs.push((definition, file));
+                render_jobs.push(xslt::Job {
+                    template,
+                    source,
+                    params: vec![
+                        (
+                            "server".to_string(),
+                            request.server.unwrap_or("").to_string(),
+                        ),
+                        ("mode".to_string(), request.profile.to_string()),
+                        ("service".to_string(), definition.name.clone()),
+                    ],
+                });
             }
         }
     }
@@ -234,22 +360,6 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     }
     let effective = request.model.effective(request.server, request.profile)?;
     let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
-    let render_jobs: Vec<(PathBuf, Vec<(String, String)>)> = jobs
-        .iter()
-        .map(|(definition, _, template)| {
-            (
-                template.clone(),
-                vec![
-                    (
-                        "server".to_string(),
-                        request.server.unwrap_or("").to_string(),
-                    ),
-                    ("mode".to_string(), request.profile.to_string()),
-                    ("service".to_string(), definition.name.clone()),
-                ],
-            )
-        })
-        .collect();
     // Small renders stay on one thread; big ones use every core.
     let threads = if render_jobs.len() < 32 {
         1
@@ -260,7 +370,7 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
         .render_all(&effective.to_xml(), &render_jobs, threads)
         .map_err(|e| Error::BadInput(vec![e]))?;
     let mut staged = Vec::with_capacity(jobs.len());
-    for ((definition, file, _), result) in jobs.into_iter().zip(rendered) {
+    for ((definition, file), result) in jobs.into_iter().zip(rendered) {
         match result {
             Ok(bytes) => staged.push(StagedFile {
                 target: file.target.clone(),

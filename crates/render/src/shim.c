@@ -234,6 +234,41 @@ void *nodows_compile(const char *path) {
     return style;
 }
 
+/*
+ * Compiles a stylesheet from its bytes, already read (and checked to lie
+ * below the allowed directory) by the caller: no second path resolution,
+ * no stat or open by libxml2. `url` is the template's canonical path: it is
+ * the document's base URI, so xsl:import and xsl:include resolve as they do
+ * for xsltParseStylesheetFile and still go through the security prefs and
+ * safe_loader. The document is parsed as safe_loader parses it
+ * (XSLT_PARSE_OPTIONS without entity substitution and DTD loading, no
+ * network; a DOCTYPE is refused), and failures are reported with
+ * xsltParseStylesheetFile's message, so the messages do not change.
+ */
+void *nodows_compile_memory(const char *buf, int len, const char *url) {
+    int options = (XSLT_PARSE_OPTIONS) & ~(XML_PARSE_NOENT | XML_PARSE_DTDLOAD | XML_PARSE_DTDATTR | XML_PARSE_DTDVALID);
+    xmlDocPtr doc = xmlReadMemory(buf, len, url, NULL, options | XML_PARSE_NONET);
+    if (doc != NULL && (doc->intSubset != NULL || doc->extSubset != NULL)) {
+        generic_error(NULL, "%s:1: a DOCTYPE is not allowed (DTDs and external entities are refused)\n", url);
+        xmlFreeDoc(doc);
+        doc = NULL;
+    }
+    if (doc == NULL) {
+        generic_error(NULL, "xsltParseStylesheetFile : cannot parse %s\n", url);
+        return NULL;
+    }
+    xsltStylesheetPtr style = xsltParseStylesheetDoc(doc);
+    if (style == NULL) {
+        xmlFreeDoc(doc);
+        return NULL;
+    }
+    if (style->errors != 0) {
+        xsltFreeStylesheet(style);
+        return NULL;
+    }
+    return style;
+}
+
 void nodows_free_stylesheet(void *style) {
     if (style)
         xsltFreeStylesheet((xsltStylesheetPtr)style);

@@ -197,6 +197,99 @@ fn the_diff_resolves_each_parent_directory_once() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Guards the template path work of a render: each template is resolved
+/// once (a cached directory plus an `O_NOFOLLOW` open, not `canonicalize`
+/// per template and again by libxslt), a symlink still resolves to its
+/// canonical target and is confined, and the stylesheet is compiled from the
+/// bytes read, with its imports resolved against its path and confined.
+#[test]
+fn templates_are_resolved_once_and_compiled_from_the_bytes_read() {
+    let dir = tempdir("templates");
+    let services = dir.join("services");
+    for sub in ["a", "b", "c", "common"] {
+        std::fs::create_dir_all(services.join(sub)).unwrap();
+    }
+    let stylesheet = |body: &str| {
+        format!(
+            r#"<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">{body}<xsl:output method="text"/></xsl:stylesheet>"#
+        )
+    };
+    let on_disk = stylesheet(
+        r#"<xsl:import href="../common/lib.xsl"/><xsl:template match="/">disk</xsl:template>"#,
+    );
+    std::fs::write(services.join("a/a.xsl"), &on_disk).unwrap();
+    std::fs::write(
+        services.join("common/lib.xsl"),
+        stylesheet(r#"<xsl:template name="lib">lib</xsl:template>"#),
+    )
+    .unwrap();
+    std::fs::write(dir.join("outside.xsl"), stylesheet("")).unwrap();
+    std::os::unix::fs::symlink("../a/a.xsl", services.join("b/link.xsl")).unwrap();
+    std::os::unix::fs::symlink("../../outside.xsl", services.join("c/out.xsl")).unwrap();
+
+    let canonical = services.canonicalize().unwrap();
+    let mut templates = Templates::new(&services, &canonical);
+    for _ in 0..3 {
+        match templates.locate(&services.join("a/a.xsl"), true).unwrap() {
+            Located::Inside(path, source) => {
+                assert_eq!(path, canonical.join("a/a.xsl"));
+                assert_eq!(source, on_disk.as_bytes());
+            }
+            Located::Outside => panic!("a/a.xsl is inside"),
+        }
+    }
+    assert_eq!(templates.slow_paths, 0);
+    assert!(matches!(
+        templates.locate(&services.join("b/link.xsl"), true).unwrap(),
+        Located::Inside(path, _) if path == canonical.join("a/a.xsl")
+    ));
+    assert!(matches!(
+        templates.locate(&services.join("c/out.xsl"), true).unwrap(),
+        Located::Outside
+    ));
+    assert!(matches!(
+        templates
+            .locate(&services.join("a/../../outside.xsl"), true)
+            .unwrap(),
+        Located::Outside
+    ));
+    let missing = templates.locate(&services.join("a/missing.xsl"), true);
+    assert!(missing.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound));
+
+    let xslt = xslt::Xslt::new(&canonical).unwrap();
+    let document = xslt.parse_document("<model/>", "effective").unwrap();
+    // The bytes given are compiled, not the file at the path; the import
+    // resolves against the path.
+    let source = stylesheet(
+        r#"<xsl:import href="../common/lib.xsl"/><xsl:template match="/">memory <xsl:call-template name="lib"/></xsl:template>"#,
+    );
+    let compiled = xslt
+        .compile_source(source.as_bytes(), &canonical.join("a/a.xsl"))
+        .unwrap();
+    let out = xslt.apply(&compiled, &document, &[], "a.xsl").unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "memory lib");
+    let escaping = stylesheet(r#"<xsl:import href="../../outside.xsl"/>"#);
+    let refused = xslt.compile_source(escaping.as_bytes(), &canonical.join("a/a.xsl"));
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("refused")),
+        "{:?}",
+        refused.err()
+    );
+    let with_dtd = format!(
+        "<!DOCTYPE x [<!ENTITY e SYSTEM \"/etc/passwd\">]>{}",
+        stylesheet("")
+    );
+    let refused = xslt.compile_source(with_dtd.as_bytes(), &canonical.join("a/a.xsl"));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("a DOCTYPE is not allowed")),
+        "{:?}",
+        refused.err()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir =
         std::env::temp_dir().join(format!("nodows-render-unit-{name}-{}", std::process::id()));
