@@ -154,9 +154,10 @@ enum Located {
 
 /// Finds templates below the canonical services directory and reads them,
 /// resolving each path once: a directory's canonical path is its parent's
-/// plus its name when `lstat` shows a real directory (one syscall, cached
-/// per directory, instead of a `readlink` per component and template), and
-/// the template is opened with `O_NOFOLLOW` below it. Anything else (a
+/// plus its name when it is a real directory (known from listing the
+/// services directory, or one `lstat`, cached per directory, instead of a
+/// `readlink` per component and template), and the template is opened with
+/// `O_NOFOLLOW` below it. Anything else (a
 /// symlink, `..`, a relative or odd path) takes the slow path,
 /// `canonicalize`, so the answer is always the canonical path.
 struct Templates<'a> {
@@ -164,17 +165,31 @@ struct Templates<'a> {
     given: &'a Path,
     canonical: &'a Path,
     directories: HashMap<PathBuf, PathBuf>,
-    /// How many paths took the slow path (the tests count them).
+    /// How many paths took the slow path, and how many directories were
+    /// looked up with `lstat` (the tests count them).
     slow_paths: usize,
+    directory_stats: usize,
 }
 
 impl<'a> Templates<'a> {
     fn new(given: &'a Path, canonical: &'a Path) -> Templates<'a> {
+        let mut directories = HashMap::new();
+        // The service directories, from one listing of the services
+        // directory (its entries' types, no stat each): a real directory's
+        // canonical path is the canonical services directory plus its name.
+        if let Ok(entries) = std::fs::read_dir(given) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                    directories.insert(entry.path(), canonical.join(entry.file_name()));
+                }
+            }
+        }
         Templates {
             given,
             canonical,
-            directories: HashMap::new(),
+            directories,
             slow_paths: 0,
+            directory_stats: 0,
         }
     }
 
@@ -188,6 +203,7 @@ impl<'a> Templates<'a> {
             match (directory.parent(), directory.components().next_back()) {
                 (Some(parent), Some(Component::Normal(name))) if !parent.as_os_str().is_empty() => {
                     let candidate = self.canonical_directory(parent)?.join(name);
+                    self.directory_stats += 1;
                     match std::fs::symlink_metadata(&candidate) {
                         Ok(metadata) if metadata.is_dir() => candidate,
                         _ => {

@@ -226,6 +226,11 @@ fn templates_are_resolved_once_and_compiled_from_the_bytes_read() {
     std::fs::write(dir.join("outside.xsl"), stylesheet("")).unwrap();
     std::os::unix::fs::symlink("../a/a.xsl", services.join("b/link.xsl")).unwrap();
     std::os::unix::fs::symlink("../../outside.xsl", services.join("c/out.xsl")).unwrap();
+    // Service directories that are symlinks, to one inside and one outside.
+    std::os::unix::fs::symlink("a", services.join("e")).unwrap();
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    std::fs::write(dir.join("elsewhere/a.xsl"), stylesheet("")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere", services.join("f")).unwrap();
 
     let canonical = services.canonicalize().unwrap();
     let mut templates = Templates::new(&services, &canonical);
@@ -238,7 +243,8 @@ fn templates_are_resolved_once_and_compiled_from_the_bytes_read() {
             Located::Outside => panic!("a/a.xsl is inside"),
         }
     }
-    assert_eq!(templates.slow_paths, 0);
+    // services/a is known from the listing of services/: no stat at all.
+    assert_eq!((templates.slow_paths, templates.directory_stats), (0, 0));
     assert!(matches!(
         templates.locate(&services.join("b/link.xsl"), true).unwrap(),
         Located::Inside(path, _) if path == canonical.join("a/a.xsl")
@@ -251,6 +257,14 @@ fn templates_are_resolved_once_and_compiled_from_the_bytes_read() {
         templates
             .locate(&services.join("a/../../outside.xsl"), true)
             .unwrap(),
+        Located::Outside
+    ));
+    assert!(matches!(
+        templates.locate(&services.join("e/a.xsl"), true).unwrap(),
+        Located::Inside(path, _) if path == canonical.join("a/a.xsl")
+    ));
+    assert!(matches!(
+        templates.locate(&services.join("f/a.xsl"), true).unwrap(),
         Located::Outside
     ));
     let missing = templates.locate(&services.join("a/missing.xsl"), true);
