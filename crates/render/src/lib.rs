@@ -169,6 +169,8 @@ struct Templates<'a> {
     /// looked up with `lstat` (the tests count them).
     slow_paths: usize,
     directory_stats: usize,
+    /// Reused by every read, so each template costs one exact allocation.
+    scratch: Vec<u8>,
 }
 
 impl<'a> Templates<'a> {
@@ -190,6 +192,7 @@ impl<'a> Templates<'a> {
             directories,
             slow_paths: 0,
             directory_stats: 0,
+            scratch: Vec::with_capacity(64 * 1024),
         }
     }
 
@@ -228,7 +231,7 @@ impl<'a> Templates<'a> {
         if let (Some(parent), Some(name)) = (template.parent(), template.file_name()) {
             let candidate = self.canonical_directory(parent)?.join(name);
             if candidate.starts_with(self.canonical) {
-                match read_template(&candidate, read) {
+                match read_template(&candidate, read, &mut self.scratch) {
                     Ok(source) => return Ok(Located::Inside(candidate, source)),
                     // A symlink: the slow path below follows it.
                     Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
@@ -241,16 +244,17 @@ impl<'a> Templates<'a> {
         if !canonical.starts_with(self.canonical) {
             return Ok(Located::Outside);
         }
-        let source = read_template(&canonical, read)?;
+        let source = read_template(&canonical, read, &mut self.scratch)?;
         Ok(Located::Inside(canonical, source))
     }
 }
 
 /// With `read`, opens `path` without following a symlink at its end and
-/// reads it to the end (open, reads, close: no stat, no seek); without, only
-/// checks that it exists and is not a symlink (`ELOOP` if it is, as
-/// `O_NOFOLLOW` says).
-fn read_template(path: &Path, read: bool) -> std::io::Result<Vec<u8>> {
+/// reads it to the end (open, reads, close: no stat, no seek) through
+/// `scratch`, returning a copy of exactly its size; without, only checks
+/// that it exists and is not a symlink (`ELOOP` if it is, as `O_NOFOLLOW`
+/// says).
+fn read_template(path: &Path, read: bool, scratch: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     if !read {
@@ -265,10 +269,10 @@ fn read_template(path: &Path, read: bool) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    let mut source = Vec::with_capacity(8192);
+    scratch.clear();
     // Through `Take`, read_to_end does not fstat and seek for a size hint.
-    file.take(u64::MAX).read_to_end(&mut source)?;
-    Ok(source)
+    file.take(u64::MAX).read_to_end(scratch)?;
+    Ok(scratch.clone())
 }
 
 /// Renders every file of the selected services into memory. If anything is
