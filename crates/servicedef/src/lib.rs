@@ -476,12 +476,23 @@ fn parse_all(files: &[PathBuf], threads: usize) -> Vec<Result<Parsed, Errors>> {
 }
 
 fn parse_with_positions(path: &Path) -> Result<Parsed, Errors> {
-    match std::fs::read_to_string(path) {
+    match read_to_string(path) {
         Ok(text) => parse_text(path, &text),
         Err(error) => Err(Errors {
             problems: vec![format!("{}: cannot read: {error}", path.display())],
         }),
     }
+}
+
+/// `std::fs::read_to_string` without its fstat and seek for a size hint
+/// (definitions are small; the renderer reads 1,000 of them per render).
+fn read_to_string(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(4096);
+    std::fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn position_of(path: &Path, text: &str, offset: u64) -> Position {
