@@ -123,10 +123,28 @@ void nodows_thread_init(void) {
     xmlSetStructuredErrorFunc(NULL, structured_error);
 }
 
+/* libxml2's allocator (see nodows_xslt_init); strdup is built on its malloc. */
+static xmlMallocFunc shim_malloc = NULL;
+
+static char *shim_strdup(const char *text) {
+    size_t len = strlen(text) + 1;
+    char *copy = shim_malloc(len);
+    if (copy != NULL)
+        memcpy(copy, text, len);
+    return copy;
+}
+
 /* Returns 0 on success. May be called again to change the allowed directory
- * (never while another thread renders). */
-int nodows_xslt_init(const char *dir) {
+ * (never while another thread renders). The first call sets libxml2's
+ * allocator to `malloc_fn`/`realloc_fn`/`free_fn` (xmlMemSetup must come
+ * before any other libxml2 call): a render spends about a third of its
+ * instructions in malloc and free, and glibc's, with its small per-thread
+ * cache, is slow at libxml2's many small short-lived blocks. */
+int nodows_xslt_init(const char *dir, xmlFreeFunc free_fn, xmlMallocFunc malloc_fn, xmlReallocFunc realloc_fn) {
     if (prefs == NULL) {
+        shim_malloc = malloc_fn;
+        if (xmlMemSetup(free_fn, malloc_fn, realloc_fn, shim_strdup) != 0)
+            return -1;
         xmlInitParser();
         exsltRegisterAll();
         xmlSubstituteEntitiesDefault(0);

@@ -10,7 +10,12 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 extern "C" {
-    fn nodows_xslt_init(dir: *const c_char) -> c_int;
+    fn nodows_xslt_init(
+        dir: *const c_char,
+        free: unsafe extern "C" fn(*mut c_void),
+        malloc: unsafe extern "C" fn(usize) -> *mut c_void,
+        realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    ) -> c_int;
     fn nodows_thread_init();
     fn nodows_errors(len: *mut usize) -> *const c_char;
     fn nodows_clear_errors();
@@ -76,8 +81,17 @@ impl Xslt {
     pub fn new(allowed_dir: &Path) -> Result<Xslt, String> {
         let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = c_string(&allowed_dir.to_string_lossy())?;
-        // SAFETY: the lock is held; `dir` is a valid C string.
-        let rc = unsafe { nodows_xslt_init(dir.as_ptr()) };
+        // SAFETY: the lock is held; `dir` is a valid C string; mimalloc's
+        // functions are libxml2's allocator from the first call on (before
+        // any other libxml2 call, which only this module makes).
+        let rc = unsafe {
+            nodows_xslt_init(
+                dir.as_ptr(),
+                libmimalloc_sys::mi_free,
+                libmimalloc_sys::mi_malloc,
+                libmimalloc_sys::mi_realloc,
+            )
+        };
         if rc != 0 {
             return Err(format!(
                 "{}: cannot use this directory for templates",
