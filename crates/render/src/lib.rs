@@ -160,6 +160,7 @@ enum Located {
 /// `O_NOFOLLOW` below it. Anything else (a
 /// symlink, `..`, a relative or odd path) takes the slow path,
 /// `canonicalize`, so the answer is always the canonical path.
+#[derive(Clone)]
 struct Templates<'a> {
     /// The services directory as given, and canonical.
     given: &'a Path,
@@ -275,6 +276,59 @@ fn read_template(path: &Path, read: bool, scratch: &mut Vec<u8>) -> std::io::Res
     Ok(scratch.clone())
 }
 
+/// How many threads a pass over `jobs` items uses: small renders stay on
+/// one thread; big ones use every core (at most 8).
+pub(crate) fn worker_threads(jobs: usize) -> usize {
+    if jobs < 32 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    }
+}
+
+/// `items.iter().map(f)` on up to `threads` threads, each over a contiguous
+/// share with its own `state`; the results are in item order. A share whose
+/// thread cannot start or panics is done on the calling thread.
+pub(crate) fn map_on_threads<T: Sync, S, R: Send>(
+    items: &[T],
+    threads: usize,
+    state: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    let (state, f) = (&state, &f);
+    let run = move |part: &[T]| {
+        let mut state = state();
+        part.iter()
+            .map(|item| f(&mut state, item))
+            .collect::<Vec<R>>()
+    };
+    if threads == 1 {
+        return run(items);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .skip(1)
+            .map(|part| {
+                let handle = std::thread::Builder::new()
+                    .spawn_scoped(scope, move || run(part))
+                    .ok();
+                (part, handle)
+            })
+            .collect();
+        let mut results = run(&items[..chunk.min(items.len())]);
+        for (part, handle) in handles {
+            match handle.map(|handle| handle.join()) {
+                Some(Ok(part_results)) => results.extend(part_results),
+                _ => results.extend(run(part)),
+            }
+        }
+        results
+    })
+}
+
 /// Renders every file of the selected services into memory. If anything is
 /// wrong, returns every problem found and no file.
 pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
@@ -314,10 +368,31 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     // Per selected file: its owner and target, and the template to render.
     let mut jobs: Vec<(&ServiceDefinition, &servicedef::FileTarget)> = Vec::new();
     let mut render_jobs: Vec<xslt::Job> = Vec::new();
-    let mut templates = Templates::new(request.services_dir, &services_dir);
-    for definition in request.definitions {
-        let selected = request.only.is_empty() || request.only.contains(&definition.name);
-        for file in &definition.files {
+    // Every template is located (and the selected ones read) on every core
+    // first; the checks below take the answers in order, so the problems
+    // are those, and in the order, of a one-thread pass.
+    let files: Vec<(&ServiceDefinition, &servicedef::FileTarget, bool)> = request
+        .definitions
+        .iter()
+        .flat_map(|definition| {
+            let selected = request.only.is_empty() || request.only.contains(&definition.name);
+            definition
+                .files
+                .iter()
+                .map(move |file| (definition, file, selected))
+        })
+        .collect();
+    let templates = Templates::new(request.services_dir, &services_dir);
+    let located = map_on_threads(
+        &files,
+        worker_threads(files.len()),
+        || templates.clone(),
+        |templates, (definition, file, selected)| {
+            templates.locate(&definition.dir.join(&file.template), *selected)
+        },
+    );
+    for (&(definition, file, selected), location) in files.iter().zip(located) {
+        {
             if let Err(problem) = check_target(&file.target) {
                 problems.push(format!(
                     "{}: service `{}`: {problem}",
@@ -336,7 +411,7 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
             }
             let template = definition.dir.join(&file.template);
             // Only selected templates are read; every one is checked.
-            let (template, source) = match templates.locate(&template, selected) {
+            let (template, source) = match location {
                 Ok(Located::Inside(path, source)) => (path, source),
                 Ok(Located::Outside) => {
                     problems.push(format!(
@@ -380,12 +455,7 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     }
     let effective = request.model.effective(request.server, request.profile)?;
     let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
-    // Small renders stay on one thread; big ones use every core.
-    let threads = if render_jobs.len() < 32 {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-    };
+    let threads = worker_threads(render_jobs.len());
     let rendered = xslt
         .render_all(&effective.to_xml(), &render_jobs, threads)
         .map_err(|e| Error::BadInput(vec![e]))?;

@@ -165,7 +165,7 @@ fn resolve_components(
 /// true for the whole diff.
 pub(crate) struct RootResolver<'r> {
     root: &'r Path,
-    parents: HashMap<&'r str, PathBuf>,
+    parents: HashMap<String, PathBuf>,
     /// How many directories were walked (the tests count them).
     pub(crate) walks: usize,
 }
@@ -181,7 +181,7 @@ impl<'r> RootResolver<'r> {
 
     /// The same path as `resolve_in_root(root, target)`: the target's name is
     /// never followed, so the answer is its resolved parent plus the name.
-    pub(crate) fn resolve(&mut self, target: &'r str) -> Result<PathBuf, String> {
+    pub(crate) fn resolve(&mut self, target: &str) -> Result<PathBuf, String> {
         let Some((parent, name)) = target.rsplit_once('/') else {
             return resolve_in_root(self.root, target);
         };
@@ -190,7 +190,7 @@ impl<'r> RootResolver<'r> {
             None => {
                 self.walks += 1;
                 let resolved = resolve_components(self.root, Path::new(parent), true, target)?;
-                self.parents.entry(parent).or_insert(resolved)
+                self.parents.entry(parent.to_string()).or_insert(resolved)
             }
         };
         Ok(resolved_parent.join(name))
@@ -228,6 +228,66 @@ struct Planned<'s> {
     gid: u32,
 }
 
+/// What the diff found for one staged file.
+enum Probe {
+    /// Its owner or group is not an account of the root.
+    NoAccount,
+    /// Its target cannot be resolved inside the root.
+    Unresolvable(String),
+    /// Reading the target failed (exit 1).
+    Failed(PathBuf, std::io::Error),
+    /// A directory is where the file goes.
+    Directory(PathBuf),
+    /// The target already holds these bytes, mode and owner.
+    Same,
+    /// The target is missing or differs: write it.
+    Differs { path: PathBuf, uid: u32, gid: u32 },
+}
+
+/// Compares one staged file with the root: bytes, permission bits, and
+/// owner/group when running as root.
+fn probe(
+    resolver: &mut RootResolver,
+    file: &StagedFile,
+    accounts: &Accounts,
+    as_root: bool,
+) -> Probe {
+    let uid = accounts.users.get(&file.owner).copied();
+    let gid = accounts.groups.get(&file.group).copied();
+    let (Some(uid), Some(gid)) = (uid, gid) else {
+        return Probe::NoAccount;
+    };
+    let path = match resolver.resolve(&file.target) {
+        Ok(path) => path,
+        Err(problem) => return Probe::Unresolvable(problem),
+    };
+    let differs = match std::fs::symlink_metadata(&path) {
+        // Missing, or a parent is not a directory (the write reports it).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            true
+        }
+        Err(e) => return Probe::Failed(path, e),
+        Ok(metadata) if metadata.is_dir() => return Probe::Directory(path),
+        Ok(metadata) if !metadata.is_file() => true,
+        Ok(metadata) => {
+            metadata.mode() & 0o7777 != file.mode
+                || (as_root && (metadata.uid() != uid || metadata.gid() != gid))
+                || match same_contents(&path, metadata.len(), &file.bytes) {
+                    Ok(same) => !same,
+                    Err(e) => return Probe::Failed(path, e),
+                }
+        }
+    };
+    if differs {
+        Probe::Differs { path, uid, gid }
+    } else {
+        Probe::Same
+    }
+}
+
 fn is_root_user() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -257,64 +317,43 @@ pub fn sync(root: &Path, staged: &[StagedFile], dry_run: bool) -> Result<ChangeS
     }
     let accounts = Accounts::read(root);
     let as_root = is_root_user();
+    // The diff's I/O (resolve, lstat, read) runs on every core, each thread
+    // with its own resolver; the outcomes are read here in order, so the
+    // problems and the first failure are those of a one-thread diff.
+    let probes = crate::map_on_threads(
+        staged,
+        crate::worker_threads(staged.len()),
+        || RootResolver::new(root),
+        |resolver, file| probe(resolver, file, &accounts, as_root),
+    );
     let mut problems = Vec::new();
     let mut changed: Vec<Planned> = Vec::new();
-    let mut resolver = RootResolver::new(root);
-    for file in staged {
-        let uid = accounts.users.get(&file.owner).copied();
-        let gid = accounts.groups.get(&file.group).copied();
-        let (Some(uid), Some(gid)) = (uid, gid) else {
-            problems.push(format!(
+    for (file, probe) in staged.iter().zip(probes) {
+        match probe {
+            Probe::NoAccount => problems.push(format!(
                 "service `{}`: file {}: owner `{}` or group `{}` is not in {}/etc/passwd or /etc/group; create the account in the image or use an existing one",
                 file.service,
                 file.target,
                 file.owner,
                 file.group,
                 root.display()
-            ));
-            continue;
-        };
-        let path = match resolver.resolve(&file.target) {
-            Ok(path) => path,
-            Err(problem) => {
-                problems.push(problem);
-                continue;
-            }
-        };
-        let differs = match std::fs::symlink_metadata(&path) {
-            // Missing, or a parent is not a directory (the write reports it).
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
-            {
-                true
-            }
-            Err(e) => {
+            )),
+            Probe::Unresolvable(problem) => problems.push(problem),
+            Probe::Failed(path, e) => {
                 return Err(Error::Failed(format!("{}: {e}", path.display())));
             }
-            Ok(metadata) if metadata.is_dir() => {
-                problems.push(format!(
-                    "{}: is a directory, but service `{}` renders a file there",
-                    path.display(),
-                    file.service
-                ));
-                continue;
-            }
-            Ok(metadata) if !metadata.is_file() => true,
-            Ok(metadata) => {
-                metadata.mode() & 0o7777 != file.mode
-                    || (as_root && (metadata.uid() != uid || metadata.gid() != gid))
-                    || !same_contents(&path, metadata.len(), &file.bytes)
-                        .map_err(|e| Error::Failed(format!("{}: {e}", path.display())))?
-            }
-        };
-        if differs {
-            changed.push(Planned {
+            Probe::Directory(path) => problems.push(format!(
+                "{}: is a directory, but service `{}` renders a file there",
+                path.display(),
+                file.service
+            )),
+            Probe::Same => {}
+            Probe::Differs { path, uid, gid } => changed.push(Planned {
                 staged: file,
                 path,
                 uid,
                 gid,
-            });
+            }),
         }
     }
     if !problems.is_empty() {

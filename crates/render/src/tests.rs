@@ -350,6 +350,38 @@ fn libxml2_allocates_through_mimalloc() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Guards the parallel passes of a render (locating and reading templates,
+/// the diff): the work is shared between threads, each with its own state,
+/// and the results come back in item order, so problems are reported in the
+/// order a one-thread pass gives.
+#[test]
+fn map_on_threads_shares_the_work_and_keeps_the_order() {
+    let items: Vec<usize> = (0..1000).collect();
+    let results = map_on_threads(
+        &items,
+        4,
+        || (std::thread::current().id(), 0usize),
+        |(thread, count), item| {
+            *count += 1;
+            (*item * 2, *thread, *count)
+        },
+    );
+    assert_eq!(
+        results.iter().map(|r| r.0).collect::<Vec<_>>(),
+        items.iter().map(|i| i * 2).collect::<Vec<_>>()
+    );
+    let threads: std::collections::BTreeSet<String> =
+        results.iter().map(|r| format!("{:?}", r.1)).collect();
+    assert_eq!(threads.len(), 4, "{threads:?}");
+    // Each thread counts only its own share: state is per thread.
+    assert_eq!(results.iter().map(|r| r.2).max(), Some(250));
+    assert_eq!(
+        map_on_threads(&[] as &[usize], 4, || (), |_, i| *i),
+        Vec::<usize>::new()
+    );
+    assert_eq!(map_on_threads(&[7usize], 4, || (), |_, i| *i), vec![7]);
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir =
         std::env::temp_dir().join(format!("nodows-render-unit-{name}-{}", std::process::id()));
