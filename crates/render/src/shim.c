@@ -263,9 +263,27 @@ void *nodows_compile(const char *path) {
  * network; a DOCTYPE is refused), and failures are reported with
  * xsltParseStylesheetFile's message, so the messages do not change.
  */
+/* Per thread: one parser context for every template it compiles (a new
+ * context per template, with its own dictionary, cost more than parsing a
+ * small template); freed by nodows_thread_done. */
+static __thread xmlParserCtxtPtr template_parser = NULL;
+
+void nodows_thread_done(void) {
+    if (template_parser != NULL) {
+        xmlFreeParserCtxt(template_parser);
+        template_parser = NULL;
+    }
+}
+
 void *nodows_compile_memory(const char *buf, int len, const char *url) {
     int options = (XSLT_PARSE_OPTIONS) & ~(XML_PARSE_NOENT | XML_PARSE_DTDLOAD | XML_PARSE_DTDATTR | XML_PARSE_DTDVALID);
-    xmlDocPtr doc = xmlReadMemory(buf, len, url, NULL, options | XML_PARSE_NONET);
+    if (template_parser == NULL)
+        template_parser = xmlNewParserCtxt();
+    if (template_parser == NULL) {
+        generic_error(NULL, "%s: out of memory\n", url);
+        return NULL;
+    }
+    xmlDocPtr doc = xmlCtxtReadMemory(template_parser, buf, len, url, NULL, options | XML_PARSE_NONET);
     if (doc != NULL && (doc->intSubset != NULL || doc->extSubset != NULL)) {
         generic_error(NULL, "%s:1: a DOCTYPE is not allowed (DTDs and external entities are refused)\n", url);
         xmlFreeDoc(doc);

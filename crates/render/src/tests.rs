@@ -301,6 +301,17 @@ fn templates_are_resolved_once_and_compiled_from_the_bytes_read() {
         "{:?}",
         refused.err()
     );
+    // One parser context serves every template of a thread: a malformed
+    // template's errors name it, and the next template is unaffected.
+    let broken = xslt.compile_source(b"<xsl:stylesheet\n><oops>", &canonical.join("c/broken.xsl"));
+    let broken = broken.err().unwrap_or_default();
+    assert!(broken.contains("c/broken.xsl:2:"), "{broken}");
+    assert!(!broken.contains("a/a.xsl"), "{broken}");
+    let again = xslt
+        .compile_source(source.as_bytes(), &canonical.join("a/a.xsl"))
+        .unwrap();
+    let out = xslt.apply(&again, &document, &[], "a.xsl").unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "memory lib");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

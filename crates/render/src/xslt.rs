@@ -17,6 +17,7 @@ extern "C" {
         realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
     ) -> c_int;
     fn nodows_thread_init();
+    fn nodows_thread_done();
     fn nodows_errors(len: *mut usize) -> *const c_char;
     fn nodows_clear_errors();
     fn nodows_parse_document(buf: *const c_char, len: c_int, name: *const c_char) -> *mut c_void;
@@ -136,6 +137,9 @@ impl Xslt {
                     .and_then(|stylesheet| self.apply(&stylesheet, &document, &params, &name));
                 done.push((index, result));
             }
+            // SAFETY: frees this thread's template parser (its stylesheets
+            // are freed already; the next compile makes a new one).
+            unsafe { nodows_thread_done() };
             Ok(done)
         };
         let mut results: Vec<Option<Rendered>> = vec![None; jobs.len()];
