@@ -12,7 +12,7 @@ pub mod xslt;
 
 use model::{Effective, Model};
 use servicedef::{OnChange, ServiceDefinition};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 /// The renderer's errors; [`Error::exit_code`] maps them to the CLI's codes.
@@ -145,6 +145,190 @@ fn definition_file(definition: &ServiceDefinition) -> String {
     )
 }
 
+/// Where a template is, for [`stage`]: inside the services directory (its
+/// canonical path and, if it was asked for, its bytes) or outside it.
+enum Located {
+    Inside(PathBuf, Vec<u8>),
+    Outside,
+}
+
+/// Finds templates below the canonical services directory and reads them,
+/// resolving each path once: a directory's canonical path is its parent's
+/// plus its name when it is a real directory (known from listing the
+/// services directory, or one `lstat`, cached per directory, instead of a
+/// `readlink` per component and template), and the template is opened with
+/// `O_NOFOLLOW` below it. Anything else (a
+/// symlink, `..`, a relative or odd path) takes the slow path,
+/// `canonicalize`, so the answer is always the canonical path.
+#[derive(Clone)]
+struct Templates<'a> {
+    /// The services directory as given, and canonical.
+    given: &'a Path,
+    canonical: &'a Path,
+    directories: HashMap<PathBuf, PathBuf>,
+    /// How many paths took the slow path, and how many directories were
+    /// looked up with `lstat` (the tests count them).
+    slow_paths: usize,
+    directory_stats: usize,
+    /// Reused by every read, so each template costs one exact allocation.
+    scratch: Vec<u8>,
+}
+
+impl<'a> Templates<'a> {
+    fn new(given: &'a Path, canonical: &'a Path) -> Templates<'a> {
+        let mut directories = HashMap::new();
+        // The service directories, from one listing of the services
+        // directory (its entries' types, no stat each): a real directory's
+        // canonical path is the canonical services directory plus its name.
+        if let Ok(entries) = std::fs::read_dir(given) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                    directories.insert(entry.path(), canonical.join(entry.file_name()));
+                }
+            }
+        }
+        Templates {
+            given,
+            canonical,
+            directories,
+            slow_paths: 0,
+            directory_stats: 0,
+            scratch: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    fn canonical_directory(&mut self, directory: &Path) -> std::io::Result<PathBuf> {
+        if let Some(canonical) = self.directories.get(directory) {
+            return Ok(canonical.clone());
+        }
+        let canonical = if directory == self.given {
+            self.canonical.to_path_buf()
+        } else {
+            match (directory.parent(), directory.components().next_back()) {
+                (Some(parent), Some(Component::Normal(name))) if !parent.as_os_str().is_empty() => {
+                    let candidate = self.canonical_directory(parent)?.join(name);
+                    self.directory_stats += 1;
+                    match std::fs::symlink_metadata(&candidate) {
+                        Ok(metadata) if metadata.is_dir() => candidate,
+                        _ => {
+                            self.slow_paths += 1;
+                            directory.canonicalize()?
+                        }
+                    }
+                }
+                _ => {
+                    self.slow_paths += 1;
+                    directory.canonicalize()?
+                }
+            }
+        };
+        self.directories
+            .insert(directory.to_path_buf(), canonical.clone());
+        Ok(canonical)
+    }
+
+    /// Where `template` is; with `read`, its bytes too (otherwise empty).
+    fn locate(&mut self, template: &Path, read: bool) -> std::io::Result<Located> {
+        if let (Some(parent), Some(name)) = (template.parent(), template.file_name()) {
+            let candidate = self.canonical_directory(parent)?.join(name);
+            if candidate.starts_with(self.canonical) {
+                match read_template(&candidate, read, &mut self.scratch) {
+                    Ok(source) => return Ok(Located::Inside(candidate, source)),
+                    // A symlink: the slow path below follows it.
+                    Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.slow_paths += 1;
+        let canonical = template.canonicalize()?;
+        if !canonical.starts_with(self.canonical) {
+            return Ok(Located::Outside);
+        }
+        let source = read_template(&canonical, read, &mut self.scratch)?;
+        Ok(Located::Inside(canonical, source))
+    }
+}
+
+/// With `read`, opens `path` without following a symlink at its end and
+/// reads it to the end (open, reads, close: no stat, no seek) through
+/// `scratch`, returning a copy of exactly its size; without, only checks
+/// that it exists and is not a symlink (`ELOOP` if it is, as `O_NOFOLLOW`
+/// says).
+fn read_template(path: &Path, read: bool, scratch: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !read {
+        return match std::fs::symlink_metadata(path)? {
+            metadata if metadata.file_type().is_symlink() => {
+                Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+            }
+            _ => Ok(Vec::new()),
+        };
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    scratch.clear();
+    // Through `Take`, read_to_end does not fstat and seek for a size hint.
+    file.take(u64::MAX).read_to_end(scratch)?;
+    Ok(scratch.clone())
+}
+
+/// How many threads a pass over `jobs` items uses: small renders stay on
+/// one thread; big ones use every core (at most 8).
+pub(crate) fn worker_threads(jobs: usize) -> usize {
+    if jobs < 32 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    }
+}
+
+/// `items.iter().map(f)` on up to `threads` threads, each over a contiguous
+/// share with its own `state`; the results are in item order. A share whose
+/// thread cannot start or panics is done on the calling thread.
+pub(crate) fn map_on_threads<T: Sync, S, R: Send>(
+    items: &[T],
+    threads: usize,
+    state: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    let (state, f) = (&state, &f);
+    let run = move |part: &[T]| {
+        let mut state = state();
+        part.iter()
+            .map(|item| f(&mut state, item))
+            .collect::<Vec<R>>()
+    };
+    if threads == 1 {
+        return run(items);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .skip(1)
+            .map(|part| {
+                let handle = std::thread::Builder::new()
+                    .spawn_scoped(scope, move || run(part))
+                    .ok();
+                (part, handle)
+            })
+            .collect();
+        let mut results = run(&items[..chunk.min(items.len())]);
+        for (part, handle) in handles {
+            match handle.map(|handle| handle.join()) {
+                Some(Ok(part_results)) => results.extend(part_results),
+                _ => results.extend(run(part)),
+            }
+        }
+        results
+    })
+}
+
 /// Renders every file of the selected services into memory. If anything is
 /// wrong, returns every problem found and no file.
 pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
@@ -181,10 +365,34 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     // Validate every definition's targets (not only the selected ones): the
     // image must be consistent as a whole.
     let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut jobs: Vec<(&ServiceDefinition, &servicedef::FileTarget, PathBuf)> = Vec::new();
-    for definition in request.definitions {
-        let selected = request.only.is_empty() || request.only.contains(&definition.name);
-        for file in &definition.files {
+    // Per selected file: its owner and target, and the template to render.
+    let mut jobs: Vec<(&ServiceDefinition, &servicedef::FileTarget)> = Vec::new();
+    let mut render_jobs: Vec<xslt::Job> = Vec::new();
+    // Every template is located (and the selected ones read) on every core
+    // first; the checks below take the answers in order, so the problems
+    // are those, and in the order, of a one-thread pass.
+    let files: Vec<(&ServiceDefinition, &servicedef::FileTarget, bool)> = request
+        .definitions
+        .iter()
+        .flat_map(|definition| {
+            let selected = request.only.is_empty() || request.only.contains(&definition.name);
+            definition
+                .files
+                .iter()
+                .map(move |file| (definition, file, selected))
+        })
+        .collect();
+    let templates = Templates::new(request.services_dir, &services_dir);
+    let located = map_on_threads(
+        &files,
+        worker_threads(files.len()),
+        || templates.clone(),
+        |templates, (definition, file, selected)| {
+            templates.locate(&definition.dir.join(&file.template), *selected)
+        },
+    );
+    for (&(definition, file, selected), location) in files.iter().zip(located) {
+        {
             if let Err(problem) = check_target(&file.target) {
                 problems.push(format!(
                     "{}: service `{}`: {problem}",
@@ -202,9 +410,10 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
                 ));
             }
             let template = definition.dir.join(&file.template);
-            let template = match template.canonicalize() {
-                Ok(path) if path.starts_with(&services_dir) => path,
-                Ok(_) => {
+            // Only selected templates are read; every one is checked.
+            let (template, source) = match location {
+                Ok(Located::Inside(path, source)) => (path, source),
+                Ok(Located::Outside) => {
                     problems.push(format!(
                         "{}: service `{}`: template {} is outside {}; keep templates in the service's directory",
                         definition_file(definition),
@@ -225,7 +434,19 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
                 }
             };
             if selected {
-                jobs.push((definition, file, template));
+                jobs.push((definition, file));
+                render_jobs.push(xslt::Job {
+                    template,
+                    source,
+                    params: vec![
+                        (
+                            "server".to_string(),
+                            request.server.unwrap_or("").to_string(),
+                        ),
+                        ("mode".to_string(), request.profile.to_string()),
+                        ("service".to_string(), definition.name.clone()),
+                    ],
+                });
             }
         }
     }
@@ -234,33 +455,12 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     }
     let effective = request.model.effective(request.server, request.profile)?;
     let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
-    let render_jobs: Vec<(PathBuf, Vec<(String, String)>)> = jobs
-        .iter()
-        .map(|(definition, _, template)| {
-            (
-                template.clone(),
-                vec![
-                    (
-                        "server".to_string(),
-                        request.server.unwrap_or("").to_string(),
-                    ),
-                    ("mode".to_string(), request.profile.to_string()),
-                    ("service".to_string(), definition.name.clone()),
-                ],
-            )
-        })
-        .collect();
-    // Small renders stay on one thread; big ones use every core.
-    let threads = if render_jobs.len() < 32 {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-    };
+    let threads = worker_threads(render_jobs.len());
     let rendered = xslt
         .render_all(&effective.to_xml(), &render_jobs, threads)
         .map_err(|e| Error::BadInput(vec![e]))?;
     let mut staged = Vec::with_capacity(jobs.len());
-    for ((definition, file, _), result) in jobs.into_iter().zip(rendered) {
+    for ((definition, file), result) in jobs.into_iter().zip(rendered) {
         match result {
             Ok(bytes) => staged.push(StagedFile {
                 target: file.target.clone(),

@@ -123,10 +123,28 @@ void nodows_thread_init(void) {
     xmlSetStructuredErrorFunc(NULL, structured_error);
 }
 
+/* libxml2's allocator (see nodows_xslt_init); strdup is built on its malloc. */
+static xmlMallocFunc shim_malloc = NULL;
+
+static char *shim_strdup(const char *text) {
+    size_t len = strlen(text) + 1;
+    char *copy = shim_malloc(len);
+    if (copy != NULL)
+        memcpy(copy, text, len);
+    return copy;
+}
+
 /* Returns 0 on success. May be called again to change the allowed directory
- * (never while another thread renders). */
-int nodows_xslt_init(const char *dir) {
+ * (never while another thread renders). The first call sets libxml2's
+ * allocator to `malloc_fn`/`realloc_fn`/`free_fn` (xmlMemSetup must come
+ * before any other libxml2 call): a render spends about a third of its
+ * instructions in malloc and free, and glibc's, with its small per-thread
+ * cache, is slow at libxml2's many small short-lived blocks. */
+int nodows_xslt_init(const char *dir, xmlFreeFunc free_fn, xmlMallocFunc malloc_fn, xmlReallocFunc realloc_fn) {
     if (prefs == NULL) {
+        shim_malloc = malloc_fn;
+        if (xmlMemSetup(free_fn, malloc_fn, realloc_fn, shim_strdup) != 0)
+            return -1;
         xmlInitParser();
         exsltRegisterAll();
         xmlSubstituteEntitiesDefault(0);
@@ -228,6 +246,59 @@ void nodows_free_document(void *doc) {
 void *nodows_compile(const char *path) {
     xsltStylesheetPtr style = xsltParseStylesheetFile((const xmlChar *)path);
     if (style != NULL && style->errors != 0) {
+        xsltFreeStylesheet(style);
+        return NULL;
+    }
+    return style;
+}
+
+/*
+ * Compiles a stylesheet from its bytes, already read (and checked to lie
+ * below the allowed directory) by the caller: no second path resolution,
+ * no stat or open by libxml2. `url` is the template's canonical path: it is
+ * the document's base URI, so xsl:import and xsl:include resolve as they do
+ * for xsltParseStylesheetFile and still go through the security prefs and
+ * safe_loader. The document is parsed as safe_loader parses it
+ * (XSLT_PARSE_OPTIONS without entity substitution and DTD loading, no
+ * network; a DOCTYPE is refused), and failures are reported with
+ * xsltParseStylesheetFile's message, so the messages do not change.
+ */
+/* Per thread: one parser context for every template it compiles (a new
+ * context per template, with its own dictionary, cost more than parsing a
+ * small template); freed by nodows_thread_done. */
+static __thread xmlParserCtxtPtr template_parser = NULL;
+
+void nodows_thread_done(void) {
+    if (template_parser != NULL) {
+        xmlFreeParserCtxt(template_parser);
+        template_parser = NULL;
+    }
+}
+
+void *nodows_compile_memory(const char *buf, int len, const char *url) {
+    int options = (XSLT_PARSE_OPTIONS) & ~(XML_PARSE_NOENT | XML_PARSE_DTDLOAD | XML_PARSE_DTDATTR | XML_PARSE_DTDVALID);
+    if (template_parser == NULL)
+        template_parser = xmlNewParserCtxt();
+    if (template_parser == NULL) {
+        generic_error(NULL, "%s: out of memory\n", url);
+        return NULL;
+    }
+    xmlDocPtr doc = xmlCtxtReadMemory(template_parser, buf, len, url, NULL, options | XML_PARSE_NONET);
+    if (doc != NULL && (doc->intSubset != NULL || doc->extSubset != NULL)) {
+        generic_error(NULL, "%s:1: a DOCTYPE is not allowed (DTDs and external entities are refused)\n", url);
+        xmlFreeDoc(doc);
+        doc = NULL;
+    }
+    if (doc == NULL) {
+        generic_error(NULL, "xsltParseStylesheetFile : cannot parse %s\n", url);
+        return NULL;
+    }
+    xsltStylesheetPtr style = xsltParseStylesheetDoc(doc);
+    if (style == NULL) {
+        xmlFreeDoc(doc);
+        return NULL;
+    }
+    if (style->errors != 0) {
         xsltFreeStylesheet(style);
         return NULL;
     }

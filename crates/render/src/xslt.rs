@@ -10,13 +10,20 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 extern "C" {
-    fn nodows_xslt_init(dir: *const c_char) -> c_int;
+    fn nodows_xslt_init(
+        dir: *const c_char,
+        free: unsafe extern "C" fn(*mut c_void),
+        malloc: unsafe extern "C" fn(usize) -> *mut c_void,
+        realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    ) -> c_int;
     fn nodows_thread_init();
+    fn nodows_thread_done();
     fn nodows_errors(len: *mut usize) -> *const c_char;
     fn nodows_clear_errors();
     fn nodows_parse_document(buf: *const c_char, len: c_int, name: *const c_char) -> *mut c_void;
     fn nodows_free_document(doc: *mut c_void);
     fn nodows_compile(path: *const c_char) -> *mut c_void;
+    fn nodows_compile_memory(buf: *const c_char, len: c_int, url: *const c_char) -> *mut c_void;
     fn nodows_free_stylesheet(style: *mut c_void);
     fn nodows_apply(
         style: *mut c_void,
@@ -33,6 +40,15 @@ static LOCK: Mutex<()> = Mutex::new(());
 
 /// One rendered template: its output or its error messages.
 pub type Rendered = Result<Vec<u8>, String>;
+
+/// One template to render: its canonical path (its base URI and its name in
+/// messages), its bytes, already read and checked to lie below the allowed
+/// directory, and its string parameters.
+pub struct Job {
+    pub template: std::path::PathBuf,
+    pub source: Vec<u8>,
+    pub params: Vec<(String, String)>,
+}
 
 /// What one render thread did: (job index, result) pairs, or why it could
 /// not start.
@@ -66,8 +82,17 @@ impl Xslt {
     pub fn new(allowed_dir: &Path) -> Result<Xslt, String> {
         let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = c_string(&allowed_dir.to_string_lossy())?;
-        // SAFETY: the lock is held; `dir` is a valid C string.
-        let rc = unsafe { nodows_xslt_init(dir.as_ptr()) };
+        // SAFETY: the lock is held; `dir` is a valid C string; mimalloc's
+        // functions are libxml2's allocator from the first call on (before
+        // any other libxml2 call, which only this module makes).
+        let rc = unsafe {
+            nodows_xslt_init(
+                dir.as_ptr(),
+                libmimalloc_sys::mi_free,
+                libmimalloc_sys::mi_malloc,
+                libmimalloc_sys::mi_realloc,
+            )
+        };
         if rc != 0 {
             return Err(format!(
                 "{}: cannot use this directory for templates",
@@ -79,12 +104,12 @@ impl Xslt {
         Ok(Xslt { _guard: guard })
     }
 
-    /// Renders every job (template path, parameters) against the document
-    /// `xml`, on up to `threads` threads; results are in job order.
+    /// Renders every job against the document `xml`, on up to `threads`
+    /// threads; results are in job order.
     pub fn render_all(
         &self,
         xml: &str,
-        jobs: &[(std::path::PathBuf, Vec<(String, String)>)],
+        jobs: &[Job],
         threads: usize,
     ) -> Result<Vec<Rendered>, String> {
         let threads = threads.clamp(1, jobs.len().max(1));
@@ -98,19 +123,23 @@ impl Xslt {
             let mut done = Vec::new();
             loop {
                 let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((template, params)) = jobs.get(index) else {
+                let Some(job) = jobs.get(index) else {
                     break;
                 };
-                let name = template.display().to_string();
-                let params: Vec<(&str, &str)> = params
+                let name = job.template.display().to_string();
+                let params: Vec<(&str, &str)> = job
+                    .params
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
                 let result = self
-                    .compile(template)
+                    .compile_source(&job.source, &job.template)
                     .and_then(|stylesheet| self.apply(&stylesheet, &document, &params, &name));
                 done.push((index, result));
             }
+            // SAFETY: frees this thread's template parser (its stylesheets
+            // are freed already; the next compile makes a new one).
+            unsafe { nodows_thread_done() };
             Ok(done)
         };
         let mut results: Vec<Option<Rendered>> = vec![None; jobs.len()];
@@ -178,6 +207,30 @@ impl Xslt {
         let path_c = c_string(&name)?;
         // SAFETY: lock held; path is a valid C string.
         let style = unsafe { nodows_compile(path_c.as_ptr()) };
+        let errors = self.take_errors();
+        if style.is_null() {
+            return Err(tidy(&errors, &name, "the template does not compile"));
+        }
+        Ok(Stylesheet {
+            style,
+            _xslt: std::marker::PhantomData,
+        })
+    }
+
+    /// Compiles a stylesheet from its bytes; `path` is its canonical path,
+    /// the base URI of its `xsl:import`s and `xsl:include`s (which are read
+    /// under the security prefs as usual). The caller has checked that
+    /// `path` lies below the allowed directory and read `source` from it.
+    pub fn compile_source(&self, source: &[u8], path: &Path) -> Result<Stylesheet<'_>, String> {
+        let name = path.to_string_lossy();
+        let path_c = c_string(&name)?;
+        let len =
+            c_int::try_from(source.len()).map_err(|_| format!("{name}: template too large"))?;
+        // SAFETY: lock held; the buffer is `len` bytes and the path a valid
+        // C string, both live for the call.
+        let style = unsafe {
+            nodows_compile_memory(source.as_ptr() as *const c_char, len, path_c.as_ptr())
+        };
         let errors = self.take_errors();
         if style.is_null() {
             return Err(tidy(&errors, &name, "the template does not compile"));

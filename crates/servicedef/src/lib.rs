@@ -148,15 +148,19 @@ pub fn load_dir_on_threads(dir: &Path, threads: usize) -> Result<Vec<ServiceDefi
             })
         }
     };
-    let mut files: Vec<PathBuf> = entries
+    let mut candidates: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.path().join(FILE_NAME))
-        .filter(|path| path.is_file())
         .collect();
-    files.sort();
-    let results = parse_all(&files, threads);
+    candidates.sort();
+    // Whether each candidate is a file is asked on the parsing threads too
+    // (`None`: skipped), not one by one before them.
+    let results = parse_all(&candidates, threads);
     let mut parsed = Vec::new();
-    for (file, result) in files.iter().zip(results) {
+    for (file, result) in candidates.iter().zip(results) {
+        let Some(result) = result else {
+            continue;
+        };
         match result {
             Ok(parsed_one) => {
                 let directory_name = file
@@ -434,15 +438,12 @@ struct Element {
     text: String,
 }
 
-/// Parses every file, in order, on up to `threads` threads (contiguous
-/// chunks, one per thread).
-fn parse_all(files: &[PathBuf], threads: usize) -> Vec<Result<Parsed, Errors>> {
+/// Parses every one of `files` that is a file (`None` for the others), in
+/// order, on up to `threads` threads (contiguous chunks, one per thread).
+fn parse_all(files: &[PathBuf], threads: usize) -> Vec<Option<Result<Parsed, Errors>>> {
     let threads = threads.clamp(1, files.len().max(1));
     if threads == 1 {
-        return files
-            .iter()
-            .map(|file| parse_with_positions(file))
-            .collect();
+        return files.iter().map(|file| parse_if_file(file)).collect();
     }
     let chunk = files.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -453,35 +454,50 @@ fn parse_all(files: &[PathBuf], threads: usize) -> Vec<Result<Parsed, Errors>> {
                 let handle = std::thread::Builder::new()
                     .spawn_scoped(scope, move || {
                         part.iter()
-                            .map(|file| parse_with_positions(file))
+                            .map(|file| parse_if_file(file))
                             .collect::<Vec<_>>()
                     })
                     .ok();
                 (part, handle)
             })
             .collect();
-        let mut results: Vec<Result<Parsed, Errors>> = files[..chunk.min(files.len())]
+        let mut results: Vec<Option<Result<Parsed, Errors>>> = files[..chunk.min(files.len())]
             .iter()
-            .map(|file| parse_with_positions(file))
+            .map(|file| parse_if_file(file))
             .collect();
         for (part, handle) in handles {
             match handle.map(|handle| handle.join()) {
                 Some(Ok(part_results)) => results.extend(part_results),
                 // Not started or panicked: parse this share here.
-                _ => results.extend(part.iter().map(|file| parse_with_positions(file))),
+                _ => results.extend(part.iter().map(|file| parse_if_file(file))),
             }
         }
         results
     })
 }
 
+fn parse_if_file(path: &Path) -> Option<Result<Parsed, Errors>> {
+    path.is_file().then(|| parse_with_positions(path))
+}
+
 fn parse_with_positions(path: &Path) -> Result<Parsed, Errors> {
-    match std::fs::read_to_string(path) {
+    match read_to_string(path) {
         Ok(text) => parse_text(path, &text),
         Err(error) => Err(Errors {
             problems: vec![format!("{}: cannot read: {error}", path.display())],
         }),
     }
+}
+
+/// `std::fs::read_to_string` without its fstat and seek for a size hint
+/// (definitions are small; the renderer reads 1,000 of them per render).
+fn read_to_string(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(4096);
+    std::fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn position_of(path: &Path, text: &str, offset: u64) -> Position {

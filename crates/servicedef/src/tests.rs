@@ -402,6 +402,16 @@ fn loading_on_threads_gives_the_same_result() {
         let many = format!("{:?}", load_dir_on_threads(&tree.root, threads).unwrap());
         assert_eq!(one, many, "{threads} threads");
     }
+    // Directories without a service.xml file are skipped on the threads too
+    // (the check moved there): one without it, one where it is a directory,
+    // and a plain file beside the services.
+    std::fs::create_dir_all(tree.root.join("empty")).unwrap();
+    std::fs::create_dir_all(tree.root.join("odd").join(FILE_NAME)).unwrap();
+    std::fs::write(tree.root.join("README"), "not a service\n").unwrap();
+    for threads in [1, 2, 3, 8, 64] {
+        let many = format!("{:?}", load_dir_on_threads(&tree.root, threads).unwrap());
+        assert_eq!(one, many, "{threads} threads, with entries to skip");
+    }
     let mut bad = files.clone();
     bad[5].1 = "<service name=\"svc05\">";
     bad[30].1 = "<service name=\"other\"><exec path=\"/bin/true\"/></service>";
