@@ -132,6 +132,9 @@ impl VmConfig {
 pub enum Pattern {
     Text(String),
     Regex(regex_lite::Regex),
+    /// A line that begins with the text, also the unfinished last line (a
+    /// prompt such as `host login: `, not the same words inside a message).
+    LineStart(String),
 }
 
 impl Pattern {
@@ -144,11 +147,12 @@ impl Pattern {
     /// unfinished last line (a prompt such as `login: `).
     fn find_line<'a>(&self, text: &'a str) -> Option<&'a str> {
         text.split_inclusive('\n')
-            .filter(|line| line.ends_with('\n') || matches!(self, Pattern::Text(_)))
+            .filter(|line| line.ends_with('\n') || !matches!(self, Pattern::Regex(_)))
             .map(|line| line.trim_end_matches('\n').trim_end_matches('\r'))
             .find(|line| match self {
                 Pattern::Text(needle) => line.contains(needle.as_str()),
                 Pattern::Regex(regex) => regex.is_match(line),
+                Pattern::LineStart(prefix) => line.starts_with(prefix.as_str()),
             })
     }
 }
@@ -164,6 +168,7 @@ impl std::fmt::Display for Pattern {
         match self {
             Pattern::Text(text) => write!(f, "`{text}`"),
             Pattern::Regex(regex) => write!(f, "/{}/", regex.as_str()),
+            Pattern::LineStart(prefix) => write!(f, "a line beginning `{prefix}`"),
         }
     }
 }
@@ -1173,6 +1178,19 @@ pub fn http_get(host_port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 
 #[cfg(test)]
 mod tests {
+    /// Guards the systemd reference's boots: its login prompt is the
+    /// unfinished last line until something else prints (a regex on whole
+    /// lines waited out its whole timeout), or kernel messages follow it.
+    #[test]
+    fn a_line_start_pattern_sees_the_unfinished_prompt_but_not_words_inside_a_line() {
+        let prompt = super::Pattern::LineStart("nodows-ref login: ".to_owned());
+        assert!(prompt.find_line("boot\nnodows-ref login: ").is_some());
+        assert!(prompt
+            .find_line("nodows-ref login: [   73.1] kvm: Nested Virtualization\n")
+            .is_some());
+        assert!(prompt.find_line("say nodows-ref login: \n").is_none());
+    }
+
     /// Guards the install on machines with a backported qemu-utils: both
     /// QEMU packages must come from one release.
     #[test]
