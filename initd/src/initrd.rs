@@ -51,17 +51,30 @@ pub fn parse_root_spec(command_line: &str) -> RootSpec {
     spec
 }
 
+/// 16 bytes as a lowercase UUID in their order (ext4's superblock UUID).
+fn uuid_text(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(36);
+    for (index, byte) in bytes.iter().take(16).enumerate() {
+        if matches!(index, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
 /// A GPT partition's unique GUID in its text form (lowercase), from the 16
 /// bytes of a partition entry (the first three fields little-endian).
 pub fn guid_text(bytes: &[u8]) -> String {
     if bytes.len() < 16 {
         return String::new();
     }
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        bytes[3], bytes[2], bytes[1], bytes[0], bytes[5], bytes[4], bytes[7], bytes[6],
-        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]
-    )
+    let mut ordered = [0u8; 16];
+    ordered.copy_from_slice(&bytes[..16]);
+    ordered[0..4].reverse();
+    ordered[4..6].reverse();
+    ordered[6..8].reverse();
+    uuid_text(&ordered)
 }
 
 /// The unique GUIDs of the GPT partitions of a disk image or device, by
@@ -120,12 +133,7 @@ pub fn ext4_uuid(device: &Path) -> Option<String> {
     if superblock[56..58] != [0x53, 0xef] {
         return None;
     }
-    let uuid = &superblock[104..120];
-    Some(format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        uuid[0], uuid[1], uuid[2], uuid[3], uuid[4], uuid[5], uuid[6], uuid[7],
-        uuid[8], uuid[9], uuid[10], uuid[11], uuid[12], uuid[13], uuid[14], uuid[15]
-    ))
+    Some(uuid_text(&superblock[104..120]))
 }
 
 /// The block device that `root` names, among those under `sys_block`
@@ -366,6 +374,30 @@ mod tests {
             ]
         );
         assert!(gpt_partition_guids(&dir.join("missing"), 512).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Guards `root=UUID=`: the UUID as mkfs.ext4 wrote it.
+    #[test]
+    fn the_ext4_uuid_is_read_from_the_superblock() {
+        let dir = std::env::temp_dir().join(format!("initd-ext4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("root.ext4");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let status = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-U", "3f0e5b1c-7a2d-4e8f-9b6a-1c2d3e4f5a6b"])
+            .arg(&image)
+            .status()
+            .expect("mkfs.ext4 (Debian package e2fsprogs) must be installed");
+        assert!(status.success());
+        assert_eq!(
+            ext4_uuid(&image).as_deref(),
+            Some("3f0e5b1c-7a2d-4e8f-9b6a-1c2d3e4f5a6b")
+        );
+        assert_eq!(ext4_uuid(&dir.join("missing")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
