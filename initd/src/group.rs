@@ -111,20 +111,32 @@ impl Groups {
 
     fn scan(&self, names: &[String], result: &mut BTreeMap<String, Vec<i32>>) {
         if self.snapshot.borrow().is_none() {
-            let known = |pgid: i32, session: i32| {
-                self.pgids
-                    .values()
-                    .any(|set| set.contains(&pgid) || set.contains(&session))
-            };
+            // One set of every known group: asking each service's set per
+            // process made a scan O(processes x services) (1,000 services:
+            // tens of milliseconds in every respawn).
+            let all_known: std::collections::HashSet<i32> =
+                self.pgids.values().flatten().copied().collect();
+            let known =
+                |pgid: i32, session: i32| all_known.contains(&pgid) || all_known.contains(&session);
             self.snapshot.replace(Some(processes(&known)));
+        }
+        // Which of the asked-for services owns each of its known groups.
+        let mut owners: std::collections::HashMap<i32, &String> = Default::default();
+        for name in names {
+            for pgid in self.pgids.get(name).into_iter().flatten() {
+                owners.entry(*pgid).or_insert(name);
+            }
         }
         let snapshot = self.snapshot.borrow();
         for process in snapshot.iter().flatten() {
-            let owner = names.iter().find(|name| {
-                self.pgids.get(*name).is_some_and(|set| {
-                    set.contains(&process.pgid) || set.contains(&process.session)
-                }) || process.marker.as_deref() == Some(name.as_str())
-            });
+            let owner = owners
+                .get(&process.pgid)
+                .or_else(|| owners.get(&process.session))
+                .copied()
+                .or_else(|| {
+                    let marker = process.marker.as_deref()?;
+                    names.iter().find(|name| name.as_str() == marker)
+                });
             if let Some(owner) = owner {
                 if let Some(pids) = result.get_mut(owner) {
                     pids.push(process.pid);
