@@ -171,6 +171,34 @@ impl Groups {
         }
     }
 
+    /// True when "the whole service" is a cgroup (else process groups and
+    /// tracked descendants).
+    pub fn uses_cgroups(&self) -> bool {
+        self.cgroup_base.is_some()
+    }
+
+    /// SIGKILL the processes of `name` that left its process groups and
+    /// sessions (setsid, double forks), found by their marker. Processes in
+    /// a known group are never among them, so a new instance already
+    /// spawned (its own group, known) is safe: this may run after the
+    /// respawn, off its critical path.
+    pub fn kill_escapees(&self, name: &str) {
+        self.snapshot.replace(None);
+        let mut result = BTreeMap::new();
+        result.insert(name.to_string(), Vec::new());
+        self.scan(&[name.to_string()], &mut result);
+        let snapshot = self.snapshot.borrow();
+        for pid in result.remove(name).unwrap_or_default() {
+            let escaped = snapshot
+                .iter()
+                .flatten()
+                .any(|process| process.pid == pid && process.marker.is_some());
+            if escaped {
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+
     /// SIGKILL the whole service.
     pub fn kill(&self, name: &str) {
         if let Some(base) = &self.cgroup_base {

@@ -115,6 +115,9 @@ struct RenderRequest {
 
 pub struct Runtime {
     options: Options,
+    /// Services whose crashed main process had its group killed in this
+    /// turn's reap; their escapees are killed after the respawn.
+    crash_killed: Vec<String>,
     supervisor: Supervisor,
     groups: Groups,
     logs: BTreeMap<String, ServiceLog>,
@@ -215,6 +218,7 @@ impl Runtime {
             shutdown: None,
             machine,
             next_readiness_poll: Instant::now(),
+            crash_killed: Vec::new(),
             finished: false,
             options,
         })
@@ -386,6 +390,9 @@ impl Runtime {
         self.check_empty();
         let actions = self.supervisor.tick(Instant::now());
         self.apply(actions);
+        for name in std::mem::take(&mut self.crash_killed) {
+            self.groups.kill_escapees(&name);
+        }
         self.finish_render();
         self.progress_shutdown();
     }
@@ -419,25 +426,47 @@ impl Runtime {
     }
 
     fn reap(&mut self) {
-        while let Some((pid, status)) = sys::reap_one() {
-            let exit = sys::decode_status(status);
-            if let Some(job) = self.render_job.as_mut() {
-                if job.pid == pid {
-                    job.exit = Some(exit);
-                    continue;
+        // A crashed main process (its service still running): without
+        // cgroups, SIGKILL its process group while its zombie pins the
+        // group number (no stranger can have it), so the respawn needs no
+        // /proc scan first; kill_escapees finds the rest after the respawn.
+        #[cfg(target_os = "linux")]
+        if !self.groups.uses_cgroups() {
+            while let Some((pid, exit)) = sys::peek_ended() {
+                if let Some(name) = self.supervisor.failing_service(pid, exit) {
+                    let _ = sys::kill(-pid, libc::SIGKILL);
+                    self.crash_killed.push(name.to_string());
                 }
+                let Some((reaped, status)) = sys::reap_pid(pid) else {
+                    break;
+                };
+                self.credit_exit(reaped, status);
             }
-            if self.exec_pipes.contains_key(&pid) {
-                // The errno (if exec failed) is in the pipe before the exit.
-                self.check_exec(pid);
-            }
-            if self.supervisor.service_by_pid(pid).is_some() {
-                let actions = self.supervisor.exited(pid, exit, Instant::now());
-                self.apply(actions);
-            }
-            // Anything else is an orphan (or a failed exec): reaped, nothing
-            // more to do.
         }
+        while let Some((pid, status)) = sys::reap_one() {
+            self.credit_exit(pid, status);
+        }
+    }
+
+    /// A reaped child: the renderer, a service's main process, or an orphan.
+    fn credit_exit(&mut self, pid: i32, status: libc::c_int) {
+        let exit = sys::decode_status(status);
+        if let Some(job) = self.render_job.as_mut() {
+            if job.pid == pid {
+                job.exit = Some(exit);
+                return;
+            }
+        }
+        if self.exec_pipes.contains_key(&pid) {
+            // The errno (if exec failed) is in the pipe before the exit.
+            self.check_exec(pid);
+        }
+        if self.supervisor.service_by_pid(pid).is_some() {
+            let actions = self.supervisor.exited(pid, exit, Instant::now());
+            self.apply(actions);
+        }
+        // Anything else is an orphan (or a failed exec): reaped, nothing
+        // more to do.
     }
 
     /// Did the child exec? A failed exec fails its service (once, no
@@ -569,7 +598,11 @@ impl Runtime {
                 Vec::new()
             }
             Action::KillService(name) => {
-                self.groups.kill(&name);
+                // Its group is already killed (reap); the escapees wait
+                // until after the respawn.
+                if !self.crash_killed.contains(&name) {
+                    self.groups.kill(&name);
+                }
                 Vec::new()
             }
             Action::WatchReadiness(_) => {

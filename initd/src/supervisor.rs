@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 
 use servicedef::{Readiness, RestartPolicy, ServiceDefinition};
 
+/// Whether the main process ending with `exit` (the service starting or
+/// running) is a failure: not a oneshot's success, not a pidfile launcher
+/// that left its daemon behind while starting.
+fn exit_is_failure(service: &Service, exit: Exit) -> bool {
+    let oneshot = service.definition.ready == Readiness::Exit;
+    let pidfile = matches!(service.definition.ready, Readiness::Pidfile { .. });
+    !(exit.success() && (oneshot || (pidfile && service.state == State::Starting)))
+}
+
 /// A service that dies after running this long is respawned without delay;
 /// one that dies sooner is crash-looping and waits out its backoff.
 pub const SETTLED: Duration = Duration::from_secs(1);
@@ -446,6 +455,18 @@ impl Supervisor {
 
     /// A child was reaped. Returns the actions; an exit of an unknown pid (an
     /// orphan) is only logged by the driver.
+    /// The service whose main process `pid` ending with `exit` would be a
+    /// failure that takes the rest of the service down (`KillService`), as
+    /// `exited` decides; asked before the exit is credited.
+    pub fn failing_service(&self, pid: i32, exit: Exit) -> Option<&str> {
+        self.services
+            .values()
+            .find(|service| service.pid == Some(pid))
+            .filter(|service| matches!(service.state, State::Starting | State::Running))
+            .filter(|service| exit_is_failure(service, exit))
+            .map(|service| service.definition.name.as_str())
+    }
+
     pub fn exited(&mut self, pid: i32, exit: Exit, now: Instant) -> Vec<Action> {
         let Some(name) = self
             .services
@@ -468,13 +489,12 @@ impl Supervisor {
             }
             State::Starting | State::Running => {
                 let oneshot = service.definition.ready == Readiness::Exit;
-                let pidfile = matches!(service.definition.ready, Readiness::Pidfile { .. });
-                if oneshot && exit.success() {
-                    if service.state == State::Starting {
+                if !exit_is_failure(service, exit) {
+                    if oneshot && service.state == State::Starting {
                         self.become_ready(&name, None);
                     }
-                } else if pidfile && service.state == State::Starting && exit.success() {
-                    // The launcher forked the daemon and left: wait for the pidfile.
+                    // Or a pidfile launcher that forked the daemon and left:
+                    // wait for the pidfile.
                 } else {
                     self.actions.push(Action::KillService(name.clone()));
                     self.after_failure(&name, exit, now);

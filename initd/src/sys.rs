@@ -207,6 +207,42 @@ pub fn reap_one() -> Option<(i32, libc::c_int)> {
     }
 }
 
+/// The pid of a child that has ended, left a zombie (WNOWAIT): while it is
+/// not reaped its pid, and so its process group number, cannot be reused.
+#[cfg(target_os = "linux")]
+pub fn peek_ended() -> Option<(i32, crate::supervisor::Exit)> {
+    // SAFETY: a zeroed siginfo_t is a valid out buffer for waitid.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let result = libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        let pid = info.si_pid();
+        if result != 0 || pid <= 0 {
+            return None;
+        }
+        let status = info.si_status();
+        let exit = if info.si_code == libc::CLD_EXITED {
+            crate::supervisor::Exit::Code(status)
+        } else {
+            crate::supervisor::Exit::Signal(status)
+        };
+        Some((pid, exit))
+    }
+}
+
+/// Reaps `pid` if it has ended.
+#[cfg(target_os = "linux")]
+pub fn reap_pid(pid: i32) -> Option<(i32, libc::c_int)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: status is a valid out pointer.
+    let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (reaped == pid).then_some((pid, status))
+}
+
 pub fn decode_status(status: libc::c_int) -> crate::supervisor::Exit {
     if libc::WIFSIGNALED(status) {
         crate::supervisor::Exit::Signal(libc::WTERMSIG(status))

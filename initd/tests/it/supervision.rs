@@ -564,6 +564,56 @@ fn a_burst_of_100_exits_is_credited_to_the_right_services() {
     }
 }
 
+/// Guards the crash path without cgroups: the dead main process's group is
+/// killed before the respawn and its setsid escapees right after it, and
+/// neither kill touches the new instance.
+#[test]
+fn a_crash_takes_the_rest_of_the_service_and_spares_the_new_instance() {
+    let script = "setsid sh -c 'echo $$ >> \"$TEST_DIR/pids\"; exec sleep 1000' & \
+                  sh -c 'echo $$ >> \"$TEST_DIR/pids\"; exec sleep 1000' & \
+                  echo $$ >> \"$TEST_DIR/pids\"; exec sleep 1000";
+    for (tag, flags) in [
+        ("crash-default", vec![]),
+        ("crash-nocgroup", vec!["--no-cgroups"]),
+    ] {
+        let initd = Initd::start(
+            tag,
+            &[(
+                "messy",
+                shell_service("messy", script, "<restart policy=\"always\"/>"),
+            )],
+            &flags,
+        );
+        initd.wait_for_state("messy", "running");
+        initd.wait_until("three pids", || read_pids(&initd.path("pids")).len() == 3);
+        let first = read_pids(&initd.path("pids"));
+        let main = initd.main_pid("messy").unwrap();
+        // Ran for more than SETTLED: respawned at once.
+        std::thread::sleep(Duration::from_millis(1200));
+        unsafe {
+            libc::kill(main, libc::SIGKILL);
+        }
+        initd.wait_until("the new instance's three pids", || {
+            read_pids(&initd.path("pids")).len() == 6
+        });
+        initd.wait_until("the old instance gone", || {
+            first.iter().all(|pid| !alive(*pid))
+        });
+        let second: Vec<i32> = read_pids(&initd.path("pids"))[3..].to_vec();
+        // Give a late kill the chance to hit the new instance.
+        std::thread::sleep(Duration::from_millis(300));
+        for pid in &second {
+            assert!(
+                alive(*pid),
+                "{tag}: pid {pid} of the new instance was killed"
+            );
+        }
+        assert_eq!(initd.state("messy"), "running");
+        initd.ctl(&["stop", "messy"]);
+        initd.wait_for_state("messy", "stopped");
+    }
+}
+
 #[test]
 fn stop_leaves_nothing_of_a_service_that_called_setsid_or_double_forked() {
     let script = "setsid sh -c 'trap \"\" TERM; echo $$ >> \"$TEST_DIR/pids\"; exec sleep 1000' & \
