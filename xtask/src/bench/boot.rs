@@ -438,7 +438,7 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         "Footprint: nodows is measured through the test agent right after the ready line; systemd by a unit ordered after multi-user.target that waits for `is-system-running` and prints to ttyS0. Process and thread counts leave out kernel threads and include the few processes of the measuring command itself (the agent's on nodows, the report unit's on systemd).",
     );
     suite.note(
-        "Not like for like: the reference's ssh host keys are made at build time by Debian's openssh-server postinst, while nodows makes them at every first boot (`ssh-keygen -A` in the ssh service, whose readiness is port 22), which is slow under TCG; nodows' ready waits for it, systemd's login prompt and `running` do not.",
+        "Not like for like: the reference's ssh host keys are made at build time by Debian's openssh-server postinst, while nodows makes its one ed25519 key at first boot (`ssh-keygen -t ed25519` in the ssh service, whose readiness is port 22); nodows' ready waits for it, systemd's login prompt and `running` do not.",
     );
     suite.note(
         "Guest clock: initd's `t=` counts from initd's start; systemd-analyze's userspace counts from systemd's start (after the initrd) to default.target.",
