@@ -267,11 +267,13 @@ fn write_results(
         only: only.clone(),
     };
     let json = report::json(&machine, suites);
-    let markdown = report::with_embedded_json(report::markdown(&machine, suites), &json)?;
+    let markdown = report::markdown(&machine, suites);
     let output = output
         .clone()
         .unwrap_or_else(|| qemu::workspace_root().join("BENCHMARKS.md"));
-    write_atomically(&output, markdown.as_bytes())?;
+    // The file carries the results.json copy; the terminal gets the tables.
+    let file = report::with_embedded_json(markdown.clone(), &json)?;
+    write_atomically(&output, file.as_bytes())?;
     let results = results_path(&context.bench_dir, &Some(output.clone()));
     write_atomically(&results, serde_json::to_string_pretty(&json)?.as_bytes())?;
     eprintln!("    wrote {} and {}", output.display(), results.display());
