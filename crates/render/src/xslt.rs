@@ -207,14 +207,7 @@ impl Xslt {
         let path_c = c_string(&name)?;
         // SAFETY: lock held; path is a valid C string.
         let style = unsafe { nodows_compile(path_c.as_ptr()) };
-        let errors = self.take_errors();
-        if style.is_null() {
-            return Err(tidy(&errors, &name, "the template does not compile"));
-        }
-        Ok(Stylesheet {
-            style,
-            _xslt: std::marker::PhantomData,
-        })
+        self.compiled(style, &name)
     }
 
     /// Compiles a stylesheet from its bytes; `path` is its canonical path,
@@ -231,9 +224,14 @@ impl Xslt {
         let style = unsafe {
             nodows_compile_memory(source.as_ptr() as *const c_char, len, path_c.as_ptr())
         };
+        self.compiled(style, &name)
+    }
+
+    /// The result of a compile: the stylesheet, or libxslt's messages.
+    fn compiled(&self, style: *mut c_void, name: &str) -> Result<Stylesheet<'_>, String> {
         let errors = self.take_errors();
         if style.is_null() {
-            return Err(tidy(&errors, &name, "the template does not compile"));
+            return Err(tidy(&errors, name, "the template does not compile"));
         }
         Ok(Stylesheet {
             style,
