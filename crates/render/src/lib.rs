@@ -286,48 +286,7 @@ pub(crate) fn worker_threads(jobs: usize) -> usize {
     }
 }
 
-/// `items.iter().map(f)` on up to `threads` threads, each over a contiguous
-/// share with its own `state`; the results are in item order. A share whose
-/// thread cannot start or panics is done on the calling thread.
-pub(crate) fn map_on_threads<T: Sync, S, R: Send>(
-    items: &[T],
-    threads: usize,
-    state: impl Fn() -> S + Sync,
-    f: impl Fn(&mut S, &T) -> R + Sync,
-) -> Vec<R> {
-    let threads = threads.clamp(1, items.len().max(1));
-    let chunk = items.len().div_ceil(threads).max(1);
-    let (state, f) = (&state, &f);
-    let run = move |part: &[T]| {
-        let mut state = state();
-        part.iter()
-            .map(|item| f(&mut state, item))
-            .collect::<Vec<R>>()
-    };
-    if threads == 1 {
-        return run(items);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .skip(1)
-            .map(|part| {
-                let handle = std::thread::Builder::new()
-                    .spawn_scoped(scope, move || run(part))
-                    .ok();
-                (part, handle)
-            })
-            .collect();
-        let mut results = run(&items[..chunk.min(items.len())]);
-        for (part, handle) in handles {
-            match handle.map(|handle| handle.join()) {
-                Some(Ok(part_results)) => results.extend(part_results),
-                _ => results.extend(run(part)),
-            }
-        }
-        results
-    })
-}
+pub(crate) use servicedef::map_on_threads;
 
 /// Renders every file of the selected services into memory. If anything is
 /// wrong, returns every problem found and no file.

@@ -441,35 +441,46 @@ struct Element {
 /// Parses every one of `files` that is a file (`None` for the others), in
 /// order, on up to `threads` threads (contiguous chunks, one per thread).
 fn parse_all(files: &[PathBuf], threads: usize) -> Vec<Option<Result<Parsed, Errors>>> {
-    let threads = threads.clamp(1, files.len().max(1));
+    map_on_threads(files, threads, || (), |_, file| parse_if_file(file))
+}
+
+/// `items.iter().map(f)` on up to `threads` threads, each over a contiguous
+/// share with its own `state`; the results are in item order. A share whose
+/// thread cannot start or panics is done on the calling thread.
+pub fn map_on_threads<T: Sync, S, R: Send>(
+    items: &[T],
+    threads: usize,
+    state: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    let (state, f) = (&state, &f);
+    let run = move |part: &[T]| {
+        let mut state = state();
+        part.iter()
+            .map(|item| f(&mut state, item))
+            .collect::<Vec<R>>()
+    };
     if threads == 1 {
-        return files.iter().map(|file| parse_if_file(file)).collect();
+        return run(items);
     }
-    let chunk = files.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = files
+        let handles: Vec<_> = items
             .chunks(chunk)
             .skip(1)
             .map(|part| {
                 let handle = std::thread::Builder::new()
-                    .spawn_scoped(scope, move || {
-                        part.iter()
-                            .map(|file| parse_if_file(file))
-                            .collect::<Vec<_>>()
-                    })
+                    .spawn_scoped(scope, move || run(part))
                     .ok();
                 (part, handle)
             })
             .collect();
-        let mut results: Vec<Option<Result<Parsed, Errors>>> = files[..chunk.min(files.len())]
-            .iter()
-            .map(|file| parse_if_file(file))
-            .collect();
+        let mut results = run(&items[..chunk.min(items.len())]);
         for (part, handle) in handles {
             match handle.map(|handle| handle.join()) {
                 Some(Ok(part_results)) => results.extend(part_results),
-                // Not started or panicked: parse this share here.
-                _ => results.extend(part.iter().map(|file| parse_if_file(file))),
+                _ => results.extend(run(part)),
             }
         }
         results
