@@ -7,6 +7,7 @@
 //! staged files against it and writes only what changed, atomically.
 
 pub mod sync;
+pub mod validate;
 pub mod watch;
 pub mod xslt;
 
@@ -315,6 +316,15 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
             ));
         }
     }
+    problems.extend(validate::check(
+        request.model,
+        request.definitions,
+        validate::Scope::Render {
+            profile: request.profile,
+            server: request.server,
+            only: request.only,
+        },
+    ));
     let services_dir = request.services_dir.canonicalize().map_err(|e| {
         Error::BadInput(vec![format!(
             "{}: cannot read the services directory: {e}",
@@ -393,6 +403,12 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
                 }
             };
             if selected {
+                problems.extend(validate::check_template_keys(
+                    &template,
+                    &source,
+                    &definition.name,
+                    request.definitions,
+                ));
                 jobs.push((definition, file));
                 render_jobs.push(xslt::Job {
                     template,
@@ -412,7 +428,10 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     if !problems.is_empty() {
         return Err(Error::BadInput(problems));
     }
-    let effective = request.model.effective(request.server, request.profile)?;
+    let effective = validate::with_declared_defaults(
+        request.model.effective(request.server, request.profile)?,
+        request.definitions,
+    );
     let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
     let threads = worker_threads(render_jobs.len());
     let rendered = xslt

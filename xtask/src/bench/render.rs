@@ -63,7 +63,7 @@ fn write_services(dir: &Path) -> anyhow::Result<()> {
         std::fs::write(
             service.join("service.xml"),
             format!(
-                "<service name=\"{name}\" type=\"service\">\n  <exec path=\"/bin/true\"/>\n  <reload signal=\"HUP\"/>\n  <file target=\"/etc/bench/{name}.conf\" template=\"{name}.conf.xsl\" on-change=\"reload\"/>\n</service>\n"
+                "<service name=\"{name}\" type=\"service\">\n  <exec path=\"/bin/true\"/>\n  <reload signal=\"HUP\"/>\n  <file target=\"/etc/bench/{name}.conf\" template=\"{name}.conf.xsl\" on-change=\"reload\"/>\n  <key name=\"port\" type=\"port\">the port</key>\n  <key name=\"value\" type=\"string\">the value</key>\n</service>\n"
             ),
         )?;
         std::fs::write(service.join(format!("{name}.conf.xsl")), TEMPLATE)?;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod golden;
+mod keys;
 mod support;
 mod sync;
 mod watch;
