@@ -6,6 +6,7 @@
 //! [`sync`] is the one module that touches the target root: it diffs the
 //! staged files against it and writes only what changed, atomically.
 
+pub mod keys;
 pub mod sync;
 pub mod validate;
 pub mod watch;
@@ -292,6 +293,22 @@ pub(crate) use servicedef::map_on_threads;
 /// Renders every file of the selected services into memory. If anything is
 /// wrong, returns every problem found and no file.
 pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
+    stage_timed(request).map(|(staged, _)| staged)
+}
+
+/// Where [`stage`]'s time went (`nodows render --timings`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimings {
+    /// Checking the model against the key declarations.
+    pub validate: std::time::Duration,
+    /// Everything else: locating, reading, compiling and applying templates.
+    pub render: std::time::Duration,
+}
+
+/// [`stage`], with the time spent validating and rendering.
+pub fn stage_timed(request: &Request) -> Result<(Vec<StagedFile>, StageTimings), Error> {
+    let started = std::time::Instant::now();
+    let mut timings = StageTimings::default();
     let mut problems = Vec::new();
     let known: BTreeSet<&str> = request
         .definitions
@@ -316,6 +333,7 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
             ));
         }
     }
+    let validating = std::time::Instant::now();
     problems.extend(validate::check(
         request.model,
         request.definitions,
@@ -325,6 +343,7 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
             only: request.only,
         },
     ));
+    timings.validate = validating.elapsed();
     let services_dir = request.services_dir.canonicalize().map_err(|e| {
         Error::BadInput(vec![format!(
             "{}: cannot read the services directory: {e}",
@@ -456,7 +475,8 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
         return Err(Error::BadInput(problems));
     }
     staged.sort_by(|a, b| a.target.cmp(&b.target));
-    Ok(staged)
+    timings.render = started.elapsed().saturating_sub(timings.validate);
+    Ok((staged, timings))
 }
 
 #[cfg(test)]

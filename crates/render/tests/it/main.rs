@@ -4,6 +4,7 @@
 mod cli;
 mod golden;
 mod keys;
+mod properties;
 mod support;
 mod sync;
 mod watch;
