@@ -32,6 +32,9 @@ pub struct Options {
     pub log_max_bytes: u64,
     pub use_cgroups: bool,
     pub pid1: bool,
+    /// Variables of initd's environment its children get (`--pass-env`);
+    /// otherwise they start from `spawn::defined_environment` alone.
+    pub pass_env: Vec<String>,
 }
 
 impl Options {
@@ -50,6 +53,7 @@ impl Options {
             log_max_bytes: 1024 * 1024,
             use_cgroups: true,
             pid1: false,
+            pass_env: Vec::new(),
         }
     }
 }
@@ -106,6 +110,22 @@ struct Client {
     since: Instant,
 }
 
+/// Why a service could not be forked; `transient` for the machine's
+/// weather (`spawn::is_transient`), retried after a backoff.
+struct SpawnFailure {
+    message: String,
+    transient: bool,
+}
+
+impl SpawnFailure {
+    fn new(context: String, error: &std::io::Error) -> SpawnFailure {
+        SpawnFailure {
+            message: format!("{context}: {error}"),
+            transient: crate::spawn::is_transient(error),
+        }
+    }
+}
+
 struct RenderRequest {
     services: Vec<String>,
     profile: String,
@@ -131,7 +151,15 @@ pub struct Runtime {
     console: Console,
     started: Instant,
     log_dir: PathBuf,
-    inherited_env: Vec<(String, String)>,
+    /// What every child starts from: `spawn::defined_environment`.
+    child_env: Vec<(String, String)>,
+    /// Children's RLIMIT_NOFILE (`sys::raise_nofile_limit`).
+    child_nofile: Option<libc::rlimit>,
+    /// accept(2) ran out of file descriptors: the listener is not polled
+    /// until then (no busy loop on a level-triggered poll).
+    accept_paused_until: Option<Instant>,
+    /// The next pause; doubles up to ACCEPT_BACKOFF_MAX, reset by an accept.
+    accept_backoff: Duration,
     render_job: Option<RenderJob>,
     render_queue: VecDeque<RenderRequest>,
     shutdown: Option<(Shutdown, Instant)>,
@@ -142,6 +170,16 @@ pub struct Runtime {
 }
 
 const READINESS_POLL: Duration = Duration::from_millis(50);
+/// The open-file hard limit PID 1 of a machine raises itself to.
+const NOFILE_FLOOR: u64 = 65536;
+/// Control connections open at once; a new one closes the oldest.
+pub const MAX_CLIENTS: usize = 64;
+/// Connections accepted per turn of the loop.
+const ACCEPT_BATCH: usize = 16;
+/// A client that has not sent its whole request by then is closed.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl Runtime {
     /// Set up everything that may fail before supervising: returns a message
@@ -191,10 +229,23 @@ impl Runtime {
         listener
             .set_nonblocking(true)
             .map_err(|error| (1, format!("{}: {error}", options.socket.display())))?;
+        // Out of file descriptors is weather, not death: initd takes all
+        // the soft limit allows (as the machine's PID 1 at least
+        // NOFILE_FLOOR); its children get the soft limit it was given.
+        let child_nofile = match sys::raise_nofile_limit(machine.then_some(NOFILE_FLOOR)) {
+            Ok((before, now)) => Some(libc::rlimit {
+                rlim_cur: (before as libc::rlim_t).min(now.rlim_max),
+                rlim_max: now.rlim_max,
+            }),
+            Err(error) => {
+                console.line(&format!("initd: cannot raise its open-file limit: {error}"));
+                None
+            }
+        };
         let groups = Groups::new(options.use_cgroups);
-        // Services inherit initd's environment (as PID 1: what the kernel
-        // passed, e.g. HOME and TERM); spawn adds PATH when missing.
-        let inherited_env: Vec<(String, String)> = std::env::vars().collect();
+        // Children get a defined environment, never initd's own (as PID 1
+        // the kernel hands it every unknown KEY=value of its command line).
+        let child_env = crate::spawn::defined_environment(&options.pass_env);
         console.line(&format!(
             "initd: supervising {} services in mode {mode}; whole-service tracking by {}",
             definitions.len(),
@@ -212,7 +263,10 @@ impl Runtime {
             console,
             started: Instant::now(),
             log_dir,
-            inherited_env,
+            child_env,
+            child_nofile,
+            accept_paused_until: None,
+            accept_backoff: ACCEPT_BACKOFF_MIN,
             render_job: None,
             render_queue: VecDeque::new(),
             shutdown: None,
@@ -261,6 +315,17 @@ impl Runtime {
             let next = self.next_readiness_poll.max(now);
             deadline = Some(deadline.map_or(next, |deadline| deadline.min(next)));
         }
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+        }
+        if let Some(until) = self.accept_paused_until {
+            deadline = Some(deadline.map_or(until, |deadline| deadline.min(until)));
+        }
+        // Idle clients are closed on time even when nothing else happens.
+        if let Some(oldest) = self.clients.iter().map(|client| client.since).min() {
+            let until = oldest + CLIENT_TIMEOUT;
+            deadline = Some(deadline.map_or(until, |deadline| deadline.min(until)));
+        }
         let timeout_ms = match deadline {
             None => -1,
             Some(deadline) => {
@@ -276,7 +341,11 @@ impl Runtime {
             },
             libc::pollfd {
                 fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
+                events: if self.accept_paused_until.is_some() {
+                    0
+                } else {
+                    libc::POLLIN
+                },
                 revents: 0,
             },
         ];
@@ -375,11 +444,11 @@ impl Runtime {
         index += client_count;
         // Forget clients that never finished their request.
         self.clients
-            .retain(|client| client.since.elapsed() < Duration::from_secs(30));
+            .retain(|client| client.since.elapsed() < CLIENT_TIMEOUT);
         if render_fd.is_some() && fds[index].revents != 0 {
             self.read_render_output();
         }
-        if fds[1].revents != 0 {
+        if fds[1].revents & libc::POLLIN != 0 {
             self.accept_clients();
         }
         let now = Instant::now();
@@ -489,11 +558,14 @@ impl Runtime {
                 .and_then(|service| service.pid)
                 == Some(pid)
             {
-                let actions = self.supervisor.spawn_failed(
-                    &name,
-                    &format!("{program}: {error}"),
-                    Instant::now(),
-                );
+                let message = format!("{program}: {error}");
+                let actions = if crate::spawn::is_transient(&error) {
+                    self.supervisor
+                        .spawn_deferred(&name, &message, Instant::now())
+                } else {
+                    self.supervisor
+                        .spawn_failed(&name, &message, Instant::now())
+                };
                 self.apply(actions);
             }
         }
@@ -587,7 +659,10 @@ impl Runtime {
                     self.groups.spawned(&name, pid);
                     self.supervisor.spawned(&name, pid, now)
                 }
-                Err(error) => self.supervisor.spawn_failed(&name, &error, now),
+                Err(failure) if failure.transient => {
+                    self.supervisor.spawn_deferred(&name, &failure.message, now)
+                }
+                Err(failure) => self.supervisor.spawn_failed(&name, &failure.message, now),
             },
             Action::SignalService(name, signal) => {
                 self.groups.signal(&name, signal);
@@ -640,26 +715,35 @@ impl Runtime {
         }
     }
 
-    fn respawn(&mut self, name: &str) -> Result<i32, String> {
+    fn respawn(&mut self, name: &str) -> Result<i32, SpawnFailure> {
         self.groups.respawning(name);
         self.spawn(name)
     }
 
-    fn spawn(&mut self, name: &str) -> Result<i32, String> {
+    fn spawn(&mut self, name: &str) -> Result<i32, SpawnFailure> {
         let Some(service) = self.supervisor.service(name) else {
-            return Err("unknown service".to_string());
+            return Err(SpawnFailure {
+                message: "unknown service".to_string(),
+                transient: false,
+            });
         };
         let definition = service.definition.clone();
         if !self.logs.contains_key(name) {
             let log = ServiceLog::open(&self.log_dir, name, self.options.log_max_bytes).map_err(
-                |error| format!("cannot open its log in {}: {error}", self.log_dir.display()),
+                |error| {
+                    SpawnFailure::new(
+                        format!("cannot open its log in {}", self.log_dir.display()),
+                        &error,
+                    )
+                },
             )?;
             self.logs.insert(name.to_string(), log);
         }
         let output_fd = self.logs.get(name).map(|log| log.write_fd).unwrap_or(2);
         let mut notify_write = None;
         if let Readiness::Notify { fd } = definition.ready {
-            let (read_end, write_end) = sys::pipe().map_err(|error| format!("pipe: {error}"))?;
+            let (read_end, write_end) =
+                sys::pipe().map_err(|error| SpawnFailure::new("pipe".to_string(), &error))?;
             if let Some(old) = self.notify.insert(name.to_string(), read_end) {
                 sys::close(old);
             }
@@ -668,12 +752,17 @@ impl Runtime {
         let cgroup = self.groups.prepare(name);
         let result = crate::spawn::prepare(
             &definition,
-            &self.inherited_env,
+            &self.child_env,
             output_fd,
             notify_write,
             cgroup,
         )
-        .and_then(|prepared| crate::spawn::spawn(&prepared));
+        .and_then(|mut prepared| {
+            if let Some(limit) = self.child_nofile {
+                prepared.child_nofile(limit);
+            }
+            crate::spawn::spawn(&prepared)
+        });
         if let Some((write_end, _)) = notify_write {
             sys::close(write_end);
         }
@@ -686,7 +775,7 @@ impl Runtime {
                 );
                 Ok(spawned.pid)
             }
-            Err(error) => Err(format!("{program}: {error}")),
+            Err(error) => Err(SpawnFailure::new(program, &error)),
         }
     }
 
@@ -797,6 +886,8 @@ impl Runtime {
         }
         process
             .arg("--json")
+            .env_clear()
+            .envs(self.child_env.iter().map(|(key, value)| (key, value)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped());
         match process.spawn() {
@@ -946,9 +1037,19 @@ impl Runtime {
     // --- control socket ---
 
     fn accept_clients(&mut self) {
-        for _ in 0..64 {
+        for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    self.accept_backoff = ACCEPT_BACKOFF_MIN;
+                    // The peer is checked before a byte of its request is
+                    // read: an unauthorised client gets its refusal at once.
+                    if let Err(refusal) = authorise(&stream) {
+                        reply_to(stream, 1, &refusal);
+                        continue;
+                    }
+                    if self.clients.len() >= MAX_CLIENTS {
+                        self.close_oldest_client();
+                    }
                     if stream.set_nonblocking(true).is_ok() {
                         self.clients.push(Client {
                             stream,
@@ -957,13 +1058,43 @@ impl Runtime {
                         });
                     }
                 }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error) if crate::spawn::is_transient(&error) => {
+                    // Out of descriptors (or memory): free one, and stop
+                    // polling the listener for a while instead of spinning.
+                    self.close_oldest_client();
+                    let pause = self.accept_backoff;
+                    if pause == ACCEPT_BACKOFF_MIN {
+                        self.say(&format!(
+                            "initd: control socket: accept: {error}; pausing accepts"
+                        ));
+                    }
+                    self.accept_paused_until = Some(Instant::now() + pause);
+                    self.accept_backoff = (pause * 2).min(ACCEPT_BACKOFF_MAX);
+                    return;
+                }
                 Err(_) => return,
             }
         }
     }
 
+    fn close_oldest_client(&mut self) {
+        let oldest = self
+            .clients
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, client)| client.since)
+            .map(|(index, _)| index);
+        if let Some(index) = oldest {
+            // Closing the connection is the answer: it took too long.
+            drop(self.clients.remove(index));
+        }
+    }
+
     /// Read what a client sent; a whole line (or end of file) is a request.
     /// Clients are read without blocking: a slow one never stalls PID 1.
+    /// A request longer than `MAX_REQUEST` is refused, never cut short.
     fn read_client(&mut self, index: usize) {
         let Some(client) = self.clients.get_mut(index) else {
             return;
@@ -978,7 +1109,7 @@ impl Runtime {
                 }
                 Ok(count) => {
                     client.request.extend_from_slice(&buffer[..count]);
-                    if client.request.contains(&b'\n') || client.request.len() >= 4096 {
+                    if client.request.contains(&b'\n') || client.request.len() > MAX_REQUEST {
                         complete = true;
                         break;
                     }
@@ -993,33 +1124,24 @@ impl Runtime {
         }
         if complete {
             let client = self.clients.swap_remove(index);
-            self.handle_client(client.stream, client.request);
+            let mut request = client.request;
+            match request.iter().position(|byte| *byte == b'\n') {
+                Some(end) if end <= MAX_REQUEST => request.truncate(end),
+                None if request.len() <= MAX_REQUEST => {}
+                _ => {
+                    reply_to(
+                        client.stream,
+                        2,
+                        &format!("request refused: longer than {MAX_REQUEST} bytes"),
+                    );
+                    return;
+                }
+            }
+            self.handle_client(client.stream, request);
         }
     }
 
     fn handle_client(&mut self, stream: UnixStream, request: Vec<u8>) {
-        let own = sys::geteuid();
-        match sys::peer_uid(stream.as_raw_fd()) {
-            Ok(uid) if uid == 0 || uid == own => {}
-            Ok(uid) => {
-                reply_to(
-                    stream,
-                    1,
-                    &format!(
-                        "permission denied: uid {uid} is neither root nor initd's own uid {own}"
-                    ),
-                );
-                return;
-            }
-            Err(error) => {
-                reply_to(
-                    stream,
-                    1,
-                    &format!("permission denied: cannot read peer credentials: {error}"),
-                );
-                return;
-            }
-        }
         let text = String::from_utf8_lossy(&request).to_string();
         let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
         if let Some((code, reply)) =
@@ -1141,9 +1263,10 @@ impl Runtime {
                 (0, format!("emitted {event}"))
             }
             (Some("mode"), None) => (0, self.supervisor.mode().to_string()),
-            // Proves that a panic in request handling is survived; only
-            // when initd was started with INITD_TEST_HOOKS=1.
-            (Some("debug-panic"), None) if std::env::var_os("INITD_TEST_HOOKS").is_some() => {
+            // Proves that a panic in request handling is survived; only in
+            // builds with the `test-hooks` feature (never an image's).
+            #[cfg(feature = "test-hooks")]
+            (Some("debug-panic"), None) => {
                 #[allow(clippy::panic)]
                 {
                     panic!("debug-panic requested")
@@ -1225,6 +1348,24 @@ impl Runtime {
             ));
         }
         out
+    }
+}
+
+/// The longest request line (without its newline) initd reads.
+pub const MAX_REQUEST: usize = 4096;
+
+/// The control socket's access rule: root, or initd's own uid (a
+/// supervisor run by a user for tests). Err is the refusal to send.
+fn authorise(stream: &UnixStream) -> Result<(), String> {
+    let own = sys::geteuid();
+    match sys::peer_uid(stream.as_raw_fd()) {
+        Ok(uid) if uid == 0 || uid == own => Ok(()),
+        Ok(uid) => Err(format!(
+            "permission denied: uid {uid} is neither root nor initd's own uid {own}"
+        )),
+        Err(error) => Err(format!(
+            "permission denied: cannot read peer credentials: {error}"
+        )),
     }
 }
 

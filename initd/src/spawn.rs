@@ -30,9 +30,30 @@ pub struct Prepared {
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The environment every child of initd starts from (services and the
+/// renderer): never initd's own, which as PID 1 holds whatever unknown
+/// `KEY=value` words the kernel command line had. `passed` names variables
+/// of initd's environment to hand on (`--pass-env NAME`); a service's
+/// `<env>` and initd's own variables (the group marker, `NOTIFY_FD`) come
+/// on top of this in `prepare`.
+pub fn defined_environment(passed: &[String]) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        ("HOME".to_string(), "/".to_string()),
+        ("TERM".to_string(), "linux".to_string()),
+    ];
+    for name in passed {
+        if let Some(value) = std::env::var_os(name) {
+            env.retain(|(existing, _)| existing != name);
+            env.push((name.clone(), value.to_string_lossy().into_owned()));
+        }
+    }
+    env
+}
+
 pub fn prepare(
     definition: &ServiceDefinition,
-    inherited_env: &[(String, String)],
+    base_env: &[(String, String)],
     output_fd: RawFd,
     notify: Option<(RawFd, RawFd)>,
     cgroup_procs: Option<CString>,
@@ -42,14 +63,11 @@ pub fn prepare(
     for argument in &definition.exec.args {
         argv.push(sys::cstring(argument)?);
     }
-    let mut env: Vec<(String, String)> = inherited_env
+    let mut env: Vec<(String, String)> = base_env
         .iter()
         .filter(|(key, _)| key != crate::group::MARKER)
         .cloned()
         .collect();
-    if !env.iter().any(|(key, _)| key == "PATH") {
-        env.push(("PATH".to_string(), DEFAULT_PATH.to_string()));
-    }
     for (key, value) in &definition.env {
         env.retain(|(existing, _)| existing != key);
         env.push((key.clone(), value.clone()));
@@ -138,6 +156,26 @@ fn rlimit_resource(name: &str) -> Option<i32> {
         "memlock" => libc::RLIMIT_MEMLOCK as i32,
         _ => return None,
     })
+}
+
+impl Prepared {
+    /// The child's open-file limit before the service's own `rlimit`s:
+    /// initd raised its own (`sys::raise_nofile_limit`), services start
+    /// from the soft limit initd was given.
+    pub fn child_nofile(&mut self, limit: libc::rlimit) {
+        self.rlimits
+            .insert(0, (libc::RLIMIT_NOFILE as libc::c_int, limit));
+    }
+}
+
+/// An error that is the machine's weather, not the service's fault: out of
+/// processes, memory or file descriptors. A spawn that fails so is tried
+/// again after a backoff (`Supervisor::spawn_deferred`).
+pub fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE)
+    )
 }
 
 /// Fork and exec without waiting for the exec: an exec failure (missing

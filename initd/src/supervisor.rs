@@ -444,6 +444,33 @@ impl Supervisor {
         self.settle(now)
     }
 
+    /// Fork or exec failed for want of resources (EAGAIN, ENOMEM, EMFILE,
+    /// ENFILE): weather, not the service's fault. The service waits out its
+    /// backoff and is tried again; this does not count toward its restart
+    /// limit, so it never becomes `failed` this way.
+    pub fn spawn_deferred(&mut self, name: &str, error: &str, now: Instant) -> Vec<Action> {
+        if let Some(service) = self.services.get_mut(name) {
+            let delay = service.backoff;
+            service.backoff = (service.backoff * 2).min(service.definition.restart.backoff_max);
+            service.pid = None;
+            service.reason = Some(format!("{error}; trying again"));
+            if service.wanted {
+                service.state = State::Backoff;
+                service.deadline = Some(now + delay);
+                self.actions.push(Action::Log(format!(
+                    "service {name} cannot start yet: {error}; trying again in {}ms",
+                    delay.as_millis()
+                )));
+                self.changed(name, State::Backoff, None);
+            } else {
+                service.state = State::Stopped;
+                service.deadline = None;
+                self.changed(name, State::Stopped, None);
+            }
+        }
+        self.settle(now)
+    }
+
     /// Readiness reached (tcp connect, notify line, pidfile naming a live
     /// process: `pid` then becomes the main process).
     pub fn ready(&mut self, name: &str, pid: Option<i32>, now: Instant) -> Vec<Action> {

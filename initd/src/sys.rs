@@ -147,6 +147,40 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
 }
 
 /// A pipe, both ends close-on-exec and the read end non-blocking.
+/// Raise initd's own open-file limit: the soft limit to the hard one, and
+/// first the hard one to at least `hard_floor` when given (PID 1 of a
+/// machine; needs CAP_SYS_RESOURCE, a failure keeps the old hard limit).
+/// Returns (the soft limit before, the limit now): children get the soft
+/// limit back (`spawn::Prepared::child_nofile`), as select(2)-era programs
+/// expect.
+// rlim_t is u64 on Linux and i64 on FreeBSD: the casts are needed there.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_nofile_limit(hard_floor: Option<u64>) -> io::Result<(u64, libc::rlimit)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: the out pointer is valid.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    let before = limit.rlim_cur as u64;
+    if let Some(floor) = hard_floor {
+        if limit.rlim_max != libc::RLIM_INFINITY && (limit.rlim_max as u64) < floor {
+            let raised = libc::rlimit {
+                rlim_cur: floor as libc::rlim_t,
+                rlim_max: floor as libc::rlim_t,
+            };
+            // SAFETY: a valid rlimit.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                return Ok((before, raised));
+            }
+        }
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: a valid rlimit (soft = hard is always allowed).
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) })?;
+    Ok((before, limit))
+}
+
 pub fn pipe() -> io::Result<(RawFd, RawFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds has room for two descriptors.

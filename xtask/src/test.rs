@@ -7,6 +7,7 @@
 //! the last line is `N passed, N failed`.
 
 mod e2e;
+mod no_test_hooks;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -16,8 +16,9 @@
 //! Concurrent renders of one root are serialized with `flock` on the root
 //! directory.
 //!
-//! Test hooks: `NODOWS_FAULT_AFTER_RENAMES=N` aborts the process after the
-//! N-th rename (the crash-consistency test uses it);
+//! Test hooks, compiled only with the `test-hooks` feature (never in an
+//! image's binary): `NODOWS_FAULT_AFTER_RENAMES=N` aborts the process after
+//! the N-th rename (the crash-consistency test uses it);
 //! `NODOWS_TEST_SYNC_DELAY_MS=N` sleeps between writing the temporary files
 //! and renaming them (the concurrency test uses it).
 
@@ -444,6 +445,7 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
         temps.push(temp);
     }
     // Test hook: widen the window between the phases (concurrency test).
+    #[cfg(feature = "test-hooks")]
     if let Some(delay) = std::env::var("NODOWS_TEST_SYNC_DELAY_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
@@ -451,6 +453,7 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
         std::thread::sleep(std::time::Duration::from_millis(delay));
     }
     // Phase 2: renames, then the directories' fsync.
+    #[cfg(feature = "test-hooks")]
     let fault_after: Option<usize> = std::env::var("NODOWS_FAULT_AFTER_RENAMES")
         .ok()
         .and_then(|n| n.parse().ok());
@@ -466,6 +469,7 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
                 changed.len()
             )));
         }
+        #[cfg(feature = "test-hooks")]
         if fault_after == Some(index + 1) {
             eprintln!("nodows: fault injected after {} renames", index + 1);
             std::process::abort();

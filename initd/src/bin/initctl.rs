@@ -76,14 +76,16 @@ fn main() {
             std::process::exit(1)
         }
     };
-    if let Err(error) = stream.write_all(format!("{}\n", words.join(" ")).as_bytes()) {
-        eprintln!("initctl: {socket}: {error}");
-        std::process::exit(1)
-    }
+    // initd may refuse a peer before reading its request and close: the
+    // write then fails, but the refusal is there to read.
+    let written = stream.write_all(format!("{}\n", words.join(" ")).as_bytes());
     let mut reply = String::new();
-    if let Err(error) = stream.read_to_string(&mut reply) {
-        eprintln!("initctl: {socket}: {error}");
-        std::process::exit(1)
+    let read = stream.read_to_string(&mut reply);
+    if reply.is_empty() {
+        if let Err(error) = written.and(read) {
+            eprintln!("initctl: {socket}: {error}");
+            std::process::exit(1)
+        }
     }
     let (first, body) = reply.split_once('\n').unwrap_or((reply.as_str(), ""));
     let code = first

@@ -8,7 +8,7 @@ use initd::{pid1, sys};
 
 const USAGE: &str = "usage: initd [--services DIR] [--socket PATH] [--state DIR] [--mode MODE] [--log-dir DIR]
              [--render-command PATH] [--model PATH] [--root DIR] [--server ID]
-             [--log-max-bytes N] [--no-cgroups]
+             [--log-max-bytes N] [--no-cgroups] [--pass-env NAME]...
        initd check --services DIR [--mode MODE] [--root DIR]
        initd coldplug [--modules DIR] [--with-cpu]   (load the modules of the devices present)
 With no arguments as PID 1: the image defaults (/etc/nodows/services, /run/initd.sock, /run/nodows).";
@@ -76,6 +76,7 @@ fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
                 }
             }
             "--no-cgroups" => options.use_cgroups = false,
+            "--pass-env" => options.pass_env.push(value()),
             "--help" | "-h" if !pid1 => {
                 println!("{USAGE}");
                 std::process::exit(0)

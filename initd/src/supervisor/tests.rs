@@ -373,3 +373,50 @@ fn a_settled_service_is_respawned_at_once_and_a_quick_death_backs_off() {
     );
     assert!(spawns(&supervisor.tick(died)).is_empty());
 }
+
+/// Guards: a fork that fails for want of resources (EMFILE, EAGAIN...) is
+/// weather: the service backs off and is spawned again, never `failed`,
+/// however often it happens (it used to fail for good like a missing binary).
+#[test]
+fn a_transient_spawn_error_backs_off_and_retries_without_failing() {
+    let mut now = Instant::now();
+    let mut supervisor = Supervisor::new(vec![definition("", "db")], "production");
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["db"]);
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        let actions =
+            supervisor.spawn_deferred("db", "fork: Resource temporarily unavailable", now);
+        assert!(spawns(&actions).is_empty());
+        assert_eq!(state(&supervisor, "db"), State::Backoff);
+        let deadline = supervisor.next_deadline().unwrap();
+        delays.push(deadline - now);
+        now = deadline;
+        assert_eq!(spawns(&supervisor.tick(now)), vec!["db"], "tried again");
+    }
+    assert!(
+        delays.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{delays:?}"
+    );
+    assert!(delays[19] > delays[0], "the delay grows: {delays:?}");
+    let actions = supervisor.spawned("db", 42, now);
+    assert!(actions.iter().any(|action| matches!(
+        action,
+        Action::StateChanged {
+            state: State::Running,
+            ..
+        }
+    )));
+    assert_eq!(supervisor.service("db").unwrap().restarts, 0);
+}
+
+/// A stop while deferred leaves the service stopped, with no retry.
+#[test]
+fn a_stop_while_a_spawn_is_deferred_cancels_the_retry() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(vec![definition("", "db")], "production");
+    supervisor.boot(now);
+    supervisor.spawn_deferred("db", "fork: Cannot allocate memory", now);
+    supervisor.stop("db", now);
+    assert_eq!(state(&supervisor, "db"), State::Stopped);
+    assert!(spawns(&supervisor.tick(now + Duration::from_secs(60))).is_empty());
+}

@@ -103,6 +103,9 @@ impl Initd {
             self.path("log").display().to_string(),
             "--render-command".into(),
             self.path("no-renderer").display().to_string(),
+            // Children get a defined environment; the test scripts need this.
+            "--pass-env".into(),
+            "TEST_DIR".into(),
         ]
     }
 

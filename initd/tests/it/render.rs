@@ -134,3 +134,53 @@ fn a_mode_switch_renders_with_the_new_profile_first() {
         "failover"
     );
 }
+
+/// Guards: services and the renderer get a defined environment, never
+/// initd's own; as PID 1 that holds every unknown `KEY=value` word of the
+/// kernel command line (a boot-menu edit could otherwise set a renderer
+/// variable or a service's behaviour).
+#[test]
+fn children_get_a_defined_environment_not_initds_own() {
+    let mut initd = Initd::prepare(
+        "environment",
+        &[(
+            "envdump",
+            shell_service(
+                "envdump",
+                "env > \"$TEST_DIR/service-env\"; exec sleep 1000",
+                "<env name=\"FROM_DEFINITION\" value=\"yes\"/>",
+            ),
+        )],
+    );
+    let renderer = write_renderer(
+        &initd,
+        "env > \"$TEST_DIR/renderer-env\"; echo '{\"written\": [], \"services\": []}'",
+    );
+    initd.env.push((
+        "NODOWS_TEST_SYNC_DELAY_MS".to_string(),
+        "600000".to_string(),
+    ));
+    initd
+        .env
+        .push(("FROM_KERNEL_CMDLINE".to_string(), "1".to_string()));
+    initd.launch(&["--render-command", &renderer]);
+    initd.wait_for_state("envdump", "running");
+    initd.wait_until("the renderer's environment", || {
+        initd.path("renderer-env").exists()
+    });
+    for file in ["service-env", "renderer-env"] {
+        let text = std::fs::read_to_string(initd.path(file)).unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .collect();
+        for absent in ["NODOWS_TEST_SYNC_DELAY_MS", "FROM_KERNEL_CMDLINE", "CARGO"] {
+            assert!(!names.contains(&absent), "{file} has {absent}:\n{text}");
+        }
+        for present in ["PATH", "HOME", "TERM", "TEST_DIR"] {
+            assert!(names.contains(&present), "{file} lacks {present}:\n{text}");
+        }
+    }
+    let service = std::fs::read_to_string(initd.path("service-env")).unwrap();
+    assert!(service.contains("FROM_DEFINITION=yes\n"), "{service}");
+}

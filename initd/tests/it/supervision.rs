@@ -488,6 +488,61 @@ fn the_control_socket_refuses_a_peer_without_permission() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("permission denied: uid 65534"), "{stderr}");
     assert_eq!(initd.state("one"), "running");
+    // The peer is checked before its request is read: a client that sends
+    // nothing still gets the refusal (perl-base is Essential on Debian).
+    let output = Command::new("perl")
+        .args([
+            "-MIO::Socket::UNIX",
+            "-e",
+            "my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"connect: $!\"; \
+             local $SIG{ALRM} = sub { die \"no refusal within 5 s\" }; alarm 5; \
+             print while <$s>;",
+        ])
+        .arg(&initd.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("permission denied: uid 65534"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Guards: a request line over the limit is refused whole; initd used to
+/// execute its first 4,096 bytes.
+#[test]
+fn an_oversized_request_is_refused_not_cut_short() {
+    use std::io::{Read, Write};
+    let initd = Initd::start(
+        "oversized",
+        &[("one", shell_service("one", "exec sleep 1000", ""))],
+        &[],
+    );
+    let pid = initd.main_pid("one");
+    // "stop one" followed by padding: cut at 4,096 bytes it would stop one.
+    let mut request = format!("stop one{}", " ".repeat(5000)).into_bytes();
+    request.push(b'\n');
+    let mut stream = std::os::unix::net::UnixStream::connect(&initd.socket).unwrap();
+    stream.write_all(&request).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert_eq!(
+        reply, "exit 2\nrequest refused: longer than 4096 bytes\n",
+        "{reply}"
+    );
+    assert_eq!(initd.state("one"), "running");
+    assert_eq!(initd.main_pid("one"), pid);
+    // Exactly at the limit is still a request.
+    let mut request = format!("status{}", " ".repeat(4096 - 6)).into_bytes();
+    request.push(b'\n');
+    let mut stream = std::os::unix::net::UnixStream::connect(&initd.socket).unwrap();
+    stream.write_all(&request).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("exit 0\nmode "), "{reply}");
 }
 
 /// Guards: SIGCHLD coalescing must not lose or misattribute exits.
@@ -844,7 +899,8 @@ fn initd_has_no_banned_dependencies() {
 }
 
 /// Guards: a panic while handling a request is caught; initd keeps
-/// supervising (as PID 1 it must never die).
+/// supervising (as PID 1 it must never die). `debug-panic` exists only in
+/// builds with the `test-hooks` feature, which `cargo test` turns on.
 #[test]
 fn a_panic_in_request_handling_is_survived() {
     use std::io::{Read, Write};
@@ -852,9 +908,6 @@ fn a_panic_in_request_handling_is_survived() {
         "panic",
         &[("one", shell_service("one", "exec sleep 1000", ""))],
     );
-    initd
-        .env
-        .push(("INITD_TEST_HOOKS".to_string(), "1".to_string()));
     initd.launch(&[]);
     initd.wait_for_state("one", "running");
     let pid = initd.main_pid("one");

@@ -155,10 +155,7 @@ pub fn build<'scope>(
         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
         files.join("EFI/BOOT/BOOTX64.EFI"),
     )?;
-    std::fs::write(
-        files.join("loader/loader.conf"),
-        "default nodows.conf\ntimeout 0\nconsole-mode keep\n",
-    )?;
+    std::fs::write(files.join("loader/loader.conf"), loader_conf(plan))?;
     std::fs::write(
         files.join("loader/entries/nodows.conf"),
         format!(
@@ -257,6 +254,13 @@ pub fn build<'scope>(
         copy_sparse(image, &raw, *start)?;
     }
     Ok(raw_sum)
+}
+
+/// systemd-boot's `loader/loader.conf`: no menu, and no command-line
+/// editor unless root already has a console shell (`Plan::boot_menu_editor`).
+pub(super) fn loader_conf(plan: &Plan) -> String {
+    let editor = if plan.boot_menu_editor() { "yes" } else { "no" };
+    format!("default nodows.conf\ntimeout 0\nconsole-mode keep\neditor {editor}\n")
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {

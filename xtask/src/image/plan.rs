@@ -539,6 +539,14 @@ pub fn resolve(
 }
 
 impl Plan {
+    /// Whether systemd-boot lets the kernel command line be edited at the
+    /// boot menu: only where root already has a console shell (autologin);
+    /// elsewhere an edit would be a way in (`init=/bin/sh`, environment
+    /// for PID 1), so `loader.conf` says `editor no`.
+    pub fn boot_menu_editor(&self) -> bool {
+        self.root_login == RootLogin::Autologin
+    }
+
     /// The plan as printed by `--plan` (and kept honest by snapshot tests).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -570,6 +578,15 @@ impl Plan {
             out,
             "kernel cmdline: root=PARTUUID=<root partition> {}",
             self.cmdline
+        );
+        let _ = writeln!(
+            out,
+            "boot menu editor: {}",
+            if self.boot_menu_editor() {
+                "on (root has a console shell anyway)"
+            } else {
+                "off (editor no: the kernel command line cannot be edited at boot)"
+            }
         );
         let _ = writeln!(
             out,

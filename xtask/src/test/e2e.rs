@@ -60,6 +60,23 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         }
     };
 
+    // No boot: each image's own binaries answer no test hook, and only
+    // the dev image (root already has a console shell) has a boot editor.
+    for profile in PROFILES {
+        runner.step(
+            &format!("e2e 0 {profile}: the image's binaries answer no test hook; boot editor"),
+            || {
+                let work_dir = context.work_root.join(format!("{profile}-no-test-hooks"));
+                // The profile's `<root login="autologin"/>` keeps the editor.
+                let profile_xml = qemu::workspace_root().join(format!("profiles/{profile}.xml"));
+                let autologin = std::fs::read_to_string(&profile_xml)
+                    .with_context(|| profile_xml.display().to_string())?
+                    .contains("login=\"autologin\"");
+                super::no_test_hooks::check_image(&image(profile)?, !autologin, &work_dir)
+            },
+        );
+    }
+
     // Boot 1: the test profile.
     let mut test_vm: Option<Vm> = None;
     runner.step(
@@ -383,40 +400,9 @@ impl RootFs {
             disk.display(),
             String::from_utf8_lossy(&output.stderr)
         );
-        let table = Command::new("sfdisk")
-            .arg("--json")
-            .arg(&raw)
-            .output()
-            .context("running sfdisk --json")?;
-        ensure!(
-            table.status.success(),
-            "sfdisk --json {}: {}",
-            raw.display(),
-            String::from_utf8_lossy(&table.stderr)
-        );
-        let table: serde_json::Value = serde_json::from_slice(&table.stdout)?;
-        let sector_size = table["partitiontable"]["sectorsize"]
-            .as_u64()
-            .unwrap_or(512);
-        let (start, size) = table["partitiontable"]["partitions"]
-            .as_array()
-            .context("sfdisk printed no partitions")?
-            .iter()
-            .filter_map(|partition| {
-                Some((partition["start"].as_u64()?, partition["size"].as_u64()?))
-            })
-            .max_by_key(|(_, size)| *size)
-            .context("the disk has no partitions")?;
+        let table = super::no_test_hooks::PartitionTable::read(&raw)?;
         let path = work_dir.join("root.ext4");
-        let status = Command::new("dd")
-            .arg(format!("if={}", raw.display()))
-            .arg(format!("of={}", path.display()))
-            .arg(format!("bs={sector_size}"))
-            .arg(format!("skip={start}"))
-            .arg(format!("count={size}"))
-            .args(["conv=sparse", "status=none"])
-            .status()?;
-        ensure!(status.success(), "dd of the root partition failed");
+        table.copy(&raw, table.largest(), &path)?;
         std::fs::remove_file(&raw)?;
         Ok(RootFs { path })
     }
