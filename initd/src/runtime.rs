@@ -160,6 +160,8 @@ pub struct Runtime {
     accept_paused_until: Option<Instant>,
     /// The next pause; doubles up to ACCEPT_BACKOFF_MAX, reset by an accept.
     accept_backoff: Duration,
+    /// When the last "pausing accepts" line was written.
+    accept_logged: Option<Instant>,
     render_job: Option<RenderJob>,
     render_queue: VecDeque<RenderRequest>,
     shutdown: Option<(Shutdown, Instant)>,
@@ -180,6 +182,7 @@ const ACCEPT_BATCH: usize = 16;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(20);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Runtime {
     /// Set up everything that may fail before supervising: returns a message
@@ -267,6 +270,7 @@ impl Runtime {
             child_nofile,
             accept_paused_until: None,
             accept_backoff: ACCEPT_BACKOFF_MIN,
+            accept_logged: None,
             render_job: None,
             render_queue: VecDeque::new(),
             shutdown: None,
@@ -1065,7 +1069,13 @@ impl Runtime {
                     // polling the listener for a while instead of spinning.
                     self.close_oldest_client();
                     let pause = self.accept_backoff;
-                    if pause == ACCEPT_BACKOFF_MIN {
+                    // One console line per ten seconds of weather at most.
+                    let now = Instant::now();
+                    if self
+                        .accept_logged
+                        .is_none_or(|logged| now.duration_since(logged) >= ACCEPT_LOG_EVERY)
+                    {
+                        self.accept_logged = Some(now);
                         self.say(&format!(
                             "initd: control socket: accept: {error}; pausing accepts"
                         ));

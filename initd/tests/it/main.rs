@@ -6,3 +6,4 @@ mod harness;
 mod pid1;
 mod render;
 mod supervision;
+mod weather;

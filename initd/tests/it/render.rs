@@ -165,9 +165,12 @@ fn children_get_a_defined_environment_not_initds_own() {
         .push(("FROM_KERNEL_CMDLINE".to_string(), "1".to_string()));
     initd.launch(&["--render-command", &renderer]);
     initd.wait_for_state("envdump", "running");
-    initd.wait_until("the renderer's environment", || {
-        initd.path("renderer-env").exists()
-    });
+    // `env > FILE` creates the file before it writes: wait for its end.
+    for file in ["service-env", "renderer-env"] {
+        initd.wait_until(file, || {
+            std::fs::read_to_string(initd.path(file)).is_ok_and(|text| text.contains("TERM="))
+        });
+    }
     for file in ["service-env", "renderer-env"] {
         let text = std::fs::read_to_string(initd.path(file)).unwrap();
         let names: Vec<&str> = text
