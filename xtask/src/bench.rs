@@ -71,7 +71,8 @@ impl Context {
     /// Builds the static initd and returns its path.
     pub fn initd_binary(&self) -> anyhow::Result<PathBuf> {
         let sh = &self.sh;
-        let target = "x86_64-unknown-linux-musl";
+        let target = crate::toolchain::MUSL;
+        crate::toolchain::ensure_target(target)?;
         cmd!(
             sh,
             "cargo build --quiet --release --package initd --target {target}"

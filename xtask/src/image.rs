@@ -15,7 +15,7 @@ mod initrd;
 mod manifest;
 mod plan;
 mod rootfs;
-mod ui;
+pub mod ui;
 mod xml;
 
 use std::path::{Path, PathBuf};
@@ -74,20 +74,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     ui::install_interrupt_handler();
-    match build(args) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            if let Some(bad_input) = error.downcast_ref::<BadInput>() {
-                eprintln!("error: {bad_input}");
-                std::process::exit(2);
-            }
-            if ui::interrupted() {
-                eprintln!("error: interrupted; nothing was written to the output or the cache");
-                std::process::exit(130);
-            }
-            Err(error)
-        }
-    }
+    build(args)
 }
 
 fn workspace_root() -> PathBuf {
@@ -142,7 +129,8 @@ fn build(args: Args) -> anyhow::Result<()> {
     ui.step("check host tools", |ui| {
         host::check_tools(ui, args.no_install)
     })?;
-    let source_date_epoch = host::source_date_epoch(&source)?;
+    crate::toolchain::ensure_target(crate::toolchain::MUSL)?;
+    let source_date_epoch = host::source_date_epoch(&ui, &source)?;
     let target_dir = host::cargo_target_dir(&source)?;
     let cache_dir = args
         .cache
