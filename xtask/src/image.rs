@@ -8,13 +8,17 @@
 //! rename it into place.
 
 mod assemble;
+pub mod bmap;
 mod disk;
 mod freebsd;
 mod host;
 mod initrd;
 mod manifest;
+pub mod outputs;
 mod plan;
 mod rootfs;
+mod sbom;
+pub mod sparse;
 pub mod ui;
 mod xml;
 
@@ -67,6 +71,10 @@ pub struct Args {
     /// Where cached bases live (default: TARGET/nodows-cache, TARGET from cargo metadata).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+    /// The output formats, comma-separated, instead of the image's or the profile's <outputs>:
+    /// raw, qcow2, vmdk, vhd, vhdx, gce, raw.gz, raw.zst (raw is always written).
+    #[arg(long, value_name = "FORMATS", value_delimiter = ',')]
+    pub format: Vec<outputs::Format>,
     /// FreeBSD images only: the directory holding the distribution sets base.txz and kernel.txz.
     #[arg(long, value_name = "DIR")]
     pub freebsd_dist: Option<PathBuf>,
@@ -106,7 +114,10 @@ fn build(args: Args) -> anyhow::Result<()> {
     // Resolve once to learn the suite, then with its apt source lines.
     let plan = plan::resolve(&source, &args.image, &args.profile, Vec::new())?;
     let sources = mirror_sources(&plan.suite)?;
-    let plan = plan::Plan { sources, ..plan };
+    let mut plan = plan::Plan { sources, ..plan };
+    if !args.format.is_empty() {
+        plan.outputs = plan::normalize_outputs(&args.format);
+    }
     if args.plan {
         print!("{}", plan.render());
         return Ok(());
@@ -205,7 +216,7 @@ fn build(args: Args) -> anyhow::Result<()> {
             )
         })?;
         scope.spawn(move || drop(staging));
-        ui.step("qcow2, manifest, SBOM and checksums", |ui| {
+        ui.step("outputs, manifest, SBOM and checksums", |ui| {
             manifest::write(
                 ui,
                 raw_sum,
