@@ -2,6 +2,7 @@
 
 mod bench;
 mod boot;
+mod flash;
 
 mod image;
 mod qemu;
@@ -30,6 +31,8 @@ enum Command {
     Boot(boot::Args),
     /// Write a built image to a disk or a USB stick (bmap: mapped blocks only, verified).
 
+    /// Write a built image to a disk or a USB stick (bmap: mapped blocks only, verified).
+    Flash(flash::Args),
     /// The one test command: fmt, clippy, unit tests, images and QEMU end-to-end tests.
     Test(test::Args),
     /// Benchmarks against the systems people would pick instead; writes BENCHMARKS.md.
@@ -45,12 +48,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Image(args) => args.verbose,
+        Command::Flash(args) => args.verbose,
 
         _ => false,
     };
     let result = match cli.command {
         Command::Image(args) => image::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Flash(args) => flash::run(args),
 
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
