@@ -136,12 +136,12 @@ fn build(args: Args) -> anyhow::Result<()> {
         out_parent.join(format!("{name}.log")).display()
     ));
 
+    let source_date_epoch = host::source_date_epoch(&ui, &source)?;
     // Fast checks first: host tools, then the packages against apt.
     ui.step("check host tools", |ui| {
         host::check_tools(ui, args.no_install)
     })?;
     crate::toolchain::ensure_target(crate::toolchain::MUSL)?;
-    let source_date_epoch = host::source_date_epoch(&ui, &source)?;
     let target_dir = host::cargo_target_dir(&source)?;
     let cache_dir = args
         .cache

@@ -304,11 +304,45 @@ pub fn source_date_epoch(ui: &Ui, source: &Path) -> anyhow::Result<u64> {
     }
 }
 
-/// The newest mtime (and its file) under the image sources and the
-/// workspace's code, leaving out outputs (`images/out`, `target`) and `.git`.
+/// What the newest-file epoch looks at: the image sources and the
+/// workspace's code (never outputs, logs or `target`).
+const SOURCE_PARTS: &[&str] = &[
+    "images",
+    "profiles",
+    "services",
+    "overlays",
+    "models",
+    "freebsd",
+    "initd",
+    "crates",
+    "xtask",
+    "Cargo.toml",
+    "Cargo.lock",
+];
+
+/// The newest mtime (and its file) of the SOURCE_PARTS, leaving out
+/// `images/out`.
 fn newest_source_file(source: &Path) -> Option<(u64, PathBuf)> {
     let mut newest: Option<(u64, PathBuf)> = None;
-    let mut pending = vec![source.to_path_buf()];
+    let mut pending: Vec<PathBuf> = Vec::new();
+    for part in SOURCE_PARTS {
+        let path = source.join(part);
+        let mtime = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok());
+        match mtime.and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok()) {
+            Some(duration)
+                if newest
+                    .as_ref()
+                    .is_none_or(|(best, _)| duration.as_secs() > *best) =>
+            {
+                newest = Some((duration.as_secs(), path))
+            }
+            _ if path.is_dir() => pending.push(path),
+            _ => {}
+        }
+    }
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
