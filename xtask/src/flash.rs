@@ -336,7 +336,7 @@ fn confirm(path: &Path) -> anyhow::Result<()> {
 
 /// Opens a checked target for writing; a block device exclusively (the
 /// kernel refuses with EBUSY if anything mounted it since the checks).
-fn open_target(target: &Target) -> anyhow::Result<File> {
+pub fn open_target(target: &Target) -> anyhow::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true);
     if target.is_block_device {
@@ -352,7 +352,7 @@ fn open_target(target: &Target) -> anyhow::Result<File> {
 
 /// `--to-file`: a new sparse file of the image's size, written under a
 /// temporary name and renamed when it is verified.
-fn to_file(raw: &Path, bmap: &Bmap, path: &Path, yes: bool) -> anyhow::Result<Stats> {
+pub fn to_file(raw: &Path, bmap: &Bmap, path: &Path, yes: bool) -> anyhow::Result<Stats> {
     if let Ok(metadata) = std::fs::symlink_metadata(path) {
         if !metadata.is_file() {
             return Err(refuse(

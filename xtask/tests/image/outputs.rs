@@ -75,8 +75,11 @@ fn every_output_format_the_sbom_and_flash() {
     ] {
         let path = file(extension);
         let path = path.to_str().unwrap();
-        let info: serde_json::Value =
-            serde_json::from_str(&ok("qemu-img", &["info", "--output=json", path])).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&ok(
+            "qemu-img",
+            &["info", "--output=json", "-f", qemu_format, path],
+        ))
+        .unwrap();
         assert_eq!(info["format"], qemu_format, "{extension}");
         assert_eq!(info["virtual-size"], raw_size, "{extension}");
         if checkable {
@@ -89,7 +92,19 @@ fn every_output_format_the_sbom_and_flash() {
     }
     let vmdk_info = ok("qemu-img", &["info", file("vmdk").to_str().unwrap()]);
     assert!(vmdk_info.contains("streamOptimized"), "{vmdk_info}");
-    let vhd_info = ok("qemu-img", &["info", file("vhd").to_str().unwrap()]);
+    // A fixed VHD is the disk and a 512-byte footer (cookie `conectix`).
+    let mut footer = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(file("vhd")).unwrap(),
+        &mut footer,
+        raw_size,
+    )
+    .unwrap();
+    assert_eq!(&footer, b"conectix");
+    let vhd_info = ok(
+        "qemu-img",
+        &["info", "-f", "vpc", file("vhd").to_str().unwrap()],
+    );
     assert_eq!(
         std::fs::metadata(file("vhd")).unwrap().len(),
         raw_size + 512,
@@ -380,10 +395,23 @@ fn check_flash(scratch: &Scratch, out: &Path, raw: &Path) {
         &sha256(&backing),
         "backs the loop device",
     );
-    ok("mkfs.ext4", &["-q", "-F", device]);
+    // Read-only, and no lazy initialisation: the mount itself writes nothing.
+    ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            device,
+        ],
+    );
     let mount_point = scratch.path("mnt");
     std::fs::create_dir_all(&mount_point).unwrap();
-    ok("mount", &[device, mount_point.to_str().unwrap()]);
+    ok(
+        "mount",
+        &["-o", "ro", device, mount_point.to_str().unwrap()],
+    );
     let before = sha256(Path::new(device));
     let output = flash(out, &["--device", device, "--yes"]);
     assert_refused(&output, Path::new(device), &before, "is mounted at");
@@ -471,4 +499,114 @@ fn a_tree_without_git_history_takes_the_newest_source_file_time() {
         "{printed}{}",
         stderr(&output)
     );
+}
+
+/// The README's first command on a machine whose Rust has no musl target:
+/// a scratch RUSTUP_HOME holding the active toolchain without it (hard
+/// links, so no 3 GB copy; the files rustup rewrites are real copies), and
+/// nothing in the environment but what a login shell has. The build adds
+/// the target itself and succeeds.
+#[test]
+fn the_first_command_installs_a_missing_musl_target() {
+    if !slow_tests() {
+        eprintln!("not run: set NODOWS_SLOW_TESTS=1 to build images");
+        return;
+    }
+    let scratch = Scratch::new("fresh-rustup");
+    let sysroot = ok("rustc", &["--print", "sysroot"]).trim().to_owned();
+    let sysroot = std::fs::canonicalize(sysroot).unwrap();
+    let rustup_home = scratch.path("rustup");
+    let settings = std::fs::read_to_string(
+        sysroot
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("settings.toml"),
+    )
+    .unwrap();
+    let toolchain = settings
+        .lines()
+        .find_map(|line| line.strip_prefix("default_toolchain = "))
+        .map(|name| name.trim_matches('"').to_owned())
+        .unwrap();
+    let copy = rustup_home.join("toolchains").join(&toolchain);
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::write(rustup_home.join("settings.toml"), &settings).unwrap();
+    ok(
+        "cp",
+        &[
+            "--archive",
+            "--link",
+            sysroot.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+    );
+    let rustlib = copy.join("lib/rustlib");
+    for entry in std::fs::read_dir(&rustlib).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            // A real copy: rustup rewrites these in place.
+            let text = std::fs::read(entry.path()).unwrap();
+            std::fs::remove_file(entry.path()).unwrap();
+            std::fs::write(entry.path(), text).unwrap();
+        }
+    }
+    const MUSL: &str = "x86_64-unknown-linux-musl";
+    std::fs::remove_dir_all(rustlib.join(MUSL)).unwrap();
+    std::fs::remove_file(rustlib.join(format!("manifest-rust-std-{MUSL}"))).unwrap();
+    let components = std::fs::read_to_string(rustlib.join("components")).unwrap();
+    let components: String = components
+        .lines()
+        .filter(|line| !line.contains(MUSL))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(rustlib.join("components"), components).unwrap();
+
+    let home = std::env::var("HOME").unwrap();
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
+    let path =
+        format!("{cargo_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .env("RUSTUP_HOME", &rustup_home)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&installed.stdout).contains(MUSL),
+        "the scratch toolchain still has musl"
+    );
+    let out = scratch.path("out");
+    let output = Command::new("cargo")
+        .args([
+            "xtask",
+            "image",
+            "--image",
+            "debian",
+            "--profile",
+            "dev",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(workspace())
+        .env_clear()
+        .env("HOME", &home)
+        .env("PATH", &path)
+        .env("CARGO_HOME", &cargo_home)
+        .env("RUSTUP_HOME", &rustup_home)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(&format!("rustup target add {MUSL}")),
+        "{}",
+        stderr(&output)
+    );
+    assert!(rustlib.join(MUSL).join("lib").is_dir());
+    assert!(out.join("debian-dev/debian-dev.raw").is_file());
 }
