@@ -561,6 +561,13 @@ fn the_first_command_installs_a_missing_musl_target() {
         .map(|line| format!("{line}\n"))
         .collect();
     std::fs::write(rustlib.join("components"), components).unwrap();
+    // rustup's own record of the installed components: one stanza each.
+    let config = std::fs::read_to_string(rustlib.join("multirust-config.toml")).unwrap();
+    let config: Vec<&str> = config
+        .split("\n\n")
+        .filter(|stanza| !stanza.contains(MUSL))
+        .collect();
+    std::fs::write(rustlib.join("multirust-config.toml"), config.join("\n\n")).unwrap();
 
     let home = std::env::var("HOME").unwrap();
     let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
