@@ -4,7 +4,8 @@
 //! share one machine, in the order of the list.
 //!   boot 1, test profile: ready, services, web page, render, respawn, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
-//!   boot 3, dev; boot 4, failover; boot 5, production (no agent: console lines)
+//!   boot 3, dev from its vmdk output; boot 4, failover from the copy `cargo xtask flash
+//!   --to-file` wrote; boot 5, production (no agent: console lines)
 //!   boot 6, test profile through OVMF (`--uefi`)
 
 use std::collections::BTreeMap;
@@ -41,6 +42,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     let mut built: BTreeMap<&str, BuiltImage> = BTreeMap::new();
     for profile in PROFILES {
         let name = format!("cargo xtask image --image {IMAGE} --profile {profile}");
+        // The dev image also writes the vmdk its boot below uses.
+        let formats = if profile == "dev" {
+            "raw,qcow2,vmdk"
+        } else {
+            "raw,qcow2"
+        };
         runner.step(&name, || {
             super::run_command(&mut super::cargo_xtask(&[
                 "image",
@@ -48,6 +55,8 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                 IMAGE,
                 "--profile",
                 profile,
+                "--format",
+                formats,
             ]))?;
             built.insert(profile, BuiltImage::find(None, IMAGE, profile)?);
             Ok(())
@@ -164,9 +173,14 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     );
 
     runner.step(
-        "e2e 1 dev: boots to ready, services running, web page",
+        "e2e 1 dev: boots from its vmdk output to ready, services running, web page",
         || {
+            // QEMU reads the streamOptimized VMDK as VMware would.
             let image = image("dev")?;
+            let image = BuiltImage {
+                raw: image.raw.with_extension("vmdk"),
+                ..image
+            };
             let mut vm = context.start(&image, "dev", "")?;
             let ready = vm.wait_for_ready(READY_TIMEOUT)?;
             eprintln!(
@@ -180,9 +194,20 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
-        "e2e 1 failover: boots to ready, the mode's services are running",
+        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), boots to ready, the mode's services are running",
         || {
+            // The copy `cargo xtask flash` writes is what boots.
             let image = image("failover")?;
+            let flashed = context.work_root.join("flashed-debian-failover.raw");
+            std::fs::create_dir_all(&context.work_root)?;
+            let flashed_text = flashed.to_string_lossy().into_owned();
+            super::run_command(&mut super::cargo_xtask(&[
+                "flash", "--image", IMAGE, "--profile", "failover", "--to-file", &flashed_text, "--yes",
+            ]))?;
+            let image = BuiltImage {
+                raw: flashed,
+                ..image
+            };
             let mut vm = context.start(&image, "failover", "")?;
             vm.wait_for_ready(READY_TIMEOUT)?;
             check_console_services(&mut vm, &image, "failover")?;
