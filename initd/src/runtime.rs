@@ -1014,7 +1014,9 @@ impl Runtime {
                 self.supervisor.restart(name, now)
             };
             self.apply(actions);
-            let actions = self.supervisor.emit(&format!("config-changed:{name}"), now);
+            let actions = self
+                .supervisor
+                .emit(servicedef::Event::ConfigChanged(name.clone()), now);
             self.apply(actions);
         }
         let mut reply_code = code;
@@ -1267,11 +1269,21 @@ impl Runtime {
                     None => (2, format!("unknown service {name}: see initctl status")),
                 }
             }
-            (Some("emit"), Some(event)) => {
-                let actions = self.supervisor.emit(event, now);
-                self.apply(actions);
-                (0, format!("emitted {event}"))
-            }
+            (Some("emit"), Some(text)) => match servicedef::Event::parse(text) {
+                Err(message) => (2, message),
+                Ok(servicedef::Event::Custom(name)) if !self.supervisor.declares_event(&name) => (
+                    2,
+                    format!(
+                        "unknown event {name}: no service declares it (<event name=\"{name}\"/> in its service.xml)"
+                    ),
+                ),
+                Ok(event) => {
+                    let reply = format!("emitted {event}");
+                    let actions = self.supervisor.emit(event, now);
+                    self.apply(actions);
+                    (0, reply)
+                }
+            },
             (Some("mode"), None) => (0, self.supervisor.mode().to_string()),
             // Proves that a panic in request handling is survived; only in
             // builds with the `test-hooks` feature (never an image's).

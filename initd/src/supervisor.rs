@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use servicedef::{Readiness, RestartPolicy, ServiceDefinition};
+use servicedef::{Event, Readiness, RestartPolicy, ServiceDefinition};
 
 /// Whether the main process ending with `exit` (the service starting or
 /// running) is a failure: not a oneshot's success, not a pidfile launcher
@@ -95,7 +95,7 @@ pub enum Action {
         pid: Option<i32>,
     },
     /// An event fired (for the log; start-on is handled inside).
-    Event(String),
+    Event(Event),
     /// Every service of the mode is up: print the ready line.
     ModeReady { mode: String, services: usize },
     /// A message for the console/log.
@@ -166,7 +166,7 @@ pub struct Supervisor {
     mode_ready_pending: bool,
     booted: bool,
     actions: Vec<Action>,
-    events: VecDeque<String>,
+    events: VecDeque<Event>,
 }
 
 impl Supervisor {
@@ -211,11 +211,7 @@ impl Supervisor {
             .filter(|service| in_mode(&service.definition, mode))
             .filter(|service| {
                 service.definition.start_on.is_empty()
-                    || service
-                        .definition
-                        .start_on
-                        .iter()
-                        .any(|event| event == "boot")
+                    || service.definition.start_on.contains(&Event::Boot)
             })
             .map(|service| service.definition.name.as_str())
             .collect();
@@ -258,7 +254,7 @@ impl Supervisor {
             self.want(&name);
         }
         self.mode_ready_pending = true;
-        self.events.push_back("boot".to_string());
+        self.events.push_back(Event::Boot);
         self.settle(now)
     }
 
@@ -334,9 +330,16 @@ impl Supervisor {
     }
 
     /// A custom or built-in event: starts services with a matching start-on.
-    pub fn emit(&mut self, event: &str, now: Instant) -> Vec<Action> {
-        self.events.push_back(event.to_string());
+    pub fn emit(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        self.events.push_back(event);
         self.settle(now)
+    }
+
+    /// Whether some service declares the custom event `name`.
+    pub fn declares_event(&self, name: &str) -> bool {
+        self.services
+            .values()
+            .any(|service| service.definition.events.iter().any(|event| event == name))
     }
 
     /// Switch mode: services outside it stop, boot services of it start.
@@ -353,7 +356,7 @@ impl Supervisor {
             self.want(name);
         }
         self.mode_ready_pending = true;
-        self.events.push_back(format!("mode:{mode}"));
+        self.events.push_back(Event::Mode(mode.to_string()));
         self.settle(now)
     }
 
@@ -540,7 +543,7 @@ impl Supervisor {
                 service.deadline = None;
                 service.main_gone = false;
                 self.changed(name, State::Stopped, None);
-                self.events.push_back(format!("stopped:{name}"));
+                self.events.push_back(Event::Stopped(name.to_string()));
             }
         }
         self.settle(now)
@@ -675,7 +678,7 @@ impl Supervisor {
             service.deadline = None;
             let pid = service.pid;
             self.changed(name, State::Running, pid);
-            self.events.push_back(format!("started:{name}"));
+            self.events.push_back(Event::Started(name.to_string()));
         }
     }
 
@@ -687,7 +690,7 @@ impl Supervisor {
             service.pid = None;
             service.reason = Some(reason);
             self.changed(name, State::Failed, None);
-            self.events.push_back(format!("failed:{name}"));
+            self.events.push_back(Event::Failed(name.to_string()));
         }
     }
 
@@ -709,7 +712,7 @@ impl Supervisor {
                 service.wanted = false;
                 service.deadline = None;
                 self.changed(name, State::Stopped, None);
-                self.events.push_back(format!("stopped:{name}"));
+                self.events.push_back(Event::Stopped(name.to_string()));
             } else {
                 self.fail(name, exit.describe());
             }

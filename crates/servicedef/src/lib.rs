@@ -96,7 +96,10 @@ pub struct ServiceDefinition {
     /// Empty means every mode.
     pub modes: Vec<String>,
     /// Events that start this service (`<start-on event="..."/>`).
-    pub start_on: Vec<String>,
+    pub start_on: Vec<Event>,
+    /// Custom events this service declares (`<event name="...">what it means</event>`):
+    /// the only custom events a `start-on` may name and `initctl emit` sends.
+    pub events: Vec<String>,
     pub ready: Readiness,
     pub ready_timeout: Duration,
     pub restart: Restart,
@@ -117,6 +120,81 @@ pub struct ServiceDefinition {
     pub dir: PathBuf,
     /// Line of the `<service>` element, for messages.
     pub line: u32,
+}
+
+/// An event of initd: one of the built-in ones, or a custom one that some
+/// service declares with `<event name="..."/>`. Written as text in
+/// `start-on`, in `initctl emit` and on the console.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Event {
+    /// initd has started supervising.
+    Boot,
+    /// `started:NAME`: the service became ready.
+    Started(String),
+    /// `stopped:NAME`: the service stopped (or a oneshot finished).
+    Stopped(String),
+    /// `failed:NAME`: the service failed for good.
+    Failed(String),
+    /// `mode:NAME`: a switch to that mode.
+    Mode(String),
+    /// `config-changed:NAME`: a render changed the service's files.
+    ConfigChanged(String),
+    /// A custom event, declared by a service (`<event name="..."/>`).
+    Custom(String),
+}
+
+impl Event {
+    /// Parses the text form; Err says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Event, String> {
+        let word = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if text == "boot" {
+            return Ok(Event::Boot);
+        }
+        if let Some((kind, name)) = text.split_once(':') {
+            if !word(name) {
+                return Err(format!(
+                    "bad event \"{text}\": the name after \"{kind}:\" must be one word of letters, digits, - _ ."
+                ));
+            }
+            let name = name.to_string();
+            return match kind {
+                "started" => Ok(Event::Started(name)),
+                "stopped" => Ok(Event::Stopped(name)),
+                "failed" => Ok(Event::Failed(name)),
+                "mode" => Ok(Event::Mode(name)),
+                "config-changed" => Ok(Event::ConfigChanged(name)),
+                _ => Err(format!(
+                    "bad event \"{text}\": \"{kind}:\" is none of started:, stopped:, failed:, mode:, config-changed:"
+                )),
+            };
+        }
+        if word(text) {
+            Ok(Event::Custom(text.to_string()))
+        } else {
+            Err(format!(
+                "bad event name \"{text}\": one word, like boot, started:net or a custom event"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Boot => write!(formatter, "boot"),
+            Event::Started(name) => write!(formatter, "started:{name}"),
+            Event::Stopped(name) => write!(formatter, "stopped:{name}"),
+            Event::Failed(name) => write!(formatter, "failed:{name}"),
+            Event::Mode(name) => write!(formatter, "mode:{name}"),
+            Event::ConfigChanged(name) => write!(formatter, "config-changed:{name}"),
+            Event::Custom(name) => write!(formatter, "{name}"),
+        }
+    }
 }
 
 /// Every problem found while reading service definitions, each rendered as
@@ -223,6 +301,11 @@ pub fn check_definitions(definitions: &[ServiceDefinition]) -> Result<(), Errors
                 definition: definition.clone(),
                 service_position: position.clone(),
                 needs_positions: definition.needs.iter().map(|_| position.clone()).collect(),
+                start_on_positions: definition
+                    .start_on
+                    .iter()
+                    .map(|_| position.clone())
+                    .collect(),
             }
         })
         .collect();
@@ -353,6 +436,7 @@ struct Parsed {
     definition: ServiceDefinition,
     service_position: Position,
     needs_positions: Vec<Position>,
+    start_on_positions: Vec<Position>,
 }
 
 fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
@@ -379,6 +463,45 @@ fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
                     "{position}: service \"{}\" needs \"{need}\", which does not exist: add services/{need}/service.xml or remove the need",
                     one.definition.name
                 ));
+            }
+        }
+    }
+    // start-on: a built-in event about a service that exists, or a custom
+    // event some service declares; a typo would never fire.
+    let declared: BTreeMap<&str, &str> = parsed
+        .iter()
+        .flat_map(|one| {
+            one.definition
+                .events
+                .iter()
+                .map(|event| (event.as_str(), one.definition.name.as_str()))
+        })
+        .collect();
+    for one in parsed {
+        for (index, event) in one.definition.start_on.iter().enumerate() {
+            let position = one
+                .start_on_positions
+                .get(index)
+                .unwrap_or(&one.service_position);
+            match event {
+                Event::Started(service)
+                | Event::Stopped(service)
+                | Event::Failed(service)
+                | Event::ConfigChanged(service)
+                    if !seen.contains_key(service.as_str()) =>
+                {
+                    problems.push(format!(
+                        "{position}: start-on \"{event}\" names service \"{service}\", which does not exist: fix the name or add services/{service}/service.xml"
+                    ));
+                }
+                Event::Custom(name) if !declared.contains_key(name.as_str()) => {
+                    let known: Vec<&str> = declared.keys().copied().collect();
+                    problems.push(format!(
+                        "{position}: start-on \"{name}\" is no built-in event and no service declares it: declare it with <event name=\"{name}\"/> in the service that emits it (declared: {})",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ));
+                }
+                _ => {}
             }
         }
     }
@@ -825,6 +948,7 @@ const CHILD_ELEMENTS: &[&str] = &[
     "needs",
     "modes",
     "start-on",
+    "event",
     "ready",
     "restart",
     "stop",
@@ -894,6 +1018,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         needs: Vec::new(),
         modes: Vec::new(),
         start_on: Vec::new(),
+        events: Vec::new(),
         ready: Readiness::None,
         ready_timeout: Duration::from_secs(90),
         restart: Restart {
@@ -917,6 +1042,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         line: root.position.line,
     };
     let mut needs_positions = Vec::new();
+    let mut start_on_positions = Vec::new();
     let mut seen_exec = false;
     let mut restart_policy_given = false;
     let mut seen_once: Vec<&str> = Vec::new();
@@ -1026,13 +1152,31 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                 checker.attributes(child, &["event"], &["event"]);
                 checker.no_children(child);
                 let event = attribute(child, "event").unwrap_or_default();
-                if event.trim().is_empty() || event.contains(char::is_whitespace) {
-                    checker.problem(
-                        &child.position,
-                        format!("bad event name \"{event}\": one word, like boot or started:net"),
-                    );
+                match Event::parse(event) {
+                    Ok(event) => {
+                        definition.start_on.push(event);
+                        start_on_positions.push(child.position.clone());
+                    }
+                    Err(message) => checker.problem(&child.position, message),
                 }
-                definition.start_on.push(event.to_string());
+            }
+            "event" => {
+                checker.attributes(child, &["name"], &["name"]);
+                checker.no_children(child);
+                let name = attribute(child, "name").unwrap_or_default();
+                match Event::parse(name) {
+                    Ok(Event::Custom(name)) if definition.events.contains(&name) => checker
+                        .problem(
+                            &child.position,
+                            format!("event \"{name}\" is declared twice: remove one"),
+                        ),
+                    Ok(Event::Custom(name)) => definition.events.push(name),
+                    Ok(built_in) => checker.problem(
+                        &child.position,
+                        format!("event \"{built_in}\" is built in: declare only custom events"),
+                    ),
+                    Err(message) => checker.problem(&child.position, message),
+                }
             }
             "ready" => {
                 checker.attributes(child, &["kind", "port", "path", "fd", "timeout"], &["kind"]);
@@ -1314,6 +1458,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         definition,
         service_position,
         needs_positions,
+        start_on_positions,
     }
 }
 

@@ -121,7 +121,13 @@ fn every_optional_element_parses() {
     let definition = parse_str(Path::new("/x/full/service.xml"), &text).unwrap();
     assert_eq!(definition.freebsd_packages, vec!["nginx"]);
     assert_eq!(definition.packages, vec!["extra"]);
-    assert_eq!(definition.start_on, vec!["started:net", "custom"]);
+    assert_eq!(
+        definition.start_on,
+        vec![
+            Event::Started("net".to_string()),
+            Event::Custom("custom".to_string())
+        ]
+    );
     assert_eq!(definition.ready, Readiness::Notify { fd: 3 });
     assert_eq!(definition.user.as_deref(), Some("www-data"));
     assert_eq!(definition.group.as_deref(), Some("adm"));
@@ -587,4 +593,68 @@ fn the_closest_key_is_suggested() {
         Some("server_name")
     );
     assert_eq!(closest("colour", names.iter().copied()), None);
+}
+
+/// Guards: a `start-on` that names an event nobody emits used to pass, and
+/// the service silently never started.
+#[test]
+fn start_on_an_event_nobody_emits_or_declares_is_refused() {
+    let tree = Tree::new(&[
+        ("net", &service("net", "  <event name=\"link-up\">the uplink came up</event>\n")),
+        (
+            "web",
+            &service(
+                "web",
+                "  <start-on event=\"link-up\"/>\n  <start-on event=\"started:net\"/>\n  <start-on event=\"mode:failover\"/>\n  <start-on event=\"boot\"/>\n",
+            ),
+        ),
+        (
+            "typo",
+            &service(
+                "typo",
+                "  <start-on event=\"link-upp\"/>\n  <start-on event=\"started:nett\"/>\n",
+            ),
+        ),
+    ]);
+    let errors = tree.errors();
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), 2, "{errors}");
+    assert!(
+        errors.contains("typo/service.xml:3:3: start-on \"link-upp\" is no built-in event and no service declares it: declare it with <event name=\"link-upp\"/> in the service that emits it (declared: link-up)"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("typo/service.xml:4:3: start-on \"started:nett\" names service \"nett\", which does not exist"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn an_unknown_event_kind_is_a_parse_error() {
+    let text = service("typo", "  <start-on event=\"begun:net\"/>\n");
+    let errors = parse_str(Path::new("/x/typo/service.xml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("/x/typo/service.xml:3:3: bad event \"begun:net\": \"begun:\" is none of"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn events_print_as_they_parse() {
+    for text in [
+        "boot",
+        "started:a",
+        "stopped:b-c",
+        "failed:d_e",
+        "mode:failover",
+        "config-changed:web",
+        "backup-window",
+    ] {
+        assert_eq!(Event::parse(text).unwrap().to_string(), text);
+    }
+    for bad in ["", "a b", "started:", "begun:x", "x:y:z", "emit!"] {
+        assert!(Event::parse(bad).is_err(), "{bad}");
+    }
 }

@@ -52,14 +52,14 @@ fn boot_starts_independent_services_together_and_dependents_after_ready() {
     let mut supervisor = three();
     let actions = supervisor.boot(now);
     assert_eq!(spawns(&actions), vec!["db", "net"]);
-    assert!(actions.contains(&Action::Event("boot".to_string())));
+    assert!(actions.contains(&Action::Event(Event::Boot)));
     assert!(spawns(&supervisor.spawned("net", 10, now)).is_empty());
     supervisor.spawned("db", 11, now);
     assert_eq!(state(&supervisor, "db"), State::Running, "ready kind none");
     assert_eq!(state(&supervisor, "net"), State::Starting);
     let actions = supervisor.exited(10, Exit::Code(0), now);
     assert_eq!(spawns(&actions), vec!["web"]);
-    assert!(actions.contains(&Action::Event("started:net".to_string())));
+    assert!(actions.contains(&Action::Event(Event::Started("net".to_string()))));
     let actions = supervisor.spawned("web", 12, now);
     assert!(actions.contains(&Action::ModeReady {
         mode: "production".to_string(),
@@ -77,7 +77,7 @@ fn a_failing_oneshot_fails_and_its_dependents_never_start() {
     assert!(spawns(&actions).is_empty());
     assert_eq!(state(&supervisor, "net"), State::Failed);
     assert_eq!(state(&supervisor, "web"), State::Stopped);
-    assert!(actions.contains(&Action::Event("failed:net".to_string())));
+    assert!(actions.contains(&Action::Event(Event::Failed("net".to_string()))));
 }
 
 #[test]
@@ -207,8 +207,11 @@ fn start_on_fires_on_an_emitted_event_only() {
         "dev",
     );
     assert_eq!(spawns(&supervisor.boot(now)), vec!["early"]);
-    assert!(spawns(&supervisor.emit("other", now)).is_empty());
-    assert_eq!(spawns(&supervisor.emit("go", now)), vec!["late"]);
+    assert!(spawns(&supervisor.emit(Event::Custom("other".to_string()), now)).is_empty());
+    assert_eq!(
+        spawns(&supervisor.emit(Event::Custom("go".to_string()), now)),
+        vec!["late"]
+    );
 }
 
 #[test]
@@ -242,7 +245,7 @@ fn mode_switch_stops_and_starts_the_right_services() {
     let actions = supervisor.set_mode("failover", now);
     assert_eq!(spawns(&actions), vec!["fail"]);
     assert_eq!(stop_signals(&actions), vec!["prod"]);
-    assert!(actions.contains(&Action::Event("mode:failover".to_string())));
+    assert!(actions.contains(&Action::Event(Event::Mode("failover".to_string()))));
     assert_eq!(supervisor.mode(), "failover");
 }
 

@@ -394,7 +394,14 @@ fn start_on_fires_on_an_emitted_event() {
                     "<start-on event=\"started:waiter\"/>",
                 ),
             ),
-            ("other", shell_service("other", "exec sleep 1000", "")),
+            (
+                "other",
+                shell_service(
+                    "other",
+                    "exec sleep 1000",
+                    "<event name=\"backup-window\">the nightly backup may run</event><event name=\"something-else\"/>",
+                ),
+            ),
         ],
         &[],
     );
@@ -402,6 +409,14 @@ fn start_on_fires_on_an_emitted_event() {
     assert_eq!(initd.state("waiter"), "stopped");
     initd.ctl(&["emit", "something-else"]);
     assert_eq!(initd.state("waiter"), "stopped");
+    // An event nobody declares is refused, not sent into the void.
+    let output = initd.try_ctl(&["emit", "backup-windw"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown event backup-windw: no service declares it"),
+        "{stderr}"
+    );
     initd.ctl(&["emit", "backup-window"]);
     initd.wait_for_state("waiter", "running");
     initd.wait_for_state("follower", "running");
