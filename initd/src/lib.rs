@@ -6,10 +6,10 @@
 
 pub mod group;
 pub mod initrd;
-pub mod json;
 pub mod kmod;
 pub mod logfile;
 pub mod pid1;
+pub mod protocol;
 pub mod runtime;
 pub mod spawn;
 pub mod supervisor;

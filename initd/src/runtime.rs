@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use servicedef::{Readiness, ServiceDefinition};
 
 use crate::group::Groups;
-use crate::json;
 use crate::logfile::ServiceLog;
+use crate::protocol;
 use crate::supervisor::{Action, Exit, State, Supervisor};
 use crate::sys::{self, Shutdown};
 
@@ -971,14 +971,18 @@ impl Runtime {
             self.say(&format!("initd: {message}"));
             (1, message)
         } else {
-            match json::parse_change_set(&String::from_utf8_lossy(&job.output)) {
+            match protocol::parse_change_set(&String::from_utf8_lossy(&job.output)) {
                 Ok(change_set) => {
                     let mut message =
                         format!("rendered: {} files written", change_set.written.len());
-                    for (name, action) in &change_set.services {
-                        message.push_str(&format!("\n{action} {name}"));
+                    for change in &change_set.services {
+                        message.push_str(&format!("\n{} {}", change.action.as_str(), change.name));
                     }
-                    changes = change_set.services;
+                    changes = change_set
+                        .services
+                        .into_iter()
+                        .map(|change| (change.name, change.action.as_str().to_string()))
+                        .collect();
                     (0, message)
                 }
                 Err(error) => {
@@ -1328,26 +1332,28 @@ impl Runtime {
     }
 
     fn status_json(&self) -> String {
-        let mut out = String::from("[");
-        for (index, service) in self.supervisor.services().enumerate() {
-            if index > 0 {
-                out.push(',');
-            }
-            out.push_str(&format!(
-                "\n{{\"name\":{},\"state\":\"{}\",\"pid\":{},\"restarts\":{},\"wanted\":{},\"in_mode\":{},\"exit\":{},\"reason\":{},\"backoff_ms\":{}}}",
-                json::escape(&service.definition.name),
-                service.state.as_str(),
-                service.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "null".to_string()),
-                service.restarts,
-                service.wanted,
-                self.supervisor.in_current_mode(&service.definition.name),
-                service.last_exit.map(|exit| json::escape(&exit.describe())).unwrap_or_else(|| "null".to_string()),
-                service.reason.as_deref().map(json::escape).unwrap_or_else(|| "null".to_string()),
-                service.backoff.as_millis(),
-            ));
-        }
-        out.push_str("\n]");
-        out
+        let statuses: Vec<protocol::ServiceStatus> = self
+            .supervisor
+            .services()
+            .map(|service| protocol::ServiceStatus {
+                name: &service.definition.name,
+                state: service.state.as_str(),
+                pid: service.pid,
+                restarts: service.restarts,
+                wanted: service.wanted,
+                in_mode: self.supervisor.in_current_mode(&service.definition.name),
+                exit: service.last_exit.map(|exit| exit.describe()),
+                reason: service.reason.as_deref(),
+                backoff_ms: service.backoff.as_millis(),
+            })
+            .collect();
+        // One service per line: greppable. Serialising these plain structs
+        // cannot fail.
+        let lines: Vec<String> = statuses
+            .iter()
+            .filter_map(|status| serde_json::to_string(status).ok())
+            .collect();
+        format!("[\n{}\n]", lines.join(",\n"))
     }
 
     fn status_text(&self) -> String {

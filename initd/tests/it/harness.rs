@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use initd::json::{self, Value};
+use serde_json::Value;
 
 /// Generous: the machine is shared and slow. Tests wait for conditions,
 /// they never assert on how fast something happened.
@@ -177,7 +177,11 @@ impl Initd {
 
     pub fn status(&self) -> Vec<Value> {
         let text = self.ctl(&["status", "--json"]);
-        json::parse(&text).unwrap().as_array().unwrap().to_vec()
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .to_vec()
     }
 
     pub fn service(&self, name: &str) -> Value {
@@ -196,16 +200,16 @@ impl Initd {
     }
 
     pub fn main_pid(&self, name: &str) -> Option<i32> {
-        match self.service(name).get("pid") {
-            Some(Value::Number(pid)) => Some(*pid as i32),
-            _ => None,
-        }
+        self.service(name)
+            .get("pid")
+            .and_then(Value::as_i64)
+            .map(|pid| pid as i32)
     }
 
     pub fn number(&self, name: &str, field: &str) -> f64 {
-        match self.service(name).get(field) {
-            Some(Value::Number(number)) => *number,
-            other => panic!("{name}.{field} is {other:?}"),
+        match self.service(name).get(field).and_then(Value::as_f64) {
+            Some(number) => number,
+            None => panic!("{name}.{field} is not a number"),
         }
     }
 
