@@ -1,7 +1,72 @@
-//! The JSON initd reads and writes, through serde: the renderer's change
-//! set (ARCHITECTURE.md, `nodows render --json`) and `initctl status --json`.
+//! initd's protocols, typed: the control requests (`Request`, one line of
+//! words on the socket, parsed here for both initd and initctl), and the
+//! JSON initd reads and writes through serde: the renderer's change set
+//! (ARCHITECTURE.md, `nodows render --json`) and `initctl status --json`.
 
 use serde::{Deserialize, Serialize};
+
+use crate::sys::Shutdown;
+
+/// One control request. On the wire: its words on one line (`stop web`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status {
+        json: bool,
+    },
+    Start(String),
+    Stop(String),
+    Restart(String),
+    Reload(String),
+    Check(String),
+    Configure(String),
+    Log(String),
+    /// Re-read the definitions (NAME: only if it exists then).
+    Load(Option<String>),
+    /// A built-in or declared custom event, as text (`servicedef::Event`).
+    Emit(String),
+    /// The current mode, or a switch to MODE.
+    Mode(Option<String>),
+    Render,
+    Shutdown(Shutdown),
+    /// Panics while handling it; only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    DebugPanic,
+}
+
+impl Request {
+    /// The request of a line's words; Err is the usage problem.
+    pub fn parse(words: &[&str]) -> Result<Request, String> {
+        let name = |name: &str| name.to_string();
+        Ok(match words {
+            ["status"] => Request::Status { json: false },
+            ["status", "--json"] => Request::Status { json: true },
+            ["start", service] => Request::Start(name(service)),
+            ["stop", service] => Request::Stop(name(service)),
+            ["restart", service] => Request::Restart(name(service)),
+            ["reload", service] => Request::Reload(name(service)),
+            ["check", service] => Request::Check(name(service)),
+            ["configure", service] => Request::Configure(name(service)),
+            ["log", service] => Request::Log(name(service)),
+            ["load"] => Request::Load(None),
+            ["load", service] => Request::Load(Some(name(service))),
+            ["emit", event] => Request::Emit(name(event)),
+            ["mode"] => Request::Mode(None),
+            ["mode", mode] => Request::Mode(Some(name(mode))),
+            ["render"] => Request::Render,
+            ["poweroff"] => Request::Shutdown(Shutdown::Poweroff),
+            ["reboot"] => Request::Shutdown(Shutdown::Reboot),
+            ["halt"] => Request::Shutdown(Shutdown::Halt),
+            #[cfg(feature = "test-hooks")]
+            ["debug-panic"] => Request::DebugPanic,
+            _ => {
+                return Err(format!(
+                    "bad request \"{}\": see initctl --help",
+                    words.join(" ")
+                ))
+            }
+        })
+    }
+}
 
 /// What a render did to one service's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -56,6 +121,32 @@ pub struct ServiceStatus<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_request_of_the_usage_parses_and_nothing_else() {
+        assert_eq!(
+            Request::parse(&["stop", "web"]),
+            Ok(Request::Stop("web".to_string()))
+        );
+        assert_eq!(
+            Request::parse(&["status", "--json"]),
+            Ok(Request::Status { json: true })
+        );
+        assert_eq!(Request::parse(&["load"]), Ok(Request::Load(None)));
+        assert_eq!(
+            Request::parse(&["reboot"]),
+            Ok(Request::Shutdown(Shutdown::Reboot))
+        );
+        for bad in [
+            &[][..],
+            &["stop"][..],
+            &["stop", "a", "b"][..],
+            &["render", "x"][..],
+            &["frobnicate"][..],
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn change_set_from_the_architecture_parses() {

@@ -13,7 +13,7 @@ use servicedef::{Readiness, ServiceDefinition};
 
 use crate::group::Groups;
 use crate::logfile::ServiceLog;
-use crate::protocol;
+use crate::protocol::{self, Request};
 use crate::supervisor::{Action, Exit, State, Supervisor};
 use crate::sys::{self, Shutdown};
 
@@ -1159,9 +1159,16 @@ impl Runtime {
 
     fn handle_client(&mut self, stream: UnixStream, request: Vec<u8>) {
         let text = String::from_utf8_lossy(&request).to_string();
-        let words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let request = match Request::parse(&words) {
+            Ok(request) => request,
+            Err(problem) => {
+                reply_to(stream, 2, &problem);
+                return;
+            }
+        };
         if let Some((code, reply)) =
-            self.request(&words, &mut Some(stream.try_clone().ok()).flatten())
+            self.request(request, &mut Some(stream.try_clone().ok()).flatten())
         {
             reply_to(stream, code, &reply);
         }
@@ -1170,29 +1177,27 @@ impl Runtime {
     /// One control request. None means the reply comes later (rendering).
     fn request(
         &mut self,
-        words: &[String],
+        request: Request,
         client: &mut Option<UnixStream>,
     ) -> Option<(i32, String)> {
         let now = Instant::now();
-        let word = |index: usize| words.get(index).map(String::as_str);
         let known = |runtime: &Runtime, name: &str| runtime.supervisor.service(name).is_some();
-        let reply = match (word(0), word(1)) {
-            (Some("status"), flag) => {
-                if flag == Some("--json") {
-                    (0, self.status_json())
-                } else {
-                    (0, self.status_text())
-                }
-            }
-            (Some(verb @ ("start" | "stop" | "restart" | "reload")), Some(name)) => {
+        let reply = match request {
+            Request::Status { json: true } => (0, self.status_json()),
+            Request::Status { json: false } => (0, self.status_text()),
+            Request::Start(ref name)
+            | Request::Stop(ref name)
+            | Request::Restart(ref name)
+            | Request::Reload(ref name) => {
+                let name = name.as_str();
                 if !known(self, name) {
                     (2, format!("unknown service {name}: see initctl status"))
                 } else {
-                    let actions = match verb {
-                        "start" => self.supervisor.start(name, now),
-                        "stop" => self.supervisor.stop(name, now),
-                        "restart" => self.supervisor.restart(name, now),
-                        _ => self.supervisor.reload(name, now),
+                    let (verb, actions) = match request {
+                        Request::Start(_) => ("start", self.supervisor.start(name, now)),
+                        Request::Stop(_) => ("stop", self.supervisor.stop(name, now)),
+                        Request::Restart(_) => ("restart", self.supervisor.restart(name, now)),
+                        _ => ("reload", self.supervisor.reload(name, now)),
                     };
                     self.apply(actions);
                     let state = self
@@ -1203,7 +1208,7 @@ impl Runtime {
                     (0, format!("{verb} {name}: {state}"))
                 }
             }
-            (Some("check"), Some(name)) => match self.supervisor.service(name) {
+            Request::Check(ref name) => match self.supervisor.service(name) {
                 None => (2, format!("unknown service {name}: see initctl status")),
                 Some(service) => {
                     let definition = service.definition.clone();
@@ -1216,7 +1221,7 @@ impl Runtime {
                     )
                 }
             },
-            (Some("load"), name) => match servicedef::load_dir(&self.options.services) {
+            Request::Load(ref name) => match servicedef::load_dir(&self.options.services) {
                 Err(errors) => (
                     2,
                     format!("{errors}\nconfiguration not loaded: still running the previous one"),
@@ -1224,7 +1229,7 @@ impl Runtime {
                 Ok(definitions) => {
                     let count = definitions.len();
                     if let Some(name) = name {
-                        if !definitions.iter().any(|d| d.name == name) {
+                        if !definitions.iter().any(|d| d.name == *name) {
                             return Some((
                                 2,
                                 format!(
@@ -1239,7 +1244,7 @@ impl Runtime {
                     (0, format!("loaded {count} services"))
                 }
             },
-            (Some("configure"), Some(name)) => {
+            Request::Configure(ref name) => {
                 if !known(self, name) {
                     (2, format!("unknown service {name}: see initctl status"))
                 } else {
@@ -1252,7 +1257,7 @@ impl Runtime {
                     return None;
                 }
             }
-            (Some("render"), None) => {
+            Request::Render => {
                 self.start_render(RenderRequest {
                     services: Vec::new(),
                     profile: self.supervisor.mode().to_string(),
@@ -1261,7 +1266,7 @@ impl Runtime {
                 });
                 return None;
             }
-            (Some("log"), Some(name)) => {
+            Request::Log(ref name) => {
                 let is_known = known(self, name);
                 match self.logs.get_mut(name) {
                     Some(log) => {
@@ -1273,7 +1278,7 @@ impl Runtime {
                     None => (2, format!("unknown service {name}: see initctl status")),
                 }
             }
-            (Some("emit"), Some(text)) => match servicedef::Event::parse(text) {
+            Request::Emit(text) => match servicedef::Event::parse(&text) {
                 Err(message) => (2, message),
                 Ok(servicedef::Event::Custom(name)) if !self.supervisor.declares_event(&name) => (
                     2,
@@ -1288,17 +1293,17 @@ impl Runtime {
                     (0, reply)
                 }
             },
-            (Some("mode"), None) => (0, self.supervisor.mode().to_string()),
+            Request::Mode(None) => (0, self.supervisor.mode().to_string()),
             // Proves that a panic in request handling is survived; only in
             // builds with the `test-hooks` feature (never an image's).
             #[cfg(feature = "test-hooks")]
-            (Some("debug-panic"), None) => {
+            Request::DebugPanic => {
                 #[allow(clippy::panic)]
                 {
                     panic!("debug-panic requested")
                 }
             }
-            (Some("mode"), Some(mode)) => {
+            Request::Mode(Some(ref mode)) => {
                 if !mode
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -1314,19 +1319,10 @@ impl Runtime {
                     return None;
                 }
             }
-            (Some(kind @ ("poweroff" | "reboot" | "halt")), None) => {
-                let kind = match kind {
-                    "poweroff" => Shutdown::Poweroff,
-                    "reboot" => Shutdown::Reboot,
-                    _ => Shutdown::Halt,
-                };
+            Request::Shutdown(kind) => {
                 self.request_shutdown(kind);
                 (0, kind.as_str().to_string())
             }
-            _ => (
-                2,
-                format!("bad request \"{}\": see initctl --help", words.join(" ")),
-            ),
         };
         Some(reply)
     }

@@ -34,32 +34,10 @@ fn main() {
         return;
     }
     let words: Vec<&str> = arguments.iter().map(String::as_str).collect();
-    let valid = matches!(
-        words.as_slice(),
-        ["status"]
-            | ["status", "--json"]
-            | ["render"]
-            | ["mode"]
-            | ["load"]
-            | ["poweroff"]
-            | ["reboot"]
-            | ["halt"]
-            | [
-                "start"
-                    | "stop"
-                    | "restart"
-                    | "reload"
-                    | "check"
-                    | "configure"
-                    | "log"
-                    | "load"
-                    | "emit"
-                    | "mode",
-                _
-            ]
-    );
-    if !valid {
-        usage_error(&format!("bad command \"{}\"", words.join(" ")));
+    // The same parser as initd's: a request initd would refuse is a usage
+    // error here, before connecting.
+    if let Err(problem) = initd::protocol::Request::parse(&words) {
+        usage_error(&problem);
     }
     if words
         .iter()
