@@ -1167,10 +1167,27 @@ impl Runtime {
                 return;
             }
         };
-        if let Some((code, reply)) =
-            self.request(request, &mut Some(stream.try_clone().ok()).flatten())
-        {
-            reply_to(stream, code, &reply);
+        // A panic while handling one request fails that request, not PID 1:
+        // the client hears so, the console says which request, and every
+        // service keeps running.
+        let description = format!("{request:?}");
+        let mut client = stream.try_clone().ok();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.request(request, &mut client)
+        }));
+        match outcome {
+            Ok(Some((code, reply))) => reply_to(stream, code, &reply),
+            Ok(None) => {}
+            Err(_) => {
+                self.console.line(&format!(
+                    "initd: internal error handling request {description} (panic caught); the request failed, initd keeps running"
+                ));
+                reply_to(
+                    stream,
+                    1,
+                    "internal error: the request failed (see the console); initd keeps running",
+                );
+            }
         }
     }
 
