@@ -423,3 +423,157 @@ fn a_stop_while_a_spawn_is_deferred_cancels_the_retry() {
     assert_eq!(state(&supervisor, "db"), State::Stopped);
     assert!(spawns(&supervisor.tick(now + Duration::from_secs(60))).is_empty());
 }
+
+/// The state × input table: one service ("svc", tcp readiness so that
+/// `starting` is a state of its own, respawn always) is brought into each
+/// state, then given each input; the cell is the state after it and the
+/// kinds of actions asked for. Every cell is written out below.
+mod table {
+    use super::*;
+
+    const PID: i32 = 100;
+
+    fn one() -> Supervisor {
+        Supervisor::new(
+            vec![definition(
+                "<ready kind=\"tcp\" port=\"80\"/><restart max=\"3\" within=\"60s\" backoff-min=\"100ms\" backoff-max=\"1s\"/>",
+                "svc",
+            )],
+            "production",
+        )
+    }
+
+    /// A supervisor with "svc" in `state`, and the time it is at.
+    fn in_state(state: State) -> (Supervisor, Instant) {
+        let now = Instant::now();
+        let mut supervisor = one();
+        if state == State::Stopped {
+            // Never started (nothing asked of the driver yet).
+            return (supervisor, now);
+        }
+        supervisor.boot(now);
+        match state {
+            State::Stopped => {}
+            State::Starting => {
+                supervisor.spawned("svc", PID, now);
+            }
+            State::Running => {
+                supervisor.spawned("svc", PID, now);
+                supervisor.ready("svc", None, now);
+            }
+            State::Stopping => {
+                supervisor.spawned("svc", PID, now);
+                supervisor.ready("svc", None, now);
+                supervisor.stop("svc", now);
+            }
+            State::Backoff => {
+                supervisor.spawned("svc", PID, now);
+                supervisor.ready("svc", None, now);
+                supervisor.exited(PID, Exit::Code(1), now);
+            }
+            State::Failed => {
+                supervisor.spawn_failed("svc", "/bin/sleep: No such file or directory", now);
+            }
+        }
+        assert_eq!(
+            supervisor.service("svc").unwrap().state,
+            state,
+            "recipe for {state:?}"
+        );
+        (supervisor, now)
+    }
+
+    const INPUTS: [&str; 12] = [
+        "start",
+        "stop",
+        "restart",
+        "reload",
+        "spawned",
+        "spawn_failed",
+        "spawn_deferred",
+        "ready",
+        "exit 0",
+        "exit 1",
+        "empty",
+        "tick +2m",
+    ];
+
+    fn apply(supervisor: &mut Supervisor, now: Instant, input: &str) -> Vec<Action> {
+        match input {
+            "start" => supervisor.start("svc", now),
+            "stop" => supervisor.stop("svc", now),
+            "restart" => supervisor.restart("svc", now),
+            "reload" => supervisor.reload("svc", now),
+            "spawned" => supervisor.spawned("svc", PID + 1, now),
+            "spawn_failed" => supervisor.spawn_failed("svc", "gone", now),
+            "spawn_deferred" => supervisor.spawn_deferred("svc", "EAGAIN", now),
+            "ready" => supervisor.ready("svc", None, now),
+            "exit 0" => supervisor.exited(PID, Exit::Code(0), now),
+            "exit 1" => supervisor.exited(PID, Exit::Code(1), now),
+            "empty" => supervisor.service_empty("svc", now),
+            _ => supervisor.tick(now + Duration::from_secs(120)),
+        }
+    }
+
+    /// The cell: the state after, and the actions' kinds (sorted, no logs).
+    fn cell(state: State, input: &str) -> String {
+        let (mut supervisor, now) = in_state(state);
+        let actions = apply(&mut supervisor, now, input);
+        let mut kinds: Vec<&str> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Spawn(_) => Some("spawn"),
+                Action::SignalService(..) => Some("signal"),
+                Action::SignalProcess(..) => Some("signal"),
+                Action::KillService(_) => Some("kill"),
+                Action::WatchReadiness(_) => Some("watch"),
+                Action::Event(_) => Some("event"),
+                _ => None,
+            })
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let after = supervisor.service("svc").unwrap().state.as_str();
+        if kinds.is_empty() {
+            after.to_string()
+        } else {
+            format!("{after} ({})", kinds.join(","))
+        }
+    }
+
+    #[test]
+    fn every_state_and_input() {
+        let states = [
+            State::Stopped,
+            State::Starting,
+            State::Running,
+            State::Stopping,
+            State::Backoff,
+            State::Failed,
+        ];
+        let mut actual = String::new();
+        for state in states {
+            for input in INPUTS {
+                actual.push_str(&format!(
+                    "{:<9} {:<15} -> {}\n",
+                    state.as_str(),
+                    input,
+                    cell(state, input)
+                ));
+            }
+        }
+        let expected = include_str!("table.txt");
+        if actual != expected {
+            if std::env::var("UPDATE_EXPECT").is_ok_and(|value| value == "1") {
+                std::fs::write(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("src/supervisor/table.txt"),
+                    &actual,
+                )
+                .unwrap();
+            } else {
+                panic!("the state table changed (UPDATE_EXPECT=1 to bless, then read every changed line):\n{actual}");
+            }
+        }
+    }
+}
