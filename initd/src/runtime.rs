@@ -142,6 +142,9 @@ pub struct Runtime {
     groups: Groups,
     logs: BTreeMap<String, ServiceLog>,
     notify: BTreeMap<String, RawFd>,
+    /// The services of `notify` whose fd is an sd_notify datagram socket,
+    /// and its path (`NOTIFY_SOCKET`), removed with it.
+    sd_notify: BTreeMap<String, PathBuf>,
     /// Control connections whose request line is not complete yet.
     clients: Vec<Client>,
     /// Children not yet known to have exec'd: pid -> (service, program, pipe).
@@ -259,6 +262,7 @@ impl Runtime {
             groups,
             logs: BTreeMap::new(),
             notify: BTreeMap::new(),
+            sd_notify: BTreeMap::new(),
             clients: Vec::new(),
             exec_pipes: BTreeMap::new(),
             signal_fd,
@@ -575,18 +579,27 @@ impl Runtime {
         }
     }
 
+    /// Readiness news: a line on the s6-style fd (or its end of file), or
+    /// an sd_notify datagram with the line `READY=1` (other assignments,
+    /// such as `STATUS=`, are read and ignored).
     fn read_notify(&mut self, name: &str) {
         let Some(fd) = self.notify.get(name).copied() else {
             return;
         };
-        let mut buffer = [0u8; 256];
+        let datagram = self.sd_notify.contains_key(name);
+        let mut buffer = [0u8; 4096];
         let mut ready = false;
         let mut closed = false;
         loop {
             match sys::read(fd, &mut buffer) {
-                Ok(0) => {
+                Ok(0) if !datagram => {
                     closed = true;
                     break;
+                }
+                Ok(count) if datagram => {
+                    ready |= buffer[..count]
+                        .split(|byte| *byte == b'\n')
+                        .any(|line| line == b"READY=1");
                 }
                 Ok(count) => ready |= buffer[..count].contains(&b'\n'),
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
@@ -594,12 +607,20 @@ impl Runtime {
             }
         }
         if ready || closed {
-            sys::close(fd);
-            self.notify.remove(name);
+            self.close_notify(name);
         }
         if ready {
             let actions = self.supervisor.ready(name, None, Instant::now());
             self.apply(actions);
+        }
+    }
+
+    fn close_notify(&mut self, name: &str) {
+        if let Some(fd) = self.notify.remove(name) {
+            sys::close(fd);
+        }
+        if let Some(path) = self.sd_notify.remove(name) {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -698,9 +719,7 @@ impl Runtime {
                 }
                 if matches!(state, State::Stopped | State::Failed) {
                     self.groups.forget(&name);
-                    if let Some(fd) = self.notify.remove(&name) {
-                        sys::close(fd);
-                    }
+                    self.close_notify(&name);
                 }
                 Vec::new()
             }
@@ -753,10 +772,22 @@ impl Runtime {
             }
             notify_write = Some((write_end, fd));
         }
+        let mut service_env = None;
+        if definition.ready == Readiness::SdNotify {
+            let (fd, path) = self
+                .sd_notify_socket(name, &definition)
+                .map_err(|error| SpawnFailure::new("NOTIFY_SOCKET".to_string(), &error))?;
+            self.close_notify(name);
+            self.notify.insert(name.to_string(), fd);
+            let mut env = self.child_env.clone();
+            env.push(("NOTIFY_SOCKET".to_string(), path.display().to_string()));
+            self.sd_notify.insert(name.to_string(), path);
+            service_env = Some(env);
+        }
         let cgroup = self.groups.prepare(name);
         let result = crate::spawn::prepare(
             &definition,
-            &self.child_env,
+            service_env.as_deref().unwrap_or(&self.child_env),
             output_fd,
             notify_write,
             cgroup,
@@ -781,6 +812,28 @@ impl Runtime {
             }
             Err(error) => Err(SpawnFailure::new(program, &error)),
         }
+    }
+
+    /// A fresh datagram socket for a service's sd_notify messages, in the
+    /// state directory, writable by the service's user only.
+    fn sd_notify_socket(
+        &self,
+        name: &str,
+        definition: &ServiceDefinition,
+    ) -> std::io::Result<(RawFd, PathBuf)> {
+        let directory = self.options.state.join("notify");
+        std::fs::create_dir_all(&directory)?;
+        let path = directory.join(name);
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path)?;
+        socket.set_nonblocking(true)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(user) = &definition.user {
+            if let Some((uid, gid)) = sys::lookup_user(user) {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        Ok((socket.into_raw_fd(), path))
     }
 
     // --- shutdown ---

@@ -35,6 +35,9 @@ pub enum Readiness {
     Tcp { port: u16 },
     /// Ready when the service writes a line to the fd named by `fd` (s6 style).
     Notify { fd: i32 },
+    /// Ready when the service sends `READY=1` to the datagram socket named
+    /// by `NOTIFY_SOCKET` (systemd's sd_notify protocol).
+    SdNotify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1201,6 +1204,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                 definition.ready = match kind {
                     "none" => Readiness::None,
                     "exit" => Readiness::Exit,
+                    "sd-notify" => Readiness::SdNotify,
                     "pidfile" => match attribute(child, "path") {
                         Some(pidfile) if pidfile.starts_with('/') => Readiness::Pidfile {
                             path: PathBuf::from(pidfile),
@@ -1256,7 +1260,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                     other => {
                         checker.problem(
                             &child.position,
-                            format!("bad ready kind \"{other}\": expected one of none, exit, pidfile, tcp, notify"),
+                            format!("bad ready kind \"{other}\": expected one of none, exit, pidfile, tcp, notify, sd-notify"),
                         );
                         Readiness::None
                     }

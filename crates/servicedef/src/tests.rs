@@ -658,3 +658,18 @@ fn events_print_as_they_parse() {
         assert!(Event::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn sd_notify_readiness_parses_and_takes_no_attributes() {
+    let text = service("n", "  <ready kind=\"sd-notify\" timeout=\"30s\"/>\n");
+    let definition = parse_str(Path::new("/x/n/service.xml"), &text).unwrap();
+    assert_eq!(definition.ready, Readiness::SdNotify);
+    let text = service("n", "  <ready kind=\"sd-notify\" fd=\"3\"/>\n");
+    let errors = parse_str(Path::new("/x/n/service.xml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("attribute \"fd\" does not apply to ready kind \"sd-notify\""),
+        "{errors}"
+    );
+}

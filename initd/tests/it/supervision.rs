@@ -373,6 +373,55 @@ fn readiness_by_notify_fd() {
     initd.wait_for_state("notifier", "running");
 }
 
+/// sd_notify as systemd's `sd_notify(3)` speaks it: datagrams of
+/// `KEY=VALUE` lines to `$NOTIFY_SOCKET`; only `READY=1` makes the service
+/// ready (perl-base, Essential on Debian, is the client). A dependent waits.
+#[test]
+fn readiness_by_sd_notify() {
+    let send = |message: &str| {
+        format!(
+            "perl -MIO::Socket::UNIX -e 'my $s = IO::Socket::UNIX->new(Type => SOCK_DGRAM, Peer => $ENV{{NOTIFY_SOCKET}}) or die \"no socket: $!\"; $s->send(\"{message}\") or die \"send: $!\"'"
+        )
+    };
+    let initd = Initd::start(
+        "sd-notify",
+        &[
+            (
+                "notifier",
+                shell_service(
+                    "notifier",
+                    &format!(
+                        "{}; while [ ! -e \"$TEST_DIR/gate\" ]; do sleep 0.05; done; {}; exec sleep 1000",
+                        send("STATUS=warming up\\nMAINPID=1"),
+                        send("STATUS=up\\nREADY=1")
+                    ),
+                    "<ready kind=\"sd-notify\" timeout=\"5m\"/>",
+                ),
+            ),
+            (
+                "dependent",
+                shell_service("dependent", "exec sleep 1000", "<needs>notifier</needs>"),
+            ),
+        ],
+        &[],
+    );
+    initd.wait_for_state("notifier", "starting");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        initd.state("notifier"),
+        "starting",
+        "STATUS= is not READY=1"
+    );
+    assert_eq!(initd.state("dependent"), "stopped");
+    std::fs::write(initd.path("gate"), "").unwrap();
+    initd.wait_for_state("notifier", "running");
+    initd.wait_for_state("dependent", "running");
+    // The socket goes once it has served.
+    assert!(!initd.path("state/notify/notifier").exists());
+    let log = std::fs::read_to_string(initd.path("log/notifier.log")).unwrap_or_default();
+    assert!(!log.contains("die") && !log.contains("no socket"), "{log}");
+}
+
 #[test]
 fn start_on_fires_on_an_emitted_event() {
     let initd = Initd::start(
