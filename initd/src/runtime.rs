@@ -589,6 +589,7 @@ impl Runtime {
         let datagram = self.sd_notify.contains_key(name);
         let mut buffer = [0u8; 4096];
         let mut ready = false;
+        let mut ping = false;
         let mut closed = false;
         loop {
             match sys::read(fd, &mut buffer) {
@@ -597,20 +598,30 @@ impl Runtime {
                     break;
                 }
                 Ok(count) if datagram => {
-                    ready |= buffer[..count]
-                        .split(|byte| *byte == b'\n')
-                        .any(|line| line == b"READY=1");
+                    for line in buffer[..count].split(|byte| *byte == b'\n') {
+                        ready |= line == b"READY=1";
+                        ping |= line == b"WATCHDOG=1";
+                    }
                 }
                 Ok(count) => ready |= buffer[..count].contains(&b'\n'),
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
         }
-        if ready || closed {
+        let watchdog = self
+            .supervisor
+            .service(name)
+            .is_some_and(|service| service.definition.watchdog.is_some());
+        // A watchdog keeps the socket for its pings until the service stops.
+        if closed || (ready && !(datagram && watchdog)) {
             self.close_notify(name);
         }
         if ready {
             let actions = self.supervisor.ready(name, None, Instant::now());
+            self.apply(actions);
+        }
+        if ping {
+            let actions = self.supervisor.watchdog_ping(name, Instant::now());
             self.apply(actions);
         }
     }
@@ -781,6 +792,9 @@ impl Runtime {
             self.notify.insert(name.to_string(), fd);
             let mut env = self.child_env.clone();
             env.push(("NOTIFY_SOCKET".to_string(), path.display().to_string()));
+            if let Some(every) = definition.watchdog {
+                env.push(("WATCHDOG_USEC".to_string(), every.as_micros().to_string()));
+            }
             self.sd_notify.insert(name.to_string(), path);
             service_env = Some(env);
         }

@@ -430,7 +430,7 @@ impl Supervisor {
             let ready = service.definition.ready.clone();
             self.changed(name, State::Starting, Some(pid));
             match ready {
-                Readiness::None => self.become_ready(name, None),
+                Readiness::None => self.become_ready(name, None, now),
                 Readiness::Exit => {}
                 _ => self.actions.push(Action::WatchReadiness(name.to_string())),
             }
@@ -474,11 +474,24 @@ impl Supervisor {
         self.settle(now)
     }
 
+    /// `WATCHDOG=1` from a running sd-notify service with a watchdog: the
+    /// next one is due a watchdog period from now.
+    pub fn watchdog_ping(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        if let Some(service) = self.services.get_mut(name) {
+            if service.state == State::Running {
+                if let Some(every) = service.definition.watchdog {
+                    service.deadline = Some(now + every);
+                }
+            }
+        }
+        self.settle(now)
+    }
+
     /// Readiness reached (tcp connect, notify line, pidfile naming a live
     /// process: `pid` then becomes the main process).
     pub fn ready(&mut self, name: &str, pid: Option<i32>, now: Instant) -> Vec<Action> {
         if self.services.get(name).map(|service| service.state) == Some(State::Starting) {
-            self.become_ready(name, pid);
+            self.become_ready(name, pid, now);
         }
         self.settle(now)
     }
@@ -521,7 +534,7 @@ impl Supervisor {
                 let oneshot = service.definition.ready == Readiness::Exit;
                 if !exit_is_failure(service, exit) {
                     if oneshot && service.state == State::Starting {
-                        self.become_ready(&name, None);
+                        self.become_ready(&name, None, now);
                     }
                     // Or a pidfile launcher that forked the daemon and left:
                     // wait for the pidfile.
@@ -599,15 +612,18 @@ impl Supervisor {
                 }
                 State::Starting => {
                     let timeout = service.definition.ready_timeout;
-                    self.actions.push(Action::Log(format!(
-                        "service {name} not ready after {}ms",
-                        timeout.as_millis()
-                    )));
-                    self.actions.push(Action::KillService(name.clone()));
-                    if let Some(service) = self.services.get_mut(&name) {
-                        service.pid = None;
-                    }
-                    self.after_failure(&name, Exit::Signal(libc::SIGKILL), now);
+                    let message =
+                        format!("service {name} not ready after {}ms", timeout.as_millis());
+                    self.kill_as_failed(&name, message, now);
+                }
+                State::Running => {
+                    // Only a watchdog sets a deadline on a running service.
+                    let every = service.definition.watchdog.unwrap_or_default();
+                    let message = format!(
+                        "service {name} sent no WATCHDOG=1 within {}ms: killed",
+                        every.as_millis()
+                    );
+                    self.kill_as_failed(&name, message, now);
                 }
                 State::Stopping => {
                     if let Some(service) = self.services.get_mut(&name) {
@@ -625,6 +641,17 @@ impl Supervisor {
     }
 
     // --- internals ---
+
+    /// A deadline missed (readiness, watchdog): say why, kill the whole
+    /// service, and count it as a failure (respawn with backoff).
+    fn kill_as_failed(&mut self, name: &str, message: String, now: Instant) {
+        self.actions.push(Action::Log(message));
+        self.actions.push(Action::KillService(name.to_string()));
+        if let Some(service) = self.services.get_mut(name) {
+            service.pid = None;
+        }
+        self.after_failure(name, Exit::Signal(libc::SIGKILL), now);
+    }
 
     fn want(&mut self, name: &str) {
         let mut queue = vec![name.to_string()];
@@ -669,13 +696,14 @@ impl Supervisor {
         });
     }
 
-    fn become_ready(&mut self, name: &str, pid: Option<i32>) {
+    fn become_ready(&mut self, name: &str, pid: Option<i32>, now: Instant) {
         if let Some(service) = self.services.get_mut(name) {
             if pid.is_some() {
                 service.pid = pid;
             }
             service.state = State::Running;
-            service.deadline = None;
+            // An sd-notify watchdog: the first WATCHDOG=1 is due by then.
+            service.deadline = service.definition.watchdog.map(|every| now + every);
             let pid = service.pid;
             self.changed(name, State::Running, pid);
             self.events.push_back(Event::Started(name.to_string()));

@@ -105,6 +105,9 @@ pub struct ServiceDefinition {
     pub events: Vec<String>,
     pub ready: Readiness,
     pub ready_timeout: Duration,
+    /// sd-notify only: once ready, the service must send `WATCHDOG=1` at
+    /// least this often or it is killed and restarted (`watchdog="10s"`).
+    pub watchdog: Option<Duration>,
     pub restart: Restart,
     pub stop_signal: i32,
     pub stop_timeout: Duration,
@@ -1024,6 +1027,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         events: Vec::new(),
         ready: Readiness::None,
         ready_timeout: Duration::from_secs(90),
+        watchdog: None,
         restart: Restart {
             policy: RestartPolicy::Always,
             backoff_min: Duration::from_millis(100),
@@ -1182,18 +1186,27 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                 }
             }
             "ready" => {
-                checker.attributes(child, &["kind", "port", "path", "fd", "timeout"], &["kind"]);
+                checker.attributes(
+                    child,
+                    &["kind", "port", "path", "fd", "timeout", "watchdog"],
+                    &["kind"],
+                );
                 checker.no_children(child);
                 definition.ready_timeout =
                     checker.duration(child, "timeout", definition.ready_timeout);
+                if attribute(child, "watchdog").is_some() {
+                    definition.watchdog = Some(checker.duration(child, "watchdog", Duration::ZERO))
+                        .filter(|every| !every.is_zero());
+                }
                 let kind = attribute(child, "kind").unwrap_or("none");
                 let extra_allowed: &[&str] = match kind {
                     "tcp" => &["port"],
                     "pidfile" => &["path"],
                     "notify" => &["fd"],
+                    "sd-notify" => &["watchdog"],
                     _ => &[],
                 };
-                for key in ["port", "path", "fd"] {
+                for key in ["port", "path", "fd", "watchdog"] {
                     if attribute(child, key).is_some() && !extra_allowed.contains(&key) {
                         checker.problem(
                             &child.position,

@@ -577,3 +577,38 @@ mod table {
         }
     }
 }
+
+/// Guards: an sd-notify watchdog kills and restarts a service that stops
+/// pinging, and each `WATCHDOG=1` moves the deadline.
+#[test]
+fn a_silent_watchdog_service_is_killed_and_respawned() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<ready kind=\"sd-notify\" watchdog=\"1s\"/>",
+            "dog",
+        )],
+        "production",
+    );
+    supervisor.boot(now);
+    supervisor.spawned("dog", 7, now);
+    supervisor.ready("dog", None, now);
+    assert_eq!(state(&supervisor, "dog"), State::Running);
+    let at = |ms: u64| now + Duration::from_millis(ms);
+    supervisor.tick(at(900));
+    assert_eq!(state(&supervisor, "dog"), State::Running);
+    supervisor.watchdog_ping("dog", at(900));
+    supervisor.tick(at(1500));
+    assert_eq!(
+        state(&supervisor, "dog"),
+        State::Running,
+        "the ping moved the deadline"
+    );
+    let actions = supervisor.tick(at(1901));
+    assert!(
+        actions.contains(&Action::KillService("dog".to_string())),
+        "{actions:?}"
+    );
+    assert_eq!(state(&supervisor, "dog"), State::Backoff);
+    assert_eq!(spawns(&supervisor.tick(at(5000))), vec!["dog"]);
+}

@@ -373,16 +373,19 @@ fn readiness_by_notify_fd() {
     initd.wait_for_state("notifier", "running");
 }
 
+/// A shell command that sends `message` to `$NOTIFY_SOCKET` as one
+/// datagram, as `sd_notify(3)` does (perl-base is Essential on Debian).
+fn sd_notify_send(message: &str) -> String {
+    format!(
+        "perl -MIO::Socket::UNIX -e 'my $s = IO::Socket::UNIX->new(Type => SOCK_DGRAM, Peer => $ENV{{NOTIFY_SOCKET}}) or die \"no socket: $!\"; $s->send(\"{message}\") or die \"send: $!\"'"
+    )
+}
+
 /// sd_notify as systemd's `sd_notify(3)` speaks it: datagrams of
 /// `KEY=VALUE` lines to `$NOTIFY_SOCKET`; only `READY=1` makes the service
 /// ready (perl-base, Essential on Debian, is the client). A dependent waits.
 #[test]
 fn readiness_by_sd_notify() {
-    let send = |message: &str| {
-        format!(
-            "perl -MIO::Socket::UNIX -e 'my $s = IO::Socket::UNIX->new(Type => SOCK_DGRAM, Peer => $ENV{{NOTIFY_SOCKET}}) or die \"no socket: $!\"; $s->send(\"{message}\") or die \"send: $!\"'"
-        )
-    };
     let initd = Initd::start(
         "sd-notify",
         &[
@@ -392,8 +395,8 @@ fn readiness_by_sd_notify() {
                     "notifier",
                     &format!(
                         "{}; while [ ! -e \"$TEST_DIR/gate\" ]; do sleep 0.05; done; {}; exec sleep 1000",
-                        send("STATUS=warming up\\nMAINPID=1"),
-                        send("STATUS=up\\nREADY=1")
+                        sd_notify_send("STATUS=warming up\\nMAINPID=1"),
+                        sd_notify_send("STATUS=up\\nREADY=1")
                     ),
                     "<ready kind=\"sd-notify\" timeout=\"5m\"/>",
                 ),
@@ -420,6 +423,50 @@ fn readiness_by_sd_notify() {
     assert!(!initd.path("state/notify/notifier").exists());
     let log = std::fs::read_to_string(initd.path("log/notifier.log")).unwrap_or_default();
     assert!(!log.contains("die") && !log.contains("no socket"), "{log}");
+}
+
+/// Guards: `watchdog="1s"`: pings keep the service up past the period;
+/// silence gets it killed and started again.
+#[test]
+fn a_silent_sd_notify_watchdog_service_is_restarted() {
+    let initd = Initd::start(
+        "watchdog",
+        &[(
+            "dog",
+            shell_service(
+                "dog",
+                &format!(
+                    "date +%s%N >> \"$TEST_DIR/starts\"; echo \"$WATCHDOG_USEC\" > \"$TEST_DIR/usec\"; {}; for i in 1 2 3 4 5; do sleep 0.3; {}; done; exec sleep 1000",
+                    sd_notify_send("READY=1"),
+                    sd_notify_send("WATCHDOG=1")
+                ),
+                "<ready kind=\"sd-notify\" watchdog=\"1s\"/>",
+            ),
+        )],
+        &[],
+    );
+    initd.wait_until("a second start", || {
+        std::fs::read_to_string(initd.path("starts"))
+            .is_ok_and(|starts| starts.lines().count() >= 2)
+    });
+    let starts: Vec<u64> = std::fs::read_to_string(initd.path("starts"))
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    let alive_ms = (starts[1] - starts[0]) / 1_000_000;
+    // Five pings 0.3 s apart, then one second of silence.
+    assert!(
+        alive_ms >= 2400,
+        "restarted after {alive_ms} ms: the pings were ignored"
+    );
+    assert_eq!(
+        std::fs::read_to_string(initd.path("usec")).unwrap().trim(),
+        "1000000"
+    );
+    assert!(initd
+        .console_text()
+        .contains("service dog sent no WATCHDOG=1 within 1000ms: killed"));
 }
 
 #[test]
