@@ -27,6 +27,10 @@ pub enum Request {
     /// The current mode, or a switch to MODE.
     Mode(Option<String>),
     Render,
+    /// Services by the time from spawn to ready, slowest first.
+    Blame,
+    /// The chain of needs that the last service to become ready waited on.
+    CriticalChain,
     Shutdown(Shutdown),
     /// Panics while handling it; only with the `test-hooks` feature.
     #[cfg(feature = "test-hooks")]
@@ -53,6 +57,8 @@ impl Request {
             ["mode"] => Request::Mode(None),
             ["mode", mode] => Request::Mode(Some(name(mode))),
             ["render"] => Request::Render,
+            ["blame"] => Request::Blame,
+            ["critical-chain"] => Request::CriticalChain,
             ["poweroff"] => Request::Shutdown(Shutdown::Poweroff),
             ["reboot"] => Request::Shutdown(Shutdown::Reboot),
             ["halt"] => Request::Shutdown(Shutdown::Halt),

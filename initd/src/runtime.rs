@@ -1403,6 +1403,8 @@ impl Runtime {
                     return None;
                 }
             }
+            Request::Blame => (0, self.blame()),
+            Request::CriticalChain => (0, self.critical_chain()),
             Request::Shutdown(kind) => {
                 self.request_shutdown(kind);
                 (0, kind.as_str().to_string())
@@ -1434,6 +1436,84 @@ impl Runtime {
             .filter_map(|status| serde_json::to_string(status).ok())
             .collect();
         format!("[\n{}\n]", lines.join(",\n"))
+    }
+
+    /// `initctl blame`: each service's time from spawn to ready (its
+    /// current or last instance), slowest first, from initd's own clock.
+    fn blame(&self) -> String {
+        let mut rows: Vec<(Duration, Duration, &str)> = self
+            .supervisor
+            .services()
+            .filter_map(|service| match service.timestamps() {
+                (Some(spawned), Some(ready)) if ready >= spawned => Some((
+                    ready - spawned,
+                    ready.saturating_duration_since(self.started),
+                    service.definition.name.as_str(),
+                )),
+                _ => None,
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(b.2)));
+        let mut out = String::new();
+        for (took, at, name) in rows {
+            out.push_str(&format!(
+                "{:>8.3}s {name} (ready at {:.3}s)\n",
+                took.as_secs_f64(),
+                at.as_secs_f64()
+            ));
+        }
+        out
+    }
+
+    /// `initctl critical-chain`: from the service that became ready last,
+    /// back through the need that became ready last at each step.
+    fn critical_chain(&self) -> String {
+        let ready_at = |name: &str| {
+            self.supervisor
+                .service(name)
+                .and_then(|service| service.timestamps().1)
+        };
+        let mut current = self
+            .supervisor
+            .services()
+            .filter_map(|service| Some((service.timestamps().1?, service.definition.name.clone())))
+            .max()
+            .map(|(_, name)| name);
+        let mut out = String::new();
+        let mut depth = 0;
+        while let Some(name) = current.take() {
+            let Some(service) = self.supervisor.service(&name) else {
+                break;
+            };
+            let (spawned, ready) = service.timestamps();
+            let at = ready.map_or(0.0, |ready| {
+                ready.saturating_duration_since(self.started).as_secs_f64()
+            });
+            let took = match (spawned, ready) {
+                (Some(spawned), Some(ready)) => {
+                    ready.saturating_duration_since(spawned).as_secs_f64()
+                }
+                _ => 0.0,
+            };
+            let indent = if depth == 0 {
+                String::new()
+            } else {
+                format!("{}└─", "  ".repeat(depth - 1))
+            };
+            out.push_str(&format!("{indent}{name} @{at:.3}s +{took:.3}s\n"));
+            current = service
+                .definition
+                .needs
+                .iter()
+                .filter_map(|need| Some((ready_at(need)?, need.clone())))
+                .max()
+                .map(|(_, need)| need);
+            depth += 1;
+            if depth > 64 {
+                break;
+            }
+        }
+        out
     }
 
     fn status_text(&self) -> String {

@@ -119,6 +119,8 @@ pub struct Service {
     restart_times: VecDeque<Instant>,
     deadline: Option<Instant>,
     started_at: Option<Instant>,
+    /// When the current (or last) instance became ready.
+    ready_at: Option<Instant>,
     /// Stopping and the main process is gone: waiting for the rest of the
     /// service to disappear (`service_empty`).
     main_gone: bool,
@@ -127,6 +129,12 @@ pub struct Service {
 }
 
 impl Service {
+    /// When the current (or last) instance was spawned and became ready,
+    /// for `initctl blame` and `critical-chain`.
+    pub fn timestamps(&self) -> (Option<Instant>, Option<Instant>) {
+        (self.started_at, self.ready_at)
+    }
+
     fn new(definition: ServiceDefinition) -> Service {
         let backoff = definition.restart.backoff_min;
         Service {
@@ -141,6 +149,7 @@ impl Service {
             restart_times: VecDeque::new(),
             deadline: None,
             started_at: None,
+            ready_at: None,
             main_gone: false,
             killed: false,
         }
@@ -702,6 +711,7 @@ impl Supervisor {
                 service.pid = pid;
             }
             service.state = State::Running;
+            service.ready_at = Some(now);
             // An sd-notify watchdog: the first WATCHDOG=1 is due by then.
             service.deadline = service.definition.watchdog.map(|every| now + every);
             let pid = service.pid;

@@ -12,6 +12,7 @@ commands:
   emit EVENT
   mode [MODE]
   render
+  blame | critical-chain   (boot time by service, from initd's clock)
   poweroff|reboot|halt";
 
 fn usage_error(message: &str) -> ! {

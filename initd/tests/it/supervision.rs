@@ -1045,3 +1045,56 @@ fn a_panic_in_request_handling_is_survived() {
         initd.state("one") == "running" && initd.main_pid("one") != pid
     });
 }
+
+/// `initctl blame` and `critical-chain` from initd's own timestamps: the
+/// slow service is first, and the chain runs from the last one ready back
+/// through what it needed.
+#[test]
+fn blame_and_critical_chain_show_where_the_time_went() {
+    let initd = Initd::start(
+        "blame",
+        &[
+            (
+                "slow",
+                shell_service(
+                    "slow",
+                    "sleep 0.6; echo ready >&3; exec sleep 1000",
+                    "<ready kind=\"notify\" fd=\"3\"/>",
+                ),
+            ),
+            (
+                "after",
+                shell_service(
+                    "after",
+                    "sleep 0.2; echo ready >&3; exec sleep 1000",
+                    "<ready kind=\"notify\" fd=\"3\"/><needs>slow</needs>",
+                ),
+            ),
+            ("quick", shell_service("quick", "exec sleep 1000", "")),
+        ],
+        &[],
+    );
+    initd.wait_for_state("after", "running");
+    let blame = initd.ctl(&["blame"]);
+    let names: Vec<&str> = blame
+        .lines()
+        .map(|line| line.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(names, ["slow", "after", "quick"], "{blame}");
+    let slow: f64 = blame
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!(slow >= 0.6, "{blame}");
+    let chain = initd.ctl(&["critical-chain"]);
+    let lines: Vec<&str> = chain.lines().collect();
+    assert_eq!(lines.len(), 2, "{chain}");
+    assert!(lines[0].starts_with("after @"), "{chain}");
+    assert!(lines[1].starts_with("└─slow @"), "{chain}");
+}
