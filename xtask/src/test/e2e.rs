@@ -99,6 +99,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             Ok(())
         },
     );
+    runner.step(
+        "e2e 1 test: initctl blame and critical-chain say where boot time went",
+        || check_blame(booted(&mut test_vm)?),
+    );
     runner.step("e2e 2 test: the web page has the model's values", || {
         let vm = booted(&mut test_vm)?;
         check_web_page(vm, "test", None)
@@ -586,6 +590,37 @@ fn check_no_console_shell(vm: &mut Vm) -> anyhow::Result<()> {
         .is_some_and(|state| state != "stopped")
     {
         return Err(vm.failure("the console (autologin) service runs in production"));
+    }
+    Ok(())
+}
+
+/// Every running service of the boot is in the blame (a line each); the
+/// chain ends at a service; the top five are printed for the note.
+fn check_blame(vm: &mut Vm) -> anyhow::Result<()> {
+    let blame = vm.succeed("initctl blame")?;
+    let chain = vm.succeed("initctl critical-chain")?;
+    for status in vm.service_status()? {
+        if status.state == "running" {
+            let name = status.name.as_str();
+            ensure!(
+                blame
+                    .lines()
+                    .any(|line| line.split_whitespace().nth(1) == Some(name)),
+                "{name} is running but not in initctl blame:\n{blame}"
+            );
+        }
+    }
+    ensure!(
+        !chain.trim().is_empty(),
+        "initctl critical-chain printed nothing"
+    );
+    eprintln!("    blame (top five):");
+    for line in blame.lines().take(5) {
+        eprintln!("      {line}");
+    }
+    eprintln!("    critical chain:");
+    for line in chain.lines() {
+        eprintln!("      {line}");
     }
     Ok(())
 }
