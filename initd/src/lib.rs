@@ -4,6 +4,7 @@
 //! drives it; `sys`, `group`, `pid1` and `spawn` hold the syscalls (`spawn`
 //! is the only code between fork and exec).
 
+pub mod assess;
 pub mod group;
 pub mod initrd;
 pub mod json;

@@ -10,6 +10,10 @@ use std::ffi::CString;
 pub struct CommandLine {
     pub mode: Option<String>,
     pub server: Option<String>,
+    /// `nodows.slot=a|b`: an A/B image's running slot.
+    pub slot: Option<String>,
+    /// `nodows.trial-timeout=SECONDS`.
+    pub trial_timeout: Option<u64>,
 }
 
 pub fn parse_command_line(text: &str) -> CommandLine {
@@ -19,6 +23,10 @@ pub fn parse_command_line(text: &str) -> CommandLine {
             command_line.mode = Some(mode.to_string());
         } else if let Some(server) = word.strip_prefix("nodows.server=") {
             command_line.server = Some(server.to_string());
+        } else if let Some(slot) = word.strip_prefix("nodows.slot=") {
+            command_line.slot = Some(slot.to_string());
+        } else if let Some(seconds) = word.strip_prefix("nodows.trial-timeout=") {
+            command_line.trial_timeout = seconds.parse().ok();
         }
     }
     command_line

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use servicedef::{Readiness, ServiceDefinition};
 
+use crate::assess::{Assessment, Job, Step};
 use crate::group::Groups;
 use crate::json;
 use crate::logfile::ServiceLog;
@@ -32,6 +33,10 @@ pub struct Options {
     pub log_max_bytes: u64,
     pub use_cgroups: bool,
     pub pid1: bool,
+    /// A/B images: the running slot (`nodows.slot=`) and the time a trial
+    /// boot has to get ready (`nodows.trial-timeout=`); see `assess`.
+    pub boot_slot: Option<String>,
+    pub trial_timeout: Duration,
 }
 
 impl Options {
@@ -50,6 +55,8 @@ impl Options {
             log_max_bytes: 1024 * 1024,
             use_cgroups: true,
             pid1: false,
+            boot_slot: None,
+            trial_timeout: crate::assess::DEFAULT_TRIAL_TIMEOUT,
         }
     }
 }
@@ -139,6 +146,9 @@ pub struct Runtime {
     machine: bool,
     next_readiness_poll: Instant,
     finished: bool,
+    assessment: Option<Assessment>,
+    /// The running assessment child: pid, job, its output file.
+    assessment_job: Option<(i32, Job, PathBuf)>,
 }
 
 const READINESS_POLL: Duration = Duration::from_millis(50);
@@ -220,6 +230,11 @@ impl Runtime {
             next_readiness_poll: Instant::now(),
             crash_killed: Vec::new(),
             finished: false,
+            assessment: options
+                .boot_slot
+                .as_deref()
+                .map(|slot| Assessment::new(slot, options.trial_timeout)),
+            assessment_job: None,
             options,
         })
     }
@@ -232,6 +247,10 @@ impl Runtime {
             after: AfterRender::Boot,
             client: None,
         });
+        if let Some(assessment) = self.assessment.as_mut() {
+            let steps = assessment.boot();
+            self.assessment_steps(steps);
+        }
         while !self.finished {
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.iteration()));
@@ -260,6 +279,9 @@ impl Runtime {
         if polling {
             let next = self.next_readiness_poll.max(now);
             deadline = Some(deadline.map_or(next, |deadline| deadline.min(next)));
+        }
+        if let Some(trial) = self.assessment.as_ref().and_then(|a| a.deadline) {
+            deadline = Some(deadline.map_or(trial, |deadline| deadline.min(trial)));
         }
         let timeout_ms = match deadline {
             None => -1,
@@ -394,7 +416,56 @@ impl Runtime {
             self.groups.kill_escapees(&name);
         }
         self.finish_render();
+        if let Some(assessment) = self.assessment.as_mut() {
+            let steps = assessment.tick(Instant::now());
+            self.assessment_steps(steps);
+        }
         self.progress_shutdown();
+    }
+
+    // --- boot assessment (A/B images) ---
+
+    fn assessment_steps(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Say(text) => self.say(&text),
+                Step::Reboot(text) => {
+                    self.say(&text);
+                    self.request_shutdown(Shutdown::Reboot);
+                }
+                Step::Spawn(job) => self.spawn_assessment(job),
+            }
+        }
+    }
+
+    fn spawn_assessment(&mut self, job: Job) {
+        let output = self.options.state.join("boot-assessment.out");
+        let verb = match job {
+            Job::Status => "boot-status",
+            Job::Bless => "bless",
+        };
+        let spawned = std::fs::File::create(&output).and_then(|file| {
+            let stderr = file.try_clone()?;
+            std::process::Command::new(&self.options.render_command)
+                .arg(verb)
+                .stdin(std::process::Stdio::null())
+                .stdout(file)
+                .stderr(stderr)
+                .spawn()
+        });
+        match spawned {
+            Ok(child) => self.assessment_job = Some((child.id() as i32, job, output)),
+            Err(error) => {
+                let text = format!(
+                    "cannot run {}: {error}",
+                    self.options.render_command.display()
+                );
+                if let Some(assessment) = self.assessment.as_mut() {
+                    let steps = assessment.finished(job, 127, &text, Instant::now());
+                    self.assessment_steps(steps);
+                }
+            }
+        }
     }
 
     fn say(&self, text: &str) {
@@ -451,6 +522,24 @@ impl Runtime {
     /// A reaped child: the renderer, a service's main process, or an orphan.
     fn credit_exit(&mut self, pid: i32, status: libc::c_int) {
         let exit = sys::decode_status(status);
+        if self
+            .assessment_job
+            .as_ref()
+            .is_some_and(|(job_pid, _, _)| *job_pid == pid)
+        {
+            if let (Some((_, job, output)), Some(assessment)) =
+                (self.assessment_job.take(), self.assessment.as_mut())
+            {
+                let text = std::fs::read_to_string(&output).unwrap_or_default();
+                let code = match exit {
+                    Exit::Code(code) => code,
+                    Exit::Signal(signal) => 128 + signal,
+                };
+                let steps = assessment.finished(job, code, &text, Instant::now());
+                self.assessment_steps(steps);
+            }
+            return;
+        }
         if let Some(job) = self.render_job.as_mut() {
             if job.pid == pid {
                 job.exit = Some(exit);
@@ -631,6 +720,10 @@ impl Runtime {
                 self.say(&format!(
                     "nodows: ready mode={mode} services={services} t={seconds:.2}"
                 ));
+                if let Some(assessment) = self.assessment.as_mut() {
+                    let steps = assessment.ready();
+                    self.assessment_steps(steps);
+                }
                 Vec::new()
             }
             Action::Log(message) => {
@@ -1206,7 +1299,12 @@ impl Runtime {
     }
 
     fn status_text(&self) -> String {
-        let mut out = format!("mode {}\n", self.supervisor.mode());
+        let mut out = self
+            .assessment
+            .as_ref()
+            .map(Assessment::status_line)
+            .unwrap_or_default();
+        out.push_str(&format!("mode {}\n", self.supervisor.mode()));
         for service in self.supervisor.services() {
             out.push_str(&format!(
                 "{:<24} {:<9} pid={:<8} restarts={}{}\n",

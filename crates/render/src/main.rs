@@ -6,6 +6,9 @@
 //! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
 //! nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
 //! nodows keys --services DIR --reference
+//! nodows update FILE|http://HOST/PATH [--tries N]
+//! nodows boot-status
+//! nodows bless
 //! ```
 //!
 //! Exit codes: 0 success (with or without changes), 1 failure, 2 bad input or usage.
@@ -46,7 +49,10 @@ const USAGE: &str = "usage:
   nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json] [--timings]
   nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
   nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
-  nodows keys --services DIR --reference";
+  nodows keys --services DIR --reference
+  nodows update FILE|http://HOST/PATH [--tries N]
+  nodows boot-status
+  nodows bless";
 
 /// A usage error: printed with the usage, exit 2.
 struct Usage(String);
@@ -117,7 +123,63 @@ impl Arguments {
 enum Failure {
     Usage(Usage),
     Render(render::Error),
+    Update(update::Error),
     Other(anyhow::Error),
+}
+
+impl From<update::Error> for Failure {
+    fn from(error: update::Error) -> Failure {
+        Failure::Update(error)
+    }
+}
+
+/// `nodows update SOURCE`: writes a signed artifact (a file, or an http://
+/// URL streamed) into the slot that is not running and makes it the default
+/// boot entry with a try counter.
+fn update_command(args: &[String]) -> Result<(), Failure> {
+    let (source, rest) = match args.split_first() {
+        Some((source, rest)) if !source.starts_with("--") => (source.clone(), rest),
+        _ => return Err(Usage("update needs an artifact: a file or an http:// URL".into()).into()),
+    };
+    let parsed = Arguments::parse(rest, &["--tries"], &[])?;
+    let tries = match parsed.one("--tries")? {
+        Some(text) => text
+            .parse()
+            .map_err(|_| Usage(format!("--tries {text}: not a number")))?,
+        None => update::artifact::DEFAULT_TRIES,
+    };
+    let started = std::time::Instant::now();
+    let reader: Box<dyn std::io::Read> = if source.starts_with("http://") {
+        update::http::get(&source)?
+    } else {
+        Box::new(std::fs::File::open(&source).map_err(|error| Usage(format!("{source}: {error}")))?)
+    };
+    let applied = update::system::update(reader, tries)?;
+    println!(
+        "nodows: update {} {} written to slot {} ({} bytes in {:.1}s); boot entry {} ({tries} tries); reboot to run it",
+        applied.manifest.image,
+        applied.manifest.version,
+        applied.slot,
+        applied.bytes_read,
+        started.elapsed().as_secs_f64(),
+        applied.entry
+    );
+    Ok(())
+}
+
+/// `nodows boot-status`: one line, `slot=S version=V state=trial|good ...`.
+fn boot_status_command(args: &[String]) -> Result<(), Failure> {
+    Arguments::parse(args, &[], &[])?;
+    println!("{}", update::system::boot_state()?.to_line());
+    Ok(())
+}
+
+/// `nodows bless`: marks the running slot's entry good (drops its counter).
+fn bless_command(args: &[String]) -> Result<(), Failure> {
+    Arguments::parse(args, &[], &[])?;
+    let (_, state) = update::system::bless()?;
+    println!("{}", state.to_line());
+    Ok(())
 }
 
 impl From<Usage> for Failure {
@@ -279,6 +341,9 @@ fn main() -> ExitCode {
         Some("render") => render_command(&args[1..]),
         Some("watch") => watch_command(&args[1..]),
         Some("keys") => keys_command(&args[1..]),
+        Some("update") => update_command(&args[1..]),
+        Some("boot-status") => boot_status_command(&args[1..]),
+        Some("bless") => bless_command(&args[1..]),
         Some("--help") | Some("-h") | Some("help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -296,6 +361,10 @@ fn main() -> ExitCode {
             for line in error.to_string().lines() {
                 eprintln!("nodows: {line}");
             }
+            ExitCode::from(error.exit_code() as u8)
+        }
+        Err(Failure::Update(error)) => {
+            eprintln!("nodows: {error}");
             ExitCode::from(error.exit_code() as u8)
         }
         Err(Failure::Other(error)) => {

@@ -264,6 +264,12 @@ fn main() {
             Vec::new()
         }
     };
+    if pid1 {
+        options.boot_slot = command_line.slot.clone();
+        if let Some(seconds) = command_line.trial_timeout {
+            options.trial_timeout = std::time::Duration::from_secs(seconds);
+        }
+    }
     match Runtime::new(options, definitions, mode, machine) {
         Ok(mut runtime) => {
             let code = runtime.run();
