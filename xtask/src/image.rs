@@ -7,6 +7,7 @@
 //! ESP and the GPT disk, then write the outputs to a temporary directory and
 //! rename it into place.
 
+mod ab;
 mod assemble;
 mod disk;
 mod freebsd;
@@ -70,6 +71,12 @@ pub struct Args {
     /// FreeBSD images only: the directory holding the distribution sets base.txz and kernel.txz.
     #[arg(long, value_name = "DIR")]
     pub freebsd_dist: Option<PathBuf>,
+    /// A/B images: the version written into /etc/nodows/release and the update artifact (default: SOURCE_DATE_EPOCH).
+    #[arg(long = "release-version", value_name = "VERSION")]
+    pub release_version: Option<String>,
+    /// A/B images: the ed25519 private key (64 hex digits) that signs the update artifact (default: a per-checkout test key, TARGET/nodows-keys/update-test.key, made on first use).
+    #[arg(long, value_name = "PATH")]
+    pub signing_key: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -189,6 +196,25 @@ fn build(args: Args) -> anyhow::Result<()> {
     let assembled = ui.step("assemble the root", |_| {
         assemble::assemble(&plan, &binaries, &staging, source_date_epoch)
     })?;
+    let update_settings = match plan.ab_data_mib {
+        None => None,
+        Some(_) => Some(ui.step("A/B: release and update key", |ui| {
+            let version = match &args.release_version {
+                Some(version) => version.clone(),
+                None => source_date_epoch.to_string(),
+            };
+            let settings =
+                ab::settings(&plan, &version, args.signing_key.as_deref(), &target_dir)?;
+            if settings.key_created {
+                ui.note(&format!(
+                    "made the per-checkout test signing key {} (give --signing-key for a real one)",
+                    settings.key_path.display()
+                ));
+            }
+            ab::install(&settings, staging.path())?;
+            Ok(settings)
+        })?),
+    };
     ui.step("bake configs (nodows render)", |ui| {
         assemble::bake(ui, &plan, &binaries, &staging)
     })?;
@@ -214,6 +240,7 @@ fn build(args: Args) -> anyhow::Result<()> {
                 output.path(),
                 &name,
                 source_date_epoch,
+                update_settings.as_ref(),
             )
         })?;
         scope.spawn(move || drop(staging));

@@ -290,6 +290,12 @@ fn write_documents(
             "esp_partuuid": layout.esp_guid,
             "root_partuuid": layout.root_guid,
             "root_fs_uuid": layout.root_fs_uuid,
+            "ab": layout.ab.as_ref().map(|ab| json!({
+                "root_b_partuuid": ab.root_b_guid,
+                "data_partuuid": ab.data_guid,
+                "data_fs_uuid": ab.data_fs_uuid,
+                "slot_size_mib": layout.root_size_mib,
+            })),
         },
         "services": plan.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "packages": packages.iter().map(|p| json!({

@@ -47,6 +47,9 @@ pub struct Plan {
     pub hostname: String,
     pub disk_size_mib: u64,
     pub esp_size_mib: u64,
+    /// `<disk layout="ab" data="SIZE">`: two root slots and a data
+    /// partition of this many MiB (see `update`); `None`: one root.
+    pub ab_data_mib: Option<u64>,
     pub kernel_package: String,
     pub initrd_modules: Vec<String>,
     /// `Some` prunes /usr/lib/modules/VERSION/kernel to these trees.
@@ -248,6 +251,7 @@ pub fn resolve(
     let hostname = required_text("hostname", &mut problems);
 
     let (mut disk_size_mib, mut esp_size_mib) = (0, 0);
+    let mut ab_data_mib = None;
     match root.children_named("disk").next() {
         Some(disk) => {
             match disk.attribute("size").and_then(parse_size_mib) {
@@ -265,9 +269,28 @@ pub fn resolve(
                     image_document.at(disk)
                 )),
             }
-            if disk_size_mib != 0 && disk_size_mib < esp_size_mib + 64 {
+            match (disk.attribute("layout"), disk.attribute("data").map(parse_size_mib)) {
+                (None | Some("single"), None) => {}
+                (Some("ab"), Some(Some(size))) if size >= 8 => ab_data_mib = Some(size),
+                (Some("ab"), None) => ab_data_mib = Some(64),
+                (Some("ab"), _) => problems.push(format!(
+                    "{}: <disk data=\"...\"> must be a size of at least 8MiB",
+                    image_document.at(disk)
+                )),
+                (None | Some("single"), Some(_)) => problems.push(format!(
+                    "{}: <disk data=\"...\"> needs layout=\"ab\"",
+                    image_document.at(disk)
+                )),
+                (Some(other), _) => problems.push(format!(
+                    "{}: <disk layout=\"{other}\"> must be `single` or `ab`",
+                    image_document.at(disk)
+                )),
+            }
+            let slots = if ab_data_mib.is_some() { 2 } else { 1 };
+            let needed = esp_size_mib + ab_data_mib.unwrap_or(0) + 64 * slots;
+            if disk_size_mib != 0 && disk_size_mib < needed {
                 problems.push(format!(
-                    "{}: the disk must be at least 64MiB larger than the ESP",
+                    "{}: the disk must be at least {needed}MiB: the ESP, the data partition and 64MiB per root slot",
                     image_document.at(disk)
                 ));
             }
@@ -525,6 +548,7 @@ pub fn resolve(
         hostname,
         disk_size_mib,
         esp_size_mib,
+        ab_data_mib,
         kernel_package,
         initrd_modules,
         keep_modules,
@@ -551,11 +575,25 @@ impl Plan {
             let _ = writeln!(out, "  {line}");
         }
         let _ = writeln!(out, "hostname: {}", self.hostname);
-        let _ = writeln!(
-            out,
-            "disk: {} MiB (esp {} MiB, ext4 root the rest)",
-            self.disk_size_mib, self.esp_size_mib
-        );
+        match self.ab_data_mib {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "disk: {} MiB (esp {} MiB, ext4 root the rest)",
+                    self.disk_size_mib, self.esp_size_mib
+                );
+            }
+            Some(data) => {
+                let _ = writeln!(
+                    out,
+                    "disk: {} MiB, A/B (esp {} MiB, ext4 root slots a and b of {} MiB each, data {} MiB)",
+                    self.disk_size_mib,
+                    self.esp_size_mib,
+                    super::disk::slot_size_mib(self),
+                    data
+                );
+            }
+        }
         let _ = writeln!(out, "kernel: {}", self.kernel_package);
         let _ = writeln!(out, "initrd modules: {}", self.initrd_modules.join(" "));
         match &self.keep_modules {
