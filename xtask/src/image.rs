@@ -203,8 +203,7 @@ fn build(args: Args) -> anyhow::Result<()> {
                 Some(version) => version.clone(),
                 None => source_date_epoch.to_string(),
             };
-            let settings =
-                ab::settings(&plan, &version, args.signing_key.as_deref(), &target_dir)?;
+            let settings = ab::settings(&plan, &version, args.signing_key.as_deref(), &target_dir)?;
             if settings.key_created {
                 ui.note(&format!(
                     "made the per-checkout test signing key {} (give --signing-key for a real one)",

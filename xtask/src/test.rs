@@ -7,6 +7,7 @@
 //! the last line is `N passed, N failed`.
 
 mod e2e;
+mod updates;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -128,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     if !args.quick {
         e2e::run(&mut runner, &work_root, args.accel);
+        updates::run(&mut runner, &work_root, args.accel);
         // The benchmark must keep working; its figures are never checked.
         let output = target.join("bench-quick").join("BENCHMARKS.md");
         runner.step(

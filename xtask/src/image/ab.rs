@@ -40,7 +40,8 @@ pub fn settings(
     let (key_path, key, key_created) = match signing_key {
         Some(path) => (
             path.to_path_buf(),
-            SigningKey::read(path).map_err(|error| super::BadInput(format!("--signing-key: {error}")))?,
+            SigningKey::read(path)
+                .map_err(|error| super::BadInput(format!("--signing-key: {error}")))?,
             false,
         ),
         None => {

@@ -109,7 +109,11 @@ impl Layout {
 
     /// The kernel command line (root by PARTUUID, so any disk bus works).
     pub fn cmdline(&self, plan: &Plan) -> String {
-        let slot = if self.ab.is_some() { " nodows.slot=a" } else { "" };
+        let slot = if self.ab.is_some() {
+            " nodows.slot=a"
+        } else {
+            ""
+        };
         format!(
             "root=PARTUUID={} {}{slot}",
             self.root_guid.to_lowercase(),
@@ -213,7 +217,11 @@ pub fn build<'scope>(
             )?;
             std::fs::copy(&assembled.vmlinuz, files.join("vmlinuz"))?;
             std::fs::copy(&assembled.initrd, files.join("initrd.img"))?;
-            esp_tops.extend([files.join("loader"), files.join("vmlinuz"), files.join("initrd.img")]);
+            esp_tops.extend([
+                files.join("loader"),
+                files.join("vmlinuz"),
+                files.join("initrd.img"),
+            ]);
         }
     }
     let mut entries: Vec<PathBuf> = Vec::new();
@@ -223,8 +231,8 @@ pub fn build<'scope>(
     }
     ui.run(
         cmd!(sh, "mcopy -i {esp_image} -s -m -Q {esp_tops...} ::/")
-        .env("SOURCE_DATE_EPOCH", &epoch)
-        .env("MTOOLS_SKIP_CHECK", "1"),
+            .env("SOURCE_DATE_EPOCH", &epoch)
+            .env("MTOOLS_SKIP_CHECK", "1"),
     )?;
 
     // The GPT, then the partitions copied in at their offsets (sparse).
@@ -243,7 +251,11 @@ pub fn build<'scope>(
         layout.root_start_mib * 2048,
         layout.root_size_mib * 2048,
         layout.root_guid,
-        if layout.ab.is_some() { "root-a" } else { "root" },
+        if layout.ab.is_some() {
+            "root-a"
+        } else {
+            "root"
+        },
     );
     let mut parts = vec![
         (

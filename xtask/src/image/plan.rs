@@ -269,7 +269,10 @@ pub fn resolve(
                     image_document.at(disk)
                 )),
             }
-            match (disk.attribute("layout"), disk.attribute("data").map(parse_size_mib)) {
+            match (
+                disk.attribute("layout"),
+                disk.attribute("data").map(parse_size_mib),
+            ) {
                 (None | Some("single"), None) => {}
                 (Some("ab"), Some(Some(size))) if size >= 8 => ab_data_mib = Some(size),
                 (Some("ab"), None) => ab_data_mib = Some(64),
