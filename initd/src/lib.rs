@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;
+pub mod verity;
 
 /// The control socket when none is given.
 pub const DEFAULT_SOCKET: &str = "/run/initd.sock";

@@ -139,8 +139,12 @@ pub fn early_setup(machine: bool) -> Vec<String> {
         }
     }
     // Inside a container the root file system is the host's: leave it alone.
+    // A verified root stays read-only (its writable layers are in RAM).
+    let verified =
+        crate::verity::parse_verity(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+            .is_some();
     // SAFETY: remount of / with valid strings.
-    let remount = if machine {
+    let remount = if machine && !verified {
         unsafe {
             libc::mount(
                 std::ptr::null(),
@@ -208,6 +212,56 @@ fn loopback_up() -> std::io::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The kernel's dm-verity messages (a block whose hash does not match: the
+/// read fails with EIO) from a `/dev/kmsg` record, if it is one.
+pub fn integrity_message(record: &str) -> Option<&str> {
+    let message = record.split_once(';')?.1.trim_end();
+    message
+        .starts_with("device-mapper: verity")
+        .then_some(message)
+}
+
+/// Where integrity errors are kept for `cat` and the tests (status).
+pub const INTEGRITY_LOG: &str = "/run/nodows/integrity.log";
+
+/// A thread that follows the kernel log and reports every dm-verity error
+/// on the console (`nodows: integrity: ...`) and in INTEGRITY_LOG. It never
+/// stops PID 1: when /dev/kmsg cannot be read it ends quietly.
+#[cfg(target_os = "linux")]
+pub fn watch_integrity(report: impl Fn(&str) + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("integrity".into())
+        .spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let Ok(mut kmsg) = std::fs::File::open("/dev/kmsg") else {
+                return;
+            };
+            let mut record = vec![0u8; 8192];
+            loop {
+                let length = match kmsg.read(&mut record) {
+                    Ok(0) => return,
+                    Ok(length) => length,
+                    // EPIPE: records were overwritten before we read them.
+                    Err(error) if error.raw_os_error() == Some(libc::EPIPE) => continue,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                let text = String::from_utf8_lossy(&record[..length]);
+                if let Some(message) = integrity_message(&text) {
+                    report(&format!("nodows: integrity: {message}"));
+                    if let Ok(mut log) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(INTEGRITY_LOG)
+                    {
+                        let _ = writeln!(log, "{message}");
+                    }
+                }
+            }
+        });
+    drop(spawned);
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -289,6 +343,18 @@ pub fn final_kill_and_sync(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verity_errors_are_picked_from_the_kernel_log() {
+        assert_eq!(
+            integrity_message(
+                "3,812,5123456,-;device-mapper: verity: 254:0: data block 1234 is corrupted\n"
+            ),
+            Some("device-mapper: verity: 254:0: data block 1234 is corrupted")
+        );
+        assert_eq!(integrity_message("6,1,2,-;EXT4-fs (dm-0): mounted"), None);
+        assert_eq!(integrity_message("no separator"), None);
+    }
 
     #[test]
     fn command_line_mode_and_server() {

@@ -228,6 +228,11 @@ fn main() {
             pid1::parse_command_line(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     }
     let console = initd::runtime::Console::new(pid1);
+    #[cfg(target_os = "linux")]
+    if pid1 && machine {
+        let integrity_console = initd::runtime::Console::new(true);
+        initd::pid1::watch_integrity(move |line: &str| integrity_console.line(line));
+    }
     for message in early_messages {
         console.line(&format!("initd: {message}"));
     }
