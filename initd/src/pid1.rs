@@ -218,9 +218,10 @@ fn loopback_up() -> std::io::Result<()> {
 /// read fails with EIO) from a `/dev/kmsg` record, if it is one.
 pub fn integrity_message(record: &str) -> Option<&str> {
     let message = record.split_once(';')?.1.trim_end();
-    message
-        .starts_with("device-mapper: verity")
-        .then_some(message)
+    let is_error = ["corrupt", "error", "fail"]
+        .iter()
+        .any(|word| message.contains(word));
+    (message.starts_with("device-mapper: verity") && is_error).then_some(message)
 }
 
 /// Where integrity errors are kept for `cat` and the tests (status).
@@ -353,6 +354,12 @@ mod tests {
             Some("device-mapper: verity: 254:0: data block 1234 is corrupted")
         );
         assert_eq!(integrity_message("6,1,2,-;EXT4-fs (dm-0): mounted"), None);
+        assert_eq!(
+            integrity_message(
+                "6,3,4,-;device-mapper: verity: sha256 using implementation \"sha256-generic\""
+            ),
+            None
+        );
         assert_eq!(integrity_message("no separator"), None);
     }
 

@@ -16,6 +16,7 @@ mod initrd;
 mod manifest;
 mod plan;
 mod rootfs;
+mod secureboot;
 mod ui;
 mod xml;
 
@@ -77,6 +78,12 @@ pub struct Args {
     /// A/B images: the ed25519 private key (64 hex digits) that signs the update artifact (default: a per-checkout test key, TARGET/nodows-keys/update-test.key, made on first use).
     #[arg(long, value_name = "PATH")]
     pub signing_key: Option<PathBuf>,
+    /// Verified-boot profiles: the PEM private key that signs systemd-boot and the unified kernel image (with --secure-boot-cert; default: a per-checkout test key, TARGET/nodows-keys/secureboot-test.key, made on first use).
+    #[arg(long, value_name = "PATH")]
+    pub secure_boot_key: Option<PathBuf>,
+    /// The X.509 certificate (PEM) of --secure-boot-key; enrol it in the firmware's db.
+    #[arg(long, value_name = "PATH")]
+    pub secure_boot_cert: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -214,6 +221,25 @@ fn build(args: Args) -> anyhow::Result<()> {
             Ok(settings)
         })?),
     };
+    let secure_boot = match plan.verified_boot {
+        false => None,
+        true => Some(ui.step("verified boot: Secure Boot signing key", |ui| {
+            let keys = secureboot::signing_keys(
+                ui,
+                args.secure_boot_key.as_deref(),
+                args.secure_boot_cert.as_deref(),
+                &target_dir,
+            )?;
+            if keys.created {
+                ui.note(&format!(
+                    "made the per-checkout Secure Boot test key {} (certificate {}; give --secure-boot-key and --secure-boot-cert for your own)",
+                    keys.key.display(),
+                    keys.cert.display()
+                ));
+            }
+            Ok(keys)
+        })?),
+    };
     ui.step("bake configs (nodows render)", |ui| {
         assemble::bake(ui, &plan, &binaries, &staging)
     })?;
@@ -240,6 +266,8 @@ fn build(args: Args) -> anyhow::Result<()> {
                 &name,
                 source_date_epoch,
                 update_settings.as_ref(),
+                secure_boot.as_ref(),
+                &input_hash,
             )
         })?;
         scope.spawn(move || drop(staging));

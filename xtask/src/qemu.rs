@@ -92,7 +92,18 @@ pub enum Firmware {
     },
     /// OVMF boots the raw GPT disk as a bare-metal machine would.
     Uefi,
+    /// OVMF with Secure Boot enforced (`OVMF_CODE_4M.secboot.fd`, SMM):
+    /// `vars` is a copy of a variable store with keys enrolled (Debian's
+    /// `OVMF_VARS_4M.snakeoil.fd`, or one made by `virt-fw-vars`).
+    UefiSecureBoot { vars: PathBuf },
 }
+
+/// OVMF's Secure Boot code (SMM required) and Debian's store with the
+/// snakeoil test key enrolled as PK, KEK and db.
+pub const OVMF_SECURE_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_SNAKEOIL_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
+/// OVMF's empty 4 MiB variable store, for `virt-fw-vars` to enrol keys into.
+pub const OVMF_EMPTY_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -469,7 +480,11 @@ fn qemu_args(
         "-name",
         &config.name,
         "-machine",
-        "q35",
+        if matches!(config.firmware, Firmware::UefiSecureBoot { .. }) {
+            "q35,smm=on"
+        } else {
+            "q35"
+        },
         "-accel",
         accel.qemu_name(),
     ]);
@@ -512,6 +527,21 @@ fn qemu_args(
             push(&[
                 "-drive",
                 &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            ]);
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+        Firmware::UefiSecureBoot { vars: enrolled } => {
+            let vars = work_dir.join("OVMF_VARS_4M.fd");
+            std::fs::copy(enrolled, &vars)
+                .with_context(|| format!("{}: cannot copy", enrolled.display()))?;
+            // The variable store is only writable from SMM: enforcement holds.
+            push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_SECURE_CODE}"),
             ]);
             push(&[
                 "-drive",
@@ -586,7 +616,7 @@ pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
 fn kernel_of(firmware: &Firmware) -> Option<&Path> {
     match firmware {
         Firmware::DirectKernel { kernel, .. } => Some(kernel),
-        Firmware::Uefi => None,
+        Firmware::Uefi | Firmware::UefiSecureBoot { .. } => None,
     }
 }
 

@@ -139,6 +139,8 @@ pub fn build<'scope>(
     name: &str,
     source_date_epoch: u64,
     update: Option<&super::ab::UpdateSettings>,
+    secure_boot: Option<&super::secureboot::SigningKeys>,
+    input_hash: &str,
 ) -> anyhow::Result<std::thread::ScopedJoinHandle<'scope, anyhow::Result<String>>> {
     let sh = Shell::new()?;
     let epoch = source_date_epoch.to_string();
@@ -151,19 +153,19 @@ pub fn build<'scope>(
     )?;
     let work = scratch.path().to_path_buf();
 
-    // The kernel, initrd and command line beside the image, for direct boots.
-    let cmdline = layout.cmdline(plan);
-    std::fs::copy(&assembled.vmlinuz, out.join(format!("{name}.vmlinuz")))?;
-    std::fs::copy(&assembled.initrd, out.join(format!("{name}.initrd")))?;
-    std::fs::write(out.join(format!("{name}.cmdline")), format!("{cmdline}\n"))?;
-
     // The ext4 root. The image file is new, so every block mke2fs does not
     // write reads as zero: the journal needs no zeroing (lazy_journal_init;
     // zeroing it would write 16 MiB of zeros on a tmpfs, copied into the raw
     // as data). The inode tables stay lazy as before, pinned rather than
     // taken from the host kernel's /sys/fs/ext4/features so that hosts agree.
     let root_image = work.join("root.ext4");
-    let root_blocks = (layout.root_size_mib * MIB / 4096).to_string();
+    // A verified root leaves room for its hash tree at the partition's end.
+    let partition_blocks = layout.root_size_mib * MIB / 4096;
+    let data_blocks = match secure_boot {
+        Some(_) => super::secureboot::data_blocks_for(partition_blocks),
+        None => partition_blocks,
+    };
+    let root_blocks = data_blocks.to_string();
     let (uuid, seed, staging_dir) = (&layout.root_fs_uuid, &layout.root_hash_seed, staging.path());
     ui.run(
         cmd!(
@@ -174,6 +176,39 @@ pub fn build<'scope>(
         .env("SOURCE_DATE_EPOCH", &epoch),
     )?;
     clamp_ext4_ctimes(ui, &root_image, &epoch)?;
+    let verity = match secure_boot {
+        Some(_) => Some(super::secureboot::format_verity(
+            ui,
+            &root_image,
+            data_blocks,
+            input_hash,
+        )?),
+        None => None,
+    };
+
+    // The kernel, initrd and command line beside the image, for direct boots.
+    let mut cmdline = layout.cmdline(plan);
+    if let Some(verity) = &verity {
+        cmdline.push(' ');
+        cmdline.push_str(&verity.cmdline_word());
+        ui.note(&format!(
+            "    dm-verity: {} data blocks, {} hash blocks ({:.2} % of the root), root hash {}",
+            verity.data_blocks,
+            verity.hash_blocks,
+            verity.hash_blocks as f64 * 100.0 / verity.data_blocks as f64,
+            verity.root_hash
+        ));
+        std::fs::write(
+            out.join(format!("{name}.verity")),
+            format!(
+                "data_blocks={}\nhash_blocks={}\nroot_hash={}\nsalt={}\n",
+                verity.data_blocks, verity.hash_blocks, verity.root_hash, verity.salt
+            ),
+        )?;
+    }
+    std::fs::copy(&assembled.vmlinuz, out.join(format!("{name}.vmlinuz")))?;
+    std::fs::copy(&assembled.initrd, out.join(format!("{name}.initrd")))?;
+    std::fs::write(out.join(format!("{name}.cmdline")), format!("{cmdline}\n"))?;
 
     // The ESP: systemd-boot, its loader entry, the kernel and initrd.
     let esp_image = work.join("esp.fat");
@@ -188,13 +223,45 @@ pub fn build<'scope>(
     )?;
     let files = work.join("esp");
     std::fs::create_dir_all(files.join("EFI/BOOT"))?;
-    std::fs::copy(
-        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-        files.join("EFI/BOOT/BOOTX64.EFI"),
-    )?;
+    let boot_loader = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    match secure_boot {
+        Some(keys) => super::secureboot::sign(
+            ui,
+            keys,
+            Path::new(boot_loader),
+            &files.join("EFI/BOOT/BOOTX64.EFI"),
+        )?,
+        None => drop(std::fs::copy(
+            boot_loader,
+            files.join("EFI/BOOT/BOOTX64.EFI"),
+        )?),
+    }
     let mut esp_tops = vec![files.join("EFI")];
-    match update {
-        Some(settings) => esp_tops.extend(super::ab::esp_files(
+    match (update, secure_boot) {
+        (None, Some(keys)) => {
+            // One signed unified kernel image, found by systemd-boot itself;
+            // no loose kernel or entry whose command line could be edited.
+            let uki = files.join(super::secureboot::UKI_PATH);
+            std::fs::create_dir_all(uki.parent().context("EFI/Linux")?)?;
+            super::secureboot::unified_kernel_image(
+                ui,
+                keys,
+                &staging.path().join("usr/lib/os-release"),
+                &cmdline,
+                &assembled.vmlinuz,
+                &assembled.initrd,
+                &work,
+                &uki,
+            )?;
+            std::fs::copy(&uki, out.join(format!("{name}.efi")))?;
+            std::fs::create_dir_all(files.join("loader"))?;
+            std::fs::write(
+                files.join("loader/loader.conf"),
+                "default nodows.efi\ntimeout 0\nconsole-mode keep\neditor no\n",
+            )?;
+            esp_tops.push(files.join("loader"));
+        }
+        (Some(settings), _) => esp_tops.extend(super::ab::esp_files(
             &files,
             layout,
             plan,
@@ -202,7 +269,7 @@ pub fn build<'scope>(
             &assembled.vmlinuz,
             &assembled.initrd,
         )?),
-        None => {
+        (None, None) => {
             std::fs::create_dir_all(files.join("loader/entries"))?;
             std::fs::write(
                 files.join("loader/loader.conf"),

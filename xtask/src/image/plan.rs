@@ -56,6 +56,10 @@ pub struct Plan {
     pub keep_modules: Option<Vec<String>>,
     /// The kernel command line without `root=`.
     pub cmdline: String,
+    /// `<verified-boot/>` in the profile (not on A/B images yet): the root
+    /// is read-only under dm-verity, the configuration lives in RAM, and the
+    /// ESP holds a signed unified kernel image.
+    pub verified_boot: bool,
     /// Packages of the shared base (every profile's services included, so
     /// that all profiles of an image share one cached base).
     pub base_packages: BTreeSet<String>,
@@ -483,6 +487,12 @@ pub fn resolve(
         },
         None => RootLogin::Locked,
     };
+    // <verified-boot/>: dm-verity root, configuration in RAM, signed UKI.
+    let verified_boot = match profile_root.children_named("verified-boot").next() {
+        None => false,
+        Some(_) if ab_data_mib.is_some() => false,
+        Some(_) => true,
+    };
     for element in profile_root.children_named("cmdline") {
         if !element.text().is_empty() {
             cmdline.push(' ');
@@ -540,6 +550,17 @@ pub fn resolve(
         }
     }
     problems.into_result()?;
+    let mut cmdline: Vec<&str> = cmdline.split_whitespace().collect();
+    if verified_boot {
+        // The initrd maps the root read-only through its hash tree.
+        cmdline.retain(|word| *word != "rw");
+        cmdline.push("ro");
+        for module in ["dm_verity", "overlay"] {
+            if !initrd_modules.iter().any(|name| name == module) {
+                initrd_modules.push(module.to_owned());
+            }
+        }
+    }
     Ok(Plan {
         source: source.to_path_buf(),
         image: image.to_owned(),
@@ -555,7 +576,8 @@ pub fn resolve(
         kernel_package,
         initrd_modules,
         keep_modules,
-        cmdline: cmdline.split_whitespace().collect::<Vec<_>>().join(" "),
+        cmdline: cmdline.join(" "),
+        verified_boot,
         base_packages,
         services,
         overlays,
@@ -609,8 +631,24 @@ impl Plan {
         }
         let _ = writeln!(
             out,
-            "kernel cmdline: root=PARTUUID=<root partition> {}",
-            self.cmdline
+            "kernel cmdline: root=PARTUUID=<root partition> {}{}",
+            self.cmdline,
+            if self.verified_boot {
+                " nodows.verity=<data blocks>:<root hash>:<salt>"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "verified boot: {}",
+            if self.verified_boot {
+                "dm-verity root (read-only; /etc, /var, /root on overlays in RAM), signed unified kernel image"
+            } else if self.ab_data_mib.is_some() {
+                "no (not built for A/B images yet: the root slots stay read-write)"
+            } else {
+                "no (ext4 root read-write)"
+            }
         );
         let _ = writeln!(
             out,

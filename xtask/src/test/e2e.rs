@@ -298,7 +298,7 @@ fn check_expected_states(
     }
 }
 
-fn check_mode_services(vm: &mut Vm, mode: &str) -> anyhow::Result<()> {
+pub(super) fn check_mode_services(vm: &mut Vm, mode: &str) -> anyhow::Result<()> {
     let definitions = definitions()?;
     // Services may still be settling right after a mode switch.
     let deadline = Instant::now() + SERVICE_TIMEOUT;
@@ -698,7 +698,7 @@ fn other_server(_image: &BuiltImage) -> anyhow::Result<String> {
 
 /// The page on port 80 shows the model's title, server and mode (the
 /// standby page and message in failover mode).
-fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> anyhow::Result<()> {
+pub(super) fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> anyhow::Result<()> {
     let model = model_text()?;
     let port = vm.host_port(80);
     vm.wait_for_open_port(port, SERVICE_TIMEOUT)?;
@@ -751,7 +751,7 @@ fn children(vm: &mut Vm, pid: i64) -> anyhow::Result<Vec<String>> {
 /// Changes the web service's values in the guest's model and runs
 /// `initctl render`: web reloads (nginx's master keeps its pid, its workers
 /// are new), every other service keeps its pid, the page changes.
-fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
+pub(super) fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let model = model_text()?;
     let server = guest_server(vm)?;
     let title =
