@@ -8,6 +8,7 @@
 
 mod e2e;
 mod updates;
+mod verified;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -130,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.quick {
         e2e::run(&mut runner, &work_root, args.accel);
         updates::run(&mut runner, &work_root, args.accel);
+        verified::run(&mut runner, &work_root, args.accel);
         // The benchmark must keep working; its figures are never checked.
         let output = target.join("bench-quick").join("BENCHMARKS.md");
         runner.step(
