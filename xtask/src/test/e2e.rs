@@ -719,8 +719,23 @@ pub(super) fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> a
         None => page_server.filter(|server| !server.is_empty()),
     };
     let server = server.as_deref();
+    // The declared default (service.xml) lies under every layer of the model.
+    let declared = || {
+        definitions().ok().and_then(|definitions| {
+            definitions
+                .get(service)?
+                .keys
+                .iter()
+                .find(|declaration| declaration.name == key)?
+                .default
+                .clone()
+        })
+    };
     let expected = model_value(&model, service, key, mode, server)
-        .with_context(|| format!("models/default.xml has no {service} {key} for mode {mode}"))?;
+        .or_else(declared)
+        .with_context(|| {
+            format!("neither models/default.xml nor services/{service}/service.xml has a {service} {key} for mode {mode}")
+        })?;
     let server_line = format!("server={} mode={mode}", server.unwrap_or(""));
     if status != 200 || !body.contains(&expected) || !body.contains(&server_line) {
         return Err(vm.failure(&format!(
@@ -756,8 +771,10 @@ pub(super) fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let server = guest_server(vm)?;
     let title =
         model_value(&model, "web", "title", "test", server.as_deref()).context("no web title")?;
-    let level = model_value(&model, "web", "error_log_level", "test", server.as_deref())
-        .context("no web error_log_level")?;
+    // The model may leave the level to service.xml's declared default: then
+    // the new level goes beside the title, in the layer that sets it.
+    let model_level = model_value(&model, "web", "error_log_level", "test", server.as_deref());
+    let level = model_level.clone().unwrap_or_else(|| "warn".to_string());
     let new_title = "nodows changed by the e2e test";
     let new_level = if level == "error" { "crit" } else { "error" };
     let before = running_pids(vm)?;
@@ -765,10 +782,19 @@ pub(super) fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let workers_before = children(vm, web_pid)?;
     // The title is shown on the page (its file needs no reload); the log
     // level is in nginx.conf (on-change reload).
+    let edit = match model_level {
+        Some(_) => format!(
+            "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' \
+             -e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|' \
+             /etc/nodows/model.xml"
+        ),
+        None => format!(
+            "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key><key name=\"error_log_level\">{new_level}</key>|' \
+             /etc/nodows/model.xml"
+        ),
+    };
     vm.succeed(&format!(
-        "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' \
-         -e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|' \
-         /etc/nodows/model.xml && grep -c '{new_title}' /etc/nodows/model.xml"
+        "{edit} && grep -c '{new_title}' /etc/nodows/model.xml"
     ))?;
     let rendered = vm.succeed("initctl render")?;
     let deadline = Instant::now() + SERVICE_TIMEOUT;
