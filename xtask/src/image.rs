@@ -84,6 +84,9 @@ pub struct Args {
     /// The X.509 certificate (PEM) of --secure-boot-key; enrol it in the firmware's db.
     #[arg(long, value_name = "PATH")]
     pub secure_boot_cert: Option<PathBuf>,
+    /// Build a <verified-boot/> profile without dm-verity, the RAM layers and signatures (the benchmark's baseline).
+    #[arg(long)]
+    pub without_verified_boot: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -131,7 +134,13 @@ fn build(args: Args) -> anyhow::Result<()> {
     let mirror_sources =
         |suite: &str| host::source_lines(&apt_sources, suite, args.mirror.as_deref());
     // Resolve once to learn the suite, then with its apt source lines.
-    let plan = plan::resolve(&source, &args.image, &args.profile, Vec::new())?;
+    let plan = plan::resolve_with(
+        &source,
+        &args.image,
+        &args.profile,
+        Vec::new(),
+        !args.without_verified_boot,
+    )?;
     let sources = mirror_sources(&plan.suite)?;
     let plan = plan::Plan { sources, ..plan };
     if args.plan {

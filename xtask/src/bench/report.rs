@@ -68,6 +68,7 @@ pub enum Unit {
     KiB,
     MiB,
     Count,
+    Percent,
 }
 
 impl Unit {
@@ -78,13 +79,14 @@ impl Unit {
             Unit::KiB => "KiB",
             Unit::MiB => "MiB",
             Unit::Count => "",
+            Unit::Percent => "%",
         }
     }
 
     fn format(self, value: f64) -> String {
         let number = match self {
             Unit::Count => format!("{value:.0}"),
-            Unit::Seconds | Unit::MiB => format!("{value:.2}"),
+            Unit::Seconds | Unit::MiB | Unit::Percent => format!("{value:.2}"),
             Unit::Milliseconds => {
                 if value < 10.0 {
                     format!("{value:.2}")
@@ -227,6 +229,7 @@ pub fn suite_from_json(value: &Value) -> Option<Suite> {
             "ms" => Unit::Milliseconds,
             "KiB" => Unit::KiB,
             "MiB" => Unit::MiB,
+            "%" => Unit::Percent,
             _ => Unit::Count,
         };
         suite.row(

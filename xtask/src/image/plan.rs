@@ -200,11 +200,24 @@ fn load_service(source: &Path, name: &str, at: &str) -> Result<ServicePlan, BadI
 }
 
 /// Resolves the plan of `image` x `profile` from the files under `source`.
+#[cfg(test)]
 pub fn resolve(
     source: &Path,
     image: &str,
     profile: &str,
     sources: Vec<String>,
+) -> Result<Plan, BadInput> {
+    resolve_with(source, image, profile, sources, true)
+}
+
+/// `resolve`; with `verified_boot_allowed` false a `<verified-boot/>`
+/// profile is built without it (`--without-verified-boot`, for comparisons).
+pub fn resolve_with(
+    source: &Path,
+    image: &str,
+    profile: &str,
+    sources: Vec<String>,
+    verified_boot_allowed: bool,
 ) -> Result<Plan, BadInput> {
     let image_document = load_named(source, "image", image)?;
     let profile_document = load_named(source, "profile", profile)?;
@@ -490,7 +503,7 @@ pub fn resolve(
     // <verified-boot/>: dm-verity root, configuration in RAM, signed UKI.
     let verified_boot = match profile_root.children_named("verified-boot").next() {
         None => false,
-        Some(_) if ab_data_mib.is_some() => false,
+        Some(_) if ab_data_mib.is_some() || !verified_boot_allowed => false,
         Some(_) => true,
     };
     for element in profile_root.children_named("cmdline") {
