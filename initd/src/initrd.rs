@@ -252,9 +252,10 @@ pub fn run(console: &dyn Fn(&str)) -> String {
     let mut mount_flags = if spec.read_write { 0 } else { libc::MS_RDONLY };
     if let Some(verity) = &verity {
         // The root is only ever read through its hash tree.
+        let reported = loader.errors.len();
         loader.load("dm_verity");
         loader.load("overlay");
-        for error in &loader.errors {
+        for error in &loader.errors[reported..] {
             console(&format!("initrd: module {error}"));
         }
         let mapped = match crate::verity::create_device("root", &device_text, verity) {

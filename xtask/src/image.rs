@@ -178,6 +178,26 @@ fn build(args: Args) -> anyhow::Result<()> {
             host::check_packages(ui, &apt_sources, &plan)
         })?;
     }
+    // The signing key is bad input found before anything slow runs.
+    let secure_boot = match plan.verified_boot {
+        false => None,
+        true => Some(ui.step("verified boot: Secure Boot signing key", |ui| {
+            let keys = secureboot::signing_keys(
+                ui,
+                args.secure_boot_key.as_deref(),
+                args.secure_boot_cert.as_deref(),
+                &target_dir,
+            )?;
+            if keys.created {
+                ui.note(&format!(
+                    "made the per-checkout Secure Boot test key {} (certificate {}; give --secure-boot-key and --secure-boot-cert for your own)",
+                    keys.key.display(),
+                    keys.cert.display()
+                ));
+            }
+            Ok(keys)
+        })?),
+    };
     ui.cleanup_stale(&out_parent);
     ui.cleanup_stale(&cache_dir);
     ui.cleanup_stale_named(&assemble::tmpfs_parent(), ".nodows-");
@@ -228,25 +248,6 @@ fn build(args: Args) -> anyhow::Result<()> {
             }
             ab::install(&settings, staging.path())?;
             Ok(settings)
-        })?),
-    };
-    let secure_boot = match plan.verified_boot {
-        false => None,
-        true => Some(ui.step("verified boot: Secure Boot signing key", |ui| {
-            let keys = secureboot::signing_keys(
-                ui,
-                args.secure_boot_key.as_deref(),
-                args.secure_boot_cert.as_deref(),
-                &target_dir,
-            )?;
-            if keys.created {
-                ui.note(&format!(
-                    "made the per-checkout Secure Boot test key {} (certificate {}; give --secure-boot-key and --secure-boot-cert for your own)",
-                    keys.key.display(),
-                    keys.cert.display()
-                ));
-            }
-            Ok(keys)
         })?),
     };
     ui.step("bake configs (nodows render)", |ui| {
