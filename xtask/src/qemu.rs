@@ -105,6 +105,46 @@ pub const OVMF_SNAKEOIL_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 /// OVMF's empty 4 MiB variable store, for `virt-fw-vars` to enrol keys into.
 pub const OVMF_EMPTY_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// A copy of OVMF's empty 4 MiB store with `cert` as PK, KEK and db and
+/// Secure Boot on, made by `virt-fw-vars` (PyPI's virt-firmware).
+pub fn enrol_secure_boot_key(cert: &Path, output: &Path) -> anyhow::Result<()> {
+    /// The owner GUID of the enrolled certificate (any GUID does).
+    const OWNER: &str = "6c9b4a4e-32f1-4e26-9a0f-0b7d5a1d3e11";
+    let _ = std::fs::remove_file(output);
+    let result = Command::new("virt-fw-vars")
+        .args(["--input", OVMF_EMPTY_VARS_4M, "--output"])
+        .arg(output)
+        .args(["--set-pk", OWNER])
+        .arg(cert)
+        .args(["--add-kek", OWNER])
+        .arg(cert)
+        .args(["--add-db", OWNER])
+        .arg(cert)
+        .arg("--secure-boot")
+        .output()
+        .context("running virt-fw-vars (pip install virt-firmware; .ci/run does)")?;
+    if !result.status.success() {
+        bail!(
+            "virt-fw-vars failed: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The certificate of the per-checkout Secure Boot test key (made by the
+/// first verified image build).
+pub fn secure_boot_test_cert() -> anyhow::Result<PathBuf> {
+    let cert = target_dir()?.join("nodows-keys/secureboot-test.crt");
+    if !cert.is_file() {
+        bail!(
+            "{} is missing: build a verified image (e.g. --profile production) with the test key first",
+            cert.display()
+        );
+    }
+    Ok(cert)
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// Names the work directory (logs, overlay, sockets).

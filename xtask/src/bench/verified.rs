@@ -6,10 +6,9 @@
 //! the root partition.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _};
+use anyhow::Context as _;
 use xshell::cmd;
 
 use super::report::{Stat, Suite, Unit};
@@ -18,7 +17,6 @@ use crate::boot::BuiltImage;
 use crate::qemu::{self, Firmware, Vm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
-const KEY_OWNER: &str = "6c9b4a4e-32f1-4e26-9a0f-0b7d5a1d3e11";
 
 fn build(context: &Context, out: &Path, without: bool) -> anyhow::Result<BuiltImage> {
     let sh = &context.sh;
@@ -39,26 +37,8 @@ fn build(context: &Context, out: &Path, without: bool) -> anyhow::Result<BuiltIm
 
 /// OVMF's empty store with the build's test certificate as PK, KEK and db.
 fn enrolled_vars(work: &Path) -> anyhow::Result<PathBuf> {
-    let cert = qemu::target_dir()?.join("nodows-keys/secureboot-test.crt");
     let vars = work.join("user-key-vars.fd");
-    let _ = std::fs::remove_file(&vars);
-    let output = Command::new("virt-fw-vars")
-        .args(["--input", qemu::OVMF_EMPTY_VARS_4M, "--output"])
-        .arg(&vars)
-        .args(["--set-pk", KEY_OWNER])
-        .arg(&cert)
-        .args(["--add-kek", KEY_OWNER])
-        .arg(&cert)
-        .args(["--add-db", KEY_OWNER])
-        .arg(&cert)
-        .arg("--secure-boot")
-        .output()
-        .context("running virt-fw-vars (pip install virt-firmware)")?;
-    ensure!(
-        output.status.success(),
-        "virt-fw-vars: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    qemu::enrol_secure_boot_key(&qemu::secure_boot_test_cert()?, &vars)?;
     Ok(vars)
 }
 

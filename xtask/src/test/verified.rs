@@ -39,8 +39,6 @@ const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
 const SNAKEOIL_KEY: &str = "/usr/share/ovmf/PkKek-1-snakeoil.key";
 const SNAKEOIL_PASSPHRASE: &str = "pass:snakeoil";
 const SNAKEOIL_CERT: &str = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
-/// The owner GUID of the keys the tests enrol (any GUID does).
-const KEY_OWNER: &str = "6c9b4a4e-32f1-4e26-9a0f-0b7d5a1d3e11";
 /// The ESP starts at 1 MiB (mtools' `-i FILE@@OFFSET`).
 const ESP_OFFSET: &str = "1M";
 const UKI: &str = "::EFI/Linux/nodows.efi";
@@ -51,22 +49,13 @@ const CORRUPTED_FILE: &str = "/usr/bin/zstd";
 pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     let work = work_root.join("verified");
     let image = |profile: &str| BuiltImage::find(None, IMAGE, profile);
-    let test_cert = || -> anyhow::Result<PathBuf> {
-        let cert = qemu::target_dir()?.join("nodows-keys/secureboot-test.crt");
-        ensure!(
-            cert.is_file(),
-            "{} is missing: the verified images were built with another key",
-            cert.display()
-        );
-        Ok(cert)
-    };
     let user_vars = work.join("user-key-vars.fd");
 
     runner.step(
         "verified 1 production: Secure Boot with the build's key (virt-fw-vars), dm-verity root, ready, web page",
         || {
             std::fs::create_dir_all(&work)?;
-            enrol(&test_cert()?, &user_vars)?;
+            qemu::enrol_secure_boot_key(&qemu::secure_boot_test_cert()?, &user_vars)?;
             let image = image("production")?;
             let mut config = secure_config(&image, "verified-production", &user_vars, &work, accel);
             config.forward_tcp = vec![80];
@@ -327,30 +316,6 @@ fn expect_refusal(config: &VmConfig, first: &str, second: &str) -> anyhow::Resul
     }
     eprintln!("    refused: {}", line.trim());
     vm.kill();
-    Ok(())
-}
-
-/// A copy of OVMF's empty 4 MiB store with `cert` as PK, KEK and db and
-/// Secure Boot on (virt-fw-vars from PyPI's virt-firmware).
-fn enrol(cert: &Path, output: &Path) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(output);
-    let result = Command::new("virt-fw-vars")
-        .args(["--input", qemu::OVMF_EMPTY_VARS_4M, "--output"])
-        .arg(output)
-        .args(["--set-pk", KEY_OWNER])
-        .arg(cert)
-        .args(["--add-kek", KEY_OWNER])
-        .arg(cert)
-        .args(["--add-db", KEY_OWNER])
-        .arg(cert)
-        .arg("--secure-boot")
-        .output()
-        .context("running virt-fw-vars (pip install virt-firmware; .ci/run does)")?;
-    ensure!(
-        result.status.success(),
-        "virt-fw-vars failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
     Ok(())
 }
 
