@@ -19,7 +19,7 @@ use anyhow::{bail, ensure, Context as _};
 
 use super::Runner;
 use crate::boot::BuiltImage;
-use crate::qemu::{self, Accel, Disk, Vm};
+use crate::qemu::{self, Accel, Disk, Pattern, Vm};
 
 const IMAGE: &str = "debian-ab";
 const PROFILE: &str = "test";
@@ -195,9 +195,11 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             let mut tries = 0;
             let booted = loop {
                 let mut booted = machine.boot()?;
-                booted.wait_for_console_text("nodows: boot slot=", READY_TIMEOUT)?;
-                let text = booted.console_text();
-                if text.contains("nodows: boot slot=a version=3 state=trial") {
+                let line = booted.wait_for_console_text(
+                    Pattern::regex(r"^nodows: boot slot=\S+ version=\S+ state="),
+                    READY_TIMEOUT,
+                )?;
+                if line.contains("nodows: boot slot=a version=3 state=trial") {
                     tries += 1;
                     ensure!(
                         tries <= 3,
