@@ -4,7 +4,8 @@
 //! Suites: `boot` (QEMU start to ready, nodows vs Debian with systemd, plus
 //! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
 //! the host), `image` (cold and warm builds of the dev image vs a bare
-//! mmdebstrap), `render` (one key changed among 1,000 services).
+//! mmdebstrap), `render` (one key changed among 1,000 services), `update`
+//! (A/B update artifact size, update and reboot times).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
 
 mod boot;
@@ -12,6 +13,7 @@ mod image;
 mod render;
 mod report;
 mod supervisor;
+mod update;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,7 +29,7 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image or render.
+    /// Run one suite only: boot, supervisor, image, render or update.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -38,7 +40,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 4] = ["boot", "supervisor", "image", "render"];
+const SUITES: [&str; 5] = ["boot", "supervisor", "image", "render", "update"];
 
 /// What every suite needs: where to work and how much to run.
 pub struct Context {
@@ -169,6 +171,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         Some("skipped under --quick (it takes minutes)".to_owned());
                 } else {
                     let result = image::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
+                suite
+            }
+            "update" => {
+                let mut suite = Suite::new("update", "A/B update (debian-ab, TCG)");
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it builds two images)".to_owned());
+                } else {
+                    let result = update::run(&context, &mut suite);
                     broken |= finish(&mut suite, result);
                 }
                 suite

@@ -11,6 +11,7 @@
 //! agent (ARCHITECTURE.md, "The test agent") is reached through a
 //! virtio-serial port named `org.nodows.agent` on a unix socket.
 
+pub mod file_server;
 pub mod fixture;
 
 use std::fmt::Write as _;

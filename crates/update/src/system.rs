@@ -97,8 +97,11 @@ fn find(partitions: &[Partition], name: &str) -> Result<Partition> {
 }
 
 /// The ESP mounted at /run/nodows/esp; unmounted on drop (a clean FAT).
+/// One process at a time (`/run/nodows/esp.lock`): initd's `bless` and an
+/// operator's `update` or `boot-status` wait for each other.
 pub struct MountedEsp {
     pub path: PathBuf,
+    _lock: std::fs::File,
 }
 
 impl MountedEsp {
@@ -106,6 +109,13 @@ impl MountedEsp {
         let esp = find(&partitions()?, "esp")?;
         let path = PathBuf::from(ESP_MOUNT);
         std::fs::create_dir_all(&path).map_err(io_error(path.display()))?;
+        let lock_path = "/run/nodows/esp.lock";
+        let lock = std::fs::File::create(lock_path).map_err(io_error(lock_path))?;
+        // SAFETY: flock on an open descriptor; released when the file closes.
+        if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0
+        {
+            return Err(io_error(lock_path)(std::io::Error::last_os_error()));
+        }
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         if mounts
             .lines()
@@ -133,7 +143,7 @@ impl MountedEsp {
                 std::io::Error::last_os_error()
             )));
         }
-        Ok(MountedEsp { path })
+        Ok(MountedEsp { path, _lock: lock })
     }
 }
 
