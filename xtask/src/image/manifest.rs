@@ -275,7 +275,7 @@ fn write_documents(
     files: &[FileEntry],
     layout: &Layout,
 ) -> anyhow::Result<()> {
-    let manifest = json!({
+    let mut manifest = json!({
         "image": plan.image,
         "profile": plan.profile,
         "mode": plan.mode,
@@ -290,12 +290,6 @@ fn write_documents(
             "esp_partuuid": layout.esp_guid,
             "root_partuuid": layout.root_guid,
             "root_fs_uuid": layout.root_fs_uuid,
-            "ab": layout.ab.as_ref().map(|ab| json!({
-                "root_b_partuuid": ab.root_b_guid,
-                "data_partuuid": ab.data_guid,
-                "data_fs_uuid": ab.data_fs_uuid,
-                "slot_size_mib": layout.root_size_mib,
-            })),
         },
         "services": plan.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "packages": packages.iter().map(|p| json!({
@@ -317,6 +311,14 @@ fn write_documents(
         serde_json::to_string_pretty(&manifest)? + "\n",
     )?;
 
+    if let Some(ab) = &layout.ab {
+        manifest["disk"]["ab"] = json!({
+            "root_b_partuuid": ab.root_b_guid,
+            "data_partuuid": ab.data_guid,
+            "data_fs_uuid": ab.data_fs_uuid,
+            "slot_size_mib": layout.root_size_mib,
+        });
+    }
     let sbom = json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
