@@ -116,6 +116,7 @@ impl MountedEsp {
         {
             return Err(io_error(lock_path)(std::io::Error::last_os_error()));
         }
+        repair_fat(&esp.device);
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         if mounts
             .lines()
@@ -143,7 +144,44 @@ impl MountedEsp {
                 std::io::Error::last_os_error()
             )));
         }
+        remove_salvaged(&path);
         Ok(MountedEsp { path, _lock: lock })
+    }
+}
+
+/// `fsck.fat -a` on the unmounted ESP: a power cut during a FAT write
+/// (ours, or systemd-boot's counter rename) can leave a broken cluster
+/// chain, which makes Linux's vfat remount read-only when the file is next
+/// touched. Without dosfstools the ESP is used as it is.
+fn repair_fat(device: &Path) {
+    let status = std::process::Command::new("fsck.fat")
+        .args(["-a", "-w"])
+        .arg(device)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Ok(status) = status {
+        if status.code() == Some(1) {
+            eprintln!(
+                "nodows: repaired the file system of the ESP {}",
+                device.display()
+            );
+        }
+    }
+}
+
+/// fsck.fat -a saves lost cluster chains (half-written files of a cut) as
+/// FSCKnnnn.REC in the root: they are never wanted.
+fn remove_salvaged(esp: &Path) {
+    let Ok(items) = std::fs::read_dir(esp) else {
+        return;
+    };
+    for item in items.flatten() {
+        let name = item.file_name().to_string_lossy().to_uppercase();
+        if name.starts_with("FSCK") && name.ends_with(".REC") {
+            let _ = std::fs::remove_file(item.path());
+        }
     }
 }
 
