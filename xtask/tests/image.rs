@@ -239,6 +239,31 @@ fn unknown_service_and_missing_disk_are_reported_together() {
     assert!(message.contains("needs a <disk size="), "{message}");
 }
 
+#[test]
+fn a_bad_ab_layout_is_bad_input() {
+    let scratch = Scratch::new("ab-layout");
+    scratch.edit(
+        "images/debian-ab.xml",
+        "<disk size=\"2048MiB\" esp=\"64MiB\" layout=\"ab\" data=\"64MiB\"/>",
+        "<disk size=\"256MiB\" esp=\"64MiB\" layout=\"abc\" data=\"64MiB\"/>",
+    );
+    let output = xtask(&[
+        "--plan",
+        "--image",
+        "debian-ab",
+        "--source",
+        scratch.source(),
+        "--mirror",
+        MIRROR,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("images/debian-ab.xml:13: <disk layout=\"abc\"> must be `single` or `ab`"),
+        "{message}"
+    );
+}
+
 /// A service package Debian does not have stops the build before any slow
 /// step, naming the service file; nothing is written to the output.
 #[test]
