@@ -25,7 +25,7 @@ const PROFILE: &str = "test";
 /// OVMF and systemd-boot under TCG, on a busy machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(420);
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
-/// A trial boot that is not ready reboots after nodows.trial-timeout=90
+/// A trial boot that is not ready reboots after nodows.trial-timeout=60
 /// (images/debian-ab.xml); with the firmware, a boot takes a few minutes.
 const FAILED_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Power cuts in `cargo xtask test` (NODOWS_FAULT_RUNS overrides; a longer
@@ -205,7 +205,7 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                         "v3 booted a fourth time: its tries did not run out"
                     );
                     booted.wait_for_console_text(
-                        "nodows: boot on trial not ready after 90s: rebooting",
+                        "nodows: boot on trial not ready after 60s: rebooting",
                         FAILED_BOOT_TIMEOUT,
                     )?;
                     booted.wait_for_exit(Duration::from_secs(120))?;
