@@ -4,15 +4,19 @@
 //! Suites: `boot` (QEMU start to ready, nodows vs Debian with systemd, plus
 //! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
 //! the host), `image` (cold and warm builds of the dev image vs a bare
-//! mmdebstrap), `render` (one key changed among 1,000 services), `verified`
-//! (boot with dm-verity and Secure Boot against the same image without).
+//! mmdebstrap), `flash` (every output format's size; flashing against dd
+//! and bmaptool), `render` (one key changed among 1,000 services), `update`
+//! (A/B update artifact size, update and reboot times), `verified` (boot
+//! with dm-verity and Secure Boot against the same image without).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
 
 mod boot;
+mod flash;
 mod image;
 mod render;
 mod report;
 mod supervisor;
+mod update;
 mod verified;
 
 use std::path::PathBuf;
@@ -29,7 +33,7 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image, render or verified.
+    /// Run one suite only: boot, supervisor, image, flash, render, update or verified.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -40,7 +44,15 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 5] = ["boot", "supervisor", "image", "render", "verified"];
+const SUITES: [&str; 7] = [
+    "boot",
+    "supervisor",
+    "image",
+    "flash",
+    "render",
+    "update",
+    "verified",
+];
 
 /// What every suite needs: where to work and how much to run.
 pub struct Context {
@@ -73,7 +85,8 @@ impl Context {
     /// Builds the static initd and returns its path.
     pub fn initd_binary(&self) -> anyhow::Result<PathBuf> {
         let sh = &self.sh;
-        let target = "x86_64-unknown-linux-musl";
+        let target = crate::toolchain::MUSL;
+        crate::toolchain::ensure_target(target)?;
         cmd!(
             sh,
             "cargo build --quiet --release --package initd --target {target}"
@@ -180,8 +193,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "verified",
                     "Verified boot: dm-verity and Secure Boot against the same image without (OVMF)",
                 );
-                let result = verified::run(&context, &mut suite);
-                broken |= finish(&mut suite, result);
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it builds two images)".to_owned());
+                } else {
+                    let result = verified::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
+                suite
+            }
+            "update" => {
+                let mut suite = Suite::new("update", "A/B update (debian-ab, TCG)");
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it builds two images)".to_owned());
+                } else {
+                    let result = update::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
+                suite
+            }
+            "flash" => {
+                let mut suite = Suite::new(
+                    "flash",
+                    "Output formats and flashing (cargo xtask flash against dd and bmaptool)",
+                );
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it builds every format)".to_owned());
+                } else {
+                    let result = flash::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
                 suite
             }
             _ => {

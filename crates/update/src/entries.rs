@@ -133,7 +133,11 @@ pub fn remove_slot_entries(esp: &Path, slot: Slot) -> Result<Vec<Entry>> {
     for item in std::fs::read_dir(&dir).map_err(io_error(dir.display()))? {
         let item = item.map_err(io_error(dir.display()))?;
         let name = item.file_name().to_string_lossy().into_owned();
-        if name.starts_with("nodows-") && name.ends_with(&format!("-{slot}.conf.new")) {
+        let leftover = name
+            .strip_suffix(".new")
+            .and_then(Entry::parse_name)
+            .is_some_and(|(_, of, _, _)| of == slot);
+        if leftover {
             std::fs::remove_file(item.path()).map_err(io_error(item.path().display()))?;
         }
     }

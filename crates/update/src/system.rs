@@ -97,8 +97,11 @@ fn find(partitions: &[Partition], name: &str) -> Result<Partition> {
 }
 
 /// The ESP mounted at /run/nodows/esp; unmounted on drop (a clean FAT).
+/// One process at a time (`/run/nodows/esp.lock`): initd's `bless` and an
+/// operator's `update` or `boot-status` wait for each other.
 pub struct MountedEsp {
     pub path: PathBuf,
+    _lock: std::fs::File,
 }
 
 impl MountedEsp {
@@ -106,6 +109,14 @@ impl MountedEsp {
         let esp = find(&partitions()?, "esp")?;
         let path = PathBuf::from(ESP_MOUNT);
         std::fs::create_dir_all(&path).map_err(io_error(path.display()))?;
+        let lock_path = "/run/nodows/esp.lock";
+        let lock = std::fs::File::create(lock_path).map_err(io_error(lock_path))?;
+        // SAFETY: flock on an open descriptor; released when the file closes.
+        if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0
+        {
+            return Err(io_error(lock_path)(std::io::Error::last_os_error()));
+        }
+        repair_fat(&esp.device);
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         if mounts
             .lines()
@@ -133,7 +144,44 @@ impl MountedEsp {
                 std::io::Error::last_os_error()
             )));
         }
-        Ok(MountedEsp { path })
+        remove_salvaged(&path);
+        Ok(MountedEsp { path, _lock: lock })
+    }
+}
+
+/// `fsck.fat -a` on the unmounted ESP: a power cut during a FAT write
+/// (ours, or systemd-boot's counter rename) can leave a broken cluster
+/// chain, which makes Linux's vfat remount read-only when the file is next
+/// touched. Without dosfstools the ESP is used as it is.
+fn repair_fat(device: &Path) {
+    let status = std::process::Command::new("fsck.fat")
+        .args(["-a", "-w"])
+        .arg(device)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Ok(status) = status {
+        if status.code() == Some(1) {
+            eprintln!(
+                "nodows: repaired the file system of the ESP {}",
+                device.display()
+            );
+        }
+    }
+}
+
+/// fsck.fat -a saves lost cluster chains (half-written files of a cut) as
+/// FSCKnnnn.REC in the root: they are never wanted.
+fn remove_salvaged(esp: &Path) {
+    let Ok(items) = std::fs::read_dir(esp) else {
+        return;
+    };
+    for item in items.flatten() {
+        let name = item.file_name().to_string_lossy().to_uppercase();
+        if name.starts_with("FSCK") && name.ends_with(".REC") {
+            let _ = std::fs::remove_file(item.path());
+        }
     }
 }
 

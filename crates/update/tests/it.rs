@@ -389,3 +389,18 @@ fn a_second_update_after_a_failed_one_replaces_the_failed_entry() {
         ["nodows-1-a.conf", "nodows-2-b+3.conf"]
     );
 }
+
+/// Guards the cut between writing a new entry's temporary file and its
+/// rename: the leftover is removed by the next update of that slot.
+#[test]
+fn a_leftover_temporary_entry_is_removed_by_the_next_update() {
+    let fixture = Fixture::new("leftover");
+    let dir = fixture.dir.join("esp").join(entries::ENTRIES_DIR);
+    std::fs::write(dir.join("nodows-2-b+3.conf.new"), "half").unwrap();
+    let artifact = fixture.artifact(&fixture.release, 1 << 20, &fixture.key);
+    fixture.apply(&artifact).unwrap();
+    assert_eq!(
+        fixture.entry_files(),
+        ["nodows-1-a.conf", "nodows-2-b+3.conf"]
+    );
+}

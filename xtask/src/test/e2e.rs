@@ -4,7 +4,8 @@
 //! share one machine, in the order of the issue's list.
 //!   boot 1, test profile: ready, services, web page, render, respawn, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
-//!   boot 3, dev; boot 4, failover; boot 5, production (no agent: console lines)
+//!   boot 3, dev from its vmdk output; boot 4, failover from the copy `cargo xtask flash
+//!   --to-file` wrote; boot 5, production (no agent: console lines)
 //!   boot 6, test profile through OVMF (`--uefi`)
 
 use std::collections::BTreeMap;
@@ -41,6 +42,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     let mut built: BTreeMap<&str, BuiltImage> = BTreeMap::new();
     for profile in PROFILES {
         let name = format!("cargo xtask image --image {IMAGE} --profile {profile}");
+        // The dev image also writes the vmdk its boot below uses.
+        let formats = if profile == "dev" {
+            "raw,qcow2,vmdk"
+        } else {
+            "raw,qcow2"
+        };
         runner.step(&name, || {
             super::run_command(&mut super::cargo_xtask(&[
                 "image",
@@ -48,6 +55,8 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                 IMAGE,
                 "--profile",
                 profile,
+                "--format",
+                formats,
             ]))?;
             built.insert(profile, BuiltImage::find(None, IMAGE, profile)?);
             Ok(())
@@ -80,6 +89,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     runner.step(
         "e2e 3 test: initctl render reloads only web and the page changes",
         || check_render_reload(booted(&mut test_vm)?),
+    );
+    runner.step(
+        "e2e 3 test: a live model value outside its type is refused, nothing changes",
+        || check_bad_value_refused(booted(&mut test_vm)?),
     );
     runner.step("e2e 4 test: a killed service is respawned", || {
         check_respawn(booted(&mut test_vm)?, "web")
@@ -160,9 +173,14 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     );
 
     runner.step(
-        "e2e 1 dev: boots to ready, services running, web page",
+        "e2e 1 dev: boots from its vmdk output to ready, services running, web page",
         || {
+            // QEMU reads the streamOptimized VMDK as VMware would.
             let image = image("dev")?;
+            let image = BuiltImage {
+                raw: image.raw.with_extension("vmdk"),
+                ..image
+            };
             let mut vm = context.start(&image, "dev", "")?;
             let ready = vm.wait_for_ready(READY_TIMEOUT)?;
             eprintln!(
@@ -176,9 +194,20 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
-        "e2e 1 failover: boots to ready, the mode's services are running",
+        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), boots to ready, the mode's services are running",
         || {
+            // The copy `cargo xtask flash` writes is what boots.
             let image = image("failover")?;
+            let flashed = context.work_root.join("flashed-debian-failover.raw");
+            std::fs::create_dir_all(&context.work_root)?;
+            let flashed_text = flashed.to_string_lossy().into_owned();
+            super::run_command(&mut super::cargo_xtask(&[
+                "flash", "--image", IMAGE, "--profile", "failover", "--to-file", &flashed_text, "--yes",
+            ]))?;
+            let image = BuiltImage {
+                raw: flashed,
+                ..image
+            };
             let mut vm = context.start(&image, "failover", "")?;
             vm.wait_for_ready(READY_TIMEOUT)?;
             check_console_services(&mut vm, &image, "failover")?;
@@ -641,7 +670,8 @@ fn element<'a>(text: &'a str, tag: &str, attribute: &str, value: &str) -> Option
     Some(&text[start..end])
 }
 
-/// A key of a service as layered by the model: defaults, then the profile, then the server.
+/// A key of a service as layered by the renderer: its declared default, the
+/// model's defaults, then the profile, then the server.
 fn model_value(
     model: &str,
     service: &str,
@@ -658,7 +688,18 @@ fn model_value(
         element(model, "profile", "name", mode),
         server.and_then(|server| element(model, "server", "id", server)),
     ];
-    let mut value = None;
+    // Under the model's layers: the service's declared default.
+    let mut value = servicedef::parse_file(
+        &qemu::workspace_root().join(format!("services/{service}/service.xml")),
+    )
+    .ok()
+    .and_then(|definition| {
+        definition
+            .keys
+            .into_iter()
+            .find(|declaration| declaration.name == key)
+            .and_then(|declaration| declaration.default)
+    });
     for layer in layers.into_iter().flatten() {
         if let Some(keys) = element(layer, "service", "name", service) {
             if let Some(found) = element(keys, "key", "name", key) {
@@ -719,23 +760,8 @@ pub(super) fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> a
         None => page_server.filter(|server| !server.is_empty()),
     };
     let server = server.as_deref();
-    // The declared default (service.xml) lies under every layer of the model.
-    let declared = || {
-        definitions().ok().and_then(|definitions| {
-            definitions
-                .get(service)?
-                .keys
-                .iter()
-                .find(|declaration| declaration.name == key)?
-                .default
-                .clone()
-        })
-    };
     let expected = model_value(&model, service, key, mode, server)
-        .or_else(declared)
-        .with_context(|| {
-            format!("neither models/default.xml nor services/{service}/service.xml has a {service} {key} for mode {mode}")
-        })?;
+        .with_context(|| format!("models/default.xml has no {service} {key} for mode {mode}"))?;
     let server_line = format!("server={} mode={mode}", server.unwrap_or(""));
     if status != 200 || !body.contains(&expected) || !body.contains(&server_line) {
         return Err(vm.failure(&format!(
@@ -763,6 +789,40 @@ fn children(vm: &mut Vm, pid: i64) -> anyhow::Result<Vec<String>> {
     Ok(pids)
 }
 
+/// Sets web's port to `80; evil` in every layer of the guest's model that
+/// sets a title and runs `initctl render`: it fails, the renderer says why
+/// on the console (the model's line and the key), no file changes and no
+/// service restarts; the good model renders again afterwards.
+fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
+    let before = running_pids(vm)?;
+    let config_before = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    let mark = vm.console_mark();
+    vm.succeed(
+        "cp /etc/nodows/model.xml /run/model.good && \
+         sed -i 's|\\(<key name=\"title\">[^<]*</key>\\)|\\1<key name=\"port\">80; evil</key>|' /etc/nodows/model.xml && \
+         grep -c '80; evil' /etc/nodows/model.xml",
+    )?;
+    let reply = vm.fail("initctl render")?;
+    vm.wait_for_console_text_since(
+        mark,
+        "key `port` of service `web` is \"80; evil\": expected a port number 1-65535",
+        SERVICE_TIMEOUT,
+    )?;
+    let config_after = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    ensure!(
+        config_before == config_after,
+        "a refused model changed the nginx site:\n{config_after}"
+    );
+    let after = running_pids(vm)?;
+    if before != after {
+        return Err(vm.failure(&format!(
+            "a refused model changed service pids ({reply}): before {before:?}, after {after:?}"
+        )));
+    }
+    vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
+    Ok(())
+}
+
 /// Changes the web service's values in the guest's model and runs
 /// `initctl render`: web reloads (nginx's master keeps its pid, its workers
 /// are new), every other service keeps its pid, the page changes.
@@ -771,10 +831,8 @@ pub(super) fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let server = guest_server(vm)?;
     let title =
         model_value(&model, "web", "title", "test", server.as_deref()).context("no web title")?;
-    // The model may leave the level to service.xml's declared default: then
-    // the new level goes beside the title, in the layer that sets it.
-    let model_level = model_value(&model, "web", "error_log_level", "test", server.as_deref());
-    let level = model_level.clone().unwrap_or_else(|| "warn".to_string());
+    let level = model_value(&model, "web", "error_log_level", "test", server.as_deref())
+        .context("no web error_log_level")?;
     let new_title = "nodows changed by the e2e test";
     let new_level = if level == "error" { "crit" } else { "error" };
     let before = running_pids(vm)?;
@@ -782,19 +840,16 @@ pub(super) fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let workers_before = children(vm, web_pid)?;
     // The title is shown on the page (its file needs no reload); the log
     // level is in nginx.conf (on-change reload).
-    let edit = match model_level {
-        Some(_) => format!(
-            "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' \
-             -e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|' \
-             /etc/nodows/model.xml"
-        ),
-        None => format!(
-            "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key><key name=\"error_log_level\">{new_level}</key>|' \
-             /etc/nodows/model.xml"
-        ),
+    // The level may be the declared default (not in the model): then it is
+    // set beside the title, in the layer that sets the title.
+    let level_edit = if model.contains(&format!("<key name=\"error_log_level\">{level}</key>")) {
+        format!("-e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|'")
+    } else {
+        format!("-e 's|<key name=\"title\">{new_title}</key>|&<key name=\"error_log_level\">{new_level}</key>|'")
     };
     vm.succeed(&format!(
-        "{edit} && grep -c '{new_title}' /etc/nodows/model.xml"
+        "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' {level_edit} \
+         /etc/nodows/model.xml && grep -c '{new_title}' /etc/nodows/model.xml"
     ))?;
     let rendered = vm.succeed("initctl render")?;
     let deadline = Instant::now() + SERVICE_TIMEOUT;
@@ -867,7 +922,12 @@ mod tests {
             model_value(model, "web", "port", "test", Some("web02")).as_deref(),
             Some("80")
         );
-        assert_eq!(model_value(model, "ssh", "port", "test", None), None);
+        // Not in the model: the declared default of services/ssh/service.xml.
+        assert_eq!(
+            model_value(model, "ssh", "port", "test", None).as_deref(),
+            Some("22")
+        );
+        assert_eq!(model_value(model, "ssh", "no_such_key", "test", None), None);
     }
 
     #[test]

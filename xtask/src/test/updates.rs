@@ -10,8 +10,6 @@
 //!   and during the first boot of the new slot, each followed by a boot that
 //!   must be consistent.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,14 +17,15 @@ use anyhow::{bail, ensure, Context as _};
 
 use super::Runner;
 use crate::boot::BuiltImage;
-use crate::qemu::{self, Accel, Disk, Vm};
+use crate::qemu::file_server::FileServer;
+use crate::qemu::{self, Accel, Disk, Pattern, Vm};
 
 const IMAGE: &str = "debian-ab";
 const PROFILE: &str = "test";
 /// OVMF and systemd-boot under TCG, on a busy machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(420);
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
-/// A trial boot that is not ready reboots after nodows.trial-timeout=90
+/// A trial boot that is not ready reboots after nodows.trial-timeout=60
 /// (images/debian-ab.xml); with the firmware, a boot takes a few minutes.
 const FAILED_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Power cuts in `cargo xtask test` (NODOWS_FAULT_RUNS overrides; a longer
@@ -83,7 +82,7 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     }
     let image =
         |version: &str| BuiltImage::find(Some(&dir.join(format!("v{version}"))), IMAGE, PROFILE);
-    let server = match ArtifactServer::start(&dir) {
+    let server = match FileServer::start(&dir) {
         Ok(server) => server,
         Err(error) => {
             runner.step("e2e updates: artifact server on 127.0.0.1", || Err(error));
@@ -195,16 +194,18 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             let mut tries = 0;
             let booted = loop {
                 let mut booted = machine.boot()?;
-                booted.wait_for_console_text("nodows: boot slot=", READY_TIMEOUT)?;
-                let text = booted.console_text();
-                if text.contains("nodows: boot slot=a version=3 state=trial") {
+                let line = booted.wait_for_console_text(
+                    Pattern::regex(r"^nodows: boot slot=\S+ version=\S+ state="),
+                    READY_TIMEOUT,
+                )?;
+                if line.contains("nodows: boot slot=a version=3 state=trial") {
                     tries += 1;
                     ensure!(
                         tries <= 3,
                         "v3 booted a fourth time: its tries did not run out"
                     );
                     booted.wait_for_console_text(
-                        "nodows: boot on trial not ready after 90s: rebooting",
+                        "nodows: boot on trial not ready after 60s: rebooting",
                         FAILED_BOOT_TIMEOUT,
                     )?;
                     booted.wait_for_exit(Duration::from_secs(120))?;
@@ -406,57 +407,6 @@ fn check_consistent(vm: &mut Vm) -> anyhow::Result<Running> {
         bail!("the root file system has errors: {bad}");
     }
     Ok(running)
-}
-
-/// Serves files under a directory over HTTP/1.0 on 127.0.0.1 (the guest's 10.0.2.2).
-struct ArtifactServer {
-    port: u16,
-}
-
-impl ArtifactServer {
-    fn start(root: &Path) -> anyhow::Result<ArtifactServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
-        let port = listener.local_addr()?.port();
-        let root = root.to_path_buf();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let root = root.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(&root, stream);
-                });
-            }
-        });
-        Ok(ArtifactServer { port })
-    }
-}
-
-fn serve(root: &Path, stream: std::net::TcpStream) -> anyhow::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-    }
-    let mut stream = stream;
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let file = (!path.contains(".."))
-        .then(|| root.join(path.trim_start_matches('/')))
-        .and_then(|file| std::fs::File::open(file).ok());
-    match file {
-        Some(mut file) => {
-            let length = file.metadata()?.len();
-            write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {length}\r\nContent-Type: application/octet-stream\r\n\r\n")?;
-            std::io::copy(&mut file, &mut stream)?;
-        }
-        None => write!(
-            stream,
-            "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"
-        )?,
-    }
-    Ok(())
 }
 
 /// Cut points from a seed that is printed, so a failing run can be repeated.
