@@ -227,6 +227,19 @@ pub fn integrity_message(record: &str) -> Option<&str> {
 /// Where integrity errors are kept for `cat` and the tests (status).
 pub const INTEGRITY_LOG: &str = "/run/nodows/integrity.log";
 
+/// The line `initctl status` starts with when INTEGRITY_LOG has errors:
+/// their count and the last one. Empty when there are none.
+pub fn integrity_status(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|line| !line.trim().is_empty()).collect();
+    match lines.last() {
+        None => String::new(),
+        Some(last) => format!(
+            "integrity: {} dm-verity error(s) (reads failed with EIO), last: {last}\n",
+            lines.len()
+        ),
+    }
+}
+
 /// A thread that follows the kernel log and reports every dm-verity error
 /// on the console (`nodows: integrity: ...`) and in INTEGRITY_LOG. It never
 /// stops PID 1: when /dev/kmsg cannot be read it ends quietly.
@@ -361,6 +374,15 @@ mod tests {
             None
         );
         assert_eq!(integrity_message("no separator"), None);
+    }
+
+    #[test]
+    fn integrity_errors_head_the_status() {
+        assert_eq!(integrity_status(""), "");
+        assert_eq!(
+            integrity_status("device-mapper: verity: 254:0: data block 7 is corrupted\ndevice-mapper: verity: 254:0: data block 9 is corrupted\n"),
+            "integrity: 2 dm-verity error(s) (reads failed with EIO), last: device-mapper: verity: 254:0: data block 9 is corrupted\n"
+        );
     }
 
     #[test]

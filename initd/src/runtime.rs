@@ -1304,6 +1304,11 @@ impl Runtime {
             .as_ref()
             .map(Assessment::status_line)
             .unwrap_or_default();
+        if self.options.pid1 {
+            out.push_str(&crate::pid1::integrity_status(
+                &std::fs::read_to_string(crate::pid1::INTEGRITY_LOG).unwrap_or_default(),
+            ));
+        }
         out.push_str(&format!("mode {}\n", self.supervisor.mode()));
         for service in self.supervisor.services() {
             out.push_str(&format!(

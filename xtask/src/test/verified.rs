@@ -268,6 +268,11 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             vm.wait_for_console_text_since(mark, "nodows: integrity: device-mapper: verity", Duration::from_secs(30))?;
             let log = vm.succeed("cat /run/nodows/integrity.log")?;
             ensure!(log.contains("is corrupted"), "/run/nodows/integrity.log does not name the corruption: {log}");
+            let status = vm.succeed("initctl status")?;
+            ensure!(
+                status.starts_with("integrity: "),
+                "initctl status does not report the integrity error:\n{status}"
+            );
             vm.kill();
             drop(vm);
             let _ = std::fs::remove_file(&copy);
