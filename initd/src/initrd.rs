@@ -280,6 +280,11 @@ pub fn run(console: &dyn Fn(&str)) -> String {
         mount_flags,
         spec.flags.as_deref().unwrap_or(""),
     ) {
+        if verity.is_some() {
+            return format!(
+                "{error} (root={root} through dm-verity: an I/O error means blocks of the partition do not match the root hash on the command line)"
+            );
+        }
         return format!("{error} (root={root})");
     }
     if verity.is_some() {
