@@ -602,7 +602,9 @@ pub fn resolve_with(
         // The initrd maps the root read-only through its hash tree.
         cmdline.retain(|word| *word != "rw");
         cmdline.push("ro");
-        for module in ["dm_verity", "overlay"] {
+        // sha256_ssse3: the SSSE3/AVX2/SHA-NI sha256 the hash tree is
+        // checked with (dm-verity otherwise gets sha256-generic).
+        for module in ["sha256_ssse3", "dm_verity", "overlay"] {
             if !initrd_modules.iter().any(|name| name == module) {
                 initrd_modules.push(module.to_owned());
             }
