@@ -90,6 +90,11 @@ fn every_output_format_the_sbom_and_flash() {
             &["compare", "-f", "raw", "-F", qemu_format, raw_str, path],
         );
     }
+    let qcow2_info = ok("qemu-img", &["info", file("qcow2").to_str().unwrap()]);
+    assert!(
+        qcow2_info.contains("compression type: zstd"),
+        "{qcow2_info}"
+    );
     let vmdk_info = ok("qemu-img", &["info", file("vmdk").to_str().unwrap()]);
     assert!(vmdk_info.contains("streamOptimized"), "{vmdk_info}");
     // A fixed VHD is the disk and a 512-byte footer (cookie `conectix`).
