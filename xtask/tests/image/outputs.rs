@@ -622,3 +622,36 @@ fn the_first_command_installs_a_missing_musl_target() {
     assert!(rustlib.join(MUSL).join("lib").is_dir());
     assert!(out.join("debian-dev/debian-dev.raw").is_file());
 }
+
+/// An output format nobody knows is bad input naming the file and line
+/// (in the image definition) or the option (on the command line).
+#[test]
+fn an_unknown_output_format_is_bad_input() {
+    let scratch = Scratch::new("unknown-format");
+    scratch.edit(
+        "images/debian.xml",
+        "<format>qcow2</format>",
+        "<format>iso</format>",
+    );
+    let output = super::xtask(&["--profile", "dev", "--plan", "--source", scratch.source()]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("debian.xml:") && message.contains("unknown output format `iso`"),
+        "{message}"
+    );
+    let output = super::xtask(&["--profile", "dev", "--plan", "--format", "raw,iso"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("unknown output format `iso`"),
+        "{}",
+        stderr(&output)
+    );
+    let output = super::xtask(&["--profile", "dev", "--plan", "--format", "vmdk"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        plan.contains("outputs: raw vmdk (and a bmap beside the raw disk)"),
+        "{plan}"
+    );
+}
