@@ -90,6 +90,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         "e2e 3 test: initctl render reloads only web and the page changes",
         || check_render_reload(booted(&mut test_vm)?),
     );
+    runner.step(
+        "e2e 3 test: a live model value outside its type is refused, nothing changes",
+        || check_bad_value_refused(booted(&mut test_vm)?),
+    );
     runner.step("e2e 4 test: a killed service is respawned", || {
         check_respawn(booted(&mut test_vm)?, "web")
     });
@@ -783,6 +787,40 @@ fn children(vm: &mut Vm, pid: i64) -> anyhow::Result<Vec<String>> {
     let mut pids: Vec<String> = output.split_whitespace().map(str::to_string).collect();
     pids.sort();
     Ok(pids)
+}
+
+/// Sets web's port to `80; evil` in every layer of the guest's model that
+/// sets a title and runs `initctl render`: it fails, the renderer says why
+/// on the console (the model's line and the key), no file changes and no
+/// service restarts; the good model renders again afterwards.
+fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
+    let before = running_pids(vm)?;
+    let config_before = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    let mark = vm.console_mark();
+    vm.succeed(
+        "cp /etc/nodows/model.xml /run/model.good && \
+         sed -i 's|\\(<key name=\"title\">[^<]*</key>\\)|\\1<key name=\"port\">80; evil</key>|' /etc/nodows/model.xml && \
+         grep -c '80; evil' /etc/nodows/model.xml",
+    )?;
+    let reply = vm.fail("initctl render")?;
+    vm.wait_for_console_text_since(
+        mark,
+        "key `port` of service `web` is \"80; evil\": expected a port number 1-65535",
+        SERVICE_TIMEOUT,
+    )?;
+    let config_after = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    ensure!(
+        config_before == config_after,
+        "a refused model changed the nginx site:\n{config_after}"
+    );
+    let after = running_pids(vm)?;
+    if before != after {
+        return Err(vm.failure(&format!(
+            "a refused model changed service pids ({reply}): before {before:?}, after {after:?}"
+        )));
+    }
+    vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
+    Ok(())
 }
 
 /// Changes the web service's values in the guest's model and runs
