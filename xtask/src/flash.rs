@@ -208,7 +208,17 @@ pub fn check_device(path: &Path, force_file: bool, image_size: u64) -> anyhow::R
         let (Some(dev), Some(mount_point)) = (fields.get(2), fields.get(4)) else {
             continue;
         };
-        if let Some((member, _, _)) = members.iter().find(|(_, _, number)| number == dev) {
+        // The device number, or (btrfs and others report an anonymous
+        // one) the device the mount source names.
+        let source = fields
+            .iter()
+            .skip_while(|field| **field != "-")
+            .nth(2)
+            .and_then(|source| block_device_number(source));
+        if let Some((member, _, _)) = members
+            .iter()
+            .find(|(_, _, number)| number == dev || source.as_ref() == Some(number))
+        {
             if *mount_point == "/" {
                 return Err(refuse(
                     path,
@@ -227,21 +237,12 @@ pub fn check_device(path: &Path, force_file: bool, image_size: u64) -> anyhow::R
         .skip(1)
         .filter_map(|line| line.split_whitespace().next())
     {
-        let Ok(swap_metadata) = std::fs::metadata(swap) else {
-            continue;
-        };
-        let number = format!(
-            "{}:{}",
-            libc::major(swap_metadata.rdev()),
-            libc::minor(swap_metadata.rdev())
-        );
-        if swap_metadata.file_type().is_block_device() {
-            if let Some((member, _, _)) = members.iter().find(|(_, _, n)| *n == number) {
-                return Err(refuse(
-                    path,
-                    format!("{member} is in use as swap; `swapoff {swap}` first"),
-                ));
-            }
+        let number = block_device_number(swap);
+        if let Some((member, _, _)) = members.iter().find(|(_, _, n)| number.as_ref() == Some(n)) {
+            return Err(refuse(
+                path,
+                format!("{member} is in use as swap; `swapoff {swap}` first"),
+            ));
         }
     }
     for (member, member_sys, _) in &members {
@@ -299,6 +300,18 @@ pub fn check_device(path: &Path, force_file: bool, image_size: u64) -> anyhow::R
         path: path.to_path_buf(),
         is_block_device: true,
         description,
+    })
+}
+
+/// `MAJ:MIN` of the block device at `path`, if it is one.
+fn block_device_number(path: &str) -> Option<String> {
+    let metadata = std::fs::metadata(path).ok()?;
+    metadata.file_type().is_block_device().then(|| {
+        format!(
+            "{}:{}",
+            libc::major(metadata.rdev()),
+            libc::minor(metadata.rdev())
+        )
     })
 }
 

@@ -489,7 +489,7 @@ fn a_tree_without_git_history_takes_the_newest_source_file_time() {
         "sh",
         &[
             "-c",
-            "find \"$1\" -type f -printf '%T@\\n' | sort -n | tail -1",
+            "find \"$1\" -path \"$1/images/out\" -prune -o -type f -printf '%T@\\n' | sort -n | tail -1",
             "sh",
             scratch.source(),
         ],
