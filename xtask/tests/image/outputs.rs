@@ -155,7 +155,25 @@ fn every_output_format_the_sbom_and_flash() {
         ok("cmp", &[raw_str, decompressed.to_str().unwrap()]);
     }
 
-    // bmaptool reads our bmap and reproduces the raw disk.
+    // bmaptool maps the same blocks, reads our bmap and reproduces the raw disk.
+    let theirs = ok("bmaptool", &["create", raw_str]);
+    let ours = std::fs::read_to_string(file("bmap")).unwrap();
+    let mapped = |bmap: &str| {
+        bmap.lines()
+            .find(|line| line.trim_start().starts_with("<MappedBlocksCount>"))
+            .map(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+    };
+    assert_eq!(
+        mapped(&ours),
+        mapped(&theirs),
+        "bmaptool create maps other blocks"
+    );
+
     let copy = scratch.path("bmaptool-copy");
     ok(
         "bmaptool",
