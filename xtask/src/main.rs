@@ -30,8 +30,6 @@ enum Command {
     /// Boot a built image in QEMU on the serial console.
     Boot(boot::Args),
     /// Write a built image to a disk or a USB stick (bmap: mapped blocks only, verified).
-
-    /// Write a built image to a disk or a USB stick (bmap: mapped blocks only, verified).
     Flash(flash::Args),
     /// The one test command: fmt, clippy, unit tests, images and QEMU end-to-end tests.
     Test(test::Args),
