@@ -50,14 +50,12 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Image(args) => args.verbose,
         Command::Flash(args) => args.verbose,
-
         _ => false,
     };
     let result = match cli.command {
         Command::Image(args) => image::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Flash(args) => flash::run(args),
-
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
     };
