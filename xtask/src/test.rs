@@ -75,6 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outcomes: Vec::new(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    // The slow tests cross-build initd for FreeBSD; the images need musl.
+    crate::toolchain::ensure_target(crate::toolchain::MUSL)?;
+    if !args.quick {
+        crate::toolchain::ensure_target(crate::toolchain::FREEBSD)?;
+    }
 
     runner.step("cargo fmt --all --check", || {
         run_command(

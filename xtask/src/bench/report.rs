@@ -67,6 +67,7 @@ pub enum Unit {
     Milliseconds,
     KiB,
     MiB,
+    MiBPerSecond,
     Count,
 }
 
@@ -77,6 +78,7 @@ impl Unit {
             Unit::Milliseconds => "ms",
             Unit::KiB => "KiB",
             Unit::MiB => "MiB",
+            Unit::MiBPerSecond => "MiB/s",
             Unit::Count => "",
         }
     }
@@ -85,6 +87,7 @@ impl Unit {
         let number = match self {
             Unit::Count => format!("{value:.0}"),
             Unit::Seconds | Unit::MiB => format!("{value:.2}"),
+            Unit::MiBPerSecond => format!("{value:.0}"),
             Unit::Milliseconds => {
                 if value < 10.0 {
                     format!("{value:.2}")
@@ -227,6 +230,7 @@ pub fn suite_from_json(value: &Value) -> Option<Suite> {
             "ms" => Unit::Milliseconds,
             "KiB" => Unit::KiB,
             "MiB" => Unit::MiB,
+            "MiB/s" => Unit::MiBPerSecond,
             _ => Unit::Count,
         };
         suite.row(
