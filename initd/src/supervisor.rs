@@ -279,8 +279,19 @@ impl Supervisor {
     }
 
     /// `initctl stop NAME`: unwant it and everything that needs it; a pending
-    /// restart (backoff) is cancelled.
+    /// restart (backoff) is cancelled. A `failed` service becomes `stopped`
+    /// (the failure is acknowledged): a later `start` or mode switch that
+    /// wants it starts it again.
     pub fn stop(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        if let Some(service) = self.services.get_mut(name) {
+            if service.state == State::Failed {
+                service.state = State::Stopped;
+                service.reason = None;
+                service.restart_times.clear();
+                service.backoff = service.definition.restart.backoff_min;
+                self.changed(name, State::Stopped, None);
+            }
+        }
         self.unwant(name);
         self.settle(now)
     }

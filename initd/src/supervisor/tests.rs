@@ -373,3 +373,36 @@ fn a_settled_service_is_respawned_at_once_and_a_quick_death_backs_off() {
     );
     assert!(spawns(&supervisor.tick(died)).is_empty());
 }
+
+/// Guards a demoted failover node's way back: keepalived's track script asks
+/// `initctl status web`, which fails while web is `failed`; `initctl stop`
+/// acknowledges the failure without starting the service.
+#[test]
+fn stopping_a_failed_service_makes_it_stopped_and_a_mode_switch_starts_it_again() {
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<modes>failover</modes><restart max=\"1\" within=\"60s\"/>",
+            "web",
+        )],
+        "failover",
+    );
+    let now = Instant::now();
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["web"]);
+    supervisor.spawned("web", 10, now);
+    supervisor.exited(10, Exit::Code(1), now);
+    let deadline = supervisor.next_deadline().unwrap();
+    assert_eq!(spawns(&supervisor.tick(deadline)), vec!["web"]);
+    supervisor.spawned("web", 11, deadline);
+    supervisor.exited(11, Exit::Code(1), deadline);
+    assert_eq!(state(&supervisor, "web"), State::Failed);
+    // A switch to a mode without it keeps the failure.
+    supervisor.set_mode("backup", deadline);
+    assert_eq!(state(&supervisor, "web"), State::Failed);
+    let actions = supervisor.stop("web", deadline);
+    assert!(spawns(&actions).is_empty());
+    assert_eq!(state(&supervisor, "web"), State::Stopped);
+    assert_eq!(
+        spawns(&supervisor.set_mode("failover", deadline)),
+        vec!["web"]
+    );
+}
