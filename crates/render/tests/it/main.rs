@@ -3,6 +3,8 @@
 
 mod cli;
 mod golden;
+mod keys;
+mod properties;
 mod support;
 mod sync;
 mod watch;
