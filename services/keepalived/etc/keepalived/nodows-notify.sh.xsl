@@ -9,16 +9,6 @@
   <xsl:param name="service"/>
   <xsl:param name="self"/>
   <xsl:template match="/">
-    <xsl:for-each select="$self/key[@name = 'master_mode' or @name = 'backup_mode' or @name = 'fault_mode']">
-      <xsl:if test=". = '' or translate(., 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_', '') != ''">
-        <xsl:message terminate="yes">
-          <xsl:value-of select="concat('service keepalived: key ', @name, ' is &quot;', ., '&quot;: name a mode (letters, digits, - and _)')"/>
-        </xsl:message>
-      </xsl:if>
-    </xsl:for-each>
-    <xsl:if test="count($self/key[@name = 'master_mode' or @name = 'backup_mode' or @name = 'fault_mode']) != 3">
-      <xsl:message terminate="yes">service keepalived: the keys master_mode, backup_mode and fault_mode name the modes of the VRRP states</xsl:message>
-    </xsl:if>
     <xsl:text>#!/bin/sh
 # rendered by nodows from the model (service </xsl:text>
     <xsl:value-of select="$service"/>
