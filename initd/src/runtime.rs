@@ -960,7 +960,9 @@ impl Runtime {
             }
             // Without a renderer (configs baked only) the switch goes ahead.
             AfterRender::SwitchMode(mode) => {
-                self.say(&format!("nodows: mode {mode}"));
+                // t on the clock of the ready line: switch to ready is their difference.
+                let seconds = self.started.elapsed().as_secs_f64();
+                self.say(&format!("nodows: mode {mode} t={seconds:.2}"));
                 let actions = self.supervisor.set_mode(&mode, now);
                 self.apply(actions);
                 reply_code = 0;

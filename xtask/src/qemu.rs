@@ -176,6 +176,15 @@ impl Pattern {
         Pattern::Regex(regex_lite::Regex::new(pattern).expect("a valid regular expression"))
     }
 
+    /// Whether one line (without its newline) matches.
+    pub fn matches(&self, line: &str) -> bool {
+        match self {
+            Pattern::Text(needle) => line.contains(needle.as_str()),
+            Pattern::Regex(regex) => regex.is_match(line),
+            Pattern::LineStart(prefix) => line.starts_with(prefix.as_str()),
+        }
+    }
+
     /// The first line that matches. A regex sees complete lines only (so
     /// `$` and captured values are whole); a substring also matches the
     /// unfinished last line (a prompt such as `login: `).
@@ -183,11 +192,7 @@ impl Pattern {
         text.split_inclusive('\n')
             .filter(|line| line.ends_with('\n') || !matches!(self, Pattern::Regex(_)))
             .map(|line| line.trim_end_matches('\n').trim_end_matches('\r'))
-            .find(|line| match self {
-                Pattern::Text(needle) => line.contains(needle.as_str()),
-                Pattern::Regex(regex) => regex.is_match(line),
-                Pattern::LineStart(prefix) => line.starts_with(prefix.as_str()),
-            })
+            .find(|line| self.matches(line))
     }
 }
 

@@ -88,30 +88,17 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         check_respawn(booted(&mut test_vm)?, "web")
     });
     runner.step(
-        "e2e 5 test: initctl mode backup stops and starts the right services",
-        || {
-            let vm = booted(&mut test_vm)?;
-            let mark = vm.console_mark();
-            vm.succeed("initctl mode backup")?;
-            vm.wait_for_console_text_since(mark, "nodows: mode backup", SERVICE_TIMEOUT)?;
-            check_mode_services(vm, "backup")?;
-            // standby now answers on port 80 instead of web.
-            let server = guest_server(vm)?;
-            check_web_page(vm, "backup", server.as_deref())
-        },
-    );
-    runner.step(
         "e2e 5 test: a mode the model cannot render is refused, the node stays in its mode",
         || {
             let vm = booted(&mut test_vm)?;
             let before = running_pids(vm)?;
             let output = vm.fail("initctl mode nosuchmode")?;
             ensure!(
-                output.contains("mode nosuchmode refused, still in mode backup"),
+                output.contains("mode nosuchmode refused, still in mode test"),
                 "initctl mode nosuchmode said: {output}"
             );
             ensure!(
-                vm.succeed("initctl mode")?.trim() == "backup",
+                vm.succeed("initctl mode")?.trim() == "test",
                 "the mode changed after a refused switch"
             );
             let after = running_pids(vm)?;
@@ -120,6 +107,36 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                     "a refused mode switch changed services: before {before:?}, after {after:?}"
                 )));
             }
+            Ok(())
+        },
+    );
+    runner.step(
+        "e2e 5 test: initctl mode backup stops web and starts standby; keepalived, with no VRRP link here, says so and never takes the address",
+        || {
+            let vm = booted(&mut test_vm)?;
+            let mark = vm.console_mark();
+            vm.succeed("initctl mode backup")?;
+            vm.wait_for_console_text_since(mark, "nodows: mode backup", SERVICE_TIMEOUT)?;
+            vm.wait_for_service("standby", SERVICE_TIMEOUT)?;
+            let web = vm
+                .service_status()?
+                .into_iter()
+                .find(|status| status.name == "web")
+                .context("initd does not know web")?;
+            ensure!(web.state == "stopped", "web is {} in mode backup", web.state);
+            // standby now answers on port 80 instead of web.
+            let server = guest_server(vm)?;
+            check_web_page(vm, "backup", server.as_deref())?;
+            vm.wait_until_succeeds(
+                "grep -q 'no interface' /var/log/nodows/keepalived.log",
+                SERVICE_TIMEOUT,
+            )?;
+            let vip = failover::model_vip()?;
+            vm.succeed(&format!("! ip -o address | grep -q ' {vip}/'"))?;
+            ensure!(
+                vm.succeed("initctl mode")?.trim() == "backup",
+                "the node left mode backup"
+            );
             Ok(())
         },
     );

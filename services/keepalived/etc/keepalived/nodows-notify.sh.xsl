@@ -1,8 +1,9 @@
 <?xml version="1.0" encoding="utf-8"?>
 <!-- /etc/keepalived/nodows-notify.sh: keepalived's notify script. The VRRP
      state picks the nodows mode (keys master_mode, backup_mode, fault_mode):
-     the modes are data, this script only maps states to their names. -->
-<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+     the modes are data, this script only maps states to their names (each
+     written as one shell word, nodows:sh-quote). -->
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform" xmlns:nodows="urn:nodows">
   <xsl:output method="text" encoding="utf-8"/>
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
@@ -29,13 +30,13 @@ exec 9> /run/nodows/vrrp.lock
 flock 9
 case "$(cat /run/nodows/vrrp-state)" in
     MASTER) mode=</xsl:text>
-    <xsl:value-of select="$self/key[@name = 'master_mode']"/>
+    <xsl:value-of select="nodows:sh-quote($self/key[@name = 'master_mode'])"/>
     <xsl:text> ;;
     BACKUP) mode=</xsl:text>
-    <xsl:value-of select="$self/key[@name = 'backup_mode']"/>
+    <xsl:value-of select="nodows:sh-quote($self/key[@name = 'backup_mode'])"/>
     <xsl:text> ;;
     *) mode=</xsl:text>
-    <xsl:value-of select="$self/key[@name = 'fault_mode']"/>
+    <xsl:value-of select="nodows:sh-quote($self/key[@name = 'fault_mode'])"/>
     <xsl:text> ;;
 esac
 if [ "$(/sbin/initctl mode)" != "$mode" ]; then

@@ -15,9 +15,9 @@ echo "nodows: vrrp $2 $state" > /dev/console
 exec 9> /run/nodows/vrrp.lock
 flock 9
 case "$(cat /run/nodows/vrrp-state)" in
-    MASTER) mode=failover ;;
-    BACKUP) mode=backup ;;
-    *) mode=backup ;;
+    MASTER) mode='failover' ;;
+    BACKUP) mode='backup' ;;
+    *) mode='backup' ;;
 esac
 if [ "$(/sbin/initctl mode)" != "$mode" ]; then
     /sbin/initctl mode "$mode"
