@@ -932,7 +932,7 @@ impl Runtime {
             let actions = if action == "reload" {
                 self.supervisor.reload(name, now)
             } else {
-                self.supervisor.restart(name, now)
+                self.supervisor.restart_if_active(name, now)
             };
             self.apply(actions);
             let actions = self.supervisor.emit(&format!("config-changed:{name}"), now);

@@ -327,6 +327,17 @@ impl Supervisor {
         self.settle(now)
     }
 
+    /// A changed configuration (the renderer's `restart`): restart the
+    /// service if it is up or about to be; a stopped or failed one is left
+    /// alone (it reads the new files when it starts), so a render never
+    /// starts a service its mode does not run.
+    pub fn restart_if_active(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        match self.services.get(name).map(|service| service.state) {
+            Some(State::Starting | State::Running | State::Backoff) => self.restart(name, now),
+            _ => Vec::new(),
+        }
+    }
+
     /// `initctl reload NAME`: the reload signal to the main process, or a
     /// restart when the service has none.
     pub fn reload(&mut self, name: &str, now: Instant) -> Vec<Action> {

@@ -54,6 +54,8 @@ impl Accel {
 pub enum DiskFormat {
     Raw,
     Qcow2,
+    /// The image builder's streamOptimized VMDK output.
+    Vmdk,
 }
 
 impl DiskFormat {
@@ -61,12 +63,14 @@ impl DiskFormat {
         match self {
             DiskFormat::Raw => "raw",
             DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Vmdk => "vmdk",
         }
     }
 
     pub fn of(path: &Path) -> DiskFormat {
         match path.extension().and_then(|extension| extension.to_str()) {
             Some("qcow2") => DiskFormat::Qcow2,
+            Some("vmdk") => DiskFormat::Vmdk,
             _ => DiskFormat::Raw,
         }
     }

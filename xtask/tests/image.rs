@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[path = "image/outputs.rs"]
+mod outputs;
+
 const MIRROR: &str = "http://deb.debian.org/debian";
 
 fn workspace() -> PathBuf {

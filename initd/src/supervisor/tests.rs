@@ -406,3 +406,24 @@ fn stopping_a_failed_service_makes_it_stopped_and_a_mode_switch_starts_it_again(
         vec!["web"]
     );
 }
+
+/// Guards the images that carry keepalived for another mode: a render that
+/// changes its files (another server id) must not start it.
+#[test]
+fn a_config_change_restarts_only_a_running_service() {
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("<modes>test</modes>", "web"),
+            definition("<modes>failover</modes>", "keepalived"),
+        ],
+        "test",
+    );
+    let now = Instant::now();
+    assert!(spawns(&supervisor.restart_if_active("keepalived", now)).is_empty());
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["web"]);
+    supervisor.spawned("web", 10, now);
+    assert!(spawns(&supervisor.restart_if_active("keepalived", now)).is_empty());
+    assert_eq!(state(&supervisor, "keepalived"), State::Stopped);
+    let actions = supervisor.restart_if_active("web", now);
+    assert_eq!(stop_signals(&actions), vec!["web"]);
+}

@@ -4,7 +4,8 @@
 //! share one machine, in the order of the issue's list.
 //!   boot 1, test profile: ready, services, web page, render, respawn, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
-//!   boot 3, dev; boot 4, failover alone; boot 5, production (no agent: console lines)
+//!   boot 3, dev from its vmdk output; boot 4, failover alone, from the copy `cargo xtask
+//!   flash --to-file` wrote; boot 5, production (no agent: console lines)
 //!   boot 6, test profile through OVMF (`--uefi`)
 //!   boot 7, the failover pair (two machines on a private link, `failover.rs`)
 
@@ -44,6 +45,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     let mut built: BTreeMap<&str, BuiltImage> = BTreeMap::new();
     for profile in PROFILES {
         let name = format!("cargo xtask image --image {IMAGE} --profile {profile}");
+        // The dev image also writes the vmdk its boot below uses.
+        let formats = if profile == "dev" {
+            "raw,qcow2,vmdk"
+        } else {
+            "raw,qcow2"
+        };
         runner.step(&name, || {
             super::run_command(&mut super::cargo_xtask(&[
                 "image",
@@ -51,6 +58,8 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                 IMAGE,
                 "--profile",
                 profile,
+                "--format",
+                formats,
             ]))?;
             built.insert(profile, BuiltImage::find(None, IMAGE, profile)?);
             Ok(())
@@ -83,6 +92,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     runner.step(
         "e2e 3 test: initctl render reloads only web and the page changes",
         || check_render_reload(booted(&mut test_vm)?),
+    );
+    runner.step(
+        "e2e 3 test: a live model value outside its type is refused, nothing changes",
+        || check_bad_value_refused(booted(&mut test_vm)?),
     );
     runner.step("e2e 4 test: a killed service is respawned", || {
         check_respawn(booted(&mut test_vm)?, "web")
@@ -203,9 +216,14 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     );
 
     runner.step(
-        "e2e 1 dev: boots to ready, services running, web page",
+        "e2e 1 dev: boots from its vmdk output to ready, services running, web page",
         || {
+            // QEMU reads the streamOptimized VMDK as VMware would.
             let image = image("dev")?;
+            let image = BuiltImage {
+                raw: image.raw.with_extension("vmdk"),
+                ..image
+            };
             let mut vm = context.start(&image, "dev", "")?;
             let ready = vm.wait_for_ready(READY_TIMEOUT)?;
             eprintln!(
@@ -219,9 +237,20 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
-        "e2e 1 failover: a lone node boots in backup mode, becomes MASTER and switches to failover",
+        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), a lone node boots in backup mode, becomes MASTER and switches to failover",
         || {
+            // The copy `cargo xtask flash` writes is what boots.
             let image = image("failover")?;
+            let flashed = context.work_root.join("flashed-debian-failover.raw");
+            std::fs::create_dir_all(&context.work_root)?;
+            let flashed_text = flashed.to_string_lossy().into_owned();
+            super::run_command(&mut super::cargo_xtask(&[
+                "flash", "--image", IMAGE, "--profile", "failover", "--to-file", &flashed_text, "--yes",
+            ]))?;
+            let image = BuiltImage {
+                raw: flashed,
+                ..image
+            };
             let mut config = image.config("failover", false, "", &context.work_root);
             config.accel = context.accel;
             config.forward_tcp = vec![22, 80];
@@ -701,7 +730,8 @@ fn element<'a>(text: &'a str, tag: &str, attribute: &str, value: &str) -> Option
     Some(&text[start..end])
 }
 
-/// A key of a service as layered by the model: defaults, then the profile, then the server.
+/// A key of a service as layered by the renderer: its declared default, the
+/// model's defaults, then the profile, then the server.
 fn model_value(
     model: &str,
     service: &str,
@@ -718,7 +748,18 @@ fn model_value(
         element(model, "profile", "name", mode),
         server.and_then(|server| element(model, "server", "id", server)),
     ];
-    let mut value = None;
+    // Under the model's layers: the service's declared default.
+    let mut value = servicedef::parse_file(
+        &qemu::workspace_root().join(format!("services/{service}/service.xml")),
+    )
+    .ok()
+    .and_then(|definition| {
+        definition
+            .keys
+            .into_iter()
+            .find(|declaration| declaration.name == key)
+            .and_then(|declaration| declaration.default)
+    });
     for layer in layers.into_iter().flatten() {
         if let Some(keys) = element(layer, "service", "name", service) {
             if let Some(found) = element(keys, "key", "name", key) {
@@ -808,6 +849,40 @@ fn children(vm: &mut Vm, pid: i64) -> anyhow::Result<Vec<String>> {
     Ok(pids)
 }
 
+/// Sets web's port to `80; evil` in every layer of the guest's model that
+/// sets a title and runs `initctl render`: it fails, the renderer says why
+/// on the console (the model's line and the key), no file changes and no
+/// service restarts; the good model renders again afterwards.
+fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
+    let before = running_pids(vm)?;
+    let config_before = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    let mark = vm.console_mark();
+    vm.succeed(
+        "cp /etc/nodows/model.xml /run/model.good && \
+         sed -i 's|\\(<key name=\"title\">[^<]*</key>\\)|\\1<key name=\"port\">80; evil</key>|' /etc/nodows/model.xml && \
+         grep -c '80; evil' /etc/nodows/model.xml",
+    )?;
+    let reply = vm.fail("initctl render")?;
+    vm.wait_for_console_text_since(
+        mark,
+        "key `port` of service `web` is \"80; evil\": expected a port number 1-65535",
+        SERVICE_TIMEOUT,
+    )?;
+    let config_after = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    ensure!(
+        config_before == config_after,
+        "a refused model changed the nginx site:\n{config_after}"
+    );
+    let after = running_pids(vm)?;
+    if before != after {
+        return Err(vm.failure(&format!(
+            "a refused model changed service pids ({reply}): before {before:?}, after {after:?}"
+        )));
+    }
+    vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
+    Ok(())
+}
+
 /// Changes the web service's values in the guest's model and runs
 /// `initctl render`: web reloads (nginx's master keeps its pid, its workers
 /// are new), every other service keeps its pid, the page changes.
@@ -825,9 +900,15 @@ fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let workers_before = children(vm, web_pid)?;
     // The title is shown on the page (its file needs no reload); the log
     // level is in nginx.conf (on-change reload).
+    // The level may be the declared default (not in the model): then it is
+    // set beside the title, in the layer that sets the title.
+    let level_edit = if model.contains(&format!("<key name=\"error_log_level\">{level}</key>")) {
+        format!("-e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|'")
+    } else {
+        format!("-e 's|<key name=\"title\">{new_title}</key>|&<key name=\"error_log_level\">{new_level}</key>|'")
+    };
     vm.succeed(&format!(
-        "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' \
-         -e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|' \
+        "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' {level_edit} \
          /etc/nodows/model.xml && grep -c '{new_title}' /etc/nodows/model.xml"
     ))?;
     let rendered = vm.succeed("initctl render")?;
@@ -901,7 +982,12 @@ mod tests {
             model_value(model, "web", "port", "test", Some("web02")).as_deref(),
             Some("80")
         );
-        assert_eq!(model_value(model, "ssh", "port", "test", None), None);
+        // Not in the model: the declared default of services/ssh/service.xml.
+        assert_eq!(
+            model_value(model, "ssh", "port", "test", None).as_deref(),
+            Some("22")
+        );
+        assert_eq!(model_value(model, "ssh", "no_such_key", "test", None), None);
     }
 
     #[test]
