@@ -264,16 +264,7 @@ impl Supervisor {
 
     /// `initctl start NAME`: want it and what it needs; clears `failed`.
     pub fn start(&mut self, name: &str, now: Instant) -> Vec<Action> {
-        if let Some(service) = self.services.get_mut(name) {
-            if service.state == State::Failed {
-                service.state = State::Stopped;
-                service.reason = None;
-                service.restart_times.clear();
-                service.backoff = service.definition.restart.backoff_min;
-                let (name, state) = (name.to_string(), service.state);
-                self.changed(&name, state, None);
-            }
-        }
+        self.clear_failure(name);
         self.want(name);
         self.settle(now)
     }
@@ -283,6 +274,13 @@ impl Supervisor {
     /// (the failure is acknowledged): a later `start` or mode switch that
     /// wants it starts it again.
     pub fn stop(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        self.clear_failure(name);
+        self.unwant(name);
+        self.settle(now)
+    }
+
+    /// A `failed` service becomes `stopped` with a fresh restart window.
+    fn clear_failure(&mut self, name: &str) {
         if let Some(service) = self.services.get_mut(name) {
             if service.state == State::Failed {
                 service.state = State::Stopped;
@@ -292,8 +290,6 @@ impl Supervisor {
                 self.changed(name, State::Stopped, None);
             }
         }
-        self.unwant(name);
-        self.settle(now)
     }
 
     /// Stop everything (shutdown).

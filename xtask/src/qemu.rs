@@ -503,6 +503,13 @@ pub fn create_overlay(image: &Path, format: DiskFormat, overlay: &Path) -> anyho
     Ok(())
 }
 
+/// The unix sockets of a machine: the test agent's port and QMP.
+#[derive(Clone, Copy, Default)]
+struct Sockets<'a> {
+    agent: Option<&'a Path>,
+    qmp: Option<&'a Path>,
+}
+
 /// The QEMU arguments of a boot, for tests (`-serial` and the work files included).
 fn qemu_args(
     config: &VmConfig,
@@ -510,10 +517,13 @@ fn qemu_args(
     work_dir: &Path,
     overlay: Option<&Path>,
     forwards: &[(u16, u16)],
-    agent_socket: Option<&Path>,
-    qmp_socket: Option<&Path>,
+    sockets: Sockets,
     interactive: bool,
 ) -> anyhow::Result<Vec<String>> {
+    let Sockets {
+        agent: agent_socket,
+        qmp: qmp_socket,
+    } = sockets;
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|item| item.to_string()));
     push(&[
@@ -642,8 +652,10 @@ pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
         &work_dir,
         overlay.as_deref(),
         &forwards,
-        agent_socket.as_deref(),
-        None,
+        Sockets {
+            agent: agent_socket.as_deref(),
+            qmp: None,
+        },
         true,
     )?;
     for (guest, host) in &forwards {
@@ -720,8 +732,10 @@ impl Vm {
             &work_dir,
             overlay.as_deref(),
             &forwards,
-            agent_socket.as_deref(),
-            Some(&qmp_socket),
+            Sockets {
+                agent: agent_socket.as_deref(),
+                qmp: Some(&qmp_socket),
+            },
             false,
         )?;
         let serial_log = work_dir.join("serial.log");
@@ -1431,6 +1445,54 @@ mod tests {
         assert_eq!(
             Pattern::from("login: ").find_line("x\nnodows login: "),
             Some("nodows login: ")
+        );
+    }
+
+    /// Guards the partition verb: the tunnel sits behind a hub, so that
+    /// `set_link` on it leaves the guest's NIC (and its carrier) alone; the
+    /// two ends cross their ports and differ in MAC address.
+    #[test]
+    fn a_link_is_a_crossed_udp_tunnel_behind_a_hub() {
+        let (first, second) = Link::pair("link0", 7).unwrap();
+        assert_eq!(first.local_port, second.remote_port);
+        assert_eq!(first.remote_port, second.local_port);
+        assert_ne!(first.mac, second.mac);
+        let firmware = Firmware::DirectKernel {
+            kernel: PathBuf::from("/k"),
+            initrd: None,
+            cmdline: "console=ttyS0".to_string(),
+        };
+        let mut config = VmConfig::new("t", firmware, Path::new("/tmp"));
+        config.links = vec![first.clone()];
+        let args = qemu_args(
+            &config,
+            Accel::Tcg,
+            Path::new("/tmp"),
+            None,
+            &[],
+            Sockets::default(),
+            false,
+        )
+        .unwrap()
+        .join(" ");
+        assert!(args.contains(&format!(
+            "-netdev dgram,id=link0,local.type=inet,local.host=127.0.0.1,local.port={},remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+            first.local_port, first.remote_port
+        )), "{args}");
+        assert!(
+            args.contains("-netdev hubport,id=link0-uplink,hubid=0,netdev=link0"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-netdev hubport,id=link0-nic,hubid=0"),
+            "{args}"
+        );
+        assert!(
+            args.contains(&format!(
+                "-device virtio-net-pci,netdev=link0-nic,mac={}",
+                first.mac
+            )),
+            "{args}"
         );
     }
 

@@ -66,6 +66,16 @@ fn console_seconds(text: &str, pattern: &Pattern) -> Option<f64> {
         .last()
 }
 
+/// The runs of one advertisement interval.
+struct Runs {
+    advert_int: String,
+    /// Seconds.
+    takeovers: Vec<f64>,
+    lost: Vec<f64>,
+    /// Milliseconds.
+    switches: Vec<f64>,
+}
+
 pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     let image = pair_image(context)?;
     let runs = if context.quick { 1 } else { RUNS };
@@ -73,17 +83,24 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     let work_root = context.work.join("failover");
     let mut pair = Pair::start(&image, &work_root, context.accel, "bench")?;
     let mut boots = 0;
-    // Per interval: takeovers (s), requests lost, switch to ready (ms).
-    let mut figures: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut figures: Vec<Runs> = Vec::new();
     for advert_int in ["1".to_string(), tuned.clone()] {
         pair.set_keepalived_key("advert_int", &advert_int)?;
         let (mut takeovers, mut lost, mut switches) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
-            let (master, backup) = pair.wait_for_one_master(Duration::from_secs(120))?;
-            let mark = pair.node(backup)?.vm.console_mark();
-            let takeover = failover::power_off_master(&mut pair)?;
+            pair.wait_for_one_master(Duration::from_secs(120))?;
+            let marks = [
+                pair.node(0)?.vm.console_mark(),
+                pair.node(1)?.vm.console_mark(),
+            ];
+            let failover::PowerOff {
+                master,
+                survivor,
+                takeover,
+            } = failover::power_off_master(&mut pair)?;
             // The survivor's switch and its ready line, by initd's clock.
-            let node = pair.node(backup)?;
+            let mark = marks[survivor];
+            let node = pair.node(survivor)?;
             node.vm.wait_for_console_text_since(
                 mark,
                 Pattern::regex(r"^nodows: ready mode=failover( |$)"),
@@ -109,33 +126,39 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
             pair.restart(master, &format!("bench-{}-{boots}", SERVERS[master]))?;
             pair.set_keepalived_key("advert_int", &advert_int)?;
         }
-        figures.push((advert_int, takeovers, lost, switches));
+        figures.push(Runs {
+            advert_int,
+            takeovers,
+            lost,
+            switches,
+        });
     }
-    let [(default, default_takeovers, default_lost, default_switches), (tuned, takeovers, lost, switches)] =
-        <[_; 2]>::try_from(figures).map_err(|_| anyhow::anyhow!("two intervals measured"))?;
-    let peer = format!("keepalived's default, advert_int {default} s");
+    let [default, tuned] =
+        <[Runs; 2]>::try_from(figures).map_err(|_| anyhow::anyhow!("two intervals measured"))?;
+    let peer = format!("keepalived's default, advert_int {} s", default.advert_int);
+    let tuned_int = &tuned.advert_int;
     suite.row(
-        format!("takeover: power-off of the MASTER to the first answer on the VIP (advert_int {tuned} s)"),
+        format!("takeover: power-off of the MASTER to the first answer on the VIP (advert_int {tuned_int} s)"),
         Unit::Seconds,
-        Stat::new(takeovers),
+        Stat::new(tuned.takeovers),
         peer.clone(),
-        Stat::new(default_takeovers),
+        Stat::new(default.takeovers),
     );
     suite.row(
         format!(
-            "requests lost in the takeover, one every 0.1 s, 1 s timeout (advert_int {tuned} s)"
+            "requests lost in the takeover, one every 0.1 s, 1 s timeout (advert_int {tuned_int} s)"
         ),
         Unit::Count,
-        Stat::new(lost),
+        Stat::new(tuned.lost),
         peer.clone(),
-        Stat::new(default_lost),
+        Stat::new(default.lost),
     );
     suite.row(
-        format!("mode switch to every failover service ready (advert_int {tuned} s)"),
+        format!("mode switch to every failover service ready (advert_int {tuned_int} s)"),
         Unit::Milliseconds,
-        Stat::new(switches),
+        Stat::new(tuned.switches),
         peer,
-        Stat::new(default_switches),
+        Stat::new(default.switches),
     );
     suite.note(
         "Two QEMU TCG machines on a private link (a UDP tunnel on 127.0.0.1); the MASTER's QEMU is killed as in a power loss. \

@@ -93,8 +93,8 @@ impl Pair {
             work_root: work_root.to_path_buf(),
             accel,
         };
-        for index in 0..SERVERS.len() {
-            let node = pair.boot(index, &format!("{name}-{}", SERVERS[index]))?;
+        for (index, server) in SERVERS.iter().enumerate() {
+            let node = pair.boot(index, &format!("{name}-{server}"))?;
             pair.nodes.push(Some(node));
         }
         for node in pair.nodes.iter_mut().flatten() {
@@ -293,8 +293,12 @@ impl Pair {
     /// (keepalived reloads its configuration).
     pub fn set_keepalived_key(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
         for node in self.nodes.iter_mut().flatten() {
+            // Replaced where the model sets it, else added to every keepalived layer.
             node.vm.succeed(&format!(
-                "sed -i 's|<key name=\"{key}\">[^<]*</key>|<key name=\"{key}\">{value}</key>|' /etc/nodows/model.xml && grep -q '<key name=\"{key}\">{value}</key>' /etc/nodows/model.xml && initctl render"
+                "if grep -q '<key name=\"{key}\">' /etc/nodows/model.xml; \
+                 then sed -i 's|<key name=\"{key}\">[^<]*</key>|<key name=\"{key}\">{value}</key>|g' /etc/nodows/model.xml; \
+                 else sed -i 's|<service name=\"keepalived\">|&<key name=\"{key}\">{value}</key>|' /etc/nodows/model.xml; fi \
+                 && grep -q '<key name=\"{key}\">{value}</key>' /etc/nodows/model.xml && initctl render"
             ))?;
         }
         Ok(())
@@ -471,7 +475,7 @@ pub fn run(
         "e2e 9 failover pair: power-off of the MASTER: the peer takes the VIP, switches mode and serves; requests lost and takeover time",
         || {
             let pair = pair.as_mut().context("no pair: an earlier step failed")?;
-            let figures = power_off_master(pair)?;
+            let figures = power_off_master(pair)?.takeover;
             eprintln!(
                 "    takeover {:.2}s (power-off to the first answer from the peer), {} requests failed",
                 figures.seconds, figures.failed_requests
@@ -575,9 +579,17 @@ fn check_partition_heals(pair: &mut Pair) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `power_off_master` did: which node died, which took over, and how
+/// the client saw it.
+pub struct PowerOff {
+    pub master: usize,
+    pub survivor: usize,
+    pub takeover: Takeover,
+}
+
 /// Powers the MASTER off while a client in the BACKUP fetches the VIP; the
 /// takeover as the client saw it.
-pub fn power_off_master(pair: &mut Pair) -> anyhow::Result<Takeover> {
+pub fn power_off_master(pair: &mut Pair) -> anyhow::Result<PowerOff> {
     let (master, backup) = pair.wait_for_one_master(ROLE_TIMEOUT)?;
     pair.start_client(backup)?;
     pair.wait_for_client_answers(backup, SERVERS[master], 5, ROLE_TIMEOUT)?;
@@ -589,8 +601,13 @@ pub fn power_off_master(pair: &mut Pair) -> anyhow::Result<Takeover> {
         |roles| roles.get(&backup).is_some_and(is_active),
     )?;
     let lines = pair.wait_for_client_answers(backup, SERVERS[backup], 3, ROLE_TIMEOUT)?;
-    takeover(&lines, mark, SERVERS[backup])
-        .context("no answer from the survivor after the power-off")
+    let takeover = takeover(&lines, mark, SERVERS[backup])
+        .context("no answer from the survivor after the power-off")?;
+    Ok(PowerOff {
+        master,
+        survivor: backup,
+        takeover,
+    })
 }
 
 #[cfg(test)]
