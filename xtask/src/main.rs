@@ -46,6 +46,9 @@ fn main() -> ExitCode {
     // the targets the build needs are added explicitly (toolchain.rs).
     std::env::set_var("RUSTUP_AUTO_INSTALL", "0");
     let cli = Cli::parse();
+    if let Err(error) = qemu::check_workspace() {
+        return report(&error, false);
+    }
     let verbose = match &cli.command {
         Command::Image(args) => args.verbose,
         Command::Flash(args) => args.verbose,
