@@ -164,6 +164,9 @@ pub struct Supervisor {
     mode: String,
     /// Ready line not yet printed for the current mode.
     mode_ready_pending: bool,
+    /// Services a mode switch stops: nothing starts until they are down, so
+    /// the new mode never races the old one for a port (web and standby).
+    leaving: Vec<String>,
     booted: bool,
     actions: Vec<Action>,
     events: VecDeque<String>,
@@ -178,6 +181,7 @@ impl Supervisor {
                 .collect(),
             mode: mode.to_string(),
             mode_ready_pending: false,
+            leaving: Vec::new(),
             booted: false,
             actions: Vec::new(),
             events: VecDeque::new(),
@@ -367,6 +371,14 @@ impl Supervisor {
                 self.unwant(name);
             }
         }
+        self.leaving = names
+            .into_iter()
+            .filter(|name| {
+                self.services
+                    .get(name)
+                    .is_some_and(|service| !service.wanted && service.is_active())
+            })
+            .collect();
         for name in &members {
             self.want(name);
         }
@@ -800,12 +812,22 @@ impl Supervisor {
                     self.want(&name);
                 }
             }
+            // A mode switch starts nothing while the old mode's services stop.
+            let services = &self.services;
+            self.leaving.retain(|name| {
+                services.get(name).is_some_and(|service| {
+                    matches!(
+                        service.state,
+                        State::Starting | State::Running | State::Stopping
+                    )
+                })
+            });
             let names: Vec<String> = self.services.keys().cloned().collect();
             for name in &names {
                 let Some(service) = self.services.get(name) else {
                     continue;
                 };
-                if service.wanted && service.state == State::Stopped {
+                if service.wanted && service.state == State::Stopped && self.leaving.is_empty() {
                     let needs_up =
                         service.definition.needs.iter().all(|need| {
                             self.services.get(need).map(Service::is_up).unwrap_or(true)

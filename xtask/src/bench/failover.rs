@@ -7,7 +7,8 @@
 //! Per run: a client in the BACKUP fetches the VIP every 0.1 s; the MASTER's
 //! QEMU is killed; takeover is the time from just before the kill to the
 //! client's first answer from the survivor (the client's clock), requests
-//! lost are the client's failed requests in between, and switch to ready is
+//! lost are the client's requests in between that got no answer or the
+//! standby page, and switch to ready is
 //! the survivor's `nodows: ready` t minus its `nodows: mode failover` t.
 //! The dead node is booted again (it rejoins as BACKUP) for the next run.
 
