@@ -77,7 +77,16 @@ struct Runs {
     switches: Vec<f64>,
 }
 
+/// The host's 1-minute load average (TCG guests slow down with it).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
+    let load_at_start = load_average();
     let image = pair_image(context)?;
     let runs = if context.quick { 1 } else { RUNS };
     let tuned = tuned_advert_int()?;
@@ -161,6 +170,11 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         peer,
         Stat::new(default.switches),
     );
+    suite.note(format!(
+        "Host load average (1 min): {load_at_start} at the start, {} at the end, on {} cores.",
+        load_average(),
+        std::thread::available_parallelism().map_or(1, usize::from)
+    ));
     suite.note(
         "Two QEMU TCG machines on a private link (a UDP tunnel on 127.0.0.1); the MASTER's QEMU is killed as in a power loss. \
          Takeover = 3 advertisement intervals + skew for the BACKUP to declare the master down, then the switch to mode failover (render, stop standby, start web), as the client in the survivor sees it.",
