@@ -84,6 +84,17 @@ impl Console {
     }
 }
 
+/// Why a render produced no change set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RenderFailure {
+    /// It rendered.
+    None,
+    /// No renderer to run (configs are baked only, as on FreeBSD).
+    NoRenderer,
+    /// The renderer ran and failed (bad model for that profile, I/O).
+    Refused,
+}
+
 enum AfterRender {
     Nothing,
     Boot,
@@ -775,6 +786,7 @@ impl Runtime {
                 1,
                 format!("renderer {} not found", command.display()),
                 Vec::new(),
+                RenderFailure::NoRenderer,
             );
             return;
         }
@@ -827,6 +839,7 @@ impl Runtime {
                     1,
                     format!("cannot run renderer: {error}"),
                     Vec::new(),
+                    RenderFailure::NoRenderer,
                 );
             }
         }
@@ -868,6 +881,7 @@ impl Runtime {
         };
         let exit = job.exit.unwrap_or(Exit::Code(1));
         let mut changes = Vec::new();
+        let mut failure = RenderFailure::Refused;
         let (code, message) = if !exit.success() {
             let message = format!(
                 "renderer failed ({}): configuration unchanged",
@@ -884,6 +898,7 @@ impl Runtime {
                         message.push_str(&format!("\n{action} {name}"));
                     }
                     changes = change_set.services;
+                    failure = RenderFailure::None;
                     (0, message)
                 }
                 Err(error) => {
@@ -893,7 +908,7 @@ impl Runtime {
                 }
             }
         };
-        self.render_done(job.after, job.client, code, message, changes);
+        self.render_done(job.after, job.client, code, message, changes, failure);
         if let Some(next) = self.render_queue.pop_front() {
             self.start_render(next);
         }
@@ -906,6 +921,7 @@ impl Runtime {
         code: i32,
         message: String,
         changes: Vec<(String, String)>,
+        failure: RenderFailure,
     ) {
         let now = Instant::now();
         for (name, action) in &changes {
@@ -916,7 +932,7 @@ impl Runtime {
             let actions = if action == "reload" {
                 self.supervisor.reload(name, now)
             } else {
-                self.supervisor.restart(name, now)
+                self.supervisor.restart_if_active(name, now)
             };
             self.apply(actions);
             let actions = self.supervisor.emit(&format!("config-changed:{name}"), now);
@@ -930,8 +946,23 @@ impl Runtime {
                 let actions = self.supervisor.boot(now);
                 self.apply(actions);
             }
+            // All or nothing: a model the renderer refuses for the new mode
+            // leaves the node in its old mode (the renderer wrote nothing).
+            AfterRender::SwitchMode(mode) if failure == RenderFailure::Refused => {
+                let old = self.supervisor.mode().to_string();
+                self.say(&format!(
+                    "initd: mode {mode} refused, staying in mode {old}: {reply} (the renderer's errors are above)"
+                ));
+                reply_code = 1;
+                reply = format!(
+                    "mode {mode} refused, still in mode {old}: {reply}; see the renderer's errors on the console"
+                );
+            }
+            // Without a renderer (configs baked only) the switch goes ahead.
             AfterRender::SwitchMode(mode) => {
-                self.say(&format!("nodows: mode {mode}"));
+                // t on the clock of the ready line: switch to ready is their difference.
+                let seconds = self.started.elapsed().as_secs_f64();
+                self.say(&format!("nodows: mode {mode} t={seconds:.2}"));
                 let actions = self.supervisor.set_mode(&mode, now);
                 self.apply(actions);
                 reply_code = 0;
@@ -1039,13 +1070,26 @@ impl Runtime {
         let word = |index: usize| words.get(index).map(String::as_str);
         let known = |runtime: &Runtime, name: &str| runtime.supervisor.service(name).is_some();
         let reply = match (word(0), word(1)) {
-            (Some("status"), flag) => {
-                if flag == Some("--json") {
-                    (0, self.status_json())
-                } else {
-                    (0, self.status_text())
+            (Some("status"), None) => (0, self.status_text()),
+            (Some("status"), Some("--json")) => (0, self.status_json()),
+            // A health probe (keepalived's track script): exit 1 when the
+            // service is failed, 0 in any other state.
+            (Some("status"), Some(name)) => match self.supervisor.service(name) {
+                None => (2, format!("unknown service {name}: see initctl status")),
+                Some(service) => {
+                    let line = format!(
+                        "{name} {}{}",
+                        service.state.as_str(),
+                        service
+                            .reason
+                            .as_deref()
+                            .map(|reason| format!(" ({reason})"))
+                            .unwrap_or_default()
+                    );
+                    let code = if service.state == State::Failed { 1 } else { 0 };
+                    (code, line)
                 }
-            }
+            },
             (Some(verb @ ("start" | "stop" | "restart" | "reload")), Some(name)) => {
                 if !known(self, name) {
                     (2, format!("unknown service {name}: see initctl status"))

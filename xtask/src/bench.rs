@@ -5,10 +5,13 @@
 //! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
 //! the host), `image` (cold and warm builds of the dev image vs a bare
 //! mmdebstrap), `flash` (every output format's size; flashing against dd
-//! and bmaptool), `render` (one key changed among 1,000 services).
+//! and bmaptool), `render` (one key changed among 1,000 services),
+//! `failover` (takeover of a failover pair after a power-off, two QEMU
+//! machines).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
 
 mod boot;
+mod failover;
 mod flash;
 mod image;
 mod render;
@@ -29,7 +32,7 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image, flash or render.
+    /// Run one suite only: boot, supervisor, image, flash, render or failover.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -40,7 +43,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 5] = ["boot", "supervisor", "image", "flash", "render"];
+const SUITES: [&str; 6] = ["boot", "supervisor", "image", "flash", "render", "failover"];
 
 /// What every suite needs: where to work and how much to run.
 pub struct Context {
@@ -174,6 +177,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     let result = image::run(&context, &mut suite);
                     broken |= finish(&mut suite, result);
                 }
+                suite
+            }
+            "failover" => {
+                let mut suite = Suite::new(
+                    "failover",
+                    "Failover pair: takeover after a power-off (QEMU, keepalived)",
+                );
+                let result = failover::run(&context, &mut suite);
+                broken |= finish(&mut suite, result);
                 suite
             }
             "flash" => {

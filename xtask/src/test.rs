@@ -6,7 +6,7 @@
 //! tests in `test/e2e.rs`, each a real boot. Every step prints its duration;
 //! the last line is `N passed, N failed`.
 
-mod e2e;
+pub mod e2e;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -134,3 +134,44 @@ fn a_mode_switch_renders_with_the_new_profile_first() {
         "failover"
     );
 }
+
+/// Guards the all-or-nothing mode switch (issue 13): when the renderer
+/// refuses the new mode's model, the node stays in its old mode with its
+/// services as they were, and `initctl mode` exits 1 saying so.
+#[test]
+fn a_mode_switch_whose_render_fails_leaves_the_old_mode() {
+    let mut initd = Initd::prepare(
+        "render-mode-refused",
+        &[
+            (
+                "prod",
+                shell_service("prod", "exec sleep 1000", "<modes>production</modes>"),
+            ),
+            (
+                "fail",
+                shell_service("fail", "exec sleep 1000", "<modes>failover</modes>"),
+            ),
+        ],
+    );
+    let renderer = write_renderer(
+        &initd,
+        "case \"$*\" in *'--profile failover'*) echo 'model.xml:3: unknown profile failover' >&2; exit 2;; esac; echo '{\"written\": [], \"services\": []}'",
+    );
+    initd.launch(&["--render-command", &renderer, "--mode", "production"]);
+    initd.wait_for_state("prod", "running");
+    let pid = initd.main_pid("prod");
+    let output = initd.try_ctl(&["mode", "failover"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("mode failover refused, still in mode production"),
+        "{stderr}"
+    );
+    assert_eq!(initd.ctl(&["mode"]).trim(), "production");
+    assert_eq!(initd.state("fail"), "stopped");
+    assert_eq!(initd.main_pid("prod"), pid);
+    // initctl status NAME: 0 unless the service is failed, 2 when unknown.
+    assert_eq!(initd.ctl(&["status", "prod"]).trim(), "prod running");
+    assert_eq!(initd.try_ctl(&["status", "fail"]).status.code(), Some(0));
+    assert_eq!(initd.try_ctl(&["status", "nosuch"]).status.code(), Some(2));
+}

@@ -4,9 +4,10 @@
 //! share one machine, in the order of the issue's list.
 //!   boot 1, test profile: ready, services, web page, render, respawn, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
-//!   boot 3, dev from its vmdk output; boot 4, failover from the copy `cargo xtask flash
-//!   --to-file` wrote; boot 5, production (no agent: console lines)
+//!   boot 3, dev from its vmdk output; boot 4, failover alone, from the copy `cargo xtask
+//!   flash --to-file` wrote; boot 5, production (no agent: console lines)
 //!   boot 6, test profile through OVMF (`--uefi`)
+//!   boot 7, the failover pair (two machines on a private link, `failover.rs`)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 
+pub mod failover;
+
 use super::Runner;
 use crate::boot::BuiltImage;
-use crate::qemu::{self, Accel, Disk, ServiceStatus, Vm};
+use crate::qemu::{self, Accel, Disk, Link, ServiceStatus, Vm};
 
 const IMAGE: &str = "debian";
-const PROFILES: [&str; 4] = ["dev", "test", "production", "failover"];
+const PROFILES: [&str; 5] = ["dev", "test", "production", "failover", failover::PROFILE];
 /// From QEMU start to `nodows: ready`, generous for TCG on a busy machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// OVMF under TCG adds firmware and boot loader time.
@@ -98,16 +101,56 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         check_respawn(booted(&mut test_vm)?, "web")
     });
     runner.step(
-        "e2e 5 test: initctl mode failover stops and starts the right services",
+        "e2e 5 test: a mode the model cannot render is refused, the node stays in its mode",
+        || {
+            let vm = booted(&mut test_vm)?;
+            let before = running_pids(vm)?;
+            let output = vm.fail("initctl mode nosuchmode")?;
+            ensure!(
+                output.contains("mode nosuchmode refused, still in mode test"),
+                "initctl mode nosuchmode said: {output}"
+            );
+            ensure!(
+                vm.succeed("initctl mode")?.trim() == "test",
+                "the mode changed after a refused switch"
+            );
+            let after = running_pids(vm)?;
+            if before != after {
+                return Err(vm.failure(&format!(
+                    "a refused mode switch changed services: before {before:?}, after {after:?}"
+                )));
+            }
+            Ok(())
+        },
+    );
+    runner.step(
+        "e2e 5 test: initctl mode backup stops web and starts standby; keepalived, with no VRRP link here, says so and never takes the address",
         || {
             let vm = booted(&mut test_vm)?;
             let mark = vm.console_mark();
-            vm.succeed("initctl mode failover")?;
-            vm.wait_for_console_text_since(mark, "nodows: mode failover", SERVICE_TIMEOUT)?;
-            check_mode_services(vm, "failover")?;
+            vm.succeed("initctl mode backup")?;
+            vm.wait_for_console_text_since(mark, "nodows: mode backup", SERVICE_TIMEOUT)?;
+            vm.wait_for_service("standby", SERVICE_TIMEOUT)?;
+            let web = vm
+                .service_status()?
+                .into_iter()
+                .find(|status| status.name == "web")
+                .context("initd does not know web")?;
+            ensure!(web.state == "stopped", "web is {} in mode backup", web.state);
             // standby now answers on port 80 instead of web.
             let server = guest_server(vm)?;
-            check_web_page(vm, "failover", server.as_deref())
+            check_web_page(vm, "backup", server.as_deref())?;
+            vm.wait_until_succeeds(
+                "grep -q 'no interface' /var/log/nodows/keepalived.log",
+                SERVICE_TIMEOUT,
+            )?;
+            let vip = failover::model_vip()?;
+            vm.succeed(&format!("! ip -o address | grep -q ' {vip}/'"))?;
+            ensure!(
+                vm.succeed("initctl mode")?.trim() == "backup",
+                "the node left mode backup"
+            );
+            Ok(())
         },
     );
     let mut overlay: Option<PathBuf> = None;
@@ -194,7 +237,7 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
-        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), boots to ready, the mode's services are running",
+        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), a lone node boots in backup mode, becomes MASTER and switches to failover",
         || {
             // The copy `cargo xtask flash` writes is what boots.
             let image = image("failover")?;
@@ -208,11 +251,28 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                 raw: flashed,
                 ..image
             };
-            let mut vm = context.start(&image, "failover", "")?;
+            let mut config = image.config("failover", false, "", &context.work_root);
+            config.accel = context.accel;
+            config.forward_tcp = vec![22, 80];
+            // A link with no peer at its other end.
+            config.links = vec![Link::pair("link0", 0)?.0];
+            let mut vm = Vm::start(&config)?;
             vm.wait_for_ready(READY_TIMEOUT)?;
+            vm.wait_for_console_text("nodows: vrrp web MASTER", SERVICE_TIMEOUT)?;
+            // The ready line of the new mode comes after the switch.
+            vm.wait_for_console_text(
+                qemu::Pattern::regex(r"^nodows: ready mode=failover( |$)"),
+                SERVICE_TIMEOUT,
+            )?;
             check_console_services(&mut vm, &image, "failover")?;
             check_web_page(&mut vm, "failover", None)
         },
+    );
+    failover::run(
+        runner,
+        image(failover::PROFILE),
+        &context.work_root,
+        context.accel,
     );
 
     let mut production_vm: Option<Vm> = None;
@@ -738,13 +798,13 @@ fn other_server(_image: &BuiltImage) -> anyhow::Result<String> {
 }
 
 /// The page on port 80 shows the model's title, server and mode (the
-/// standby page and message in failover mode).
+/// standby page and message in backup mode).
 fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> anyhow::Result<()> {
     let model = model_text()?;
     let port = vm.host_port(80);
     vm.wait_for_open_port(port, SERVICE_TIMEOUT)?;
     let (status, body) = vm.http_get(port, "/")?;
-    let (service, key) = if mode == "failover" {
+    let (service, key) = if mode == "backup" {
         ("standby", "message")
     } else {
         ("web", "title")

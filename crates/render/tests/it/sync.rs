@@ -57,7 +57,7 @@ fn one_key_changed_rewrites_exactly_one_file_and_reloads_exactly_its_owner() {
         root.path(),
         &["--profile", "production", "--server", "web01"],
     ));
-    assert_eq!(first["written"].as_array().unwrap().len(), 8);
+    assert_eq!(first["written"].as_array().unwrap().len(), 11);
     let before = stamps(root.path());
 
     // Nothing changed: nothing written, nothing to do.
@@ -140,7 +140,7 @@ fn dry_run_reports_but_writes_nothing() {
         &["--profile", "dev", "--dry-run"],
     );
     let change = change_set(&output);
-    assert_eq!(change["written"].as_array().unwrap().len(), 8);
+    assert_eq!(change["written"].as_array().unwrap().len(), 11);
     assert!(tree(root.path()).is_empty());
 }
 
@@ -351,8 +351,8 @@ fn xml_and_sqlite_models_render_the_same_files() {
     let sqlite_spec = format!("sqlite:{}", db.display());
     let xml_spec = repo().join("models/default.xml");
     let services = repo().join("services");
-    for profile in ["dev", "test", "production", "failover"] {
-        for server in [None, Some("web01"), Some("web02")] {
+    for profile in ["dev", "test", "production", "failover", "backup"] {
+        for server in [None, Some("web01"), Some("web02"), Some("fo1")] {
             let mut extra = vec!["--profile", profile];
             if let Some(server) = server {
                 extra.extend(["--server", server]);
@@ -367,7 +367,7 @@ fn xml_and_sqlite_models_render_the_same_files() {
                 &extra,
             ));
             let xml_tree = tree(from_xml.path());
-            assert_eq!(xml_tree.len(), 8);
+            assert_eq!(xml_tree.len(), 11);
             assert_eq!(xml_tree, tree(from_sqlite.path()), "{profile} {server:?}");
         }
     }
