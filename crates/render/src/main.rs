@@ -4,9 +4,12 @@
 //! nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P
 //!               [--server ID] [--service NAME]... [--dry-run] [--json]
 //! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
+//! nodows model import|export|migrate|history|revert ...   (see model_cli.rs)
 //! ```
 //!
 //! Exit codes: 0 success (with or without changes), 1 failure, 2 bad input or usage.
+
+mod model_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,7 +45,8 @@ static GLOBAL: Mimalloc = Mimalloc;
 
 const USAGE: &str = "usage:
   nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json]
-  nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]";
+  nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
+";
 
 /// A usage error: printed with the usage, exit 2.
 struct Usage(String);
@@ -204,8 +208,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("render") => render_command(&args[1..]),
         Some("watch") => watch_command(&args[1..]),
+        Some("model") => model_cli::run(&args[1..]),
         Some("--help") | Some("-h") | Some("help") => {
-            println!("{USAGE}");
+            println!("{USAGE}{}", model_cli::USAGE);
             return ExitCode::SUCCESS;
         }
         Some(other) => Err(Failure::Usage(Usage(format!("unknown command `{other}`")))),
@@ -214,7 +219,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(Usage(message))) => {
-            eprintln!("nodows: {message}\n{USAGE}");
+            eprintln!("nodows: {message}\n{USAGE}{}", model_cli::USAGE);
             ExitCode::from(2)
         }
         Err(Failure::Render(error)) => {
