@@ -15,6 +15,8 @@ pub mod postgres;
 mod sqlite;
 mod xml;
 
+pub use xml::write_atomically;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;

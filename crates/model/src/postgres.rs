@@ -14,7 +14,9 @@
 //! password is written in the URL, the image or a log).
 
 use crate::{Error, Layer, Model};
-use ::postgres::{Client, Config, IsolationLevel, NoTls};
+pub use ::postgres::fallible_iterator::FallibleIterator;
+pub use ::postgres::Client;
+use ::postgres::{Config, IsolationLevel, NoTls};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;

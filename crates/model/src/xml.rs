@@ -358,7 +358,7 @@ pub(crate) fn write(path: &std::path::Path, model: &Model) -> Result<(), Error> 
 
 /// `bytes` to `path` through `.NAME.nodows-tmp` beside it: fsync, rename,
 /// directory fsync. `path` is either the old file or the new one.
-pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),

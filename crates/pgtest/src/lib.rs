@@ -188,6 +188,18 @@ impl Cluster {
         format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Writes a pgpass file (mode 0600) at `path` holding `role`'s
+    /// `password` for `database` on this cluster.
+    pub fn passfile(&self, path: &Path, database: &str, role: &str, password: &str) {
+        std::fs::write(
+            path,
+            format!("127.0.0.1:{}:{database}:{role}:{password}\n", self.port),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
     /// A superuser connection to `database`.
     pub fn connect(&self, database: &str) -> Result<postgres::Client, postgres::Error> {
         postgres::Client::connect(&self.superuser_url(database), postgres::NoTls)

@@ -4,6 +4,8 @@
 //! nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P
 //!               [--server ID] [--service NAME]... [--dry-run] [--json]
 //! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
+//! nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH
+//!              --command "PROGRAM ARGS" [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
 //! nodows model import|export|migrate|history|revert ...   (see model_cli.rs)
 //! ```
 //!
@@ -46,6 +48,8 @@ static GLOBAL: Mimalloc = Mimalloc;
 const USAGE: &str = "usage:
   nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json]
   nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
+  nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH --command \"PROGRAM ARGS\"
+               [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
 ";
 
 /// A usage error: printed with the usage, exit 2.
@@ -175,10 +179,21 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The options of `nodows watch` that only a postgres:// model takes.
+const POSTGRES_WATCH_OPTIONS: [&str; 6] = [
+    "--server",
+    "--profile",
+    "--services",
+    "--last-good",
+    "--status-file",
+    "--max-backoff",
+];
+
 fn watch_command(args: &[String]) -> Result<(), Failure> {
-    let arguments = Arguments::parse(args, &["--model", "--command", "--debounce", "--poll"], &[])?;
+    let mut with_value = vec!["--model", "--command", "--debounce", "--poll"];
+    with_value.extend(POSTGRES_WATCH_OPTIONS);
+    let arguments = Arguments::parse(args, &with_value, &[])?;
     let model_spec = arguments.required("--model")?;
-    let model = PathBuf::from(model_spec.strip_prefix("sqlite:").unwrap_or(&model_spec));
     let command = render::watch::split_command(&arguments.required("--command")?)
         .map_err(|e| Usage(e.to_string()))?;
     let duration =
@@ -193,6 +208,33 @@ fn watch_command(args: &[String]) -> Result<(), Failure> {
             }
         };
     let debounce = duration("--debounce", Some("200ms"))?.unwrap_or_default();
+    if model::postgres::is_postgres(&model_spec) {
+        let options = render::fleet::Options {
+            spec: model_spec,
+            server: arguments.required("--server")?,
+            profile: arguments.required("--profile")?,
+            services_dir: PathBuf::from(arguments.required("--services")?),
+            last_good: PathBuf::from(arguments.required("--last-good")?),
+            status_file: arguments
+                .one("--status-file")?
+                .map(PathBuf::from)
+                .unwrap_or_else(render::fleet::default_status_file),
+            command,
+            debounce: duration("--debounce", Some("50ms"))?.unwrap_or_default(),
+            poll: duration("--poll", Some("60s"))?.unwrap_or_default(),
+            max_backoff: duration("--max-backoff", Some("30s"))?.unwrap_or_default(),
+        };
+        render::fleet::check_options(&options).map_err(Failure::Other)?;
+        return render::fleet::watch(&options).map_err(Failure::Other);
+    }
+    for postgres_only in POSTGRES_WATCH_OPTIONS {
+        if arguments.one(postgres_only)?.is_some() {
+            return Err(Failure::Usage(Usage(format!(
+                "{postgres_only} is for a postgres:// model only"
+            ))));
+        }
+    }
+    let model = PathBuf::from(model_spec.strip_prefix("sqlite:").unwrap_or(&model_spec));
     let poll = duration("--poll", None)?;
     render::watch::watch(&render::watch::Options {
         model,

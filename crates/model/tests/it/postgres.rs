@@ -263,13 +263,7 @@ fn appliance(url: &str, label: &str, server: &str, profiles: &str, dir: &Path) -
         ))
         .unwrap();
     let passfile = dir.join(format!("{label}.pgpass"));
-    std::fs::write(
-        &passfile,
-        format!("127.0.0.1:{}:{database}:{role}:{password}\n", cluster.port),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cluster.passfile(&passfile, &database, &role, &password);
     format!(
         "{}?passfile={}",
         cluster.url(&role, &database),
