@@ -32,6 +32,8 @@ pub struct Options {
     pub log_max_bytes: u64,
     pub use_cgroups: bool,
     pub pid1: bool,
+    /// A render still running after this long is killed (and reported).
+    pub render_timeout: Duration,
 }
 
 impl Options {
@@ -50,6 +52,7 @@ impl Options {
             log_max_bytes: 1024 * 1024,
             use_cgroups: true,
             pid1: false,
+            render_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -92,6 +95,13 @@ enum AfterRender {
 
 struct RenderJob {
     pid: i32,
+    started: Instant,
+    /// Killed by initd after `render_timeout`.
+    timed_out: bool,
+    /// This render is the one initd started to finish a failed render's
+    /// journal (it is not retried again).
+    retry: bool,
+    profile: String,
     stdout: RawFd,
     output: Vec<u8>,
     eof: bool,
@@ -111,7 +121,13 @@ struct RenderRequest {
     profile: String,
     after: AfterRender,
     client: Option<UnixStream>,
+    /// Started by initd to finish a failed render's journal.
+    retry: bool,
 }
+
+/// The renderer's journal inside the root (see crates/render/src/sync.rs):
+/// present while an apply is unfinished or its change set not yet acted on.
+const RENDER_JOURNAL: &str = "var/lib/nodows/render-journal.json";
 
 pub struct Runtime {
     options: Options,
@@ -231,6 +247,7 @@ impl Runtime {
             profile: self.supervisor.mode().to_string(),
             after: AfterRender::Boot,
             client: None,
+            retry: false,
         });
         while !self.finished {
             let result =
@@ -260,6 +277,10 @@ impl Runtime {
         if polling {
             let next = self.next_readiness_poll.max(now);
             deadline = Some(deadline.map_or(next, |deadline| deadline.min(next)));
+        }
+        if let Some(job) = self.render_job.as_ref().filter(|job| !job.timed_out) {
+            let kill_at = job.started + self.options.render_timeout;
+            deadline = Some(deadline.map_or(kill_at, |deadline| deadline.min(kill_at)));
         }
         let timeout_ms = match deadline {
             None => -1,
@@ -393,6 +414,7 @@ impl Runtime {
         for name in std::mem::take(&mut self.crash_killed) {
             self.groups.kill_escapees(&name);
         }
+        self.kill_hung_render();
         self.finish_render();
         self.progress_shutdown();
     }
@@ -797,6 +819,8 @@ impl Runtime {
         }
         process
             .arg("--json")
+            // initd removes the journal once it has acted on the change set.
+            .arg("--keep-journal")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped());
         match process.spawn() {
@@ -808,6 +832,10 @@ impl Runtime {
                 let _ = sys::set_nonblocking(fd);
                 self.render_job = Some(RenderJob {
                     pid: child.id() as i32,
+                    started: Instant::now(),
+                    timed_out: false,
+                    retry: request.retry,
+                    profile: request.profile.clone(),
                     stdout: fd,
                     output: Vec::new(),
                     eof: false,
@@ -867,17 +895,50 @@ impl Runtime {
             return;
         };
         let exit = job.exit.unwrap_or(Exit::Code(1));
+        let journal = self.options.root.join(RENDER_JOURNAL);
         let mut changes = Vec::new();
-        let (code, message) = if !exit.success() {
-            let message = format!(
-                "renderer failed ({}): configuration unchanged",
+        let mut retry = false;
+        let (code, message) = if exit == Exit::Code(2) {
+            // Bad input: the renderer stops before it writes anything.
+            let message =
+                "renderer refused the input (exit 2): configuration unchanged".to_string();
+            self.say(&format!("initd: {message}"));
+            (1, message)
+        } else if !exit.success() {
+            let how = if job.timed_out {
+                format!(
+                    "hung for {} s and was killed",
+                    self.options.render_timeout.as_secs()
+                )
+            } else {
                 exit.describe()
-            );
+            };
+            let unfinished = journal.exists();
+            let message = if unfinished {
+                retry = !job.retry;
+                format!(
+                    "renderer failed ({how}): it left an unfinished apply; {}",
+                    if retry {
+                        "rendering again to finish it and report its changes"
+                    } else {
+                        "the next render finishes it and reports its changes"
+                    }
+                )
+            } else {
+                format!("renderer failed ({how}): configuration unchanged")
+            };
             self.say(&format!("initd: {message}"));
             (1, message)
         } else {
             match json::parse_change_set(&String::from_utf8_lossy(&job.output)) {
                 Ok(change_set) => {
+                    // Acted on below: the journal's change set is reported.
+                    match std::fs::remove_file(&journal) {
+                        Err(error) if error.kind() != std::io::ErrorKind::NotFound => self.say(
+                            &format!("initd: {}: cannot remove: {error}", journal.display()),
+                        ),
+                        _ => {}
+                    }
                     let mut message =
                         format!("rendered: {} files written", change_set.written.len());
                     for (name, action) in &change_set.services {
@@ -893,10 +954,39 @@ impl Runtime {
                 }
             }
         };
+        if retry {
+            self.render_queue.push_front(RenderRequest {
+                services: Vec::new(),
+                profile: job.profile.clone(),
+                after: AfterRender::Nothing,
+                client: None,
+                retry: true,
+            });
+        }
         self.render_done(job.after, job.client, code, message, changes);
         if let Some(next) = self.render_queue.pop_front() {
             self.start_render(next);
         }
+    }
+
+    /// Kills a render that has run longer than `render_timeout`; its exit
+    /// is then reported by `finish_render`.
+    fn kill_hung_render(&mut self) {
+        let timeout = self.options.render_timeout;
+        let Some(job) = self.render_job.as_mut() else {
+            return;
+        };
+        if job.exit.is_some() || job.timed_out || job.started.elapsed() < timeout {
+            return;
+        }
+        job.timed_out = true;
+        let pid = job.pid;
+        // SAFETY: kill on the renderer's pid, a child not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.say(&format!(
+            "initd: renderer pid {pid} hung for {} s: killed",
+            timeout.as_secs()
+        ));
     }
 
     fn render_done(
@@ -1110,6 +1200,7 @@ impl Runtime {
                         profile: self.supervisor.mode().to_string(),
                         after: AfterRender::Nothing,
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }
@@ -1120,6 +1211,7 @@ impl Runtime {
                     profile: self.supervisor.mode().to_string(),
                     after: AfterRender::Nothing,
                     client: client.take(),
+                    retry: false,
                 });
                 return None;
             }
@@ -1161,6 +1253,7 @@ impl Runtime {
                         profile: mode.to_string(),
                         after: AfterRender::SwitchMode(mode.to_string()),
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }

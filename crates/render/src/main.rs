@@ -1,8 +1,8 @@
 //! `nodows`: the renderer's command line.
 //!
 //! ```text
-//! nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P
-//!               [--server ID] [--service NAME]... [--dry-run] [--json]
+//! nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P
+//!               [--server ID] [--service NAME]... [--dry-run] [--json] [--keep-journal]
 //! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
 //! nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH
 //!              --command "PROGRAM ARGS" [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
@@ -46,7 +46,7 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 static GLOBAL: Mimalloc = Mimalloc;
 
 const USAGE: &str = "usage:
-  nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json]
+  nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json] [--keep-journal]
   nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
   nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH --command \"PROGRAM ARGS\"
                [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
@@ -147,7 +147,7 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
             "--server",
             "--service",
         ],
-        &["--dry-run", "--json"],
+        &["--dry-run", "--json", "--keep-journal"],
     )?;
     let model_spec = arguments.required("--model")?;
     let services_dir = PathBuf::from(arguments.required("--services")?);
@@ -168,13 +168,28 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
         profile: &profile,
         only: &only,
     })?;
-    let change_set = render::sync::sync(&root, &staged, arguments.flag("--dry-run"))?;
-    if arguments.flag("--json") {
+    let dry_run = arguments.flag("--dry-run");
+    let change_set = render::sync::sync(&root, &staged, dry_run)?;
+    let text = if arguments.flag("--json") {
         let json = serde_json::to_string(&change_set)
             .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
-        println!("{json}");
+        format!("{json}\n")
     } else {
-        print!("{}", change_set.to_text());
+        change_set.to_text()
+    };
+    // The change set is reported before the journal goes: a kill in between
+    // reports it again, never loses it. With --keep-journal the caller
+    // removes the journal once it has acted on the change set.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Failure::Other(anyhow::anyhow!("cannot print the change set: {e}")))?;
+    }
+    if !dry_run && !arguments.flag("--keep-journal") {
+        render::sync::finish_journal(&root)?;
     }
     Ok(())
 }

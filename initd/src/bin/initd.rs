@@ -8,7 +8,7 @@ use initd::{pid1, sys};
 
 const USAGE: &str = "usage: initd [--services DIR] [--socket PATH] [--state DIR] [--mode MODE] [--log-dir DIR]
              [--render-command PATH] [--model PATH] [--root DIR] [--server ID]
-             [--log-max-bytes N] [--no-cgroups]
+             [--log-max-bytes N] [--no-cgroups] [--render-timeout SECONDS]
        initd check --services DIR [--mode MODE] [--root DIR]
        initd coldplug [--modules DIR] [--with-cpu]   (load the modules of the devices present)
 With no arguments as PID 1: the image defaults (/etc/nodows/services, /run/initd.sock, /run/nodows).";
@@ -72,6 +72,16 @@ fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
                     _ if pid1 => options.log_max_bytes,
                     _ => usage_error(&format!(
                         "bad --log-max-bytes {text}: a whole number of bytes"
+                    )),
+                }
+            }
+            "--render-timeout" => {
+                let text = value();
+                options.render_timeout = match text.parse::<u64>() {
+                    Ok(seconds) if seconds > 0 => std::time::Duration::from_secs(seconds),
+                    _ if pid1 => options.render_timeout,
+                    _ => usage_error(&format!(
+                        "bad --render-timeout {text}: a whole number of seconds"
                     )),
                 }
             }

@@ -2,6 +2,7 @@
 //! They run the real `nodows` binary and real libxslt on temporary roots.
 
 mod cli;
+mod crash;
 mod fleet;
 mod golden;
 mod support;
