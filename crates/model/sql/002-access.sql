@@ -12,14 +12,18 @@
 
 INSERT INTO nodows.migration (version) VALUES (2);
 
+-- Roles are shared by every database of the cluster: another database's
+-- migration may create them at the same moment.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'nodows_appliance') THEN
-        CREATE ROLE nodows_appliance NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'nodows_operator') THEN
-        CREATE ROLE nodows_operator NOLOGIN;
-    END IF;
+    CREATE ROLE nodows_appliance NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END
+$$;
+DO $$
+BEGIN
+    CREATE ROLE nodows_operator NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
 

@@ -60,10 +60,37 @@ pub enum Error {
 /// `sqlite:PATH: table setting rowid N` for SQLite.
 pub type Location = String;
 
-/// The keys of one service in one layer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The keys of one service in one layer, and where each was set.
+#[derive(Debug, Clone, Default)]
 pub struct ServiceKeys {
     pub keys: BTreeMap<String, String>,
+    /// Where each key of `keys` was set (for validation messages); a source
+    /// that has no positions leaves it empty.
+    pub locations: BTreeMap<String, Location>,
+}
+
+/// Two layers are equal when their keys and values are, wherever they came
+/// from (an XML and an SQLite model of the same data compare equal).
+impl PartialEq for ServiceKeys {
+    fn eq(&self, other: &ServiceKeys) -> bool {
+        self.keys == other.keys
+    }
+}
+
+impl Eq for ServiceKeys {}
+
+impl ServiceKeys {
+    /// Sets `key` to `value`, set at `location`; false if the key was
+    /// already set in this layer (the new value wins).
+    pub fn set(&mut self, key: &str, value: String, location: Location) -> bool {
+        self.locations.insert(key.to_string(), location);
+        self.keys.insert(key.to_string(), value).is_none()
+    }
+
+    /// Where `key` was set, or `fallback` when the source has no position.
+    pub fn location_of<'a>(&'a self, key: &str, fallback: &'a str) -> &'a str {
+        self.locations.get(key).map_or(fallback, String::as_str)
+    }
 }
 
 /// One layer: service name to its keys.

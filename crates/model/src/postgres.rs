@@ -620,7 +620,15 @@ fn model_from_json(json: &str, source_name: &str) -> Result<Model, Error> {
     let layer = |services: BTreeMap<String, BTreeMap<String, String>>| -> Layer {
         services
             .into_iter()
-            .map(|(service, keys)| (service, crate::ServiceKeys { keys }))
+            .map(|(service, keys)| {
+                (
+                    service,
+                    crate::ServiceKeys {
+                        keys,
+                        locations: BTreeMap::new(),
+                    },
+                )
+            })
             .collect()
     };
     Ok(Model {

@@ -115,8 +115,8 @@ pub(crate) fn read(path: &Path) -> Result<Model, Error> {
             continue;
         }
         model.service_mentions.push((service.clone(), here.clone()));
-        let keys = &mut layer.entry(service.clone()).or_default().keys;
-        if keys.insert(key.clone(), value).is_some() {
+        let service_keys = layer.entry(service.clone()).or_default();
+        if !service_keys.set(&key, value, here.clone()) {
             problems.push(format!(
                 "{here}: key `{key}` of service `{service}` is set twice in the same layer; keep one"
             ));

@@ -202,11 +202,10 @@ pub(crate) fn parse(text: &str, source_name: &str) -> Result<Model, Error> {
                     if let (Some((key_name, value, here)), Some(layer_ref), Some(service_name)) =
                         (key.take(), &layer, &service)
                     {
-                        let keys = &mut layer_mut(&mut model, layer_ref)
+                        let service_keys = layer_mut(&mut model, layer_ref)
                             .entry(service_name.clone())
-                            .or_default()
-                            .keys;
-                        if keys.insert(key_name.clone(), value).is_some() {
+                            .or_default();
+                        if !service_keys.set(&key_name, value, here.clone()) {
                             problems.push(format!(
                                 "{here}: key `{key_name}` of service `{service_name}` is set twice in the same layer; keep one"
                             ));

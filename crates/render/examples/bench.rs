@@ -55,7 +55,7 @@ value = </xsl:text><xsl:value-of select="$self/key[@name = 'value']"/><xsl:text>
         std::fs::write(
             service_dir.join("service.xml"),
             format!(
-                "<service name=\"{name}\" type=\"service\">\n  <exec path=\"/bin/true\"/>\n  <reload signal=\"HUP\"/>\n  <file target=\"/etc/bench/{name}.conf\" template=\"{name}.conf.xsl\" on-change=\"reload\"/>\n</service>\n"
+                "<service name=\"{name}\" type=\"service\">\n  <exec path=\"/bin/true\"/>\n  <reload signal=\"HUP\"/>\n  <file target=\"/etc/bench/{name}.conf\" template=\"{name}.conf.xsl\" on-change=\"reload\"/>\n  <key name=\"port\" type=\"port\">the port</key>\n  <key name=\"value\" type=\"string\">the value</key>\n</service>\n"
             ),
         )
         .unwrap();

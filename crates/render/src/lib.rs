@@ -7,7 +7,9 @@
 //! staged files against it and writes only what changed, atomically.
 
 pub mod fleet;
+pub mod keys;
 pub mod sync;
+pub mod validate;
 pub mod watch;
 pub mod xslt;
 
@@ -292,6 +294,22 @@ pub(crate) use servicedef::map_on_threads;
 /// Renders every file of the selected services into memory. If anything is
 /// wrong, returns every problem found and no file.
 pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
+    stage_timed(request).map(|(staged, _)| staged)
+}
+
+/// Where [`stage`]'s time went (`nodows render --timings`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimings {
+    /// Checking the model against the key declarations.
+    pub validate: std::time::Duration,
+    /// Everything else: locating, reading, compiling and applying templates.
+    pub render: std::time::Duration,
+}
+
+/// [`stage`], with the time spent validating and rendering.
+pub fn stage_timed(request: &Request) -> Result<(Vec<StagedFile>, StageTimings), Error> {
+    let started = std::time::Instant::now();
+    let mut timings = StageTimings::default();
     let mut problems = Vec::new();
     let known: BTreeSet<&str> = request
         .definitions
@@ -316,6 +334,17 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
             ));
         }
     }
+    let validating = std::time::Instant::now();
+    problems.extend(validate::check(
+        request.model,
+        request.definitions,
+        validate::Scope::Render {
+            profile: request.profile,
+            server: request.server,
+            only: request.only,
+        },
+    ));
+    timings.validate = validating.elapsed();
     let services_dir = request.services_dir.canonicalize().map_err(|e| {
         Error::BadInput(vec![format!(
             "{}: cannot read the services directory: {e}",
@@ -394,6 +423,12 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
                 }
             };
             if selected {
+                problems.extend(validate::check_template_keys(
+                    &template,
+                    &source,
+                    &definition.name,
+                    request.definitions,
+                ));
                 jobs.push((definition, file));
                 render_jobs.push(xslt::Job {
                     template,
@@ -413,7 +448,10 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
     if !problems.is_empty() {
         return Err(Error::BadInput(problems));
     }
-    let effective = request.model.effective(request.server, request.profile)?;
+    let effective = validate::with_declared_defaults(
+        request.model.effective(request.server, request.profile)?,
+        request.definitions,
+    );
     let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
     let threads = worker_threads(render_jobs.len());
     let rendered = xslt
@@ -438,7 +476,8 @@ pub fn stage(request: &Request) -> Result<Vec<StagedFile>, Error> {
         return Err(Error::BadInput(problems));
     }
     staged.sort_by(|a, b| a.target.cmp(&b.target));
-    Ok(staged)
+    timings.render = started.elapsed().saturating_sub(timings.validate);
+    Ok((staged, timings))
 }
 
 #[cfg(test)]

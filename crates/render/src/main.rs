@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P
-//!               [--server ID] [--service NAME]... [--dry-run] [--json] [--keep-journal]
+//!               [--server ID] [--service NAME]... [--dry-run] [--json] [--timings] [--keep-journal]
 //! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
 //! nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH
 //!              --command "PROGRAM ARGS" [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
+//! nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
+//! nodows keys --services DIR --reference
 //! nodows model import|export|migrate|history|revert ...   (see model_cli.rs)
 //! ```
 //!
@@ -46,10 +48,12 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 static GLOBAL: Mimalloc = Mimalloc;
 
 const USAGE: &str = "usage:
-  nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json] [--keep-journal]
+  nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json] [--timings] [--keep-journal]
   nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
   nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH --command \"PROGRAM ARGS\"
                [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
+  nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
+  nodows keys --services DIR --reference
 ";
 
 /// A usage error: printed with the usage, exit 2.
@@ -147,8 +151,9 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
             "--server",
             "--service",
         ],
-        &["--dry-run", "--json", "--keep-journal"],
+        &["--dry-run", "--json", "--timings", "--keep-journal"],
     )?;
+    let started = std::time::Instant::now();
     let model_spec = arguments.required("--model")?;
     let services_dir = PathBuf::from(arguments.required("--services")?);
     let root = PathBuf::from(arguments.required("--root")?);
@@ -157,10 +162,12 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
     let only = arguments.all("--service");
 
     let model = model::Model::load(&model_spec).map_err(render::Error::from)?;
+    let model_loaded = started.elapsed();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let definitions =
         servicedef::load_dir_on_threads(&services_dir, threads).map_err(render::Error::from)?;
-    let staged = render::stage(&render::Request {
+    let definitions_loaded = started.elapsed();
+    let (staged, timings) = render::stage_timed(&render::Request {
         model: &model,
         definitions: &definitions,
         services_dir: &services_dir,
@@ -168,8 +175,21 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
         profile: &profile,
         only: &only,
     })?;
+    let staged_at = started.elapsed();
     let dry_run = arguments.flag("--dry-run");
     let change_set = render::sync::sync(&root, &staged, dry_run)?;
+    if arguments.flag("--timings") {
+        let ms = |duration: std::time::Duration| duration.as_secs_f64() * 1000.0;
+        eprintln!(
+            "nodows: timings model={:.3}ms definitions={:.3}ms validate={:.3}ms render={:.3}ms sync={:.3}ms total={:.3}ms",
+            ms(model_loaded),
+            ms(definitions_loaded - model_loaded),
+            ms(timings.validate),
+            ms(timings.render),
+            ms(started.elapsed() - staged_at),
+            ms(started.elapsed())
+        );
+    }
     let text = if arguments.flag("--json") {
         let json = serde_json::to_string(&change_set)
             .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
@@ -203,6 +223,60 @@ const POSTGRES_WATCH_OPTIONS: [&str; 6] = [
     "--status-file",
     "--max-backoff",
 ];
+
+/// `nodows keys`: every declared key with its type, default and effective
+/// value (the model is validated first, as a render would), or with
+/// `--reference` the Markdown reference of README.
+fn keys_command(args: &[String]) -> Result<(), Failure> {
+    let arguments = Arguments::parse(
+        args,
+        &[
+            "--model",
+            "--services",
+            "--profile",
+            "--server",
+            "--service",
+        ],
+        &["--reference"],
+    )?;
+    let services_dir = PathBuf::from(arguments.required("--services")?);
+    let mut definitions = servicedef::load_dir(&services_dir).map_err(render::Error::from)?;
+    if arguments.flag("--reference") {
+        print!("{}", render::keys::reference_markdown(&definitions));
+        return Ok(());
+    }
+    let model = model::Model::load(&arguments.required("--model")?).map_err(render::Error::from)?;
+    let profile = arguments.required("--profile")?;
+    let server = arguments.one("--server")?;
+    let only = arguments.all("--service");
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !definitions.iter().any(|d| &d.name == *name))
+    {
+        return Err(Usage(format!(
+            "--service {unknown}: no such service in {}",
+            services_dir.display()
+        ))
+        .into());
+    }
+    let problems = render::validate::check(
+        &model,
+        &definitions,
+        render::validate::Scope::Render {
+            profile: &profile,
+            server: server.as_deref(),
+            only: &only,
+        },
+    );
+    if !problems.is_empty() {
+        return Err(render::Error::BadInput(problems).into());
+    }
+    definitions.retain(|d| only.is_empty() || only.contains(&d.name));
+    let rows = render::keys::rows(&model, &definitions, &profile, server.as_deref())
+        .map_err(render::Error::from)?;
+    print!("{}", render::keys::to_text(&rows));
+    Ok(())
+}
 
 fn watch_command(args: &[String]) -> Result<(), Failure> {
     let mut with_value = vec!["--model", "--command", "--debounce", "--poll"];
@@ -266,6 +340,7 @@ fn main() -> ExitCode {
         Some("render") => render_command(&args[1..]),
         Some("watch") => watch_command(&args[1..]),
         Some("model") => model_cli::run(&args[1..]),
+        Some("keys") => keys_command(&args[1..]),
         Some("--help") | Some("-h") | Some("help") => {
             println!("{USAGE}{}", model_cli::USAGE);
             return ExitCode::SUCCESS;

@@ -22,6 +22,8 @@
 #include <libxml/valid.h>
 #include <libxml/xmlerror.h>
 #include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
+#include <libxslt/extensions.h>
 #include <libxslt/documents.h>
 #include <libxslt/imports.h>
 #include <libxslt/security.h>
@@ -116,6 +118,95 @@ static xmlDocPtr safe_loader(const xmlChar *uri, xmlDictPtr dict, int options, v
     return doc;
 }
 
+/*
+ * Escaping helpers for templates, in the namespace urn:nodows
+ * (xmlns:nodows="urn:nodows"):
+ *   nodows:line(s)      s itself; fails the render if s holds a control
+ *                       character (newline, tab, NUL, DEL, C1): the guard for
+ *                       line-oriented formats (sysctl.conf, sshd_config, nginx)
+ *   nodows:sh-quote(s)  s as one POSIX shell word: '...' with every ' written
+ *                       as '\'' (fails on a control character too)
+ * Model values are validated against their declared types before any
+ * template runs; these make a template safe on its own as well.
+ */
+#define NODOWS_NS ((const xmlChar *)"urn:nodows")
+
+/* The first control character's byte offset in s, or -1: C0, DEL, and C1
+ * (U+0080 to U+009F, UTF-8 0xC2 0x80-0x9F). */
+static long control_character(const xmlChar *s) {
+    for (long i = 0; s[i] != 0; i++) {
+        if (s[i] < 0x20 || s[i] == 0x7f)
+            return i;
+        if (s[i] == 0xc2 && s[i + 1] >= 0x80 && s[i + 1] <= 0x9f)
+            return i;
+    }
+    return -1;
+}
+
+/* Fails the transformation with a message naming the function. */
+static void helper_failed(xmlXPathParserContextPtr ctxt, const char *function, const char *why) {
+    xsltTransformContextPtr tctxt = xsltXPathGetTransformContext(ctxt);
+    xsltTransformError(tctxt, NULL, tctxt ? tctxt->inst : NULL, "nodows:%s(): %s\n", function, why);
+    if (tctxt != NULL)
+        tctxt->state = XSLT_STATE_STOPPED;
+    xmlXPathErr(ctxt, XPATH_EXPR_ERROR);
+}
+
+/* Pops the one string argument of `function`, or fails. */
+static xmlChar *string_argument(xmlXPathParserContextPtr ctxt, int nargs, const char *function) {
+    if (nargs != 1) {
+        helper_failed(ctxt, function, "takes exactly one argument");
+        return NULL;
+    }
+    xmlChar *value = xmlXPathPopString(ctxt);
+    if (value == NULL || xmlXPathCheckError(ctxt)) {
+        xmlFree(value);
+        return NULL;
+    }
+    if (control_character(value) >= 0) {
+        xmlFree(value);
+        helper_failed(ctxt, function,
+                      "the value holds a control character (newline, tab, NUL...): refused, it would change the file's structure");
+        return NULL;
+    }
+    return value;
+}
+
+static void line_function(xmlXPathParserContextPtr ctxt, int nargs) {
+    xmlChar *value = string_argument(ctxt, nargs, "line");
+    if (value != NULL)
+        xmlXPathReturnString(ctxt, value);
+}
+
+static void sh_quote_function(xmlXPathParserContextPtr ctxt, int nargs) {
+    xmlChar *value = string_argument(ctxt, nargs, "sh-quote");
+    if (value == NULL)
+        return;
+    size_t quotes = 0, len = 0;
+    for (; value[len] != 0; len++)
+        quotes += value[len] == '\'';
+    xmlChar *quoted = xmlMalloc(len + quotes * 3 + 3);
+    if (quoted == NULL) {
+        xmlFree(value);
+        helper_failed(ctxt, "sh-quote", "out of memory");
+        return;
+    }
+    size_t at = 0;
+    quoted[at++] = '\'';
+    for (size_t i = 0; i < len; i++) {
+        if (value[i] == '\'') {
+            memcpy(quoted + at, "'\\''", 4);
+            at += 4;
+        } else {
+            quoted[at++] = value[i];
+        }
+    }
+    quoted[at++] = '\'';
+    quoted[at] = 0;
+    xmlFree(value);
+    xmlXPathReturnString(ctxt, quoted);
+}
+
 /* Must be called on every thread that uses the shim (libxml2's error
  * handlers are per thread). */
 void nodows_thread_init(void) {
@@ -147,6 +238,9 @@ int nodows_xslt_init(const char *dir, xmlFreeFunc free_fn, xmlMallocFunc malloc_
             return -1;
         xmlInitParser();
         exsltRegisterAll();
+        if (xsltRegisterExtModuleFunction((const xmlChar *)"line", NODOWS_NS, line_function) != 0 ||
+            xsltRegisterExtModuleFunction((const xmlChar *)"sh-quote", NODOWS_NS, sh_quote_function) != 0)
+            return -1;
         xmlSubstituteEntitiesDefault(0);
         xmlLoadExtDtdDefaultValue = 0;
         xsltSetGenericErrorFunc(NULL, generic_error);

@@ -4,9 +4,13 @@
 //! the xtask share one parser. The schema is documented in
 //! `services/service.rng`.
 
+mod keys;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use keys::{closest, is_key_name, KeyDeclaration, KeyType, ANY_KEY, TYPE_NAMES};
 
 /// The seed notes' script types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,8 @@ pub struct ServiceDefinition {
     /// (resource name as in `<rlimit name="nofile" soft=".." hard=".."/>`, soft, hard)
     pub rlimits: Vec<(String, u64, u64)>,
     pub files: Vec<FileTarget>,
+    /// The model keys the service reads (`<key>`), in file order.
+    pub keys: Vec<KeyDeclaration>,
     /// The service's directory (where service.xml and its templates live).
     pub dir: PathBuf,
     /// Line of the `<service>` element, for messages.
@@ -829,6 +835,7 @@ const CHILD_ELEMENTS: &[&str] = &[
     "umask",
     "rlimit",
     "file",
+    "key",
 ];
 
 fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
@@ -905,6 +912,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         umask: None,
         rlimits: Vec::new(),
         files: Vec::new(),
+        keys: Vec::new(),
         dir,
         line: root.position.line,
     };
@@ -1277,6 +1285,11 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                     on_change,
                 });
             }
+            "key" => {
+                if let Some(declaration) = key_declaration(child, &definition.keys, checker) {
+                    definition.keys.push(declaration);
+                }
+            }
             other => checker.problem(
                 &child.position,
                 format!(
@@ -1302,6 +1315,84 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         service_position,
         needs_positions,
     }
+}
+
+/// One `<key name=".." type=".." [required="yes"] [default=".."]
+/// [also=".."] [values|min|max|item=".."]>description</key>`; `None` (with
+/// the problems recorded) when it is unusable.
+fn key_declaration(
+    element: &Element,
+    earlier: &[KeyDeclaration],
+    checker: &mut Checker,
+) -> Option<KeyDeclaration> {
+    checker.attributes(
+        element,
+        &[
+            "name", "type", "required", "default", "also", "values", "min", "max", "item",
+        ],
+        &["name", "type"],
+    );
+    checker.no_children(element);
+    let name = attribute(element, "name")?.to_string();
+    if name != ANY_KEY && !is_key_name(&name) {
+        checker.problem(
+            &element.position,
+            format!("bad key name \"{name}\": use letters, digits and _ . - / (or * for every other key)"),
+        );
+    }
+    if earlier.iter().any(|other| other.name == name) {
+        checker.problem(
+            &element.position,
+            format!("key \"{name}\" is declared twice: keep one <key name=\"{name}\">"),
+        );
+    }
+    let lookup = |attribute_name: &str| attribute(element, attribute_name).map(str::to_string);
+    let key_type = match KeyType::from_attributes(attribute(element, "type")?, &lookup) {
+        Ok(key_type) => key_type,
+        Err(problem) => {
+            checker.problem(&element.position, format!("key \"{name}\": {problem}"));
+            return None;
+        }
+    };
+    let required = checker.choice(element, "required", &[("yes", true), ("no", false)], false);
+    let description = element.text.trim().to_string();
+    if description.is_empty() || description.contains('\n') {
+        checker.problem(
+            &element.position,
+            format!("key \"{name}\" needs a one-line description as its text: say what it does"),
+        );
+    }
+    let declaration = KeyDeclaration {
+        name,
+        key_type,
+        required,
+        default: attribute(element, "default").map(str::to_string),
+        also: attribute(element, "also")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        description,
+        line: element.position.line,
+    };
+    if let Some(default) = &declaration.default {
+        if let Err(problem) = declaration.check(default) {
+            checker.problem(
+                &element.position,
+                format!(
+                    "key \"{}\": its default \"{default}\" is not valid: {problem}",
+                    declaration.name
+                ),
+            );
+        }
+        if declaration.name == ANY_KEY {
+            checker.problem(
+                &element.position,
+                "the wildcard key * cannot have a default: declare the key by name".to_string(),
+            );
+        }
+    }
+    Some(declaration)
 }
 
 #[cfg(test)]

@@ -425,3 +425,166 @@ fn loading_on_threads_gives_the_same_result() {
         assert_eq!(one, many, "{threads} threads");
     }
 }
+
+#[test]
+fn key_declarations_parse_with_their_types() {
+    let text = service(
+        "keys",
+        r#"  <key name="port" type="port" default="80">the port</key>
+  <key name="level" type="enum" values="debug info" default="info" required="yes">log level</key>
+  <key name="workers" type="integer" min="1" max="64" also="auto">workers</key>
+  <key name="peers" type="list" item="ipv4">the peers</key>
+  <key name="*" type="string">any other key</key>
+"#,
+    );
+    let tree = Tree::new(&[("keys", &text)]);
+    let definitions = load_dir(&tree.root).unwrap();
+    let keys = &definitions[0].keys;
+    assert_eq!(keys.len(), 5);
+    assert_eq!(keys[0].key_type, KeyType::Port);
+    assert_eq!(keys[0].default.as_deref(), Some("80"));
+    assert_eq!(
+        keys[1].key_type,
+        KeyType::Enum(vec!["debug".into(), "info".into()])
+    );
+    assert!(keys[1].required);
+    assert_eq!(keys[2].key_type, KeyType::Integer { min: 1, max: 64 });
+    assert_eq!(keys[2].also, vec!["auto".to_string()]);
+    assert_eq!(keys[3].key_type, KeyType::List(Box::new(KeyType::Ipv4)));
+    assert_eq!(keys[4].name, ANY_KEY);
+    assert_eq!(keys[0].line, 3);
+}
+
+#[test]
+fn bad_key_declarations_are_reported_together() {
+    let text = service(
+        "keys",
+        r#"  <key name="a" type="colour">a</key>
+  <key name="b" type="port" default="http">b</key>
+  <key name="c" type="enum">c</key>
+  <key name="d" type="string"/>
+  <key name="d" type="string">again</key>
+  <key name="e f" type="string">space</key>
+  <key name="g" type="integer" min="5" max="1">bounds</key>
+"#,
+    );
+    let tree = Tree::new(&[("keys", &text)]);
+    let errors = tree.errors();
+    for fragment in [
+        ":3:3: key \"a\": unknown key type \"colour\": expected one of string, identifier",
+        ":4:3: key \"b\": its default \"http\" is not valid: expected a port number 1-65535",
+        ":5:3: key \"c\": type enum needs values=",
+        ":6:3: key \"d\" needs a one-line description",
+        ":7:3: key \"d\" is declared twice",
+        ":8:3: bad key name \"e f\"",
+        ":9:3: key \"g\": min 5 is larger than max 1",
+    ] {
+        assert!(errors.contains(fragment), "{fragment}:\n{errors}");
+    }
+}
+
+/// Each type accepts its plain values and refuses what could change a
+/// file's structure (a table of value -> accepted).
+#[test]
+fn key_types_accept_and_refuse() {
+    let cases: &[(KeyType, &[&str], &[&str])] = &[
+        (
+            KeyType::String,
+            &["", "a b; c", "it's \"quoted\" $x"],
+            &["a\nb", "tab\there", "nul\0", "del\u{7f}", "c1\u{85}"],
+        ),
+        (
+            KeyType::Identifier,
+            &["eth0", "br-lan", "_x.1"],
+            &["", "0eth", "a b", "a;b", "x\n"],
+        ),
+        (
+            KeyType::Hostname,
+            &["web01", "a.example.org", "example.org."],
+            &["", "-a", "a..b", "a_b", "a b", "a;reboot"],
+        ),
+        (
+            KeyType::Ipv4,
+            &["10.0.2.2"],
+            &["10.0.2.2; reboot", "10.0.2", "::1", " 10.0.2.2"],
+        ),
+        (KeyType::Ipv6, &["fd00::1"], &["10.0.2.2", "fd00::1 "]),
+        (KeyType::Ip, &["10.0.2.2", "::1"], &["host"]),
+        (
+            KeyType::Cidr,
+            &["10.0.2.15/24", "fd00::1/64"],
+            &["10.0.2.15", "10.0.2.15/33", "10.0.2.15/+1", "x/24"],
+        ),
+        (
+            KeyType::Port,
+            &["1", "80", "65535"],
+            &["0", "65536", "+80", "80 ", "", "http"],
+        ),
+        (
+            KeyType::Integer { min: -5, max: 5 },
+            &["-5", "0", "5"],
+            &["6", "-6", "1.5", "+1", ""],
+        ),
+        (
+            KeyType::Decimal {
+                min: 0.0,
+                max: 10.0,
+            },
+            &["0.5", "3", "10"],
+            &["10.5", ".5", "1.", "1e3", "-1"],
+        ),
+        (KeyType::Boolean, &["yes", "no"], &["true", "Yes", ""]),
+        (
+            KeyType::Enum(vec!["a".into(), "b".into()]),
+            &["a", "b"],
+            &["c", "a b"],
+        ),
+        (KeyType::Duration, &["100ms", "5m"], &["5", "5 m", "-5s"]),
+        (
+            KeyType::Path,
+            &["/var/log/x.log", "/a/b-c_d+e@f:g"],
+            &["var/log", "/a b", "/a/../b", "/a;b", "/a\nb"],
+        ),
+        (
+            KeyType::Url,
+            &["https://example.org/a?b=c&d=e", "http://10.0.2.2:8080/"],
+            &[
+                "example.org",
+                "https://",
+                "https://a b",
+                "https://a\"b",
+                "https://a\\b",
+            ],
+        ),
+        (
+            KeyType::List(Box::new(KeyType::Ipv4)),
+            &["10.0.0.1", "10.0.0.1 10.0.0.2"],
+            &["", "10.0.0.1  10.0.0.2", "10.0.0.1 x", " 10.0.0.1"],
+        ),
+    ];
+    for (key_type, good, bad) in cases {
+        for value in *good {
+            assert!(
+                key_type.check(value).is_ok(),
+                "{key_type:?} refused {value:?}"
+            );
+        }
+        for value in *bad {
+            assert!(
+                key_type.check(value).is_err(),
+                "{key_type:?} accepted {value:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_closest_key_is_suggested() {
+    let names = ["title", "port", "server_name"];
+    assert_eq!(closest("titel", names.iter().copied()), Some("title"));
+    assert_eq!(
+        closest("server-name", names.iter().copied()),
+        Some("server_name")
+    );
+    assert_eq!(closest("colour", names.iter().copied()), None);
+}

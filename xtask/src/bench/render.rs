@@ -63,7 +63,7 @@ fn write_services(dir: &Path) -> anyhow::Result<()> {
         std::fs::write(
             service.join("service.xml"),
             format!(
-                "<service name=\"{name}\" type=\"service\">\n  <exec path=\"/bin/true\"/>\n  <reload signal=\"HUP\"/>\n  <file target=\"/etc/bench/{name}.conf\" template=\"{name}.conf.xsl\" on-change=\"reload\"/>\n</service>\n"
+                "<service name=\"{name}\" type=\"service\">\n  <exec path=\"/bin/true\"/>\n  <reload signal=\"HUP\"/>\n  <file target=\"/etc/bench/{name}.conf\" template=\"{name}.conf.xsl\" on-change=\"reload\"/>\n  <key name=\"port\" type=\"port\">the port</key>\n  <key name=\"value\" type=\"string\">the value</key>\n</service>\n"
             ),
         )?;
         std::fs::write(service.join(format!("{name}.conf.xsl")), TEMPLATE)?;
@@ -94,6 +94,45 @@ impl Setup {
             .with_context(|| format!("nodows render --json printed no change set: {output}"))?;
         Ok((seconds * 1000.0, change_set))
     }
+}
+
+/// The `name=N.NNNms` figure of a `nodows render --timings` line.
+fn timing(line: &str, name: &str) -> anyhow::Result<f64> {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&prefix))
+        .and_then(|value| value.strip_suffix("ms"))
+        .and_then(|value| value.parse().ok())
+        .with_context(|| format!("no {name}= in the timings line: {line}"))
+}
+
+/// Validation against the key declarations, and the whole render it is part
+/// of, from `nodows render --dry-run --timings` (milliseconds, one run each).
+fn validation_share(
+    context: &Context,
+    setup: &Setup,
+    root: &Path,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let sh = &context.sh;
+    let (nodows, model, services) = (&setup.nodows, &setup.model, &setup.services);
+    let mut validate = Vec::new();
+    let mut total = Vec::new();
+    for _ in 0..ROUNDS {
+        let output = cmd!(
+            sh,
+            "{nodows} render --model {model} --services {services} --root {root} --profile production --server bench01 --dry-run --timings"
+        )
+        .quiet()
+        .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = stderr
+            .lines()
+            .find(|line| line.starts_with("nodows: timings"))
+            .with_context(|| format!("nodows render --timings printed no timings: {stderr}"))?;
+        validate.push(timing(line, "validate")?);
+        total.push(timing(line, "total")?);
+    }
+    Ok((validate, total))
 }
 
 fn counts(change_set: &serde_json::Value) -> (usize, usize) {
@@ -170,6 +209,15 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         Stat::new(one_key),
         "confd-style full rewrite (1,000 files written)",
         Stat::new(full),
+    );
+
+    let (validate, total) = validation_share(context, &setup, &root)?;
+    suite.row(
+        "validation of the model against the key declarations (before any template runs)",
+        Unit::Milliseconds,
+        Stat::new(validate),
+        "the whole render it belongs to (load, validate, every template, diff)",
+        Stat::new(total),
     );
 
     match watch_latency(context, &setup, &root, &dir) {

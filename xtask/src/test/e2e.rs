@@ -641,7 +641,8 @@ fn element<'a>(text: &'a str, tag: &str, attribute: &str, value: &str) -> Option
     Some(&text[start..end])
 }
 
-/// A key of a service as layered by the model: defaults, then the profile, then the server.
+/// A key of a service as layered by the renderer: its declared default, the
+/// model's defaults, then the profile, then the server.
 fn model_value(
     model: &str,
     service: &str,
@@ -658,7 +659,18 @@ fn model_value(
         element(model, "profile", "name", mode),
         server.and_then(|server| element(model, "server", "id", server)),
     ];
-    let mut value = None;
+    // Under the model's layers: the service's declared default.
+    let mut value = servicedef::parse_file(
+        &qemu::workspace_root().join(format!("services/{service}/service.xml")),
+    )
+    .ok()
+    .and_then(|definition| {
+        definition
+            .keys
+            .into_iter()
+            .find(|declaration| declaration.name == key)
+            .and_then(|declaration| declaration.default)
+    });
     for layer in layers.into_iter().flatten() {
         if let Some(keys) = element(layer, "service", "name", service) {
             if let Some(found) = element(keys, "key", "name", key) {
@@ -765,9 +777,15 @@ fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let workers_before = children(vm, web_pid)?;
     // The title is shown on the page (its file needs no reload); the log
     // level is in nginx.conf (on-change reload).
+    // The level may be the declared default (not in the model): then it is
+    // set beside the title, in the layer that sets the title.
+    let level_edit = if model.contains(&format!("<key name=\"error_log_level\">{level}</key>")) {
+        format!("-e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|'")
+    } else {
+        format!("-e 's|<key name=\"title\">{new_title}</key>|&<key name=\"error_log_level\">{new_level}</key>|'")
+    };
     vm.succeed(&format!(
-        "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' \
-         -e 's|<key name=\"error_log_level\">{level}</key>|<key name=\"error_log_level\">{new_level}</key>|' \
+        "sed -i -e 's|<key name=\"title\">{title}</key>|<key name=\"title\">{new_title}</key>|' {level_edit} \
          /etc/nodows/model.xml && grep -c '{new_title}' /etc/nodows/model.xml"
     ))?;
     let rendered = vm.succeed("initctl render")?;
@@ -841,7 +859,12 @@ mod tests {
             model_value(model, "web", "port", "test", Some("web02")).as_deref(),
             Some("80")
         );
-        assert_eq!(model_value(model, "ssh", "port", "test", None), None);
+        // Not in the model: the declared default of services/ssh/service.xml.
+        assert_eq!(
+            model_value(model, "ssh", "port", "test", None).as_deref(),
+            Some("22")
+        );
+        assert_eq!(model_value(model, "ssh", "no_such_key", "test", None), None);
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn a_refused_change_leaves_no_partial_rows() {
     let error = client
         .batch_execute(
             "BEGIN;
-             UPDATE nodows.value SET value = '81' WHERE server IS NULL AND profile IS NULL AND service = 'web' AND key = 'port';
+             UPDATE nodows.value SET value = '81' WHERE server IS NULL AND profile IS NULL AND service = 'sysctl' AND key = 'vm.swappiness';
              INSERT INTO nodows.value (server, profile, service, key, value) VALUES ('web01', 'dev', 'web', 'port', '1');
              COMMIT;",
         )
@@ -125,7 +125,7 @@ fn a_refused_change_leaves_no_partial_rows() {
     let mut client = pg::connect(&url).unwrap();
     assert_eq!(pg::current_revision(&mut client, "t").unwrap(), before);
     let model = Model::load(&url).unwrap();
-    assert_eq!(model.defaults["web"].keys["port"], "80");
+    assert_eq!(model.defaults["sysctl"].keys["vm.swappiness"], "10");
 }
 
 fn notifications(client: &mut postgres::Client, wait: Duration) -> Vec<String> {
@@ -186,7 +186,7 @@ fn each_commit_is_a_revision_that_notifies_the_affected_servers() {
     assert_eq!(pg::current_revision(&mut admin, "t").unwrap(), before);
 
     admin
-        .batch_execute("BEGIN; SET LOCAL nodows.note = 'more workers'; UPDATE nodows.value SET value = '4' WHERE profile IS NULL AND server IS NULL AND key = 'worker_processes'; COMMIT;")
+        .batch_execute("BEGIN; SET LOCAL nodows.note = 'more workers'; UPDATE nodows.value SET value = '4' WHERE profile IS NULL AND server IS NULL AND key = 'vm.swappiness'; COMMIT;")
         .unwrap();
     assert_eq!(
         notifications(&mut listener, Duration::from_millis(500)),
@@ -202,7 +202,7 @@ fn each_commit_is_a_revision_that_notifies_the_affected_servers() {
     assert!(newest.at.ends_with(" UTC"));
     assert_eq!(
         pg::diff(&history[1].model, &newest.model),
-        ["~ defaults: web.worker_processes: \"1\" -> \"4\""]
+        ["~ defaults: sysctl.vm.swappiness: \"10\" -> \"4\""]
     );
     assert_eq!(
         pg::diff(&history[2].model, &history[1].model),

@@ -22,7 +22,7 @@ fn fixture(work: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::P
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("service.xml"),
-            format!("<service name=\"{name}\">\n  <exec path=\"/bin/true\"/>\n  <file target=\"/etc/crash/{}/{name}.conf\" template=\"t.xsl\" on-change=\"reload\"/>\n</service>\n", index % 7),
+            format!("<service name=\"{name}\">\n  <exec path=\"/bin/true\"/>\n  <file target=\"/etc/crash/{}/{name}.conf\" template=\"t.xsl\" on-change=\"reload\"/>\n  <key name=\"v\" type=\"string\">the file's text</key>\n</service>\n", index % 7),
         )
         .unwrap();
         std::fs::write(

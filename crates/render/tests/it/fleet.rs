@@ -220,7 +220,7 @@ fn a_commit_reaches_exactly_the_affected_appliances_and_a_broken_model_is_refuse
     // A default: both converge, both status rows show the revision.
     let default = execute(
         &url,
-        "UPDATE nodows.value SET value = '3' WHERE server IS NULL AND profile IS NULL AND service = 'web' AND key = 'worker_processes'",
+        "INSERT INTO nodows.value (service, key, value) VALUES ('web', 'worker_processes', '3')",
     );
     a.wait_for_status(&url, default, "applied");
     b.wait_for_status(&url, default, "applied");
@@ -239,7 +239,7 @@ fn a_commit_reaches_exactly_the_affected_appliances_and_a_broken_model_is_refuse
     );
     let (error, running) = a.wait_for_status(&url, broken, "refused");
     assert!(
-        error.contains("service net needs the keys interface and address"),
+        error.contains("key `address` of service `net` is required"),
         "{error}"
     );
     assert_eq!(running, Some(default));

@@ -70,12 +70,22 @@ fn run(case: &Path, root: &Path, json: bool) -> std::process::Output {
     render(&args)
 }
 
-fn write_tree(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8>>) {
+/// Writes the blessed files, each with the permission bits of its
+/// rendered copy under `rendered_root` (an rc.d script stays executable).
+fn write_tree(
+    dir: &Path,
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+    rendered_root: &Path,
+) {
     let _ = std::fs::remove_dir_all(dir);
     for (path, bytes) in files {
         let target = dir.join(path);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::write(target, bytes).unwrap();
+        std::fs::write(&target, bytes).unwrap();
+        let permissions = std::fs::metadata(rendered_root.join(path))
+            .unwrap()
+            .permissions();
+        std::fs::set_permissions(&target, permissions).unwrap();
     }
 }
 
@@ -117,7 +127,7 @@ fn rendered_files_match_the_goldens() {
         }
         let expected_dir = case.join("expected");
         if update() {
-            write_tree(&expected_dir, &rendered);
+            write_tree(&expected_dir, &rendered, root.path());
             continue;
         }
         let expected = tree(&expected_dir);

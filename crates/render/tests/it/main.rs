@@ -5,6 +5,8 @@ mod cli;
 mod crash;
 mod fleet;
 mod golden;
+mod keys;
+mod properties;
 mod support;
 mod sync;
 mod watch;

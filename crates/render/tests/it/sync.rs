@@ -71,8 +71,8 @@ fn one_key_changed_rewrites_exactly_one_file_and_reloads_exactly_its_owner() {
 
     let edited = edited_model(
         work.path(),
-        r#"<key name="permit_empty_passwords">no</key>"#,
-        r#"<key name="permit_empty_passwords">yes</key>"#,
+        r#"<profile name="production">"#,
+        r#"<profile name="production"><service name="ssh"><key name="permit_empty_passwords">yes</key></service>"#,
     );
     let changed = change_set(&render_json(
         &edited,
@@ -395,7 +395,7 @@ fn many_services_render_on_several_threads_with_per_template_errors() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("service.xml"),
-            format!("<service name=\"{name}\">\n  <exec path=\"/bin/true\"/>\n  <file target=\"/etc/many/{name}.conf\" template=\"t.xsl\" on-change=\"reload\"/>\n</service>\n"),
+            format!("<service name=\"{name}\">\n  <exec path=\"/bin/true\"/>\n  <file target=\"/etc/many/{name}.conf\" template=\"t.xsl\" on-change=\"reload\"/>\n  <key name=\"v\" type=\"string\">the value</key>\n</service>\n"),
         )
         .unwrap();
         std::fs::write(

@@ -1,8 +1,9 @@
 <?xml version="1.0" encoding="utf-8"?>
 <!-- /etc/rc.conf of the FreeBSD image for the profile: rc(8) brings up
      the base system and the network, then rc.d/nodows starts initd, which
-     runs the services (sshd too, through the ssh service). -->
-<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+     runs the services (sshd too, through the ssh service). rc.conf is
+     shell: every value is one single-quoted word (nodows:sh-quote). -->
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform" xmlns:nodows="urn:nodows">
   <xsl:output method="text" encoding="utf-8"/>
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
@@ -29,29 +30,26 @@
     </xsl:choose>
   </xsl:variable>
   <xsl:template match="/">
-    <xsl:if test="contains($hostname, '&quot;') or contains($ifconfig, '&quot;')">
-      <xsl:message terminate="yes">nodows-rc: hostname and ifconfig must not contain a double quote</xsl:message>
-    </xsl:if>
     <xsl:text># rendered by nodows from the model (service </xsl:text>
     <xsl:value-of select="$service"/>
     <xsl:text>, mode </xsl:text>
     <xsl:value-of select="$mode"/>
     <xsl:text>); do not edit
-hostname="</xsl:text>
-    <xsl:value-of select="$hostname"/>
-    <xsl:text>"
+hostname=</xsl:text>
+    <xsl:value-of select="nodows:sh-quote($hostname)"/>
+    <xsl:text>
 # rc(8) configures every interface before rc.d/nodows (REQUIRE: NETWORKING).
-ifconfig_DEFAULT="</xsl:text>
-    <xsl:value-of select="$ifconfig"/>
-    <xsl:text>"
+ifconfig_DEFAULT=</xsl:text>
+    <xsl:value-of select="nodows:sh-quote($ifconfig)"/>
+    <xsl:text>
 # sshd runs under initd (the ssh service), not from rc.d/sshd.
 sshd_enable="NO"
 sendmail_enable="NONE"
 dumpdev="NO"
 nodows_enable="YES"
-nodows_mode="</xsl:text>
-    <xsl:value-of select="$mode"/>
-    <xsl:text>"
+nodows_mode=</xsl:text>
+    <xsl:value-of select="nodows:sh-quote($mode)"/>
+    <xsl:text>
 </xsl:text>
     <xsl:choose>
       <xsl:when test="$mode = 'dev' or $mode = 'test'">

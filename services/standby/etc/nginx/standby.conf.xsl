@@ -1,13 +1,12 @@
 <?xml version="1.0" encoding="utf-8"?>
 <!-- /etc/nginx/standby.conf: a self-contained nginx configuration for the
      standby instance (foreground through -g 'daemon off;'). -->
-<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform" xmlns:nodows="urn:nodows">
   <xsl:output method="text" encoding="utf-8"/>
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
   <xsl:param name="self"/>
-  <xsl:variable name="standby" select="$self"/>
   <xsl:template match="/">
     <xsl:text># rendered by nodows from the model (service </xsl:text>
     <xsl:value-of select="$service"/>
@@ -31,7 +30,7 @@ http {
 
     server {
         listen </xsl:text>
-    <xsl:value-of select="$standby/key[@name = 'port']"/>
+    <xsl:value-of select="nodows:line($self/key[@name = 'port'])"/>
     <xsl:text> default_server;
         server_name _;
         root /var/www/standby;

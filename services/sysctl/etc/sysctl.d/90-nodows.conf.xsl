@@ -1,7 +1,8 @@
 <?xml version="1.0" encoding="utf-8"?>
 <!-- /etc/sysctl.d/90-nodows.conf: every key of the sysctl service is a
-     kernel parameter (key name = sysctl name). -->
-<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+     kernel parameter (key name = sysctl name); one line each
+     (nodows:line refuses a value that would start another). -->
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform" xmlns:nodows="urn:nodows">
   <xsl:output method="text" encoding="utf-8"/>
   <xsl:param name="server"/>
   <xsl:param name="mode"/>
@@ -15,9 +16,9 @@
     <xsl:text>); do not edit
 </xsl:text>
     <xsl:for-each select="$self/key">
-      <xsl:value-of select="@name"/>
+      <xsl:value-of select="nodows:line(@name)"/>
       <xsl:text> = </xsl:text>
-      <xsl:value-of select="."/>
+      <xsl:value-of select="nodows:line(.)"/>
       <xsl:text>&#10;</xsl:text>
     </xsl:for-each>
   </xsl:template>

@@ -432,7 +432,7 @@ fn synthetic_production_image_locks_root() {
     assert!(!contains(&root, b"root::0:0::0:0:Charlie"));
     assert!(contains(
         &root,
-        b"nodows_mode=\"production\"\n# production: syslogd opens no network socket."
+        b"nodows_mode='production'\n# production: syslogd opens no network socket."
     ));
     assert_eq!(manifest["services_left_out"], serde_json::json!([]));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -584,7 +584,7 @@ fn synthetic_distribution_builds_a_complete_image() {
     assert_eq!(sblockloc as usize, superblock);
     assert!(contains(
         &root_bytes,
-        b"nodows_enable=\"YES\"\nnodows_mode=\"dev\""
+        b"nodows_enable=\"YES\"\nnodows_mode='dev'"
     ));
     assert!(contains(
         &root_bytes,

@@ -6,7 +6,6 @@
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
   <xsl:param name="self"/>
-  <xsl:variable name="standby" select="$self"/>
   <xsl:template match="/">
     <xsl:text disable-output-escaping="yes">&lt;!DOCTYPE html&gt;&#10;</xsl:text>
     <html>
@@ -16,7 +15,7 @@
         <h1>standby</h1>
         <p>server=<xsl:value-of select="$server"/> mode=<xsl:value-of select="$mode"/></p>
         <xsl:text>&#10;</xsl:text>
-        <p><xsl:value-of select="$standby/key[@name = 'message']"/></p>
+        <p><xsl:value-of select="$self/key[@name = 'message']"/></p>
         <xsl:text>&#10;</xsl:text>
       </body>
     </html>

@@ -6,8 +6,7 @@
   <xsl:param name="mode"/>
   <xsl:param name="service"/>
   <xsl:param name="self"/>
-  <xsl:variable name="web" select="$self"/>
-  <xsl:variable name="title" select="$web/key[@name = 'title']"/>
+  <xsl:variable name="title" select="$self/key[@name = 'title']"/>
   <xsl:template match="/">
     <xsl:text disable-output-escaping="yes">&lt;!DOCTYPE html&gt;&#10;</xsl:text>
     <html>
