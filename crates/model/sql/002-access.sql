@@ -3,6 +3,8 @@
 -- Two group roles (cluster-wide, created when missing):
 --   nodows_operator   changes the model (every row), reads revisions and status
 --   nodows_appliance  what every appliance's own login role is a member of
+-- The policies call the functions in scalar subqueries: evaluated once per
+-- query, not once per row.
 -- An appliance's role reads the defaults, the profiles listed for it in
 -- nodows.appliance and its own server's rows, nothing else; it writes only
 -- its own status row. Add one with:
@@ -76,18 +78,18 @@ CREATE POLICY operator ON nodows.status TO nodows_operator USING (true);
 CREATE POLICY operator ON nodows.revision TO nodows_operator USING (true);
 
 CREATE POLICY appliance_reads_its_profiles ON nodows.profile FOR SELECT TO nodows_appliance
-    USING (name = ANY (nodows.my_profiles()));
+    USING (name = ANY ((SELECT nodows.my_profiles())::text[]));
 CREATE POLICY appliance_reads_itself ON nodows.server FOR SELECT TO nodows_appliance
-    USING (id = nodows.my_server());
+    USING (id = (SELECT nodows.my_server()));
 CREATE POLICY appliance_reads_its_values ON nodows.value FOR SELECT TO nodows_appliance
     USING ((server IS NULL AND profile IS NULL)
-           OR server = nodows.my_server()
-           OR profile = ANY (nodows.my_profiles()));
+           OR server = (SELECT nodows.my_server())
+           OR profile = ANY ((SELECT nodows.my_profiles())::text[]));
 CREATE POLICY appliance_reads_its_entry ON nodows.appliance FOR SELECT TO nodows_appliance
     USING (role = session_user);
 CREATE POLICY appliance_reads_its_status ON nodows.status FOR SELECT TO nodows_appliance
-    USING (server = nodows.my_server());
+    USING (server = (SELECT nodows.my_server()));
 CREATE POLICY appliance_inserts_its_status ON nodows.status FOR INSERT TO nodows_appliance
-    WITH CHECK (server = nodows.my_server());
+    WITH CHECK (server = (SELECT nodows.my_server()));
 CREATE POLICY appliance_updates_its_status ON nodows.status FOR UPDATE TO nodows_appliance
-    USING (server = nodows.my_server()) WITH CHECK (server = nodows.my_server());
+    USING (server = (SELECT nodows.my_server())) WITH CHECK (server = (SELECT nodows.my_server()));

@@ -253,10 +253,16 @@ fn main() {
             }
         })
         .unwrap_or_else(|| "production".to_string());
+    // The server id: nodows.server= on the kernel command line, else the
+    // SMBIOS system serial (one image serves many machines), else the
+    // image's /etc/nodows/server-id.
     if options.server.is_none() {
         options.server = command_line.server.clone().or_else(|| {
             if pid1 {
-                read_word("/etc/nodows/server-id")
+                std::fs::read_to_string(pid1::SMBIOS_SERIAL)
+                    .ok()
+                    .and_then(|serial| pid1::server_from_serial(&serial))
+                    .or_else(|| read_word("/etc/nodows/server-id"))
             } else {
                 None
             }
