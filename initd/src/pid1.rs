@@ -24,6 +24,21 @@ pub fn parse_command_line(text: &str) -> CommandLine {
     command_line
 }
 
+/// Where `nodows watch --model postgres://...` keeps the last model that
+/// validated and rendered (see crates/render/src/fleet.rs).
+pub const LAST_GOOD_MODEL: &str = "/var/lib/nodows/model.xml";
+
+/// The revision recorded in a last-good model's first line
+/// (`<!-- nodows last-good revision=N sha256=H -->`).
+pub fn last_good_revision(first_line: &str) -> Option<i64> {
+    first_line
+        .strip_prefix("<!-- nodows last-good revision=")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The SMBIOS system serial number (QEMU: `-smbios type=1,serial=ID`).
 pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
 
@@ -308,6 +323,19 @@ pub fn final_kill_and_sync(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_good_model_names_its_revision_in_its_first_line() {
+        assert_eq!(
+            last_good_revision("<!-- nodows last-good revision=41 sha256=ab -->"),
+            Some(41)
+        );
+        assert_eq!(last_good_revision("<model>"), None);
+        assert_eq!(
+            last_good_revision("<!-- nodows last-good revision=x -->"),
+            None
+        );
+    }
 
     #[test]
     fn the_smbios_serial_is_a_server_id_unless_it_is_a_placeholder() {

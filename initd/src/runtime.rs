@@ -1298,8 +1298,50 @@ impl Runtime {
         out
     }
 
+    /// `model PATH`, and the fleet watcher's state when it runs
+    /// (`STATE/model-status.json`, written by `nodows watch --model
+    /// postgres://...`).
+    fn model_status_text(&self) -> String {
+        let mut out = format!("model {}\n", self.options.model.display());
+        let path = self.options.state.join("model-status.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return out;
+        };
+        let Ok(status) = json::parse(&text) else {
+            out.push_str(&format!("fleet: {} is not readable JSON\n", path.display()));
+            return out;
+        };
+        let text_of = |key: &str| status.get(key).and_then(json::Value::as_str).unwrap_or("");
+        let connected = status.get("connected") == Some(&json::Value::Bool(true));
+        let running = match status.get("running").and_then(|r| r.get("revision")) {
+            Some(json::Value::Number(revision)) => format!("last-good revision {revision}"),
+            _ => "the baked base model".to_string(),
+        };
+        out.push_str(&format!(
+            "fleet {} server {}: {}; running {running}",
+            text_of("source"),
+            text_of("server"),
+            if connected {
+                "connected"
+            } else {
+                "database unreachable"
+            },
+        ));
+        match (text_of("result"), text_of("error")) {
+            ("", _) => {}
+            (result, "") => out.push_str(&format!("; last {result}")),
+            (result, error) => out.push_str(&format!(
+                "; last {result}: {}",
+                error.lines().next().unwrap_or("")
+            )),
+        }
+        out.push('\n');
+        out
+    }
+
     fn status_text(&self) -> String {
         let mut out = format!("mode {}\n", self.supervisor.mode());
+        out.push_str(&self.model_status_text());
         for service in self.supervisor.services() {
             out.push_str(&format!(
                 "{:<24} {:<9} pid={:<8} restarts={}{}\n",

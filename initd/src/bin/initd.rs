@@ -62,7 +62,10 @@ fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
                 given.push("--log-dir");
             }
             "--render-command" => options.render_command = PathBuf::from(value()),
-            "--model" => options.model = PathBuf::from(value()),
+            "--model" => {
+                options.model = PathBuf::from(value());
+                given.push("--model");
+            }
             "--root" => options.root = PathBuf::from(value()),
             "--server" => options.server = Some(value()),
             "--log-max-bytes" => {
@@ -267,6 +270,21 @@ fn main() {
                 None
             }
         });
+    }
+    // The model: the fleet watcher's last-good model once there is one (it
+    // was validated and rendered before it was written), else the image's
+    // baked base.
+    if pid1 && !parsed.given.contains(&"--model") {
+        let first_line = std::fs::read_to_string(pid1::LAST_GOOD_MODEL)
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_string));
+        if let Some(revision) = first_line.as_deref().and_then(pid1::last_good_revision) {
+            options.model = PathBuf::from(pid1::LAST_GOOD_MODEL);
+            console.line(&format!(
+                "initd: model: last-good revision {revision} ({})",
+                pid1::LAST_GOOD_MODEL
+            ));
+        }
     }
     let definitions = match servicedef::load_dir(&options.services) {
         Ok(definitions) => definitions,

@@ -208,3 +208,32 @@ esac",
     );
     assert_eq!(initd.state("one"), "running");
 }
+
+/// `initctl status` says which model initd renders from and, when the fleet
+/// watcher runs, whether it reaches the database and which revision runs
+/// (issue 12: "a boot without the database uses last-good and says so").
+#[test]
+fn status_names_the_model_and_the_fleet_watchers_state() {
+    let mut initd = Initd::prepare(
+        "render-status",
+        &[("one", shell_service("one", "exec sleep 1000", ""))],
+    );
+    initd.launch(&["--model", "/var/lib/nodows/model.xml"]);
+    initd.wait_for_state("one", "running");
+    let reply = initd.ctl(&["status"]);
+    assert!(
+        reply.contains("model /var/lib/nodows/model.xml\n"),
+        "{reply}"
+    );
+    assert!(!reply.contains("fleet"), "{reply}");
+    std::fs::write(
+        initd.path("state/model-status.json"),
+        r#"{"source":"postgres://nodows_web01@db:5432/fleet","server":"web01","connected":false,"running":{"revision":41,"sha256":"ab"},"seen_revision":41,"result":"unreachable","error":"connection refused\nmore"}"#,
+    )
+    .unwrap();
+    let reply = initd.ctl(&["status"]);
+    assert!(
+        reply.contains("fleet postgres://nodows_web01@db:5432/fleet server web01: database unreachable; running last-good revision 41; last unreachable: connection refused\n"),
+        "{reply}"
+    );
+}
