@@ -14,7 +14,9 @@
 //! removed by the next one.
 //!
 //! PostgreSQL refuses to run as root: as root, initdb and the server run as
-//! `nobody`. The Debian package's own cluster (port 5432, Unix socket in
+//! `nobody`; when `nobody` cannot reach the target directory (a checkout
+//! below a private home), the cluster lives in the temporary directory
+//! instead, and says so. The Debian package's own cluster (port 5432, Unix socket in
 //! `/run/postgresql`) is never used and cannot get in the way.
 
 use std::io::Write;
@@ -68,12 +70,28 @@ impl Cluster {
     /// Starts a new cluster below `base`; stopped on drop.
     pub fn start(base: &Path) -> Result<Cluster, String> {
         let bin = postgres_bin()?;
+        let account = unprivileged_account()?;
         std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
+        // As root the server runs as `nobody`, which must reach the data
+        // directory: a checkout below a private home (/root) cannot be used.
+        let fallback;
+        let base = if account.is_some() && !reachable_by_others(base) {
+            fallback = std::env::temp_dir().join("nodows-pgtest");
+            eprintln!(
+                "pgtest: {} is not reachable by user nobody (a parent lacks o+x); the test cluster lives in {}",
+                base.display(),
+                fallback.display()
+            );
+            std::fs::create_dir_all(&fallback)
+                .map_err(|e| format!("{}: {e}", fallback.display()))?;
+            fallback.as_path()
+        } else {
+            base
+        };
         remove_stale(base);
         let dir = base.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let account = unprivileged_account()?;
         let superuser_password = random_hex(16)?;
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, format!("{superuser_password}\n"))
@@ -301,6 +319,17 @@ fn unprivileged_account() -> Result<Option<(u32, u32)>, String> {
     Ok(Some((uid, gid)))
 }
 
+/// Whether every directory from `/` to `path` lets others through (o+x).
+fn reachable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    path.ancestors().all(|directory| {
+        std::fs::metadata(directory).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
+}
+
 fn as_account(command: &mut Command, account: Option<(u32, u32)>) {
     if let Some((uid, gid)) = account {
         command.uid(uid).gid(gid);
@@ -508,4 +537,36 @@ fn make_certificates(tls: &Path) -> Result<(), String> {
         "-extfile",
         "server.ext",
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards a checkout below a private home (/root, mode 0700): as root the
+    /// server runs as `nobody`, which cannot reach it, so the cluster moves
+    /// to the temporary directory instead of failing.
+    #[test]
+    fn a_base_that_nobody_cannot_reach_still_gets_a_cluster() {
+        let private = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tmp/pgtest-private");
+        let _ = std::fs::remove_dir_all(&private);
+        std::fs::create_dir_all(private.join("base")).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let cluster = Cluster::start(&private.join("base")).unwrap();
+        let mut client = cluster.connect("postgres").unwrap();
+        let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
+        assert_eq!(one, 1);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(
+                !cluster.dir.starts_with(&private),
+                "{}",
+                cluster.dir.display()
+            );
+        }
+        let dir = cluster.dir.clone();
+        drop(cluster);
+        assert!(!dir.exists(), "the cluster's directory is left behind");
+        let _ = std::fs::remove_dir_all(&private);
+    }
 }
