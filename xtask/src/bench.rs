@@ -4,10 +4,12 @@
 //! Suites: `boot` (QEMU start to ready, nodows vs Debian with systemd, plus
 //! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
 //! the host), `image` (cold and warm builds of the dev image vs a bare
-//! mmdebstrap), `render` (one key changed among 1,000 services).
+//! mmdebstrap), `render` (one key changed among 1,000 services), `fleet`
+//! (the model in PostgreSQL: commit to applied, N appliances converging).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
 
 mod boot;
+mod fleet;
 mod image;
 mod render;
 mod report;
@@ -27,7 +29,7 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image or render.
+    /// Run one suite only: boot, supervisor, image, render or fleet.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -38,7 +40,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 4] = ["boot", "supervisor", "image", "render"];
+const SUITES: [&str; 5] = ["boot", "supervisor", "image", "render", "fleet"];
 
 /// What every suite needs: where to work and how much to run.
 pub struct Context {
@@ -171,6 +173,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     let result = image::run(&context, &mut suite);
                     broken |= finish(&mut suite, result);
                 }
+                suite
+            }
+            "fleet" => {
+                let mut suite = Suite::new("fleet", "The fleet: the model in PostgreSQL (host)");
+                let result = fleet::run(&context, &mut suite);
+                broken |= finish(&mut suite, result);
                 suite
             }
             _ => {

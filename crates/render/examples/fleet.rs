@@ -11,8 +11,10 @@
 //!    XML, from PostgreSQL as the superuser, and from PostgreSQL with the
 //!    appliance's role (row-level security: only its rows travel).
 //!
-//! `cargo build --release -p render && cargo run --release -p render --example fleet [N]`
-//! (N defaults to 200). Figures go to stdout as `name value unit` lines.
+//! `cargo build --release -p render && cargo run --release -p render --example fleet [N [DIR]]`
+//! (N defaults to 200, the scratch directory DIR to `target/tmp/fleet-bench`;
+//! the cluster lives in DIR/pgtest). Figures go to stdout as `name value unit` lines, and
+//! every sample as `samples name v1,v2,...` (`cargo xtask bench` reads them).
 
 use model::postgres as pg;
 use std::path::{Path, PathBuf};
@@ -170,15 +172,26 @@ fn median_p95(mut values: Vec<f64>) -> (f64, f64) {
     (median, p95)
 }
 
+fn join(samples: &[f64]) -> String {
+    samples
+        .iter()
+        .map(|sample| format!("{sample:.4}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn main() {
     let appliances: usize = std::env::args()
         .nth(1)
         .map(|n| n.parse().expect("N: a number of appliances"))
         .unwrap_or(200);
-    let work = repo().join("target/tmp/fleet-bench");
+    let work = std::env::args()
+        .nth(2)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/tmp/fleet-bench"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
-    let cluster = pgtest::Cluster::start(&repo().join("target/tmp/pgtest-bench")).unwrap();
+    let cluster = pgtest::Cluster::start(&work.join("pgtest")).unwrap();
     let database = cluster.database("fleet_bench");
     let url = cluster.superuser_url(&database);
     let mut admin = pg::connect(&url).unwrap();
@@ -218,6 +231,7 @@ fn main() {
             assert!(wait_converged(&mut admin, new, 1, Duration::from_secs(30)));
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         }
+        println!("samples commit_to_applied {}", join(&latencies));
         let (median, p95) = median_p95(latencies);
         println!("commit_to_applied_median {median:.1} ms");
         println!("commit_to_applied_p95 {p95:.1} ms");
@@ -285,6 +299,7 @@ fn main() {
             times.push(started.elapsed().as_secs_f64());
         }
         let cpu = (database_cpu_ms(&cluster) - cpu_before) / 10.0;
+        println!("samples fleet_converged {}", join(&times));
         let (median, _) = median_p95(times.clone());
         let slowest = times.iter().cloned().fold(0.0, f64::max);
         println!("fleet_converged_median {median:.2} s ({appliances} appliances, 10 changes)");
@@ -364,9 +379,14 @@ fn main() {
                     String::from_utf8_lossy(&output.stderr)
                 );
             }
+            println!(
+                "samples render_one_server_of_1000x10_{name} {}",
+                join(&times)
+            );
             let (median, _) = median_p95(times);
             println!("render_one_server_of_1000x10_{name} {median:.1} ms");
         }
     }
     cluster.stop();
+    let _ = std::fs::remove_dir_all(&work);
 }
