@@ -39,6 +39,12 @@ pub fn last_good_revision(first_line: &str) -> Option<i64> {
         .ok()
 }
 
+/// The revision of the last-good model at `path`, if it is one.
+pub fn last_good_revision_of(path: &std::path::Path) -> Option<i64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    last_good_revision(text.lines().next()?)
+}
+
 /// The SMBIOS system serial number (QEMU: `-smbios type=1,serial=ID`).
 pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
 

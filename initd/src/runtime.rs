@@ -34,6 +34,10 @@ pub struct Options {
     pub pid1: bool,
     /// A render still running after this long is killed (and reported).
     pub render_timeout: Duration,
+    /// The fleet watcher's last-good model: rendered from instead of
+    /// `model` whenever it exists (PID 1 without --model:
+    /// /var/lib/nodows/model.xml).
+    pub last_good: Option<PathBuf>,
 }
 
 impl Options {
@@ -53,6 +57,7 @@ impl Options {
             use_cgroups: true,
             pid1: false,
             render_timeout: Duration::from_secs(120),
+            last_good: None,
         }
     }
 }
@@ -800,11 +805,12 @@ impl Runtime {
             );
             return;
         }
+        let model = self.model_to_render();
         let mut process = std::process::Command::new(&command);
         process
             .arg("render")
             .arg("--model")
-            .arg(&self.options.model)
+            .arg(&model)
             .arg("--services")
             .arg(&self.options.services)
             .arg("--root")
@@ -1298,11 +1304,19 @@ impl Runtime {
         out
     }
 
+    /// The last-good model when there is one, else `--model`.
+    fn model_to_render(&self) -> PathBuf {
+        match &self.options.last_good {
+            Some(path) if crate::pid1::last_good_revision_of(path).is_some() => path.clone(),
+            _ => self.options.model.clone(),
+        }
+    }
+
     /// `model PATH`, and the fleet watcher's state when it runs
     /// (`STATE/model-status.json`, written by `nodows watch --model
     /// postgres://...`).
     fn model_status_text(&self) -> String {
-        let mut out = format!("model {}\n", self.options.model.display());
+        let mut out = format!("model {}\n", self.model_to_render().display());
         let path = self.options.state.join("model-status.json");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return out;

@@ -8,7 +8,7 @@ use initd::{pid1, sys};
 
 const USAGE: &str = "usage: initd [--services DIR] [--socket PATH] [--state DIR] [--mode MODE] [--log-dir DIR]
              [--render-command PATH] [--model PATH] [--root DIR] [--server ID]
-             [--log-max-bytes N] [--no-cgroups] [--render-timeout SECONDS]
+             [--log-max-bytes N] [--no-cgroups] [--render-timeout SECONDS] [--last-good PATH]
        initd check --services DIR [--mode MODE] [--root DIR]
        initd coldplug [--modules DIR] [--with-cpu]   (load the modules of the devices present)
 With no arguments as PID 1: the image defaults (/etc/nodows/services, /run/initd.sock, /run/nodows).";
@@ -66,6 +66,7 @@ fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
                 options.model = PathBuf::from(value());
                 given.push("--model");
             }
+            "--last-good" => options.last_good = Some(PathBuf::from(value())),
             "--root" => options.root = PathBuf::from(value()),
             "--server" => options.server = Some(value()),
             "--log-max-bytes" => {
@@ -271,20 +272,21 @@ fn main() {
             }
         });
     }
-    // The model: the fleet watcher's last-good model once there is one (it
-    // was validated and rendered before it was written), else the image's
-    // baked base.
-    if pid1 && !parsed.given.contains(&"--model") {
-        let first_line = std::fs::read_to_string(pid1::LAST_GOOD_MODEL)
-            .ok()
-            .and_then(|text| text.lines().next().map(str::to_string));
-        if let Some(revision) = first_line.as_deref().and_then(pid1::last_good_revision) {
-            options.model = PathBuf::from(pid1::LAST_GOOD_MODEL);
-            console.line(&format!(
-                "initd: model: last-good revision {revision} ({})",
-                pid1::LAST_GOOD_MODEL
-            ));
-        }
+    // The model: as PID 1 with no --model, the fleet watcher's last-good
+    // model whenever there is one (each render looks again), else the
+    // image's baked base.
+    if pid1 && !parsed.given.contains(&"--model") && options.last_good.is_none() {
+        options.last_good = Some(PathBuf::from(pid1::LAST_GOOD_MODEL));
+    }
+    if let Some(revision) = options
+        .last_good
+        .as_deref()
+        .and_then(pid1::last_good_revision_of)
+    {
+        console.line(&format!(
+            "initd: model: last-good revision {revision} ({})",
+            pid1::LAST_GOOD_MODEL
+        ));
     }
     let definitions = match servicedef::load_dir(&options.services) {
         Ok(definitions) => definitions,
