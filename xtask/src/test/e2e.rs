@@ -2,7 +2,8 @@
 //!
 //! Boots are few (TCG is slow): the checks that share a boot are steps that
 //! share one machine, in the order of the list.
-//!   boot 1, test profile: ready, services, web page, render, respawn, mode, poweroff
+//!   boot 1, test profile: ready, services, web page, render, a commit in
+//!     the host's PostgreSQL through nodows watch, respawn, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
 //!   boot 3, dev; boot 4, failover; boot 5, production (no agent: console lines)
 //!   boot 6, test profile through OVMF (`--uefi`)
