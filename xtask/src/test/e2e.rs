@@ -858,17 +858,28 @@ impl FleetDatabase {
     /// Waits until the appliance's status row says `applied` for
     /// `revision` or later.
     fn wait_applied(&mut self, revision: i64, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_status(revision, "applied", timeout)
+    }
+
+    /// Waits until the appliance's status row says `result` for `revision`
+    /// or later.
+    fn wait_status(
+        &mut self,
+        revision: i64,
+        result: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let answer = self.ask("status")?;
             let words: Vec<&str> = answer.split_whitespace().collect();
-            if let ["status", applied, "applied"] = words.as_slice() {
-                if applied.parse::<i64>().unwrap_or(0) >= revision {
+            if let ["status", seen, seen_result] = words.as_slice() {
+                if seen.parse::<i64>().unwrap_or(0) >= revision && *seen_result == result {
                     return Ok(());
                 }
             }
             if Instant::now() >= deadline {
-                anyhow::bail!("no status row `applied` for revision {revision}: {answer}");
+                anyhow::bail!("no status row `{result}` for revision {revision}: {answer}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -920,7 +931,7 @@ fn check_fleet_push(vm: &mut Vm, work_root: &Path) -> anyhow::Result<()> {
     ))?;
     let url = format!("postgres://{role}@10.0.2.2:{port}/{name}?passfile=/run/nodows-fleet.pgpass");
     vm.succeed(&format!(
-        "setsid /usr/bin/nodows watch --model '{url}' --server {server} --profile test          --services /etc/nodows/services --last-good /var/lib/nodows/model.xml          --command '/sbin/initctl render' --poll 60s          > /var/log/nodows/fleet-watch.log 2>&1 < /dev/null & echo $! > /run/nodows-fleet-watch.pid"
+        "setsid /usr/bin/nodows watch --model '{url}' --server {server} --profile test --services /etc/nodows/services --last-good /var/lib/nodows/model.xml --command '/sbin/initctl render' --poll 60s --max-backoff 2s > /var/log/nodows/fleet-watch.log 2>&1 < /dev/null & echo $! > /run/nodows-fleet-watch.pid"
     ))?;
     let result = (|| -> anyhow::Result<()> {
         let first = database.sql("SELECT 1")?;
@@ -959,14 +970,61 @@ watch log:
             status.contains(&format!(
                 "fleet postgres://{role}@10.0.2.2:{port}/{name} server {server}: connected; running last-good revision {revision}"
             )),
-            "initctl status does not show the fleet watcher's state:
-{status}"
+            "initctl status does not show the fleet watcher's state:\n{status}"
         );
+
+        // A model that fails validation (net's required address deleted)
+        // is refused whole: the page and the last-good model stay, the
+        // refusal is in the status row and in initctl status.
+        let last_good = vm.succeed("cat /var/lib/nodows/model.xml")?;
+        let refused = database.sql(
+            "DELETE FROM nodows.value WHERE server IS NULL AND profile IS NULL AND service = 'net' AND key = 'address'",
+        )?;
+        database.wait_status(refused, "refused", SERVICE_TIMEOUT)?;
+        ensure!(
+            vm.succeed("cat /var/lib/nodows/model.xml")? == last_good,
+            "the refused model replaced the last-good one"
+        );
+        wait_for_page(vm, title)?;
+        let status = vm.succeed("initctl status")?;
+        ensure!(
+            status.contains("; last refused: "),
+            "initctl status does not show the refusal:\n{status}"
+        );
+        let restored = database.sql(
+            "INSERT INTO nodows.value (service, key, value) VALUES ('net', 'address', '10.0.2.15/24')",
+        )?;
+        database.wait_applied(restored, SERVICE_TIMEOUT)?;
+
+        // A change made while the appliance cannot reach the database
+        // arrives after it reconnects (the poll is 60 s: the reconnect
+        // brings it).
+        database.sql(&format!(
+            "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        ))?;
+        let away = "nodows changed while away";
+        let changed = database.sql(&format!(
+            "UPDATE nodows.value SET value = '{away}' WHERE {change} AND service = 'web' AND key = 'title'"
+        ))?;
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, body) = vm.http_get(vm.host_port(80), "/")?;
+        ensure!(
+            !body.contains(away),
+            "the page changed while the appliance could not log in"
+        );
+        let status = vm.succeed("initctl status")?;
+        ensure!(
+            status.contains("database unreachable; running last-good revision"),
+            "initctl status does not say the database is unreachable:\n{status}"
+        );
+        database.sql(&format!("ALTER ROLE {role} LOGIN"))?;
+        wait_for_page(vm, away)?;
+        database.wait_applied(changed, SERVICE_TIMEOUT)?;
+
         let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
         ensure!(
             !log.contains(&database.password),
-            "the watcher's log holds the password:
-{log}"
+            "the watcher's log holds the password:\n{log}"
         );
         Ok(())
     })();
@@ -975,6 +1033,24 @@ watch log:
         "kill $(cat /run/nodows-fleet-watch.pid); rm -f /var/lib/nodows/model.xml /run/nodows/model-status.json /run/nodows-fleet.pgpass; initctl render",
     );
     result
+}
+
+/// Waits until the page on port 80 shows `text`.
+fn wait_for_page(vm: &mut Vm, text: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SERVICE_TIMEOUT;
+    loop {
+        let (status, body) = vm.http_get(vm.host_port(80), "/")?;
+        if status == 200 && body.contains(text) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
+            return Err(vm.failure(&format!(
+                "the page did not show {text:?}:\n{body}\nwatch log:\n{log}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
