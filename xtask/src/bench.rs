@@ -4,11 +4,13 @@
 //! Suites: `boot` (QEMU start to ready, nodows vs Debian with systemd, plus
 //! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
 //! the host), `image` (cold and warm builds of the dev image vs a bare
-//! mmdebstrap), `render` (one key changed among 1,000 services), `fleet`
+//! mmdebstrap), `flash` (every output format's size; flashing against dd
+//! and bmaptool), `render` (one key changed among 1,000 services), `fleet`
 //! (the model in PostgreSQL: commit to applied, N appliances converging).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
 
 mod boot;
+mod flash;
 mod fleet;
 mod image;
 mod render;
@@ -29,7 +31,7 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image, render or fleet.
+    /// Run one suite only: boot, supervisor, image, flash, render or fleet.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -40,7 +42,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 5] = ["boot", "supervisor", "image", "render", "fleet"];
+const SUITES: [&str; 6] = ["boot", "supervisor", "image", "flash", "render", "fleet"];
 
 /// What every suite needs: where to work and how much to run.
 pub struct Context {
@@ -73,7 +75,8 @@ impl Context {
     /// Builds the static initd and returns its path.
     pub fn initd_binary(&self) -> anyhow::Result<PathBuf> {
         let sh = &self.sh;
-        let target = "x86_64-unknown-linux-musl";
+        let target = crate::toolchain::MUSL;
+        crate::toolchain::ensure_target(target)?;
         cmd!(
             sh,
             "cargo build --quiet --release --package initd --target {target}"
@@ -179,6 +182,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let mut suite = Suite::new("fleet", "The fleet: the model in PostgreSQL (host)");
                 let result = fleet::run(&context, &mut suite);
                 broken |= finish(&mut suite, result);
+                suite
+            }
+            "flash" => {
+                let mut suite = Suite::new(
+                    "flash",
+                    "Output formats and flashing (cargo xtask flash against dd and bmaptool)",
+                );
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it builds every format)".to_owned());
+                } else {
+                    let result = flash::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
                 suite
             }
             _ => {

@@ -8,14 +8,18 @@
 //! rename it into place.
 
 mod assemble;
+pub mod bmap;
 mod disk;
 mod freebsd;
 mod host;
 mod initrd;
 mod manifest;
+pub mod outputs;
 mod plan;
 mod rootfs;
-mod ui;
+mod sbom;
+pub mod sparse;
+pub mod ui;
 mod xml;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +71,10 @@ pub struct Args {
     /// Where cached bases live (default: TARGET/nodows-cache, TARGET from cargo metadata).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+    /// The output formats, comma-separated, instead of the image's or the profile's <outputs>:
+    /// raw, qcow2, vmdk, vhd, vhdx, gce, raw.gz, raw.zst (raw is always written).
+    #[arg(long, value_name = "FORMATS", value_delimiter = ',')]
+    pub format: Vec<outputs::Format>,
     /// FreeBSD images only: the directory holding the distribution sets base.txz and kernel.txz.
     #[arg(long, value_name = "DIR")]
     pub freebsd_dist: Option<PathBuf>,
@@ -74,20 +82,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     ui::install_interrupt_handler();
-    match build(args) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            if let Some(bad_input) = error.downcast_ref::<BadInput>() {
-                eprintln!("error: {bad_input}");
-                std::process::exit(2);
-            }
-            if ui::interrupted() {
-                eprintln!("error: interrupted; nothing was written to the output or the cache");
-                std::process::exit(130);
-            }
-            Err(error)
-        }
-    }
+    build(args)
 }
 
 fn workspace_root() -> PathBuf {
@@ -119,7 +114,10 @@ fn build(args: Args) -> anyhow::Result<()> {
     // Resolve once to learn the suite, then with its apt source lines.
     let plan = plan::resolve(&source, &args.image, &args.profile, Vec::new())?;
     let sources = mirror_sources(&plan.suite)?;
-    let plan = plan::Plan { sources, ..plan };
+    let mut plan = plan::Plan { sources, ..plan };
+    if !args.format.is_empty() {
+        plan.outputs = plan::normalize_outputs(&args.format);
+    }
     if args.plan {
         print!("{}", plan.render());
         return Ok(());
@@ -138,11 +136,12 @@ fn build(args: Args) -> anyhow::Result<()> {
         out_parent.join(format!("{name}.log")).display()
     ));
 
+    let source_date_epoch = host::source_date_epoch(&ui, &source)?;
     // Fast checks first: host tools, then the packages against apt.
     ui.step("check host tools", |ui| {
         host::check_tools(ui, args.no_install)
     })?;
-    let source_date_epoch = host::source_date_epoch(&source)?;
+    crate::toolchain::ensure_target(crate::toolchain::MUSL)?;
     let target_dir = host::cargo_target_dir(&source)?;
     let cache_dir = args
         .cache
@@ -217,7 +216,7 @@ fn build(args: Args) -> anyhow::Result<()> {
             )
         })?;
         scope.spawn(move || drop(staging));
-        ui.step("qcow2, manifest, SBOM and checksums", |ui| {
+        ui.step("outputs, manifest, SBOM and checksums", |ui| {
             manifest::write(
                 ui,
                 raw_sum,

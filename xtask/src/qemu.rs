@@ -54,6 +54,8 @@ impl Accel {
 pub enum DiskFormat {
     Raw,
     Qcow2,
+    /// The image builder's streamOptimized VMDK output.
+    Vmdk,
 }
 
 impl DiskFormat {
@@ -61,12 +63,14 @@ impl DiskFormat {
         match self {
             DiskFormat::Raw => "raw",
             DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Vmdk => "vmdk",
         }
     }
 
     pub fn of(path: &Path) -> DiskFormat {
         match path.extension().and_then(|extension| extension.to_str()) {
             Some("qcow2") => DiskFormat::Qcow2,
+            Some("vmdk") => DiskFormat::Vmdk,
             _ => DiskFormat::Raw,
         }
     }
@@ -393,6 +397,27 @@ fn probe_boot_sector() -> Vec<u8> {
 }
 
 /// The workspace root (the xtask lives in `xtask/`).
+/// Refuses to run an xtask binary that was built from another checkout.
+/// With one CARGO_TARGET_DIR shared by two checkouts, `cargo xtask` in the
+/// second may run the first one's binary (cargo does not rebuild a binary
+/// another workspace overwrote), which would build the other tree;
+/// `cargo run` says which checkout it runs for in CARGO_MANIFEST_DIR.
+pub fn check_workspace() -> anyhow::Result<()> {
+    let Some(running_for) = std::env::var_os("CARGO_MANIFEST_DIR") else {
+        return Ok(());
+    };
+    let built_for = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let canonical = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if canonical(Path::new(&running_for)) == canonical(built_for) {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(crate::image::BadInput(format!(
+        "this xtask binary was built from {} but cargo runs it for {} (a CARGO_TARGET_DIR shared by two checkouts); rebuild it here with `touch xtask/src/main.rs && cargo xtask ...`, or give each checkout its own CARGO_TARGET_DIR",
+        built_for.display(),
+        Path::new(&running_for).display()
+    ))))
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[path = "image/outputs.rs"]
+mod outputs;
+
 const MIRROR: &str = "http://deb.debian.org/debian";
 
 fn workspace() -> PathBuf {
@@ -430,4 +433,27 @@ fn interrupted_base_leaves_no_cache_entry() {
         .collect();
     assert!(entries.is_empty(), "cache holds {entries:?}");
     assert!(!out.join("debian-dev").exists());
+}
+
+/// Guards a CARGO_TARGET_DIR shared by two checkouts: an xtask binary built
+/// from one checkout refuses to run for another (it would build the other
+/// tree) and says how to rebuild it.
+#[test]
+fn a_binary_built_for_another_checkout_refuses_to_run() {
+    let other = std::env::temp_dir().join(format!("nodows-other-checkout-{}", std::process::id()));
+    std::fs::create_dir_all(other.join("xtask")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["image", "--image", "debian", "--profile", "dev", "--plan"])
+        .env("CARGO_MANIFEST_DIR", other.join("xtask"))
+        .output()
+        .expect("run xtask");
+    let _ = std::fs::remove_dir_all(&other);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("this xtask binary was built from")
+            && stderr(&output).contains("give each checkout its own CARGO_TARGET_DIR"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("backtrace"));
 }

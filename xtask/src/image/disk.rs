@@ -336,31 +336,21 @@ fn clamp_ext4_ctimes(ui: &mut Ui, image: &Path, epoch: &str) -> anyhow::Result<(
 /// Copies `from` into `to` at `offset`: only the data ranges of the sparse
 /// source (SEEK_DATA/SEEK_HOLE), with copy_file_range, so holes stay holes.
 pub(super) fn copy_sparse(from: &Path, to: &Path, offset: u64) -> anyhow::Result<()> {
-    use std::os::unix::io::AsRawFd as _;
     let input =
         std::fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     let mut output = std::fs::OpenOptions::new()
         .write(true)
         .open(to)
         .with_context(|| format!("cannot open {}", to.display()))?;
-    let length = input.metadata()?.len() as i64;
-    let fd = input.as_raw_fd();
-    let mut position: i64 = 0;
-    while position < length {
-        let data = unsafe { libc::lseek(fd, position, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // ENXIO: no more data
-        }
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { length } else { hole };
+    let length = input.metadata()?.len();
+    for (data, end) in super::sparse::data_extents(&input, 0, length)? {
         let mut source = &input;
-        source.seek(SeekFrom::Start(data as u64))?;
-        output.seek(SeekFrom::Start(offset + data as u64))?;
-        let copied = std::io::copy(&mut source.take((end - data) as u64), &mut output)?;
-        if copied != (end - data) as u64 {
+        source.seek(SeekFrom::Start(data))?;
+        output.seek(SeekFrom::Start(offset + data))?;
+        let copied = std::io::copy(&mut source.take(end - data), &mut output)?;
+        if copied != end - data {
             bail!("short copy from {}", from.display());
         }
-        position = end;
     }
     output.flush()?;
     Ok(())

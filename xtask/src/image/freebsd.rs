@@ -518,6 +518,7 @@ pub fn build_binaries(
     {
         bail!("cargo zigbuild is missing: install it with `pip install ziglang cargo-zigbuild`");
     }
+    crate::toolchain::ensure_target(crate::toolchain::FREEBSD)?;
     ui.run(
         cmd!(
             sh,
@@ -1142,7 +1143,7 @@ pub fn build_with(
     })?;
     let source_date_epoch = match source_date_epoch {
         Some(epoch) => epoch,
-        None => super::host::source_date_epoch(&plan.source)?,
+        None => super::host::source_date_epoch(&ui, &plan.source)?,
     };
     let target_dir = match target_dir {
         Some(dir) => dir.to_path_buf(),

@@ -36,7 +36,7 @@ fn find_tool(tool: &str) -> bool {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .chain(["/usr/sbin", "/sbin"])
         .any(|dir| Path::new(dir).join(tool).is_file());
     found
 }
@@ -265,8 +265,11 @@ pub fn check_packages(ui: &mut Ui, host: &AptSources, plan: &Plan) -> anyhow::Re
     Err(BadInput(problems.join("\n")).into())
 }
 
-/// SOURCE_DATE_EPOCH from the environment, else the last commit's time.
-pub fn source_date_epoch(source: &Path) -> anyhow::Result<u64> {
+/// SOURCE_DATE_EPOCH from the environment, else the last commit's time,
+/// else (a release tarball, a vendored copy: no git history) the newest
+/// modification time of the source files, as reproducible-builds.org
+/// suggests: a copy that keeps mtimes builds the same bytes.
+pub fn source_date_epoch(ui: &Ui, source: &Path) -> anyhow::Result<u64> {
     if let Ok(value) = std::env::var("SOURCE_DATE_EPOCH") {
         return value.trim().parse().map_err(|_| {
             BadInput(format!(
@@ -279,15 +282,95 @@ pub fn source_date_epoch(source: &Path) -> anyhow::Result<u64> {
     let output = cmd!(sh, "git -C {source} log -1 --format=%ct")
         .quiet()
         .ignore_status()
+        .ignore_stderr()
         .output()?;
     let text = String::from_utf8_lossy(&output.stdout);
-    match text.trim().parse() {
-        Ok(epoch) => Ok(epoch),
-        Err(_) => bail!(
-            "{}: no git history to take SOURCE_DATE_EPOCH from; set SOURCE_DATE_EPOCH",
+    if let Ok(epoch) = text.trim().parse() {
+        return Ok(epoch);
+    }
+    match newest_source_file(source) {
+        Some((epoch, path)) => {
+            ui.note(&format!(
+                "no git history in {}: SOURCE_DATE_EPOCH={epoch}, the time of the newest source file {} (set SOURCE_DATE_EPOCH to choose another)",
+                source.display(),
+                path.display()
+            ));
+            Ok(epoch)
+        }
+        None => bail!(
+            "{}: no git history and no source files to take SOURCE_DATE_EPOCH from; set SOURCE_DATE_EPOCH=SECONDS",
             source.display()
         ),
     }
+}
+
+/// What the newest-file epoch looks at: the image sources and the
+/// workspace's code (never outputs, logs or `target`).
+const SOURCE_PARTS: &[&str] = &[
+    "images",
+    "profiles",
+    "services",
+    "overlays",
+    "models",
+    "freebsd",
+    "initd",
+    "crates",
+    "xtask",
+    "Cargo.toml",
+    "Cargo.lock",
+];
+
+/// The newest mtime (and its file) of the SOURCE_PARTS, leaving out
+/// `images/out`.
+fn newest_source_file(source: &Path) -> Option<(u64, PathBuf)> {
+    let mut newest: Option<(u64, PathBuf)> = None;
+    let mut pending: Vec<PathBuf> = Vec::new();
+    for part in SOURCE_PARTS {
+        let path = source.join(part);
+        let mtime = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok());
+        match mtime.and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok()) {
+            Some(duration)
+                if newest
+                    .as_ref()
+                    .is_none_or(|(best, _)| duration.as_secs() > *best) =>
+            {
+                newest = Some((duration.as_secs(), path))
+            }
+            _ if path.is_dir() => pending.push(path),
+            _ => {}
+        }
+    }
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                let skip = name == ".git" || name == "target" || path == source.join("images/out");
+                if !skip {
+                    pending.push(path);
+                }
+            } else if kind.is_file() {
+                let mtime = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|metadata| metadata.modified().ok())
+                    .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|duration| duration.as_secs());
+                if let Some(mtime) = mtime {
+                    if newest.as_ref().is_none_or(|(best, _)| mtime > *best) {
+                        newest = Some((mtime, path));
+                    }
+                }
+            }
+        }
+    }
+    newest
 }
 
 /// The cargo target directory, from `cargo metadata` (honours CARGO_TARGET_DIR).

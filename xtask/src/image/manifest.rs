@@ -1,6 +1,6 @@
-//! manifest.json (image, profile, input hash, packages, every file's
-//! sha256), sbom.spdx.json (SPDX 2.3, the installed Debian packages) and
-//! SHA256SUMS.
+//! The outputs of a build: every format of the plan, manifest.json (image,
+//! profile, input hash, outputs, packages, every file's sha256),
+//! sbom.spdx.json (sbom.rs) and SHA256SUMS.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,10 +8,10 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use xshell::{cmd, Shell};
 
 use super::assemble::{FileEntry, Staging};
 use super::disk::Layout;
+use super::outputs::Format;
 use super::plan::Plan;
 use super::ui::Ui;
 
@@ -30,7 +30,7 @@ pub fn input_hash(
 ) -> String {
     let mut hasher = Sha256::new();
     hasher.update(format!("base {base_key}\nepoch {source_date_epoch}\n").as_bytes());
-    hasher.update(plan.render().as_bytes());
+    hasher.update(plan.render_inputs().as_bytes());
     for file in files {
         hasher.update(
             format!(
@@ -109,20 +109,6 @@ pub fn iso8601(epoch: u64) -> String {
     )
 }
 
-fn spdx_id(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("SPDXRef-Package-deb-{cleaned}")
-}
-
 /// The sha256 of a file, sparse-aware: holes (SEEK_HOLE) are hashed from a
 /// zero buffer instead of being read, data is read in 1 MiB chunks. The raw
 /// disk is 1 GiB of mostly holes; SHA-256 must still see every zero byte,
@@ -144,66 +130,27 @@ pub(super) fn hash_range(
     start: u64,
     length: u64,
 ) -> anyhow::Result<()> {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    use std::os::unix::io::AsRawFd as _;
-    const CHUNK: usize = 1 << 20;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let file_end = file.metadata()?.len();
-    let end = start + length;
-    let fd = file.as_raw_fd();
-    let mut buffer = vec![0u8; CHUNK];
-    let zeros = vec![0u8; CHUNK];
-    let hash_zeros = |hasher: &mut Sha256, mut count: u64| {
-        while count > 0 {
-            let run = count.min(CHUNK as u64) as usize;
-            hasher.update(&zeros[..run]);
-            count -= run as u64;
-        }
-    };
-    let mut position = start;
-    while position < end {
-        super::ui::check_interrupted()?;
-        // The next data at or after `position`; ENXIO: only a hole is left.
-        // A file system without SEEK_DATA reports everything as data.
-        let data = if position < file_end {
-            unsafe { libc::lseek(fd, position as libc::off_t, libc::SEEK_DATA) }
-        } else {
-            -1
-        };
-        let data = if data < 0 {
-            end
-        } else {
-            (data as u64).min(end)
-        };
-        hash_zeros(hasher, data - position);
-        if data >= end {
-            break;
-        }
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { file_end } else { hole as u64 }.min(end);
-        file.seek(SeekFrom::Start(data))?;
-        let mut left = hole - data;
-        while left > 0 {
-            let want = left.min(CHUNK as u64) as usize;
-            let read = file
-                .read(&mut buffer[..want])
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if read == 0 {
-                anyhow::bail!("{}: shorter than its length while hashing", path.display());
-            }
-            hasher.update(&buffer[..read]);
-            left -= read as u64;
-        }
-        position = hole;
-    }
-    Ok(())
+    super::sparse::read_range(path, start, length, |bytes| {
+        hasher.update(bytes);
+        Ok(())
+    })
 }
 
-/// The qcow2, manifest.json, sbom.spdx.json and SHA256SUMS. The raw disk
-/// is final when this runs and is being hashed (`raw_sum`, see
-/// `disk::build`); qemu-img converts it to qcow2 (another process) and the
-/// JSON is written meanwhile, the qcow2 is hashed as soon as it exists.
+/// One file of the image's outputs, as the manifest and the SBOM list it.
+pub struct Output {
+    pub format: Format,
+    pub file: String,
+    /// Apparent size in bytes.
+    pub size: u64,
+    /// Bytes the file system allocated for it (raw disks are sparse).
+    pub allocated: u64,
+    pub sha256: String,
+}
+
+/// Every output format of the plan, manifest.json, sbom.spdx.json and
+/// SHA256SUMS. The raw disk is final when this runs and is being hashed
+/// (`raw_sum`, see `disk::build`); the formats are written one after
+/// another, each hashed on a thread of its own as soon as it exists.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     ui: &Ui,
@@ -217,33 +164,62 @@ pub fn write(
     files: &[FileEntry],
     layout: &Layout,
 ) -> anyhow::Result<()> {
-    let raw = out.join(format!("{name}.raw"));
-    let qcow2 = out.join(format!("{name}.qcow2"));
+    let raw_file = Format::Raw.file_name(name);
     let sums = std::thread::scope(|scope| -> anyhow::Result<BTreeMap<String, String>> {
-        let converted = (|| -> anyhow::Result<_> {
-            let sh = Shell::new()?;
-            ui.run(cmd!(sh, "qemu-img convert -f raw -O qcow2 {raw} {qcow2}"))?;
-            let qcow2_sum = scope.spawn(|| sha256_file(&qcow2));
-            write_documents(
-                out,
-                name,
-                plan,
-                input_hash,
-                source_date_epoch,
-                packages,
-                files,
-                layout,
-            )?;
-            Ok(qcow2_sum)
+        let mut hashing = Vec::new();
+        let written = (|| -> anyhow::Result<()> {
+            for format in &plan.outputs {
+                ui.log(&format!("writing the {format} output"));
+                format.write(ui, out, name)?;
+                for file in format
+                    .files(name)
+                    .into_iter()
+                    .filter(|file| *file != raw_file)
+                {
+                    let path = out.join(&file);
+                    hashing.push((file, scope.spawn(move || sha256_file(&path))));
+                }
+            }
+            Ok(())
         })();
-        // Always join the raw's thread before returning an error.
-        let raw_sum = raw_sum.join().expect("hashing thread");
-        let qcow2_sum = converted?.join().expect("hashing thread");
+        // Always join the hashing threads before returning an error.
         let mut sums = BTreeMap::new();
-        sums.insert(format!("{name}.raw"), raw_sum?);
-        sums.insert(format!("{name}.qcow2"), qcow2_sum?);
-        Ok(sums)
+        sums.insert(raw_file.clone(), raw_sum.join().expect("hashing thread"));
+        for (file, handle) in hashing {
+            sums.insert(file, handle.join().expect("hashing thread"));
+        }
+        written?;
+        sums.into_iter()
+            .map(|(file, sum)| Ok((file, sum?)))
+            .collect()
     })?;
+    let mut outputs = Vec::new();
+    for format in &plan.outputs {
+        for file in format.files(name) {
+            use std::os::unix::fs::MetadataExt as _;
+            let metadata = std::fs::metadata(out.join(&file))?;
+            outputs.push(Output {
+                format: *format,
+                sha256: sums[&file].clone(),
+                file,
+                size: metadata.len(),
+                allocated: metadata.blocks() * 512,
+            });
+        }
+    }
+    let binaries = super::sbom::binaries(&super::host::workspace_manifest(&plan.source), files)?;
+    write_documents(
+        out,
+        name,
+        plan,
+        input_hash,
+        source_date_epoch,
+        packages,
+        files,
+        layout,
+        &binaries,
+        &outputs,
+    )?;
     write_sha256sums(out, sums)
 }
 
@@ -274,6 +250,8 @@ fn write_documents(
     packages: &[Package],
     files: &[FileEntry],
     layout: &Layout,
+    binaries: &[super::sbom::Binary],
+    outputs: &[Output],
 ) -> anyhow::Result<()> {
     let manifest = json!({
         "image": plan.image,
@@ -291,6 +269,10 @@ fn write_documents(
             "root_partuuid": layout.root_guid,
             "root_fs_uuid": layout.root_fs_uuid,
         },
+        "outputs": outputs.iter().map(|output| json!({
+            "format": output.format.name(), "file": output.file, "size": output.size,
+            "allocated": output.allocated, "sha256": output.sha256,
+        })).collect::<Vec<_>>(),
         "services": plan.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "packages": packages.iter().map(|p| json!({
             "name": p.name, "version": p.version, "architecture": p.architecture, "source": p.source,
@@ -311,39 +293,16 @@ fn write_documents(
         serde_json::to_string_pretty(&manifest)? + "\n",
     )?;
 
-    let sbom = json!({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": name,
-        "documentNamespace": format!("https://nodows.invalid/spdx/{name}-{input_hash}"),
-        "creationInfo": {
-            "created": iso8601(source_date_epoch),
-            "creators": ["Tool: nodows-xtask-image"],
-        },
-        "packages": packages.iter().map(|p| json!({
-            "name": p.name,
-            "SPDXID": spdx_id(&p.name),
-            "versionInfo": p.version,
-            "supplier": "Organization: Debian",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "sourceInfo": format!("built from the Debian source package {}", p.source),
-            "externalRefs": [{
-                "referenceCategory": "PACKAGE-MANAGER",
-                "referenceType": "purl",
-                "referenceLocator": format!("pkg:deb/debian/{}@{}?arch={}&distro=debian-{}", p.name, p.version.replace(':', "%3A"), p.architecture, plan.suite),
-            }],
-        })).collect::<Vec<_>>(),
-        "relationships": packages.iter().map(|p| json!({
-            "spdxElementId": "SPDXRef-DOCUMENT",
-            "relationshipType": "DESCRIBES",
-            "relatedSpdxElement": spdx_id(&p.name),
-        })).collect::<Vec<_>>(),
-    });
+    let sbom = super::sbom::document(
+        name,
+        plan,
+        input_hash,
+        source_date_epoch,
+        packages,
+        binaries,
+        files,
+        outputs,
+    );
     std::fs::write(
         out.join("sbom.spdx.json"),
         serde_json::to_string_pretty(&sbom)? + "\n",

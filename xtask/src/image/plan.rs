@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::outputs::Format;
 use super::xml::{Document, Element};
 use super::BadInput;
 
@@ -64,6 +65,8 @@ pub struct Plan {
     pub users: Vec<User>,
     /// The model, relative to `source`.
     pub model: PathBuf,
+    /// The output formats, raw first (every other one is made from it).
+    pub outputs: Vec<Format>,
 }
 
 /// Collects every problem so that validation reports them all at once.
@@ -157,6 +160,29 @@ fn services_of(document: &Document, problems: &mut Problems) -> Vec<(String, usi
         services.extend(text_list(document, element, "service", problems));
     }
     services
+}
+
+/// The formats of `<outputs><format>NAME</format>...</outputs>`, `None`
+/// without an `<outputs>` element.
+fn outputs_of(document: &Document, problems: &mut Problems) -> Option<Vec<Format>> {
+    let element = document.root.children_named("outputs").next()?;
+    let mut formats = Vec::new();
+    for format in element.children_named("format") {
+        match format.text().parse::<Format>() {
+            Ok(parsed) => formats.push(parsed),
+            Err(message) => problems.push(format!("{}: {message}", document.at(format))),
+        }
+    }
+    Some(formats)
+}
+
+/// Raw first and always (boot, flash and every conversion start from it),
+/// then the others in the order of `Format::ALL`, each once.
+pub fn normalize_outputs(formats: &[Format]) -> Vec<Format> {
+    Format::ALL
+        .into_iter()
+        .filter(|format| *format == Format::Raw || formats.contains(format))
+        .collect()
 }
 
 /// Reads and validates `services/NAME/service.xml` (with `servicedef`, the
@@ -464,6 +490,14 @@ pub fn resolve(
         }
     }
     let profile_services = services_of(&profile_document, &mut problems);
+    // The profile's <outputs> replace the image's; neither: raw and qcow2.
+    let image_outputs = outputs_of(&image_document, &mut problems);
+    let profile_outputs = outputs_of(&profile_document, &mut problems);
+    let outputs = normalize_outputs(
+        &profile_outputs
+            .or(image_outputs)
+            .unwrap_or_else(|| vec![Format::Raw, Format::Qcow2]),
+    );
 
     // Services: the image's, then the profile's.
     let mut services = Vec::new();
@@ -535,12 +569,26 @@ pub fn resolve(
         root_login,
         users,
         model,
+        outputs,
     })
 }
 
 impl Plan {
     /// The plan as printed by `--plan` (and kept honest by snapshot tests).
     pub fn render(&self) -> String {
+        let mut out = self.render_inputs();
+        let outputs: Vec<&str> = self.outputs.iter().map(|format| format.name()).collect();
+        let _ = writeln!(
+            out,
+            "outputs: {} (and a bmap beside the raw disk)",
+            outputs.join(" ")
+        );
+        out
+    }
+
+    /// What shapes the disk's bytes: the plan without its output formats
+    /// (a `--format` choice never changes the raw disk).
+    pub fn render_inputs(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "image: {}", self.image);
         let _ = writeln!(out, "profile: {}", self.profile);

@@ -5,7 +5,8 @@
 //!   boot 1, test profile: ready, services, web page, render, a commit in
 //!     the host's PostgreSQL through nodows watch, respawn, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
-//!   boot 3, dev; boot 4, failover; boot 5, production (no agent: console lines)
+//!   boot 3, dev from its vmdk output; boot 4, failover from the copy `cargo xtask flash
+//!   --to-file` wrote; boot 5, production (no agent: console lines)
 //!   boot 6, test profile through OVMF (`--uefi`)
 
 use std::collections::BTreeMap;
@@ -42,6 +43,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     let mut built: BTreeMap<&str, BuiltImage> = BTreeMap::new();
     for profile in PROFILES {
         let name = format!("cargo xtask image --image {IMAGE} --profile {profile}");
+        // The dev image also writes the vmdk its boot below uses.
+        let formats = if profile == "dev" {
+            "raw,qcow2,vmdk"
+        } else {
+            "raw,qcow2"
+        };
         runner.step(&name, || {
             super::run_command(&mut super::cargo_xtask(&[
                 "image",
@@ -49,6 +56,8 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                 IMAGE,
                 "--profile",
                 profile,
+                "--format",
+                formats,
             ]))?;
             built.insert(profile, BuiltImage::find(None, IMAGE, profile)?);
             Ok(())
@@ -81,6 +90,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     runner.step(
         "e2e 3 test: initctl render reloads only web and the page changes",
         || check_render_reload(booted(&mut test_vm)?),
+    );
+    runner.step(
+        "e2e 3 test: a live model value outside its type is refused, nothing changes",
+        || check_bad_value_refused(booted(&mut test_vm)?),
     );
     runner.step(
         "e2e 3 test: a commit in PostgreSQL reaches the appliance through nodows watch (fleet)",
@@ -165,9 +178,14 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     );
 
     runner.step(
-        "e2e 1 dev: boots to ready, services running, web page",
+        "e2e 1 dev: boots from its vmdk output to ready, services running, web page",
         || {
+            // QEMU reads the streamOptimized VMDK as VMware would.
             let image = image("dev")?;
+            let image = BuiltImage {
+                raw: image.raw.with_extension("vmdk"),
+                ..image
+            };
             let mut vm = context.start(&image, "dev", "")?;
             let ready = vm.wait_for_ready(READY_TIMEOUT)?;
             eprintln!(
@@ -181,9 +199,20 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
-        "e2e 1 failover: boots to ready, the mode's services are running",
+        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), boots to ready, the mode's services are running",
         || {
+            // The copy `cargo xtask flash` writes is what boots.
             let image = image("failover")?;
+            let flashed = context.work_root.join("flashed-debian-failover.raw");
+            std::fs::create_dir_all(&context.work_root)?;
+            let flashed_text = flashed.to_string_lossy().into_owned();
+            super::run_command(&mut super::cargo_xtask(&[
+                "flash", "--image", IMAGE, "--profile", "failover", "--to-file", &flashed_text, "--yes",
+            ]))?;
+            let image = BuiltImage {
+                raw: flashed,
+                ..image
+            };
             let mut vm = context.start(&image, "failover", "")?;
             vm.wait_for_ready(READY_TIMEOUT)?;
             check_console_services(&mut vm, &image, "failover")?;
@@ -763,6 +792,40 @@ fn children(vm: &mut Vm, pid: i64) -> anyhow::Result<Vec<String>> {
     let mut pids: Vec<String> = output.split_whitespace().map(str::to_string).collect();
     pids.sort();
     Ok(pids)
+}
+
+/// Sets web's port to `80; evil` in every layer of the guest's model that
+/// sets a title and runs `initctl render`: it fails, the renderer says why
+/// on the console (the model's line and the key), no file changes and no
+/// service restarts; the good model renders again afterwards.
+fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
+    let before = running_pids(vm)?;
+    let config_before = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    let mark = vm.console_mark();
+    vm.succeed(
+        "cp /etc/nodows/model.xml /run/model.good && \
+         sed -i 's|\\(<key name=\"title\">[^<]*</key>\\)|\\1<key name=\"port\">80; evil</key>|' /etc/nodows/model.xml && \
+         grep -c '80; evil' /etc/nodows/model.xml",
+    )?;
+    let reply = vm.fail("initctl render")?;
+    vm.wait_for_console_text_since(
+        mark,
+        "key `port` of service `web` is \"80; evil\": expected a port number 1-65535",
+        SERVICE_TIMEOUT,
+    )?;
+    let config_after = vm.succeed("cat /etc/nginx/sites-enabled/default")?;
+    ensure!(
+        config_before == config_after,
+        "a refused model changed the nginx site:\n{config_after}"
+    );
+    let after = running_pids(vm)?;
+    if before != after {
+        return Err(vm.failure(&format!(
+            "a refused model changed service pids ({reply}): before {before:?}, after {after:?}"
+        )));
+    }
+    vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
+    Ok(())
 }
 
 /// Changes the web service's values in the guest's model and runs
