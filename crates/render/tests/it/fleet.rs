@@ -366,3 +366,44 @@ fn without_the_database_the_last_good_model_is_used_and_said() {
     std::fs::write(a.last_good(), text.replace("nodows web01", "tampered")).unwrap();
     assert_eq!(render::fleet::LastGood::read(&a.last_good()), None);
 }
+
+/// Bad input to `nodows model import` is refused whole: the error names the
+/// file and line, the exit code is 2, and the database has no new revision.
+#[test]
+fn a_bad_model_import_changes_nothing_in_the_database() {
+    let url = fleet_database("fleet_bad_import");
+    let before = revision(&url);
+    let dir = TempDir::new("bad-import");
+    let bad = dir.path().join("bad.xml");
+    std::fs::write(
+        &bad,
+        "<model>\n  <defaults>\n    <service name=\"web\"><key>no name</key></service>\n  </defaults>\n</model>\n",
+    )
+    .unwrap();
+    let output = crate::support::nodows()
+        .args(["model", "import", "--model", &url, "--from"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains(&format!(
+            "{}:3: <key> needs a non-empty `name` attribute",
+            bad.display()
+        )),
+        "{error}"
+    );
+    assert!(!error.contains(&cluster().superuser_password), "{error}");
+    assert_eq!(revision(&url), before);
+    // An unreachable destination is an error naming it; nothing is written.
+    let missing = dir.path().join("no/such/dir/model.xml");
+    let output = crate::support::nodows()
+        .args(["model", "export", "--model", &url, "--to"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no/such/dir/model.xml"));
+    assert!(!missing.exists());
+}
