@@ -32,6 +32,12 @@ pub struct Options {
     pub log_max_bytes: u64,
     pub use_cgroups: bool,
     pub pid1: bool,
+    /// A render still running after this long is killed (and reported).
+    pub render_timeout: Duration,
+    /// The fleet watcher's last-good model: rendered from instead of
+    /// `model` whenever it exists (PID 1 without --model:
+    /// /var/lib/nodows/model.xml).
+    pub last_good: Option<PathBuf>,
 }
 
 impl Options {
@@ -50,6 +56,8 @@ impl Options {
             log_max_bytes: 1024 * 1024,
             use_cgroups: true,
             pid1: false,
+            render_timeout: Duration::from_secs(120),
+            last_good: None,
         }
     }
 }
@@ -103,6 +111,13 @@ enum AfterRender {
 
 struct RenderJob {
     pid: i32,
+    started: Instant,
+    /// Killed by initd after `render_timeout`.
+    timed_out: bool,
+    /// This render is the one initd started to finish a failed render's
+    /// journal (it is not retried again).
+    retry: bool,
+    profile: String,
     stdout: RawFd,
     output: Vec<u8>,
     eof: bool,
@@ -122,7 +137,13 @@ struct RenderRequest {
     profile: String,
     after: AfterRender,
     client: Option<UnixStream>,
+    /// Started by initd to finish a failed render's journal.
+    retry: bool,
 }
+
+/// The renderer's journal inside the root (see crates/render/src/sync.rs):
+/// present while an apply is unfinished or its change set not yet acted on.
+const RENDER_JOURNAL: &str = "var/lib/nodows/render-journal.json";
 
 pub struct Runtime {
     options: Options,
@@ -242,6 +263,7 @@ impl Runtime {
             profile: self.supervisor.mode().to_string(),
             after: AfterRender::Boot,
             client: None,
+            retry: false,
         });
         while !self.finished {
             let result =
@@ -271,6 +293,10 @@ impl Runtime {
         if polling {
             let next = self.next_readiness_poll.max(now);
             deadline = Some(deadline.map_or(next, |deadline| deadline.min(next)));
+        }
+        if let Some(job) = self.render_job.as_ref().filter(|job| !job.timed_out) {
+            let kill_at = job.started + self.options.render_timeout;
+            deadline = Some(deadline.map_or(kill_at, |deadline| deadline.min(kill_at)));
         }
         let timeout_ms = match deadline {
             None => -1,
@@ -404,6 +430,7 @@ impl Runtime {
         for name in std::mem::take(&mut self.crash_killed) {
             self.groups.kill_escapees(&name);
         }
+        self.kill_hung_render();
         self.finish_render();
         self.progress_shutdown();
     }
@@ -790,11 +817,12 @@ impl Runtime {
             );
             return;
         }
+        let model = self.model_to_render();
         let mut process = std::process::Command::new(&command);
         process
             .arg("render")
             .arg("--model")
-            .arg(&self.options.model)
+            .arg(&model)
             .arg("--services")
             .arg(&self.options.services)
             .arg("--root")
@@ -809,6 +837,8 @@ impl Runtime {
         }
         process
             .arg("--json")
+            // initd removes the journal once it has acted on the change set.
+            .arg("--keep-journal")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped());
         match process.spawn() {
@@ -820,6 +850,10 @@ impl Runtime {
                 let _ = sys::set_nonblocking(fd);
                 self.render_job = Some(RenderJob {
                     pid: child.id() as i32,
+                    started: Instant::now(),
+                    timed_out: false,
+                    retry: request.retry,
+                    profile: request.profile.clone(),
                     stdout: fd,
                     output: Vec::new(),
                     eof: false,
@@ -880,18 +914,51 @@ impl Runtime {
             return;
         };
         let exit = job.exit.unwrap_or(Exit::Code(1));
+        let journal = self.options.root.join(RENDER_JOURNAL);
         let mut changes = Vec::new();
         let mut failure = RenderFailure::Refused;
-        let (code, message) = if !exit.success() {
-            let message = format!(
-                "renderer failed ({}): configuration unchanged",
+        let mut retry = false;
+        let (code, message) = if exit == Exit::Code(2) {
+            // Bad input: the renderer stops before it writes anything.
+            let message =
+                "renderer refused the input (exit 2): configuration unchanged".to_string();
+            self.say(&format!("initd: {message}"));
+            (1, message)
+        } else if !exit.success() {
+            let how = if job.timed_out {
+                format!(
+                    "hung for {} s and was killed",
+                    self.options.render_timeout.as_secs()
+                )
+            } else {
                 exit.describe()
-            );
+            };
+            let unfinished = journal.exists();
+            let message = if unfinished {
+                retry = !job.retry;
+                format!(
+                    "renderer failed ({how}): it left an unfinished apply; {}",
+                    if retry {
+                        "rendering again to finish it and report its changes"
+                    } else {
+                        "the next render finishes it and reports its changes"
+                    }
+                )
+            } else {
+                format!("renderer failed ({how}): configuration unchanged")
+            };
             self.say(&format!("initd: {message}"));
             (1, message)
         } else {
             match json::parse_change_set(&String::from_utf8_lossy(&job.output)) {
                 Ok(change_set) => {
+                    // Acted on below: the journal's change set is reported.
+                    match std::fs::remove_file(&journal) {
+                        Err(error) if error.kind() != std::io::ErrorKind::NotFound => self.say(
+                            &format!("initd: {}: cannot remove: {error}", journal.display()),
+                        ),
+                        _ => {}
+                    }
                     let mut message =
                         format!("rendered: {} files written", change_set.written.len());
                     for (name, action) in &change_set.services {
@@ -908,10 +975,39 @@ impl Runtime {
                 }
             }
         };
+        if retry {
+            self.render_queue.push_front(RenderRequest {
+                services: Vec::new(),
+                profile: job.profile.clone(),
+                after: AfterRender::Nothing,
+                client: None,
+                retry: true,
+            });
+        }
         self.render_done(job.after, job.client, code, message, changes, failure);
         if let Some(next) = self.render_queue.pop_front() {
             self.start_render(next);
         }
+    }
+
+    /// Kills a render that has run longer than `render_timeout`; its exit
+    /// is then reported by `finish_render`.
+    fn kill_hung_render(&mut self) {
+        let timeout = self.options.render_timeout;
+        let Some(job) = self.render_job.as_mut() else {
+            return;
+        };
+        if job.exit.is_some() || job.timed_out || job.started.elapsed() < timeout {
+            return;
+        }
+        job.timed_out = true;
+        let pid = job.pid;
+        // SAFETY: kill on the renderer's pid, a child not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.say(&format!(
+            "initd: renderer pid {pid} hung for {} s: killed",
+            timeout.as_secs()
+        ));
     }
 
     fn render_done(
@@ -1154,6 +1250,7 @@ impl Runtime {
                         profile: self.supervisor.mode().to_string(),
                         after: AfterRender::Nothing,
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }
@@ -1164,6 +1261,7 @@ impl Runtime {
                     profile: self.supervisor.mode().to_string(),
                     after: AfterRender::Nothing,
                     client: client.take(),
+                    retry: false,
                 });
                 return None;
             }
@@ -1205,6 +1303,7 @@ impl Runtime {
                         profile: mode.to_string(),
                         after: AfterRender::SwitchMode(mode.to_string()),
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }
@@ -1249,8 +1348,58 @@ impl Runtime {
         out
     }
 
+    /// The last-good model when there is one, else `--model`.
+    fn model_to_render(&self) -> PathBuf {
+        match &self.options.last_good {
+            Some(path) if crate::pid1::last_good_revision_of(path).is_some() => path.clone(),
+            _ => self.options.model.clone(),
+        }
+    }
+
+    /// `model PATH`, and the fleet watcher's state when it runs
+    /// (`STATE/model-status.json`, written by `nodows watch --model
+    /// postgres://...`).
+    fn model_status_text(&self) -> String {
+        let mut out = format!("model {}\n", self.model_to_render().display());
+        let path = self.options.state.join("model-status.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return out;
+        };
+        let Ok(status) = json::parse(&text) else {
+            out.push_str(&format!("fleet: {} is not readable JSON\n", path.display()));
+            return out;
+        };
+        let text_of = |key: &str| status.get(key).and_then(json::Value::as_str).unwrap_or("");
+        let connected = status.get("connected") == Some(&json::Value::Bool(true));
+        let running = match status.get("running").and_then(|r| r.get("revision")) {
+            Some(json::Value::Number(revision)) => format!("last-good revision {revision}"),
+            _ => "the baked base model".to_string(),
+        };
+        out.push_str(&format!(
+            "fleet {} server {}: {}; running {running}",
+            text_of("source"),
+            text_of("server"),
+            if connected {
+                "connected"
+            } else {
+                "database unreachable"
+            },
+        ));
+        match (text_of("result"), text_of("error")) {
+            ("", _) => {}
+            (result, "") => out.push_str(&format!("; last {result}")),
+            (result, error) => out.push_str(&format!(
+                "; last {result}: {}",
+                error.lines().next().unwrap_or("")
+            )),
+        }
+        out.push('\n');
+        out
+    }
+
     fn status_text(&self) -> String {
         let mut out = format!("mode {}\n", self.supervisor.mode());
+        out.push_str(&self.model_status_text());
         for service in self.supervisor.services() {
             out.push_str(&format!(
                 "{:<24} {:<9} pid={:<8} restarts={}{}\n",

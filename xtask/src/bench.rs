@@ -7,12 +7,14 @@
 //! mmdebstrap), `flash` (every output format's size; flashing against dd
 //! and bmaptool), `render` (one key changed among 1,000 services),
 //! `failover` (takeover of a failover pair after a power-off, two QEMU
-//! machines).
+//! machines), `fleet` (the model in PostgreSQL: commit to applied, N
+//! appliances converging).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
 
 mod boot;
 mod failover;
 mod flash;
+mod fleet;
 mod image;
 mod render;
 mod report;
@@ -32,7 +34,7 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image, flash, render or failover.
+    /// Run one suite only: boot, supervisor, image, flash, render, failover or fleet.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -43,7 +45,15 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 6] = ["boot", "supervisor", "image", "flash", "render", "failover"];
+const SUITES: [&str; 7] = [
+    "boot",
+    "supervisor",
+    "image",
+    "flash",
+    "render",
+    "failover",
+    "fleet",
+];
 
 /// What every suite needs: where to work and how much to run.
 pub struct Context {
@@ -185,6 +195,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "Failover pair: takeover after a power-off (QEMU, keepalived)",
                 );
                 let result = failover::run(&context, &mut suite);
+                broken |= finish(&mut suite, result);
+                suite
+            }
+            "fleet" => {
+                let mut suite = Suite::new("fleet", "The fleet: the model in PostgreSQL (host)");
+                let result = fleet::run(&context, &mut suite);
                 broken |= finish(&mut suite, result);
                 suite
             }

@@ -20,7 +20,8 @@ pub struct Args {
     /// Skip the images and the end-to-end tests (and the xtask's slow tests).
     #[arg(long)]
     pub quick: bool,
-    /// Run only the steps whose name contains this text.
+    /// Run only the steps whose name contains this text (or one of the
+    /// texts separated by `|`).
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
     /// QEMU accelerator: auto probes KVM and falls back to TCG.
@@ -44,7 +45,7 @@ impl Runner {
     /// Runs `step` unless filtered out; prints its name, result and duration.
     pub fn step(&mut self, name: &str, step: impl FnOnce() -> anyhow::Result<()>) -> bool {
         if let Some(only) = &self.only {
-            if !name.contains(only.as_str()) {
+            if !only.split('|').any(|text| name.contains(text)) {
                 return true;
             }
         }
