@@ -32,6 +32,54 @@ pub fn parse_command_line(text: &str) -> CommandLine {
     command_line
 }
 
+/// Where `nodows watch --model postgres://...` keeps the last model that
+/// validated and rendered (see crates/render/src/fleet.rs).
+pub const LAST_GOOD_MODEL: &str = "/var/lib/nodows/model.xml";
+
+/// The revision recorded in a last-good model's first line
+/// (`<!-- nodows last-good revision=N sha256=H -->`).
+pub fn last_good_revision(first_line: &str) -> Option<i64> {
+    first_line
+        .strip_prefix("<!-- nodows last-good revision=")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The revision of the last-good model at `path`, if it is one.
+pub fn last_good_revision_of(path: &std::path::Path) -> Option<i64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    last_good_revision(text.lines().next()?)
+}
+
+/// The SMBIOS system serial number (QEMU: `-smbios type=1,serial=ID`).
+pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
+
+/// The server id from the SMBIOS system serial, when it is one: a word of
+/// letters, digits, `.`, `_` and `-` (at most 64), and not one of the
+/// placeholders firmware writes when nobody set it.
+pub fn server_from_serial(serial: &str) -> Option<String> {
+    let serial = serial.trim();
+    let placeholder = [
+        "0",
+        "0123456789",
+        "none",
+        "default",
+        "not-specified",
+        "not_specified",
+        "system-serial-number",
+    ]
+    .iter()
+    .any(|p| serial.eq_ignore_ascii_case(p));
+    let word = !serial.is_empty()
+        && serial.len() <= 64
+        && serial
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    (word && !placeholder).then(|| serial.to_string())
+}
+
 #[cfg(target_os = "linux")]
 fn mounted_points() -> Vec<(String, String)> {
     std::fs::read_to_string("/proc/self/mounts")
@@ -383,6 +431,36 @@ mod tests {
             integrity_status("device-mapper: verity: 254:0: data block 7 is corrupted\ndevice-mapper: verity: 254:0: data block 9 is corrupted\n"),
             "integrity: 2 dm-verity error(s) (reads failed with EIO), last: device-mapper: verity: 254:0: data block 9 is corrupted\n"
         );
+    }
+
+    #[test]
+    fn a_last_good_model_names_its_revision_in_its_first_line() {
+        assert_eq!(
+            last_good_revision("<!-- nodows last-good revision=41 sha256=ab -->"),
+            Some(41)
+        );
+        assert_eq!(last_good_revision("<model>"), None);
+        assert_eq!(
+            last_good_revision("<!-- nodows last-good revision=x -->"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_smbios_serial_is_a_server_id_unless_it_is_a_placeholder() {
+        for (serial, server) in [
+            ("web01\n", Some("web01")),
+            ("a.b_c-9", Some("a.b_c-9")),
+            ("", None),
+            ("\n", None),
+            ("Not Specified", None),
+            ("To be filled by O.E.M.", None),
+            ("0", None),
+            ("None", None),
+            ("has/slash", None),
+        ] {
+            assert_eq!(server_from_serial(serial).as_deref(), server, "{serial:?}");
+        }
     }
 
     #[test]

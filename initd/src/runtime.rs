@@ -37,6 +37,12 @@ pub struct Options {
     /// boot has to get ready (`nodows.trial-timeout=`); see `assess`.
     pub boot_slot: Option<String>,
     pub trial_timeout: Duration,
+    /// A render still running after this long is killed (and reported).
+    pub render_timeout: Duration,
+    /// The fleet watcher's last-good model: rendered from instead of
+    /// `model` whenever it exists (PID 1 without --model:
+    /// /var/lib/nodows/model.xml).
+    pub last_good: Option<PathBuf>,
 }
 
 impl Options {
@@ -57,6 +63,8 @@ impl Options {
             pid1: false,
             boot_slot: None,
             trial_timeout: crate::assess::DEFAULT_TRIAL_TIMEOUT,
+            render_timeout: Duration::from_secs(120),
+            last_good: None,
         }
     }
 }
@@ -91,6 +99,17 @@ impl Console {
     }
 }
 
+/// Why a render produced no change set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RenderFailure {
+    /// It rendered.
+    None,
+    /// No renderer to run (configs are baked only, as on FreeBSD).
+    NoRenderer,
+    /// The renderer ran and failed (bad model for that profile, I/O).
+    Refused,
+}
+
 enum AfterRender {
     Nothing,
     Boot,
@@ -99,6 +118,13 @@ enum AfterRender {
 
 struct RenderJob {
     pid: i32,
+    started: Instant,
+    /// Killed by initd after `render_timeout`.
+    timed_out: bool,
+    /// This render is the one initd started to finish a failed render's
+    /// journal (it is not retried again).
+    retry: bool,
+    profile: String,
     stdout: RawFd,
     output: Vec<u8>,
     eof: bool,
@@ -118,7 +144,13 @@ struct RenderRequest {
     profile: String,
     after: AfterRender,
     client: Option<UnixStream>,
+    /// Started by initd to finish a failed render's journal.
+    retry: bool,
 }
+
+/// The renderer's journal inside the root (see crates/render/src/sync.rs):
+/// present while an apply is unfinished or its change set not yet acted on.
+const RENDER_JOURNAL: &str = "var/lib/nodows/render-journal.json";
 
 pub struct Runtime {
     options: Options,
@@ -246,6 +278,7 @@ impl Runtime {
             profile: self.supervisor.mode().to_string(),
             after: AfterRender::Boot,
             client: None,
+            retry: false,
         });
         if let Some(assessment) = self.assessment.as_mut() {
             let steps = assessment.boot();
@@ -282,6 +315,10 @@ impl Runtime {
         }
         if let Some(trial) = self.assessment.as_ref().and_then(|a| a.deadline) {
             deadline = Some(deadline.map_or(trial, |deadline| deadline.min(trial)));
+        }
+        if let Some(job) = self.render_job.as_ref().filter(|job| !job.timed_out) {
+            let kill_at = job.started + self.options.render_timeout;
+            deadline = Some(deadline.map_or(kill_at, |deadline| deadline.min(kill_at)));
         }
         let timeout_ms = match deadline {
             None => -1,
@@ -415,6 +452,7 @@ impl Runtime {
         for name in std::mem::take(&mut self.crash_killed) {
             self.groups.kill_escapees(&name);
         }
+        self.kill_hung_render();
         self.finish_render();
         if let Some(assessment) = self.assessment.as_mut() {
             let steps = assessment.tick(Instant::now());
@@ -868,14 +906,16 @@ impl Runtime {
                 1,
                 format!("renderer {} not found", command.display()),
                 Vec::new(),
+                RenderFailure::NoRenderer,
             );
             return;
         }
+        let model = self.model_to_render();
         let mut process = std::process::Command::new(&command);
         process
             .arg("render")
             .arg("--model")
-            .arg(&self.options.model)
+            .arg(&model)
             .arg("--services")
             .arg(&self.options.services)
             .arg("--root")
@@ -890,6 +930,8 @@ impl Runtime {
         }
         process
             .arg("--json")
+            // initd removes the journal once it has acted on the change set.
+            .arg("--keep-journal")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped());
         match process.spawn() {
@@ -901,6 +943,10 @@ impl Runtime {
                 let _ = sys::set_nonblocking(fd);
                 self.render_job = Some(RenderJob {
                     pid: child.id() as i32,
+                    started: Instant::now(),
+                    timed_out: false,
+                    retry: request.retry,
+                    profile: request.profile.clone(),
                     stdout: fd,
                     output: Vec::new(),
                     eof: false,
@@ -920,6 +966,7 @@ impl Runtime {
                     1,
                     format!("cannot run renderer: {error}"),
                     Vec::new(),
+                    RenderFailure::NoRenderer,
                 );
             }
         }
@@ -960,23 +1007,58 @@ impl Runtime {
             return;
         };
         let exit = job.exit.unwrap_or(Exit::Code(1));
+        let journal = self.options.root.join(RENDER_JOURNAL);
         let mut changes = Vec::new();
-        let (code, message) = if !exit.success() {
-            let message = format!(
-                "renderer failed ({}): configuration unchanged",
+        let mut failure = RenderFailure::Refused;
+        let mut retry = false;
+        let (code, message) = if exit == Exit::Code(2) {
+            // Bad input: the renderer stops before it writes anything.
+            let message =
+                "renderer refused the input (exit 2): configuration unchanged".to_string();
+            self.say(&format!("initd: {message}"));
+            (1, message)
+        } else if !exit.success() {
+            let how = if job.timed_out {
+                format!(
+                    "hung for {} s and was killed",
+                    self.options.render_timeout.as_secs()
+                )
+            } else {
                 exit.describe()
-            );
+            };
+            let unfinished = journal.exists();
+            let message = if unfinished {
+                retry = !job.retry;
+                format!(
+                    "renderer failed ({how}): it left an unfinished apply; {}",
+                    if retry {
+                        "rendering again to finish it and report its changes"
+                    } else {
+                        "the next render finishes it and reports its changes"
+                    }
+                )
+            } else {
+                format!("renderer failed ({how}): configuration unchanged")
+            };
             self.say(&format!("initd: {message}"));
             (1, message)
         } else {
             match json::parse_change_set(&String::from_utf8_lossy(&job.output)) {
                 Ok(change_set) => {
+                    // Acted on below: the journal's change set is reported.
+                    match std::fs::remove_file(&journal) {
+                        Err(error) if error.kind() != std::io::ErrorKind::NotFound => self.say(
+                            &format!("initd: {}: cannot remove: {error}", journal.display()),
+                        ),
+                        _ => {}
+                    }
                     let mut message =
                         format!("rendered: {} files written", change_set.written.len());
                     for (name, action) in &change_set.services {
                         message.push_str(&format!("\n{action} {name}"));
                     }
                     changes = change_set.services;
+                    failure = RenderFailure::None;
                     (0, message)
                 }
                 Err(error) => {
@@ -986,10 +1068,39 @@ impl Runtime {
                 }
             }
         };
-        self.render_done(job.after, job.client, code, message, changes);
+        if retry {
+            self.render_queue.push_front(RenderRequest {
+                services: Vec::new(),
+                profile: job.profile.clone(),
+                after: AfterRender::Nothing,
+                client: None,
+                retry: true,
+            });
+        }
+        self.render_done(job.after, job.client, code, message, changes, failure);
         if let Some(next) = self.render_queue.pop_front() {
             self.start_render(next);
         }
+    }
+
+    /// Kills a render that has run longer than `render_timeout`; its exit
+    /// is then reported by `finish_render`.
+    fn kill_hung_render(&mut self) {
+        let timeout = self.options.render_timeout;
+        let Some(job) = self.render_job.as_mut() else {
+            return;
+        };
+        if job.exit.is_some() || job.timed_out || job.started.elapsed() < timeout {
+            return;
+        }
+        job.timed_out = true;
+        let pid = job.pid;
+        // SAFETY: kill on the renderer's pid, a child not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.say(&format!(
+            "initd: renderer pid {pid} hung for {} s: killed",
+            timeout.as_secs()
+        ));
     }
 
     fn render_done(
@@ -999,6 +1110,7 @@ impl Runtime {
         code: i32,
         message: String,
         changes: Vec<(String, String)>,
+        failure: RenderFailure,
     ) {
         let now = Instant::now();
         for (name, action) in &changes {
@@ -1009,7 +1121,7 @@ impl Runtime {
             let actions = if action == "reload" {
                 self.supervisor.reload(name, now)
             } else {
-                self.supervisor.restart(name, now)
+                self.supervisor.restart_if_active(name, now)
             };
             self.apply(actions);
             let actions = self.supervisor.emit(&format!("config-changed:{name}"), now);
@@ -1023,8 +1135,23 @@ impl Runtime {
                 let actions = self.supervisor.boot(now);
                 self.apply(actions);
             }
+            // All or nothing: a model the renderer refuses for the new mode
+            // leaves the node in its old mode (the renderer wrote nothing).
+            AfterRender::SwitchMode(mode) if failure == RenderFailure::Refused => {
+                let old = self.supervisor.mode().to_string();
+                self.say(&format!(
+                    "initd: mode {mode} refused, staying in mode {old}: {reply} (the renderer's errors are above)"
+                ));
+                reply_code = 1;
+                reply = format!(
+                    "mode {mode} refused, still in mode {old}: {reply}; see the renderer's errors on the console"
+                );
+            }
+            // Without a renderer (configs baked only) the switch goes ahead.
             AfterRender::SwitchMode(mode) => {
-                self.say(&format!("nodows: mode {mode}"));
+                // t on the clock of the ready line: switch to ready is their difference.
+                let seconds = self.started.elapsed().as_secs_f64();
+                self.say(&format!("nodows: mode {mode} t={seconds:.2}"));
                 let actions = self.supervisor.set_mode(&mode, now);
                 self.apply(actions);
                 reply_code = 0;
@@ -1132,13 +1259,26 @@ impl Runtime {
         let word = |index: usize| words.get(index).map(String::as_str);
         let known = |runtime: &Runtime, name: &str| runtime.supervisor.service(name).is_some();
         let reply = match (word(0), word(1)) {
-            (Some("status"), flag) => {
-                if flag == Some("--json") {
-                    (0, self.status_json())
-                } else {
-                    (0, self.status_text())
+            (Some("status"), None) => (0, self.status_text()),
+            (Some("status"), Some("--json")) => (0, self.status_json()),
+            // A health probe (keepalived's track script): exit 1 when the
+            // service is failed, 0 in any other state.
+            (Some("status"), Some(name)) => match self.supervisor.service(name) {
+                None => (2, format!("unknown service {name}: see initctl status")),
+                Some(service) => {
+                    let line = format!(
+                        "{name} {}{}",
+                        service.state.as_str(),
+                        service
+                            .reason
+                            .as_deref()
+                            .map(|reason| format!(" ({reason})"))
+                            .unwrap_or_default()
+                    );
+                    let code = if service.state == State::Failed { 1 } else { 0 };
+                    (code, line)
                 }
-            }
+            },
             (Some(verb @ ("start" | "stop" | "restart" | "reload")), Some(name)) => {
                 if !known(self, name) {
                     (2, format!("unknown service {name}: see initctl status"))
@@ -1203,6 +1343,7 @@ impl Runtime {
                         profile: self.supervisor.mode().to_string(),
                         after: AfterRender::Nothing,
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }
@@ -1213,6 +1354,7 @@ impl Runtime {
                     profile: self.supervisor.mode().to_string(),
                     after: AfterRender::Nothing,
                     client: client.take(),
+                    retry: false,
                 });
                 return None;
             }
@@ -1254,6 +1396,7 @@ impl Runtime {
                         profile: mode.to_string(),
                         after: AfterRender::SwitchMode(mode.to_string()),
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }
@@ -1298,6 +1441,55 @@ impl Runtime {
         out
     }
 
+    /// The last-good model when there is one, else `--model`.
+    fn model_to_render(&self) -> PathBuf {
+        match &self.options.last_good {
+            Some(path) if crate::pid1::last_good_revision_of(path).is_some() => path.clone(),
+            _ => self.options.model.clone(),
+        }
+    }
+
+    /// `model PATH`, and the fleet watcher's state when it runs
+    /// (`STATE/model-status.json`, written by `nodows watch --model
+    /// postgres://...`).
+    fn model_status_text(&self) -> String {
+        let mut out = format!("model {}\n", self.model_to_render().display());
+        let path = self.options.state.join("model-status.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return out;
+        };
+        let Ok(status) = json::parse(&text) else {
+            out.push_str(&format!("fleet: {} is not readable JSON\n", path.display()));
+            return out;
+        };
+        let text_of = |key: &str| status.get(key).and_then(json::Value::as_str).unwrap_or("");
+        let connected = status.get("connected") == Some(&json::Value::Bool(true));
+        let running = match status.get("running").and_then(|r| r.get("revision")) {
+            Some(json::Value::Number(revision)) => format!("last-good revision {revision}"),
+            _ => "the baked base model".to_string(),
+        };
+        out.push_str(&format!(
+            "fleet {} server {}: {}; running {running}",
+            text_of("source"),
+            text_of("server"),
+            if connected {
+                "connected"
+            } else {
+                "database unreachable"
+            },
+        ));
+        match (text_of("result"), text_of("error")) {
+            ("", _) => {}
+            (result, "") => out.push_str(&format!("; last {result}")),
+            (result, error) => out.push_str(&format!(
+                "; last {result}: {}",
+                error.lines().next().unwrap_or("")
+            )),
+        }
+        out.push('\n');
+        out
+    }
+
     fn status_text(&self) -> String {
         let mut out = self
             .assessment
@@ -1310,6 +1502,7 @@ impl Runtime {
             ));
         }
         out.push_str(&format!("mode {}\n", self.supervisor.mode()));
+        out.push_str(&self.model_status_text());
         for service in self.supervisor.services() {
             out.push_str(&format!(
                 "{:<24} {:<9} pid={:<8} restarts={}{}\n",

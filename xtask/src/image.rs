@@ -123,6 +123,16 @@ fn build(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if freebsd::is_freebsd_image(&source, &args.image) {
+        if !args.format.is_empty() {
+            return Err(BadInput(format!(
+                "--format: FreeBSD images ({}) write raw and qcow2 only; leave the option out",
+                source
+                    .join("images")
+                    .join(format!("{}.xml", args.image))
+                    .display()
+            ))
+            .into());
+        }
         return freebsd::build(&args, &source);
     }
     let apt_sources = host::AptSources::from_host();

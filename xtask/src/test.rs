@@ -6,7 +6,7 @@
 //! tests in `test/e2e.rs`, each a real boot. Every step prints its duration;
 //! the last line is `N passed, N failed`.
 
-mod e2e;
+pub mod e2e;
 mod updates;
 mod verified;
 
@@ -22,7 +22,8 @@ pub struct Args {
     /// Skip the images and the end-to-end tests (and the xtask's slow tests).
     #[arg(long)]
     pub quick: bool,
-    /// Run only the steps whose name contains this text.
+    /// Run only the steps whose name contains this text (or one of the
+    /// texts separated by `|`).
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
     /// QEMU accelerator: auto probes KVM and falls back to TCG.
@@ -46,7 +47,7 @@ impl Runner {
     /// Runs `step` unless filtered out; prints its name, result and duration.
     pub fn step(&mut self, name: &str, step: impl FnOnce() -> anyhow::Result<()>) -> bool {
         if let Some(only) = &self.only {
-            if !name.contains(only.as_str()) {
+            if !only.split('|').any(|text| name.contains(text)) {
                 return true;
             }
         }
@@ -77,6 +78,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outcomes: Vec::new(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    // The slow tests cross-build initd for FreeBSD; the images need musl.
+    crate::toolchain::ensure_target(crate::toolchain::MUSL)?;
+    if !args.quick {
+        crate::toolchain::ensure_target(crate::toolchain::FREEBSD)?;
+    }
 
     runner.step("cargo fmt --all --check", || {
         run_command(

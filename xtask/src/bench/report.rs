@@ -67,6 +67,7 @@ pub enum Unit {
     Milliseconds,
     KiB,
     MiB,
+    MiBPerSecond,
     Count,
     Percent,
 }
@@ -78,6 +79,7 @@ impl Unit {
             Unit::Milliseconds => "ms",
             Unit::KiB => "KiB",
             Unit::MiB => "MiB",
+            Unit::MiBPerSecond => "MiB/s",
             Unit::Count => "",
             Unit::Percent => "%",
         }
@@ -87,6 +89,7 @@ impl Unit {
         let number = match self {
             Unit::Count => format!("{value:.0}"),
             Unit::Seconds | Unit::MiB | Unit::Percent => format!("{value:.2}"),
+            Unit::MiBPerSecond => format!("{value:.0}"),
             Unit::Milliseconds => {
                 if value < 10.0 {
                     format!("{value:.2}")
@@ -230,6 +233,7 @@ pub fn suite_from_json(value: &Value) -> Option<Suite> {
             "KiB" => Unit::KiB,
             "MiB" => Unit::MiB,
             "%" => Unit::Percent,
+            "MiB/s" => Unit::MiBPerSecond,
             _ => Unit::Count,
         };
         suite.row(
