@@ -243,8 +243,39 @@ pub fn run(console: &dyn Fn(&str)) -> String {
         loader.coldplug(Path::new("/sys/devices"), false);
         std::thread::sleep(Duration::from_millis(10));
     };
-    let mount_flags = if spec.read_write { 0 } else { libc::MS_RDONLY };
-    let device_text = device.to_string_lossy().into_owned();
+    let verity = match crate::verity::parse_verity(&command_line) {
+        None => None,
+        Some(Ok(verity)) => Some(verity),
+        Some(Err(error)) => return error,
+    };
+    let mut device_text = device.to_string_lossy().into_owned();
+    let mut mount_flags = if spec.read_write { 0 } else { libc::MS_RDONLY };
+    if let Some(verity) = &verity {
+        // The root is only ever read through its hash tree.
+        // The CPU's fastest sha256 first (the crypto API cannot ask for it:
+        // there is no modprobe here); a CPU without SSSE3 keeps the generic one.
+        loader.load("sha256_ssse3");
+        let reported = loader.errors.len();
+        loader.load("dm_verity");
+        loader.load("overlay");
+        for error in &loader.errors[reported..] {
+            console(&format!("initrd: module {error}"));
+        }
+        let mapped = match crate::verity::create_device("root", &device_text, verity) {
+            Ok(mapped) => mapped,
+            Err(error) => return format!("verified root {device_text}: {error}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Path::new(&mapped).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        console(&format!(
+            "initrd: dm-verity root {mapped} over {device_text}, root hash {}",
+            verity.root_hash
+        ));
+        device_text = mapped;
+        mount_flags = libc::MS_RDONLY;
+    }
     if let Err(error) = crate::pid1::mount(
         &device_text,
         "/root",
@@ -252,7 +283,17 @@ pub fn run(console: &dyn Fn(&str)) -> String {
         mount_flags,
         spec.flags.as_deref().unwrap_or(""),
     ) {
+        if verity.is_some() {
+            return format!(
+                "{error} (root={root} through dm-verity: an I/O error means blocks of the partition do not match the root hash on the command line)"
+            );
+        }
         return format!("{error} (root={root})");
+    }
+    if verity.is_some() {
+        if let Err(error) = ram_layers(Path::new("/root")) {
+            return format!("verified root: {error}");
+        }
     }
     let init = spec
         .init
@@ -269,6 +310,37 @@ pub fn run(console: &dyn Fn(&str)) -> String {
         loader.loaded.join(" ")
     ));
     switch_root(&init)
+}
+
+/// The writable layers of a read-only root, all in RAM: a tmpfs on /run
+/// holds the upper directories of overlays on /etc (the renderer's output),
+/// /var and /root; /tmp is a tmpfs. Everything written at run time outside
+/// the data partition is gone at the next boot.
+#[cfg(target_os = "linux")]
+pub fn ram_layers(root: &Path) -> Result<(), String> {
+    let at = |path: &str| root.join(path).to_string_lossy().into_owned();
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    crate::pid1::mount("tmpfs", &at("run"), "tmpfs", nosuid_nodev, "mode=0755")?;
+    crate::pid1::mount("tmpfs", &at("tmp"), "tmpfs", nosuid_nodev, "mode=1777")?;
+    let layers = root.join("run/nodows/layers");
+    for directory in ["etc", "var", "root"] {
+        let upper = layers.join(directory).join("upper");
+        let work = layers.join(directory).join("work");
+        for path in [&upper, &work] {
+            std::fs::create_dir_all(path)
+                .map_err(|error| format!("create {}: {error}", path.display()))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            at(directory),
+            upper.display(),
+            work.display()
+        );
+        crate::pid1::mount("overlay", &at(directory), "overlay", 0, &options)?;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(&layers, std::fs::Permissions::from_mode(0o700));
+    Ok(())
 }
 
 /// Moves the API mounts into /root, frees the initramfs, makes /root the

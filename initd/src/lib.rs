@@ -4,6 +4,7 @@
 //! drives it; `sys`, `group`, `pid1` and `spawn` hold the syscalls (`spawn`
 //! is the only code between fork and exec).
 
+pub mod assess;
 pub mod group;
 pub mod initrd;
 pub mod kmod;
@@ -14,6 +15,7 @@ pub mod runtime;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;
+pub mod verity;
 
 /// The control socket when none is given.
 pub const DEFAULT_SOCKET: &str = "/run/initd.sock";

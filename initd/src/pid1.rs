@@ -10,6 +10,10 @@ use std::ffi::CString;
 pub struct CommandLine {
     pub mode: Option<String>,
     pub server: Option<String>,
+    /// `nodows.slot=a|b`: an A/B image's running slot.
+    pub slot: Option<String>,
+    /// `nodows.trial-timeout=SECONDS`.
+    pub trial_timeout: Option<u64>,
 }
 
 pub fn parse_command_line(text: &str) -> CommandLine {
@@ -19,9 +23,61 @@ pub fn parse_command_line(text: &str) -> CommandLine {
             command_line.mode = Some(mode.to_string());
         } else if let Some(server) = word.strip_prefix("nodows.server=") {
             command_line.server = Some(server.to_string());
+        } else if let Some(slot) = word.strip_prefix("nodows.slot=") {
+            command_line.slot = Some(slot.to_string());
+        } else if let Some(seconds) = word.strip_prefix("nodows.trial-timeout=") {
+            command_line.trial_timeout = seconds.parse().ok();
         }
     }
     command_line
+}
+
+/// Where `nodows watch --model postgres://...` keeps the last model that
+/// validated and rendered (see crates/render/src/fleet.rs).
+pub const LAST_GOOD_MODEL: &str = "/var/lib/nodows/model.xml";
+
+/// The revision recorded in a last-good model's first line
+/// (`<!-- nodows last-good revision=N sha256=H -->`).
+pub fn last_good_revision(first_line: &str) -> Option<i64> {
+    first_line
+        .strip_prefix("<!-- nodows last-good revision=")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The revision of the last-good model at `path`, if it is one.
+pub fn last_good_revision_of(path: &std::path::Path) -> Option<i64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    last_good_revision(text.lines().next()?)
+}
+
+/// The SMBIOS system serial number (QEMU: `-smbios type=1,serial=ID`).
+pub const SMBIOS_SERIAL: &str = "/sys/class/dmi/id/product_serial";
+
+/// The server id from the SMBIOS system serial, when it is one: a word of
+/// letters, digits, `.`, `_` and `-` (at most 64), and not one of the
+/// placeholders firmware writes when nobody set it.
+pub fn server_from_serial(serial: &str) -> Option<String> {
+    let serial = serial.trim();
+    let placeholder = [
+        "0",
+        "0123456789",
+        "none",
+        "default",
+        "not-specified",
+        "not_specified",
+        "system-serial-number",
+    ]
+    .iter()
+    .any(|p| serial.eq_ignore_ascii_case(p));
+    let word = !serial.is_empty()
+        && serial.len() <= 64
+        && serial
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    (word && !placeholder).then(|| serial.to_string())
 }
 
 #[cfg(target_os = "linux")]
@@ -131,8 +187,12 @@ pub fn early_setup(machine: bool) -> Vec<String> {
         }
     }
     // Inside a container the root file system is the host's: leave it alone.
+    // A verified root stays read-only (its writable layers are in RAM).
+    let verified =
+        crate::verity::parse_verity(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+            .is_some();
     // SAFETY: remount of / with valid strings.
-    let remount = if machine {
+    let remount = if machine && !verified {
         unsafe {
             libc::mount(
                 std::ptr::null(),
@@ -200,6 +260,70 @@ fn loopback_up() -> std::io::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The kernel's dm-verity messages (a block whose hash does not match: the
+/// read fails with EIO) from a `/dev/kmsg` record, if it is one.
+pub fn integrity_message(record: &str) -> Option<&str> {
+    let message = record.split_once(';')?.1.trim_end();
+    let is_error = ["corrupt", "error", "fail"]
+        .iter()
+        .any(|word| message.contains(word));
+    (message.starts_with("device-mapper: verity") && is_error).then_some(message)
+}
+
+/// Where integrity errors are kept for `cat` and the tests (status).
+pub const INTEGRITY_LOG: &str = "/run/nodows/integrity.log";
+
+/// The line `initctl status` starts with when INTEGRITY_LOG has errors:
+/// their count and the last one. Empty when there are none.
+pub fn integrity_status(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|line| !line.trim().is_empty()).collect();
+    match lines.last() {
+        None => String::new(),
+        Some(last) => format!(
+            "integrity: {} dm-verity error(s) (reads failed with EIO), last: {last}\n",
+            lines.len()
+        ),
+    }
+}
+
+/// A thread that follows the kernel log and reports every dm-verity error
+/// on the console (`nodows: integrity: ...`) and in INTEGRITY_LOG. It never
+/// stops PID 1: when /dev/kmsg cannot be read it ends quietly.
+#[cfg(target_os = "linux")]
+pub fn watch_integrity(report: impl Fn(&str) + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("integrity".into())
+        .spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let Ok(mut kmsg) = std::fs::File::open("/dev/kmsg") else {
+                return;
+            };
+            let mut record = vec![0u8; 8192];
+            loop {
+                let length = match kmsg.read(&mut record) {
+                    Ok(0) => return,
+                    Ok(length) => length,
+                    // EPIPE: records were overwritten before we read them.
+                    Err(error) if error.raw_os_error() == Some(libc::EPIPE) => continue,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                let text = String::from_utf8_lossy(&record[..length]);
+                if let Some(message) = integrity_message(&text) {
+                    report(&format!("nodows: integrity: {message}"));
+                    if let Ok(mut log) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(INTEGRITY_LOG)
+                    {
+                        let _ = writeln!(log, "{message}");
+                    }
+                }
+            }
+        });
+    drop(spawned);
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -281,6 +405,63 @@ pub fn final_kill_and_sync(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verity_errors_are_picked_from_the_kernel_log() {
+        assert_eq!(
+            integrity_message(
+                "3,812,5123456,-;device-mapper: verity: 254:0: data block 1234 is corrupted\n"
+            ),
+            Some("device-mapper: verity: 254:0: data block 1234 is corrupted")
+        );
+        assert_eq!(integrity_message("6,1,2,-;EXT4-fs (dm-0): mounted"), None);
+        assert_eq!(
+            integrity_message(
+                "6,3,4,-;device-mapper: verity: sha256 using implementation \"sha256-generic\""
+            ),
+            None
+        );
+        assert_eq!(integrity_message("no separator"), None);
+    }
+
+    #[test]
+    fn integrity_errors_head_the_status() {
+        assert_eq!(integrity_status(""), "");
+        assert_eq!(
+            integrity_status("device-mapper: verity: 254:0: data block 7 is corrupted\ndevice-mapper: verity: 254:0: data block 9 is corrupted\n"),
+            "integrity: 2 dm-verity error(s) (reads failed with EIO), last: device-mapper: verity: 254:0: data block 9 is corrupted\n"
+        );
+    }
+
+    #[test]
+    fn a_last_good_model_names_its_revision_in_its_first_line() {
+        assert_eq!(
+            last_good_revision("<!-- nodows last-good revision=41 sha256=ab -->"),
+            Some(41)
+        );
+        assert_eq!(last_good_revision("<model>"), None);
+        assert_eq!(
+            last_good_revision("<!-- nodows last-good revision=x -->"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_smbios_serial_is_a_server_id_unless_it_is_a_placeholder() {
+        for (serial, server) in [
+            ("web01\n", Some("web01")),
+            ("a.b_c-9", Some("a.b_c-9")),
+            ("", None),
+            ("\n", None),
+            ("Not Specified", None),
+            ("To be filled by O.E.M.", None),
+            ("0", None),
+            ("None", None),
+            ("has/slash", None),
+        ] {
+            assert_eq!(server_from_serial(serial).as_deref(), server, "{serial:?}");
+        }
+    }
 
     #[test]
     fn command_line_mode_and_server() {

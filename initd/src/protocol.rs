@@ -13,6 +13,9 @@ pub enum Request {
     Status {
         json: bool,
     },
+    /// One service's state; exit 1 when it is failed (a health probe, as
+    /// keepalived's track script uses it).
+    ServiceStatus(String),
     Start(String),
     Stop(String),
     Restart(String),
@@ -44,6 +47,7 @@ impl Request {
         Ok(match words {
             ["status"] => Request::Status { json: false },
             ["status", "--json"] => Request::Status { json: true },
+            ["status", service] => Request::ServiceStatus(name(service)),
             ["start", service] => Request::Start(name(service)),
             ["stop", service] => Request::Stop(name(service)),
             ["restart", service] => Request::Restart(name(service)),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use servicedef::{Readiness, ServiceDefinition};
 
+use crate::assess::{Assessment, Job, Step};
 use crate::group::Groups;
 use crate::logfile::ServiceLog;
 use crate::protocol::{self, Request};
@@ -39,6 +40,16 @@ pub struct Options {
     /// Variables of initd's environment its children get (`--pass-env`);
     /// otherwise they start from `spawn::defined_environment` alone.
     pub pass_env: Vec<String>,
+    /// A/B images: the running slot (`nodows.slot=`) and the time a trial
+    /// boot has to get ready (`nodows.trial-timeout=`); see `assess`.
+    pub boot_slot: Option<String>,
+    pub trial_timeout: Duration,
+    /// A render still running after this long is killed (and reported).
+    pub render_timeout: Duration,
+    /// The fleet watcher's last-good model: rendered from instead of
+    /// `model` whenever it exists (PID 1 without --model:
+    /// /var/lib/nodows/model.xml).
+    pub last_good: Option<PathBuf>,
 }
 
 impl Options {
@@ -58,6 +69,10 @@ impl Options {
             use_cgroups: true,
             pid1: false,
             pass_env: Vec::new(),
+            boot_slot: None,
+            trial_timeout: crate::assess::DEFAULT_TRIAL_TIMEOUT,
+            render_timeout: Duration::from_secs(120),
+            last_good: None,
         }
     }
 }
@@ -92,6 +107,17 @@ impl Console {
     }
 }
 
+/// Why a render produced no change set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RenderFailure {
+    /// It rendered.
+    None,
+    /// No renderer to run (configs are baked only, as on FreeBSD).
+    NoRenderer,
+    /// The renderer ran and failed (bad model for that profile, I/O).
+    Refused,
+}
+
 enum AfterRender {
     Nothing,
     Boot,
@@ -100,6 +126,13 @@ enum AfterRender {
 
 struct RenderJob {
     pid: i32,
+    started: Instant,
+    /// Killed by initd after `render_timeout`.
+    timed_out: bool,
+    /// This render is the one initd started to finish a failed render's
+    /// journal (it is not retried again).
+    retry: bool,
+    profile: String,
     stdout: RawFd,
     output: Vec<u8>,
     eof: bool,
@@ -135,7 +168,13 @@ struct RenderRequest {
     profile: String,
     after: AfterRender,
     client: Option<UnixStream>,
+    /// Started by initd to finish a failed render's journal.
+    retry: bool,
 }
+
+/// The renderer's journal inside the root (see crates/render/src/sync.rs):
+/// present while an apply is unfinished or its change set not yet acted on.
+const RENDER_JOURNAL: &str = "var/lib/nodows/render-journal.json";
 
 pub struct Runtime {
     options: Options,
@@ -176,6 +215,9 @@ pub struct Runtime {
     machine: bool,
     next_readiness_poll: Instant,
     finished: bool,
+    assessment: Option<Assessment>,
+    /// The running assessment child: pid, job, its output file.
+    assessment_job: Option<(i32, Job, PathBuf)>,
 }
 
 const READINESS_POLL: Duration = Duration::from_millis(50);
@@ -286,6 +328,11 @@ impl Runtime {
             next_readiness_poll: Instant::now(),
             crash_killed: Vec::new(),
             finished: false,
+            assessment: options
+                .boot_slot
+                .as_deref()
+                .map(|slot| Assessment::new(slot, options.trial_timeout)),
+            assessment_job: None,
             options,
         })
     }
@@ -297,7 +344,12 @@ impl Runtime {
             profile: self.supervisor.mode().to_string(),
             after: AfterRender::Boot,
             client: None,
+            retry: false,
         });
+        if let Some(assessment) = self.assessment.as_mut() {
+            let steps = assessment.boot();
+            self.assessment_steps(steps);
+        }
         while !self.finished {
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.iteration()));
@@ -337,6 +389,13 @@ impl Runtime {
         if let Some(oldest) = self.clients.iter().map(|client| client.since).min() {
             let until = oldest + CLIENT_TIMEOUT;
             deadline = Some(deadline.map_or(until, |deadline| deadline.min(until)));
+        }
+        if let Some(trial) = self.assessment.as_ref().and_then(|a| a.deadline) {
+            deadline = Some(deadline.map_or(trial, |deadline| deadline.min(trial)));
+        }
+        if let Some(job) = self.render_job.as_ref().filter(|job| !job.timed_out) {
+            let kill_at = job.started + self.options.render_timeout;
+            deadline = Some(deadline.map_or(kill_at, |deadline| deadline.min(kill_at)));
         }
         let timeout_ms = match deadline {
             None => -1,
@@ -474,8 +533,60 @@ impl Runtime {
         for name in std::mem::take(&mut self.crash_killed) {
             self.groups.kill_escapees(&name);
         }
+        self.kill_hung_render();
         self.finish_render();
+        if let Some(assessment) = self.assessment.as_mut() {
+            let steps = assessment.tick(Instant::now());
+            self.assessment_steps(steps);
+        }
         self.progress_shutdown();
+    }
+
+    // --- boot assessment (A/B images) ---
+
+    fn assessment_steps(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Say(text) => self.say(&text),
+                Step::Reboot(text) => {
+                    self.say(&text);
+                    self.request_shutdown(Shutdown::Reboot);
+                }
+                Step::Spawn(job) => self.spawn_assessment(job),
+            }
+        }
+    }
+
+    fn spawn_assessment(&mut self, job: Job) {
+        let output = self.options.state.join("boot-assessment.out");
+        let verb = match job {
+            Job::Status => "boot-status",
+            Job::Bless => "bless",
+        };
+        let spawned = std::fs::File::create(&output).and_then(|file| {
+            let stderr = file.try_clone()?;
+            std::process::Command::new(&self.options.render_command)
+                .arg(verb)
+                .env_clear()
+                .envs(self.child_env.iter().map(|(key, value)| (key, value)))
+                .stdin(std::process::Stdio::null())
+                .stdout(file)
+                .stderr(stderr)
+                .spawn()
+        });
+        match spawned {
+            Ok(child) => self.assessment_job = Some((child.id() as i32, job, output)),
+            Err(error) => {
+                let text = format!(
+                    "cannot run {}: {error}",
+                    self.options.render_command.display()
+                );
+                if let Some(assessment) = self.assessment.as_mut() {
+                    let steps = assessment.finished(job, 127, &text, Instant::now());
+                    self.assessment_steps(steps);
+                }
+            }
+        }
     }
 
     fn say(&self, text: &str) {
@@ -532,6 +643,24 @@ impl Runtime {
     /// A reaped child: the renderer, a service's main process, or an orphan.
     fn credit_exit(&mut self, pid: i32, status: libc::c_int) {
         let exit = sys::decode_status(status);
+        if self
+            .assessment_job
+            .as_ref()
+            .is_some_and(|(job_pid, _, _)| *job_pid == pid)
+        {
+            if let (Some((_, job, output)), Some(assessment)) =
+                (self.assessment_job.take(), self.assessment.as_mut())
+            {
+                let text = std::fs::read_to_string(&output).unwrap_or_default();
+                let code = match exit {
+                    Exit::Code(code) => code,
+                    Exit::Signal(signal) => 128 + signal,
+                };
+                let steps = assessment.finished(job, code, &text, Instant::now());
+                self.assessment_steps(steps);
+            }
+            return;
+        }
         if let Some(job) = self.render_job.as_mut() {
             if job.pid == pid {
                 job.exit = Some(exit);
@@ -744,6 +873,10 @@ impl Runtime {
                 self.say(&format!(
                     "nodows: ready mode={mode} services={services} t={seconds:.2}"
                 ));
+                if let Some(assessment) = self.assessment.as_mut() {
+                    let steps = assessment.ready();
+                    self.assessment_steps(steps);
+                }
                 Vec::new()
             }
             Action::Log(message) => {

@@ -173,6 +173,9 @@ pub struct Supervisor {
     mode: String,
     /// Ready line not yet printed for the current mode.
     mode_ready_pending: bool,
+    /// Services a mode switch stops: nothing starts until they are down, so
+    /// the new mode never races the old one for a port (web and standby).
+    leaving: Vec<String>,
     booted: bool,
     actions: Vec<Action>,
     events: VecDeque<Event>,
@@ -187,6 +190,7 @@ impl Supervisor {
                 .collect(),
             mode: mode.to_string(),
             mode_ready_pending: false,
+            leaving: Vec::new(),
             booted: false,
             actions: Vec::new(),
             events: VecDeque::new(),
@@ -269,25 +273,32 @@ impl Supervisor {
 
     /// `initctl start NAME`: want it and what it needs; clears `failed`.
     pub fn start(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        self.clear_failure(name);
+        self.want(name);
+        self.settle(now)
+    }
+
+    /// `initctl stop NAME`: unwant it and everything that needs it; a pending
+    /// restart (backoff) is cancelled. A `failed` service becomes `stopped`
+    /// (the failure is acknowledged): a later `start` or mode switch that
+    /// wants it starts it again.
+    pub fn stop(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        self.clear_failure(name);
+        self.unwant(name);
+        self.settle(now)
+    }
+
+    /// A `failed` service becomes `stopped` with a fresh restart window.
+    fn clear_failure(&mut self, name: &str) {
         if let Some(service) = self.services.get_mut(name) {
             if service.state == State::Failed {
                 service.state = State::Stopped;
                 service.reason = None;
                 service.restart_times.clear();
                 service.backoff = service.definition.restart.backoff_min;
-                let (name, state) = (name.to_string(), service.state);
-                self.changed(&name, state, None);
+                self.changed(name, State::Stopped, None);
             }
         }
-        self.want(name);
-        self.settle(now)
-    }
-
-    /// `initctl stop NAME`: unwant it and everything that needs it; a pending
-    /// restart (backoff) is cancelled.
-    pub fn stop(&mut self, name: &str, now: Instant) -> Vec<Action> {
-        self.unwant(name);
-        self.settle(now)
     }
 
     /// Stop everything (shutdown).
@@ -319,6 +330,17 @@ impl Supervisor {
             None => {}
         }
         self.settle(now)
+    }
+
+    /// A changed configuration (the renderer's `restart`): restart the
+    /// service if it is up or about to be; a stopped or failed one is left
+    /// alone (it reads the new files when it starts), so a render never
+    /// starts a service its mode does not run.
+    pub fn restart_if_active(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        match self.services.get(name).map(|service| service.state) {
+            Some(State::Starting | State::Running | State::Backoff) => self.restart(name, now),
+            _ => Vec::new(),
+        }
     }
 
     /// `initctl reload NAME`: the reload signal to the main process, or a
@@ -361,6 +383,14 @@ impl Supervisor {
                 self.unwant(name);
             }
         }
+        self.leaving = names
+            .into_iter()
+            .filter(|name| {
+                self.services
+                    .get(name)
+                    .is_some_and(|service| !service.wanted && service.is_active())
+            })
+            .collect();
         for name in &members {
             self.want(name);
         }
@@ -850,12 +880,22 @@ impl Supervisor {
                     self.want(&name);
                 }
             }
+            // A mode switch starts nothing while the old mode's services stop.
+            let services = &self.services;
+            self.leaving.retain(|name| {
+                services.get(name).is_some_and(|service| {
+                    matches!(
+                        service.state,
+                        State::Starting | State::Running | State::Stopping
+                    )
+                })
+            });
             let names: Vec<String> = self.services.keys().cloned().collect();
             for name in &names {
                 let Some(service) = self.services.get(name) else {
                     continue;
                 };
-                if service.wanted && service.state == State::Stopped {
+                if service.wanted && service.state == State::Stopped && self.leaving.is_empty() {
                     let needs_up =
                         service.definition.needs.iter().all(|need| {
                             self.services.get(need).map(Service::is_up).unwrap_or(true)

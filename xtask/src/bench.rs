@@ -5,15 +5,24 @@
 //! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
 //! the host), `image` (cold and warm builds of the dev image vs a bare
 //! mmdebstrap), `flash` (every output format's size; flashing against dd
-//! and bmaptool), `render` (one key changed among 1,000 services).
+//! and bmaptool), `render` (one key changed among 1,000 services),
+//! `failover` (takeover of a failover pair after a power-off, two QEMU
+//! machines), `fleet` (the model in PostgreSQL: commit to applied, N
+//! appliances converging), `update` (A/B update artifact size, update and
+//! reboot times), `verified` (boot with dm-verity and Secure Boot against
+//! the same image without).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
 
 mod boot;
+mod failover;
 mod flash;
+mod fleet;
 mod image;
 mod render;
 mod report;
 mod supervisor;
+mod update;
+mod verified;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,7 +38,8 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image, flash or render.
+    /// Run one suite only: boot, supervisor, image, flash, render, failover, fleet, update
+    /// or verified.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -40,7 +50,17 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 5] = ["boot", "supervisor", "image", "flash", "render"];
+const SUITES: [&str; 9] = [
+    "boot",
+    "supervisor",
+    "image",
+    "flash",
+    "render",
+    "failover",
+    "fleet",
+    "update",
+    "verified",
+];
 
 /// What every suite needs: where to work and how much to run.
 pub struct Context {
@@ -172,6 +192,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         Some("skipped under --quick (it takes minutes)".to_owned());
                 } else {
                     let result = image::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
+                suite
+            }
+            "failover" => {
+                let mut suite = Suite::new(
+                    "failover",
+                    "Failover pair: takeover after a power-off (QEMU, keepalived)",
+                );
+                let result = failover::run(&context, &mut suite);
+                broken |= finish(&mut suite, result);
+                suite
+            }
+            "fleet" => {
+                let mut suite = Suite::new("fleet", "The fleet: the model in PostgreSQL (host)");
+                let result = fleet::run(&context, &mut suite);
+                broken |= finish(&mut suite, result);
+                suite
+            }
+            "verified" => {
+                let mut suite = Suite::new(
+                    "verified",
+                    "Verified boot: dm-verity and Secure Boot against the same image without (OVMF)",
+                );
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it builds two images)".to_owned());
+                } else {
+                    let result = verified::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
+                suite
+            }
+            "update" => {
+                let mut suite = Suite::new("update", "A/B update (debian-ab, TCG)");
+                if context.quick {
+                    suite.not_available =
+                        Some("skipped under --quick (it builds two images)".to_owned());
+                } else {
+                    let result = update::run(&context, &mut suite);
                     broken |= finish(&mut suite, result);
                 }
                 suite

@@ -30,6 +30,23 @@ pub struct Args {
     /// Output directory the image was built into (default: images/out).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// A private link to another machine (its eth1): a UDP tunnel from this
+    /// port of 127.0.0.1 to that one; the other machine swaps the two.
+    #[arg(long, value_name = "LOCAL_PORT:REMOTE_PORT")]
+    pub link: Option<String>,
+}
+
+/// `LOCAL:REMOTE` of `--link`; the MAC address derives from the local port.
+fn parse_link(text: &str) -> Option<qemu::Link> {
+    let (local, remote) = text.split_once(':')?;
+    let (local_port, remote_port): (u16, u16) = (local.parse().ok()?, remote.parse().ok()?);
+    let [high, low] = local_port.to_be_bytes();
+    Some(qemu::Link {
+        id: "link0".to_string(),
+        local_port,
+        remote_port,
+        mac: format!("52:54:00:98:{high:02x}:{low:02x}"),
+    })
 }
 
 /// What `cargo xtask image` wrote for one image and profile.
@@ -134,15 +151,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bad_input("--append needs a direct-kernel boot: under --uefi the boot loader on the disk decides the command line");
     }
     let work_root = qemu::target_dir()?.join("qemu-boot");
-    let _ = std::fs::remove_dir_all(work_root.join(&built.name));
+    // Two nodes of one image (a failover pair) get a work directory each.
+    let name = match args
+        .append
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("nodows.server="))
+    {
+        Some(server) => format!("{}-{server}", built.name),
+        None => built.name.clone(),
+    };
+    let _ = std::fs::remove_dir_all(work_root.join(&name));
     let mut config = built.config(
-        &built.name,
+        &name,
         args.uefi,
         args.append.as_deref().unwrap_or(""),
         &work_root,
     );
     config.accel = args.accel;
     config.forward_tcp = vec![22, 80];
+    if let Some(link) = &args.link {
+        match parse_link(link) {
+            Some(link) => config.links = vec![link],
+            None => bad_input(&format!(
+                "--link {link}: expected LOCAL_PORT:REMOTE_PORT, e.g. 7101:7102"
+            )),
+        }
+    }
     // The probe uses the image's kernel even under --uefi.
     qemu::resolve_accel(args.accel, Some(&built.kernel));
     if let Some(count) = args.measure {

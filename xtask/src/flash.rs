@@ -208,7 +208,17 @@ pub fn check_device(path: &Path, force_file: bool, image_size: u64) -> anyhow::R
         let (Some(dev), Some(mount_point)) = (fields.get(2), fields.get(4)) else {
             continue;
         };
-        if let Some((member, _, _)) = members.iter().find(|(_, _, number)| number == dev) {
+        // The device number, or (btrfs and others report an anonymous
+        // one) the device the mount source names.
+        let source = fields
+            .iter()
+            .skip_while(|field| **field != "-")
+            .nth(2)
+            .and_then(|source| block_device_number(source));
+        if let Some((member, _, _)) = members
+            .iter()
+            .find(|(_, _, number)| number == dev || source.as_ref() == Some(number))
+        {
             if *mount_point == "/" {
                 return Err(refuse(
                     path,
@@ -227,21 +237,12 @@ pub fn check_device(path: &Path, force_file: bool, image_size: u64) -> anyhow::R
         .skip(1)
         .filter_map(|line| line.split_whitespace().next())
     {
-        let Ok(swap_metadata) = std::fs::metadata(swap) else {
-            continue;
-        };
-        let number = format!(
-            "{}:{}",
-            libc::major(swap_metadata.rdev()),
-            libc::minor(swap_metadata.rdev())
-        );
-        if swap_metadata.file_type().is_block_device() {
-            if let Some((member, _, _)) = members.iter().find(|(_, _, n)| *n == number) {
-                return Err(refuse(
-                    path,
-                    format!("{member} is in use as swap; `swapoff {swap}` first"),
-                ));
-            }
+        let number = block_device_number(swap);
+        if let Some((member, _, _)) = members.iter().find(|(_, _, n)| number.as_ref() == Some(n)) {
+            return Err(refuse(
+                path,
+                format!("{member} is in use as swap; `swapoff {swap}` first"),
+            ));
         }
     }
     for (member, member_sys, _) in &members {
@@ -299,6 +300,18 @@ pub fn check_device(path: &Path, force_file: bool, image_size: u64) -> anyhow::R
         path: path.to_path_buf(),
         is_block_device: true,
         description,
+    })
+}
+
+/// `MAJ:MIN` of the block device at `path`, if it is one.
+fn block_device_number(path: &str) -> Option<String> {
+    let metadata = std::fs::metadata(path).ok()?;
+    metadata.file_type().is_block_device().then(|| {
+        format!(
+            "{}:{}",
+            libc::major(metadata.rdev()),
+            libc::minor(metadata.rdev())
+        )
     })
 }
 
@@ -397,9 +410,10 @@ pub fn to_file(raw: &Path, bmap: &Bmap, path: &Path, yes: bool) -> anyhow::Resul
 }
 
 /// Writes every mapped range of `raw` to `target` at the same offset in
-/// chunks of up to 4 MiB (block-aligned: ranges start on 4 KiB blocks),
-/// checking the image against the bmap as it is read; fsyncs, drops the
-/// target's cached pages, reads every range back and checks its sha256.
+/// chunks of up to 4 MiB (block-aligned: ranges start on 4 KiB blocks);
+/// fsyncs, drops the target's cached pages, reads every range back and
+/// checks its sha256 against the bmap. One hash pass covers both a changed
+/// image and a bad medium.
 pub fn write_and_verify(
     raw: &Path,
     bmap: &Bmap,
@@ -427,14 +441,12 @@ pub fn write_and_verify(
     for range in &bmap.ranges {
         crate::image::ui::check_interrupted()?;
         let (start, end) = range.bytes(bmap);
-        let mut hasher = Sha256::new();
         let mut offset = start;
         while offset < end {
             let length = (end - offset).min(CHUNK as u64) as usize;
             image
                 .read_exact_at(&mut buffer[..length], offset)
                 .with_context(|| format!("cannot read {}", raw.display()))?;
-            hasher.update(&buffer[..length]);
             target
                 .write_all_at(&buffer[..length], offset)
                 .with_context(|| {
@@ -443,14 +455,6 @@ pub fn write_and_verify(
             offset += length as u64;
             written += length as u64;
             bar.set_position(written);
-        }
-        if hex(&hasher.finalize()) != range.sha256 {
-            bail!(
-                "{}: blocks {}-{} do not match the bmap; the image changed after it was built, rebuild it",
-                raw.display(),
-                range.first,
-                range.last
-            );
         }
     }
     target
@@ -486,7 +490,7 @@ pub fn write_and_verify(
         }
         if hex(&hasher.finalize()) != range.sha256 {
             bail!(
-                "{}: blocks {}-{} read back differ from the image: the medium is faulty or was written meanwhile",
+                "{}: blocks {}-{} read back differ from the bmap: the image changed after it was built (rebuild it), or the medium is faulty or was written meanwhile",
                 target_path.display(),
                 range.first,
                 range.last

@@ -7,6 +7,7 @@
 //! ESP and the GPT disk, then write the outputs to a temporary directory and
 //! rename it into place.
 
+mod ab;
 mod assemble;
 pub mod bmap;
 mod disk;
@@ -18,6 +19,7 @@ pub mod outputs;
 mod plan;
 mod rootfs;
 mod sbom;
+mod secureboot;
 pub mod sparse;
 pub mod ui;
 mod xml;
@@ -78,6 +80,21 @@ pub struct Args {
     /// FreeBSD images only: the directory holding the distribution sets base.txz and kernel.txz.
     #[arg(long, value_name = "DIR")]
     pub freebsd_dist: Option<PathBuf>,
+    /// A/B images: the version written into /etc/nodows/release and the update artifact (default: SOURCE_DATE_EPOCH).
+    #[arg(long = "release-version", value_name = "VERSION")]
+    pub release_version: Option<String>,
+    /// A/B images: the ed25519 private key (64 hex digits) that signs the update artifact (default: a per-checkout test key, TARGET/nodows-keys/update-test.key, made on first use).
+    #[arg(long, value_name = "PATH")]
+    pub signing_key: Option<PathBuf>,
+    /// Verified-boot profiles: the PEM private key that signs systemd-boot and the unified kernel image (with --secure-boot-cert; default: a per-checkout test key, TARGET/nodows-keys/secureboot-test.key, made on first use).
+    #[arg(long, value_name = "PATH")]
+    pub secure_boot_key: Option<PathBuf>,
+    /// The X.509 certificate (PEM) of --secure-boot-key; enrol it in the firmware's db.
+    #[arg(long, value_name = "PATH")]
+    pub secure_boot_cert: Option<PathBuf>,
+    /// Build a <verified-boot/> profile without dm-verity, the RAM layers and signatures (the benchmark's baseline).
+    #[arg(long)]
+    pub without_verified_boot: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -106,13 +123,29 @@ fn build(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if freebsd::is_freebsd_image(&source, &args.image) {
+        if !args.format.is_empty() {
+            return Err(BadInput(format!(
+                "--format: FreeBSD images ({}) write raw and qcow2 only; leave the option out",
+                source
+                    .join("images")
+                    .join(format!("{}.xml", args.image))
+                    .display()
+            ))
+            .into());
+        }
         return freebsd::build(&args, &source);
     }
     let apt_sources = host::AptSources::from_host();
     let mirror_sources =
         |suite: &str| host::source_lines(&apt_sources, suite, args.mirror.as_deref());
     // Resolve once to learn the suite, then with its apt source lines.
-    let plan = plan::resolve(&source, &args.image, &args.profile, Vec::new())?;
+    let plan = plan::resolve_with(
+        &source,
+        &args.image,
+        &args.profile,
+        Vec::new(),
+        !args.without_verified_boot,
+    )?;
     let sources = mirror_sources(&plan.suite)?;
     let mut plan = plan::Plan { sources, ..plan };
     if !args.format.is_empty() {
@@ -154,6 +187,26 @@ fn build(args: Args) -> anyhow::Result<()> {
             host::check_packages(ui, &apt_sources, &plan)
         })?;
     }
+    // The signing key is bad input found before anything slow runs.
+    let secure_boot = match plan.verified_boot {
+        false => None,
+        true => Some(ui.step("verified boot: Secure Boot signing key", |ui| {
+            let keys = secureboot::signing_keys(
+                ui,
+                args.secure_boot_key.as_deref(),
+                args.secure_boot_cert.as_deref(),
+                &target_dir,
+            )?;
+            if keys.created {
+                ui.note(&format!(
+                    "made the per-checkout Secure Boot test key {} (certificate {}; give --secure-boot-key and --secure-boot-cert for your own)",
+                    keys.key.display(),
+                    keys.cert.display()
+                ));
+            }
+            Ok(keys)
+        })?),
+    };
     ui.cleanup_stale(&out_parent);
     ui.cleanup_stale(&cache_dir);
     ui.cleanup_stale_named(&assemble::tmpfs_parent(), ".nodows-");
@@ -188,6 +241,24 @@ fn build(args: Args) -> anyhow::Result<()> {
     let assembled = ui.step("assemble the root", |_| {
         assemble::assemble(&plan, &binaries, &staging, source_date_epoch)
     })?;
+    let update_settings = match plan.ab_data_mib {
+        None => None,
+        Some(_) => Some(ui.step("A/B: release and update key", |ui| {
+            let version = match &args.release_version {
+                Some(version) => version.clone(),
+                None => source_date_epoch.to_string(),
+            };
+            let settings = ab::settings(&plan, &version, args.signing_key.as_deref(), &target_dir)?;
+            if settings.key_created {
+                ui.note(&format!(
+                    "made the per-checkout test signing key {} (give --signing-key for a real one)",
+                    settings.key_path.display()
+                ));
+            }
+            ab::install(&settings, staging.path())?;
+            Ok(settings)
+        })?),
+    };
     ui.step("bake configs (nodows render)", |ui| {
         assemble::bake(ui, &plan, &binaries, &staging)
     })?;
@@ -213,6 +284,9 @@ fn build(args: Args) -> anyhow::Result<()> {
                 output.path(),
                 &name,
                 source_date_epoch,
+                update_settings.as_ref(),
+                secure_boot.as_ref(),
+                &input_hash,
             )
         })?;
         scope.spawn(move || drop(staging));

@@ -30,8 +30,6 @@ enum Command {
     /// Boot a built image in QEMU on the serial console.
     Boot(boot::Args),
     /// Write a built image to a disk or a USB stick (bmap: mapped blocks only, verified).
-
-    /// Write a built image to a disk or a USB stick (bmap: mapped blocks only, verified).
     Flash(flash::Args),
     /// The one test command: fmt, clippy, unit tests, images and QEMU end-to-end tests.
     Test(test::Args),
@@ -52,14 +50,12 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Image(args) => args.verbose,
         Command::Flash(args) => args.verbose,
-
         _ => false,
     };
     let result = match cli.command {
         Command::Image(args) => image::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Flash(args) => flash::run(args),
-
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -11,6 +11,7 @@
 //! agent (ARCHITECTURE.md, "The test agent") is reached through a
 //! virtio-serial port named `org.nodows.agent` on a unix socket.
 
+pub mod file_server;
 pub mod fixture;
 
 use std::fmt::Write as _;
@@ -96,6 +97,57 @@ pub enum Firmware {
     },
     /// OVMF boots the raw GPT disk as a bare-metal machine would.
     Uefi,
+    /// OVMF with Secure Boot enforced (`OVMF_CODE_4M.secboot.fd`, SMM):
+    /// `vars` is a copy of a variable store with keys enrolled (Debian's
+    /// `OVMF_VARS_4M.snakeoil.fd`, or one made by `virt-fw-vars`).
+    UefiSecureBoot { vars: PathBuf },
+}
+
+/// OVMF's Secure Boot code (SMM required) and Debian's store with the
+/// snakeoil test key enrolled as PK, KEK and db.
+pub const OVMF_SECURE_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_SNAKEOIL_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
+/// OVMF's empty 4 MiB variable store, for `virt-fw-vars` to enrol keys into.
+pub const OVMF_EMPTY_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// A copy of OVMF's empty 4 MiB store with `cert` as PK, KEK and db and
+/// Secure Boot on, made by `virt-fw-vars` (PyPI's virt-firmware).
+pub fn enrol_secure_boot_key(cert: &Path, output: &Path) -> anyhow::Result<()> {
+    /// The owner GUID of the enrolled certificate (any GUID does).
+    const OWNER: &str = "6c9b4a4e-32f1-4e26-9a0f-0b7d5a1d3e11";
+    let _ = std::fs::remove_file(output);
+    let result = Command::new("virt-fw-vars")
+        .args(["--input", OVMF_EMPTY_VARS_4M, "--output"])
+        .arg(output)
+        .args(["--set-pk", OWNER])
+        .arg(cert)
+        .args(["--add-kek", OWNER])
+        .arg(cert)
+        .args(["--add-db", OWNER])
+        .arg(cert)
+        .arg("--secure-boot")
+        .output()
+        .context("running virt-fw-vars (pip install virt-firmware; .ci/run does)")?;
+    if !result.status.success() {
+        bail!(
+            "virt-fw-vars failed: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The certificate of the per-checkout Secure Boot test key (made by the
+/// first verified image build).
+pub fn secure_boot_test_cert() -> anyhow::Result<PathBuf> {
+    let cert = target_dir()?.join("nodows-keys/secureboot-test.crt");
+    if !cert.is_file() {
+        bail!(
+            "{} is missing: build a verified image (e.g. --profile production) with the test key first",
+            cert.display()
+        );
+    }
+    Ok(cert)
 }
 
 #[derive(Clone, Debug)]
@@ -111,8 +163,41 @@ pub struct VmConfig {
     pub forward_tcp: Vec<u16>,
     /// Adds the virtio-serial port of the test agent.
     pub agent: bool,
+    /// Private links to other machines (a second, third... NIC each).
+    pub links: Vec<Link>,
     /// Where the work directory is created.
     pub work_root: PathBuf,
+}
+
+/// One end of a private Ethernet link between two machines: QEMU's `dgram`
+/// netdev, a UDP tunnel between two ports of 127.0.0.1, so the link's
+/// addresses exist only inside it and either end can die and come back.
+/// The guest's NIC reaches the tunnel through a QEMU hub: `cut_link` takes
+/// the tunnel down behind the hub (`set_link ID off` on the netdev), so the
+/// guest keeps its carrier and sees a network partition, not a pulled cable.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// The netdev's id, which `Vm::cut_link` and `Vm::restore_link` take.
+    pub id: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The NIC's MAC address (distinct per end: both sides share the segment).
+    pub mac: String,
+}
+
+impl Link {
+    /// The two ends of a new link `id` (ports chosen free on 127.0.0.1);
+    /// `number` (0-255) goes into both MAC addresses.
+    pub fn pair(id: &str, number: u8) -> anyhow::Result<(Link, Link)> {
+        let (first, second) = (free_udp_port()?, free_udp_port()?);
+        let end = |local_port, remote_port, side: u8| Link {
+            id: id.to_string(),
+            local_port,
+            remote_port,
+            mac: format!("52:54:00:99:{number:02x}:{side:02x}"),
+        };
+        Ok((end(first, second, 1), end(second, first, 2)))
+    }
 }
 
 impl VmConfig {
@@ -126,6 +211,7 @@ impl VmConfig {
             cpus: 1,
             forward_tcp: Vec::new(),
             agent: true,
+            links: Vec::new(),
             work_root: work_root.to_path_buf(),
         }
     }
@@ -146,6 +232,15 @@ impl Pattern {
         Pattern::Regex(regex_lite::Regex::new(pattern).expect("a valid regular expression"))
     }
 
+    /// Whether one line (without its newline) matches.
+    pub fn matches(&self, line: &str) -> bool {
+        match self {
+            Pattern::Text(needle) => line.contains(needle.as_str()),
+            Pattern::Regex(regex) => regex.is_match(line),
+            Pattern::LineStart(prefix) => line.starts_with(prefix.as_str()),
+        }
+    }
+
     /// The first line that matches. A regex sees complete lines only (so
     /// `$` and captured values are whole); a substring also matches the
     /// unfinished last line (a prompt such as `login: `).
@@ -153,11 +248,7 @@ impl Pattern {
         text.split_inclusive('\n')
             .filter(|line| line.ends_with('\n') || !matches!(self, Pattern::Regex(_)))
             .map(|line| line.trim_end_matches('\n').trim_end_matches('\r'))
-            .find(|line| match self {
-                Pattern::Text(needle) => line.contains(needle.as_str()),
-                Pattern::Regex(regex) => regex.is_match(line),
-                Pattern::LineStart(prefix) => line.starts_with(prefix.as_str()),
-            })
+            .find(|line| self.matches(line))
     }
 }
 
@@ -206,6 +297,7 @@ pub struct Vm {
     agent_socket: Option<PathBuf>,
     agent: Option<UnixStream>,
     detached: Vec<UnixStream>,
+    qmp_socket: Option<PathBuf>,
     exit_status: Option<ExitStatus>,
     started: Instant,
 }
@@ -457,6 +549,12 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+fn free_udp_port() -> anyhow::Result<u16> {
+    let socket =
+        std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port on 127.0.0.1")?;
+    Ok(socket.local_addr()?.port())
+}
+
 /// Creates a qcow2 overlay of `image` at `overlay`.
 pub fn create_overlay(image: &Path, format: DiskFormat, overlay: &Path) -> anyhow::Result<()> {
     let image = std::fs::canonicalize(image)
@@ -478,6 +576,13 @@ pub fn create_overlay(image: &Path, format: DiskFormat, overlay: &Path) -> anyho
     Ok(())
 }
 
+/// The unix sockets of a machine: the test agent's port and QMP.
+#[derive(Clone, Copy, Default)]
+struct Sockets<'a> {
+    agent: Option<&'a Path>,
+    qmp: Option<&'a Path>,
+}
+
 /// The QEMU arguments of a boot, for tests (`-serial` and the work files included).
 fn qemu_args(
     config: &VmConfig,
@@ -485,16 +590,24 @@ fn qemu_args(
     work_dir: &Path,
     overlay: Option<&Path>,
     forwards: &[(u16, u16)],
-    agent_socket: Option<&Path>,
+    sockets: Sockets,
     interactive: bool,
 ) -> anyhow::Result<Vec<String>> {
+    let Sockets {
+        agent: agent_socket,
+        qmp: qmp_socket,
+    } = sockets;
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|item| item.to_string()));
     push(&[
         "-name",
         &config.name,
         "-machine",
-        "q35",
+        if matches!(config.firmware, Firmware::UefiSecureBoot { .. }) {
+            "q35,smm=on"
+        } else {
+            "q35"
+        },
         "-accel",
         accel.qemu_name(),
     ]);
@@ -517,6 +630,12 @@ fn qemu_args(
         push(&["-serial", "mon:stdio"]);
     } else {
         push(&["-serial", "stdio", "-monitor", "none"]);
+    }
+    if let Some(socket) = qmp_socket {
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", socket.display()),
+        ]);
     }
     match &config.firmware {
         Firmware::DirectKernel {
@@ -543,6 +662,21 @@ fn qemu_args(
                 &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
         }
+        Firmware::UefiSecureBoot { vars: enrolled } => {
+            let vars = work_dir.join("OVMF_VARS_4M.fd");
+            std::fs::copy(enrolled, &vars)
+                .with_context(|| format!("{}: cannot copy", enrolled.display()))?;
+            // The variable store is only writable from SMM: enforcement holds.
+            push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_SECURE_CODE}"),
+            ]);
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
     }
     if let Some(overlay) = overlay {
         push(&[
@@ -555,6 +689,26 @@ fn qemu_args(
         write!(netdev, ",hostfwd=tcp:127.0.0.1:{host}-:{guest}").expect("writing to a String");
     }
     push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+    // Each link: tunnel <-> hub <-> NIC (eth1, eth2... in the guest).
+    for (hub, link) in config.links.iter().enumerate() {
+        let id = &link.id;
+        push(&[
+            "-netdev",
+            &format!(
+                "dgram,id={id},local.type=inet,local.host=127.0.0.1,local.port={},remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+                link.local_port, link.remote_port
+            ),
+        ]);
+        push(&[
+            "-netdev",
+            &format!("hubport,id={id}-uplink,hubid={hub},netdev={id}"),
+        ]);
+        push(&["-netdev", &format!("hubport,id={id}-nic,hubid={hub}")]);
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,netdev={id}-nic,mac={}", link.mac),
+        ]);
+    }
     if let Some(socket) = agent_socket {
         push(&["-device", "virtio-serial-pci,id=virtio-serial0"]);
         push(&[
@@ -590,7 +744,10 @@ pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
         &work_dir,
         overlay.as_deref(),
         &forwards,
-        agent_socket.as_deref(),
+        Sockets {
+            agent: agent_socket.as_deref(),
+            qmp: None,
+        },
         true,
     )?;
     for (guest, host) in &forwards {
@@ -611,7 +768,7 @@ pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
 fn kernel_of(firmware: &Firmware) -> Option<&Path> {
     match firmware {
         Firmware::DirectKernel { kernel, .. } => Some(kernel),
-        Firmware::Uefi => None,
+        Firmware::Uefi | Firmware::UefiSecureBoot { .. } => None,
     }
 }
 
@@ -660,13 +817,17 @@ impl Vm {
             .map(|guest| Ok((*guest, free_port()?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let agent_socket = config.agent.then(|| work_dir.join("agent.sock"));
+        let qmp_socket = work_dir.join("qmp.sock");
         let args = qemu_args(
             config,
             accel,
             &work_dir,
             overlay.as_deref(),
             &forwards,
-            agent_socket.as_deref(),
+            Sockets {
+                agent: agent_socket.as_deref(),
+                qmp: Some(&qmp_socket),
+            },
             false,
         )?;
         let serial_log = work_dir.join("serial.log");
@@ -719,6 +880,7 @@ impl Vm {
             agent_socket,
             agent: None,
             detached: Vec::new(),
+            qmp_socket: Some(qmp_socket),
             exit_status: None,
             started,
         })
@@ -1055,6 +1217,102 @@ impl Vm {
         Ok(())
     }
 
+    /// Runs `command` until it exits 0 (the NixOS driver's
+    /// `wait_until_succeeds`); returns its output.
+    pub fn wait_until_succeeds(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let (status, output) = self.execute(command, remaining.max(Duration::from_secs(5)))?;
+            if status == 0 {
+                return Ok(output);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(&format!(
+                    "`{command}` did not succeed within {}s; last exit {status}, output:\n{output}",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Powers the machine off abruptly, as a power loss (the NixOS driver's
+    /// `crash`): QEMU is killed, the guest gets no chance to shut down.
+    pub fn crash(&mut self) {
+        self.kill();
+    }
+
+    /// Takes the link `id` down between this machine and the rest of it (a
+    /// network partition; the guest keeps its carrier, see `Link`).
+    pub fn cut_link(&mut self, id: &str) -> anyhow::Result<()> {
+        self.set_link(id, false)
+    }
+
+    /// Brings the link `id` back up.
+    pub fn restore_link(&mut self, id: &str) -> anyhow::Result<()> {
+        self.set_link(id, true)
+    }
+
+    fn set_link(&mut self, id: &str, up: bool) -> anyhow::Result<()> {
+        let command = serde_json::json!({
+            "execute": "set_link",
+            "arguments": {"name": id, "up": up},
+        });
+        self.qmp(&command)
+            .map(|_| ())
+            .map_err(|error| self.failure(&format!("qmp set_link {id} {up}: {error:#}")))
+    }
+
+    /// One QMP command on the machine's QMP socket; returns its `return`.
+    pub fn qmp(&mut self, command: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        use std::io::BufRead;
+        let socket = self
+            .qmp_socket
+            .clone()
+            .context("this machine has no QMP socket")?;
+        let stream = UnixStream::connect(&socket)
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = std::io::BufReader::new(stream);
+        // The greeting, then capabilities negotiation, then the command.
+        let reply =
+            |reader: &mut std::io::BufReader<UnixStream>| -> anyhow::Result<serde_json::Value> {
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line)? == 0 {
+                        bail!("the QMP socket closed");
+                    }
+                    let value: serde_json::Value = serde_json::from_str(line.trim())
+                        .with_context(|| format!("QMP sent invalid json: {line}"))?;
+                    if let Some(result) = value.get("return") {
+                        return Ok(result.clone());
+                    }
+                    if let Some(error) = value.get("error") {
+                        bail!("QMP error: {error}");
+                    }
+                    if value.get("QMP").is_some() {
+                        return Ok(value);
+                    }
+                    // Asynchronous events are skipped.
+                }
+            };
+        reply(&mut reader)?;
+        writeln!(
+            writer,
+            "{}",
+            serde_json::json!({"execute": "qmp_capabilities"})
+        )?;
+        reply(&mut reader)?;
+        writeln!(writer, "{command}")?;
+        reply(&mut reader)
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         if let Ok(status) = self.child.wait() {
@@ -1279,6 +1537,54 @@ mod tests {
         assert_eq!(
             Pattern::from("login: ").find_line("x\nnodows login: "),
             Some("nodows login: ")
+        );
+    }
+
+    /// Guards the partition verb: the tunnel sits behind a hub, so that
+    /// `set_link` on it leaves the guest's NIC (and its carrier) alone; the
+    /// two ends cross their ports and differ in MAC address.
+    #[test]
+    fn a_link_is_a_crossed_udp_tunnel_behind_a_hub() {
+        let (first, second) = Link::pair("link0", 7).unwrap();
+        assert_eq!(first.local_port, second.remote_port);
+        assert_eq!(first.remote_port, second.local_port);
+        assert_ne!(first.mac, second.mac);
+        let firmware = Firmware::DirectKernel {
+            kernel: PathBuf::from("/k"),
+            initrd: None,
+            cmdline: "console=ttyS0".to_string(),
+        };
+        let mut config = VmConfig::new("t", firmware, Path::new("/tmp"));
+        config.links = vec![first.clone()];
+        let args = qemu_args(
+            &config,
+            Accel::Tcg,
+            Path::new("/tmp"),
+            None,
+            &[],
+            Sockets::default(),
+            false,
+        )
+        .unwrap()
+        .join(" ");
+        assert!(args.contains(&format!(
+            "-netdev dgram,id=link0,local.type=inet,local.host=127.0.0.1,local.port={},remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+            first.local_port, first.remote_port
+        )), "{args}");
+        assert!(
+            args.contains("-netdev hubport,id=link0-uplink,hubid=0,netdev=link0"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-netdev hubport,id=link0-nic,hubid=0"),
+            "{args}"
+        );
+        assert!(
+            args.contains(&format!(
+                "-device virtio-net-pci,netdev=link0-nic,mac={}",
+                first.mac
+            )),
+            "{args}"
         );
     }
 

@@ -6,8 +6,10 @@
 //! tests in `test/e2e.rs`, each a real boot. Every step prints its duration;
 //! the last line is `N passed, N failed`.
 
-mod e2e;
+pub mod e2e;
 mod no_test_hooks;
+mod updates;
+mod verified;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,7 +23,8 @@ pub struct Args {
     /// Skip the images and the end-to-end tests (and the xtask's slow tests).
     #[arg(long)]
     pub quick: bool,
-    /// Run only the steps whose name contains this text.
+    /// Run only the steps whose name contains this text (or one of the
+    /// texts separated by `|`).
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
     /// QEMU accelerator: auto probes KVM and falls back to TCG.
@@ -45,7 +48,7 @@ impl Runner {
     /// Runs `step` unless filtered out; prints its name, result and duration.
     pub fn step(&mut self, name: &str, step: impl FnOnce() -> anyhow::Result<()>) -> bool {
         if let Some(only) = &self.only {
-            if !name.contains(only.as_str()) {
+            if !only.split('|').any(|text| name.contains(text)) {
                 return true;
             }
         }
@@ -76,6 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outcomes: Vec::new(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    // The slow tests cross-build initd for FreeBSD; the images need musl.
+    crate::toolchain::ensure_target(crate::toolchain::MUSL)?;
+    if !args.quick {
+        crate::toolchain::ensure_target(crate::toolchain::FREEBSD)?;
+    }
 
     runner.step("cargo fmt --all --check", || {
         run_command(
@@ -129,6 +137,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     if !args.quick {
         e2e::run(&mut runner, &work_root, args.accel);
+        updates::run(&mut runner, &work_root, args.accel);
+        verified::run(&mut runner, &work_root, args.accel);
         // The benchmark must keep working; its figures are never checked.
         let output = target.join("bench-quick").join("BENCHMARKS.md");
         runner.step(

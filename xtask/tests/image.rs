@@ -242,8 +242,83 @@ fn unknown_service_and_missing_disk_are_reported_together() {
     assert!(message.contains("needs a <disk size="), "{message}");
 }
 
+#[test]
+fn a_bad_ab_layout_is_bad_input() {
+    let scratch = Scratch::new("ab-layout");
+    scratch.edit(
+        "images/debian-ab.xml",
+        "<disk size=\"2048MiB\" esp=\"64MiB\" layout=\"ab\" data=\"64MiB\"/>",
+        "<disk size=\"256MiB\" esp=\"64MiB\" layout=\"abc\" data=\"64MiB\"/>",
+    );
+    let output = xtask(&[
+        "--plan",
+        "--image",
+        "debian-ab",
+        "--source",
+        scratch.source(),
+        "--mirror",
+        MIRROR,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("images/debian-ab.xml:13: <disk layout=\"abc\"> must be `single` or `ab`"),
+        "{message}"
+    );
+}
+
 /// A service package Debian does not have stops the build before any slow
 /// step, naming the service file; nothing is written to the output.
+#[test]
+fn secure_boot_key_problems_stop_before_building() {
+    let scratch = Scratch::new("secure-boot-key");
+    let out = scratch.path("out");
+    let not_pem = scratch.path("not-a-key.txt");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--secure-boot-key", not_pem.to_str().unwrap()],
+            "--secure-boot-key and --secure-boot-cert go together",
+        ),
+        (
+            &[
+                "--secure-boot-key",
+                not_pem.to_str().unwrap(),
+                "--secure-boot-cert",
+                not_pem.to_str().unwrap(),
+            ],
+            "not a PEM file",
+        ),
+        (
+            &[
+                "--secure-boot-key",
+                "/nonexistent/db.key",
+                "--secure-boot-cert",
+                not_pem.to_str().unwrap(),
+            ],
+            "--secure-boot-key /nonexistent/db.key",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec![
+            "--source",
+            scratch.source(),
+            "--profile",
+            "production",
+            "--out",
+            out.to_str().unwrap(),
+            "--no-install",
+        ];
+        args.extend_from_slice(extra);
+        let output = xtask(&args);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{}", stderr(&output));
+        assert!(!out.join("debian-production").exists());
+        let log = std::fs::read_to_string(out.join("debian-production.log")).unwrap();
+        assert!(!log.contains("mmdebstrap"), "{log}");
+    }
+}
+
 #[test]
 fn unknown_debian_package_stops_before_building() {
     let scratch = Scratch::new("package");

@@ -5,13 +5,17 @@
 //! [`Model::effective`] layers them (defaults, then the profile, then the
 //! server) into the [`Effective`] document that every template sees.
 //!
-//! Two sources give the same model: an XML file (see [`Model::from_xml`]) and
+//! Three sources give the same model: an XML file (see [`Model::from_xml`]),
 //! an SQLite database (see [`Model::from_sqlite`], selected with
-//! `sqlite:PATH` by [`Model::load`]).
+//! `sqlite:PATH` by [`Model::load`]) and PostgreSQL (`postgres://...`, the
+//! fleet's store, see [`postgres`]). [`Model::save`] writes any of them.
 //! The XML reader refuses any DTD, so external entities (XXE) cannot exist.
 
+pub mod postgres;
 mod sqlite;
 mod xml;
+
+pub use xml::write_atomically;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,6 +48,11 @@ pub enum Error {
     Sqlite {
         path: String,
         source: rusqlite::Error,
+    },
+    #[error("{source_name}: postgres: {message}")]
+    Postgres {
+        source_name: String,
+        message: String,
     },
 }
 
@@ -113,6 +122,9 @@ impl Model {
     /// Reads `sqlite:PATH` as an SQLite database and anything else as an XML
     /// file.
     pub fn load(spec: &str) -> Result<Model, Error> {
+        if postgres::is_postgres(spec) {
+            return postgres::load(spec);
+        }
         match spec.strip_prefix("sqlite:") {
             Some(path) => Model::from_sqlite(Path::new(path)),
             None => {
@@ -133,6 +145,27 @@ impl Model {
     /// Reads the SQLite form (read-only).
     pub fn from_sqlite(path: &Path) -> Result<Model, Error> {
         sqlite::read(path)
+    }
+
+    /// Writes the model to `spec` (an XML file, `sqlite:PATH` or
+    /// `postgres://...`), replacing what is there: files atomically (a
+    /// temporary file renamed over the target), PostgreSQL in one
+    /// transaction that makes one revision (with `note`).
+    pub fn save(&self, spec: &str, note: &str) -> Result<(), Error> {
+        if postgres::is_postgres(spec) {
+            let mut client = postgres::connect(spec)?;
+            return postgres::write(&mut client, &postgres::display_name(spec), self, note)
+                .map(|_| ());
+        }
+        match spec.strip_prefix("sqlite:") {
+            Some(path) => sqlite::write(Path::new(path), self),
+            None => xml::write(Path::new(spec), self),
+        }
+    }
+
+    /// The XML form of the model (what [`Model::from_xml`] reads).
+    pub fn to_model_xml(&self) -> String {
+        xml::to_text(self)
     }
 
     /// Layers defaults, then `profile`, then `server` (if given).

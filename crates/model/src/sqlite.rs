@@ -128,3 +128,80 @@ pub(crate) fn read(path: &Path) -> Result<Model, Error> {
         Err(Error::Invalid(problems))
     }
 }
+
+/// Writes `model` as a new SQLite database at `path`: built in a temporary
+/// file beside it, then renamed over it.
+pub(crate) fn write(path: &Path, model: &Model) -> Result<(), Error> {
+    let source_name = format!("sqlite:{}", path.display());
+    let sql_error = |source| Error::Sqlite {
+        path: source_name.clone(),
+        source,
+    };
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(path.file_name().unwrap_or_default());
+    temporary_name.push(".nodows-tmp");
+    let temporary = path.with_file_name(temporary_name);
+    let _ = std::fs::remove_file(&temporary);
+    let result = (|| {
+        let mut connection = Connection::open(&temporary).map_err(sql_error)?;
+        let transaction = connection.transaction().map_err(sql_error)?;
+        transaction
+            .execute_batch(
+                "CREATE TABLE profile (name TEXT PRIMARY KEY NOT NULL);
+                 CREATE TABLE server (id TEXT PRIMARY KEY NOT NULL);
+                 CREATE TABLE setting (server TEXT, profile TEXT, service TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL);",
+            )
+            .map_err(sql_error)?;
+        for name in model.profiles.keys() {
+            transaction
+                .execute("INSERT INTO profile (name) VALUES (?1)", [name])
+                .map_err(sql_error)?;
+        }
+        for id in model.servers.keys() {
+            transaction
+                .execute("INSERT INTO server (id) VALUES (?1)", [id])
+                .map_err(sql_error)?;
+        }
+        {
+            let mut insert = transaction
+                .prepare("INSERT INTO setting (server, profile, service, key, value) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(sql_error)?;
+            let mut layers: Vec<(Option<&String>, Option<&String>, &crate::Layer)> =
+                vec![(None, None, &model.defaults)];
+            layers.extend(
+                model
+                    .profiles
+                    .iter()
+                    .map(|(name, layer)| (None, Some(name), layer)),
+            );
+            layers.extend(
+                model
+                    .servers
+                    .iter()
+                    .map(|(id, layer)| (Some(id), None, layer)),
+            );
+            for (server, profile, layer) in layers {
+                for (service, keys) in layer {
+                    for (key, value) in &keys.keys {
+                        insert
+                            .execute(rusqlite::params![server, profile, service, key, value])
+                            .map_err(sql_error)?;
+                    }
+                }
+            }
+        }
+        transaction.commit().map_err(sql_error)?;
+        drop(connection);
+        std::fs::File::open(&temporary)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .map_err(|source| Error::Io {
+                path: source_name.clone(),
+                source,
+            })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}

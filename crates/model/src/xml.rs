@@ -299,3 +299,86 @@ fn required(
         )),
     }
 }
+
+/// The XML form of `model`, which [`parse`] reads back to the same model.
+pub(crate) fn to_text(model: &Model) -> String {
+    use crate::escape;
+    use std::fmt::Write as _;
+    let mut out = String::from("<model>\n");
+    let write_layer = |out: &mut String, layer: &Layer, indent: &str| {
+        for (service, keys) in layer {
+            if keys.keys.is_empty() {
+                let _ = writeln!(out, "{indent}<service name=\"{}\"/>", escape(service));
+                continue;
+            }
+            let _ = writeln!(out, "{indent}<service name=\"{}\">", escape(service));
+            for (key, value) in &keys.keys {
+                let _ = writeln!(
+                    out,
+                    "{indent}  <key name=\"{}\">{}</key>",
+                    escape(key),
+                    escape(value)
+                );
+            }
+            let _ = writeln!(out, "{indent}</service>");
+        }
+    };
+    if !model.defaults.is_empty() {
+        out.push_str("  <defaults>\n");
+        write_layer(&mut out, &model.defaults, "    ");
+        out.push_str("  </defaults>\n");
+    }
+    for (kind, attribute, layers) in [
+        ("profile", "name", &model.profiles),
+        ("server", "id", &model.servers),
+    ] {
+        for (name, layer) in layers {
+            if layer.is_empty() {
+                let _ = writeln!(out, "  <{kind} {attribute}=\"{}\"/>", escape(name));
+            } else {
+                let _ = writeln!(out, "  <{kind} {attribute}=\"{}\">", escape(name));
+                write_layer(&mut out, layer, "    ");
+                let _ = writeln!(out, "  </{kind}>");
+            }
+        }
+    }
+    out.push_str("</model>\n");
+    out
+}
+
+/// Writes the XML form to `path` atomically (temporary file beside it,
+/// fsync, rename).
+pub(crate) fn write(path: &std::path::Path, model: &Model) -> Result<(), Error> {
+    write_atomically(path, to_text(model).as_bytes()).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// `bytes` to `path` through `.NAME.nodows-tmp` beside it: fsync, rename,
+/// directory fsync. `path` is either the old file or the new one.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(name);
+    temporary_name.push(".nodows-tmp");
+    let temporary = directory.join(temporary_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        std::fs::File::open(&directory)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}

@@ -1,14 +1,22 @@
 //! `nodows`: the renderer's command line.
 //!
 //! ```text
-//! nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P
-//!               [--server ID] [--service NAME]... [--dry-run] [--json] [--timings]
+//! nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P
+//!               [--server ID] [--service NAME]... [--dry-run] [--json] [--timings] [--keep-journal]
 //! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
+//! nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH
+//!              --command "PROGRAM ARGS" [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
 //! nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
 //! nodows keys --services DIR --reference
+//! nodows update FILE|http://HOST/PATH [--tries N]
+//! nodows boot-status
+//! nodows bless
+//! nodows model import|export|migrate|history|revert ...   (see model_cli.rs)
 //! ```
 //!
 //! Exit codes: 0 success (with or without changes), 1 failure, 2 bad input or usage.
+
+mod model_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,10 +51,16 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 static GLOBAL: Mimalloc = Mimalloc;
 
 const USAGE: &str = "usage:
-  nodows render --model PATH|sqlite:PATH --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json] [--timings]
+  nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json] [--timings] [--keep-journal]
   nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
+  nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH --command \"PROGRAM ARGS\"
+               [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
   nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
-  nodows keys --services DIR --reference";
+  nodows keys --services DIR --reference
+  nodows update FILE|http://HOST/PATH [--tries N]
+  nodows boot-status
+  nodows bless
+";
 
 /// A usage error: printed with the usage, exit 2.
 struct Usage(String);
@@ -117,7 +131,63 @@ impl Arguments {
 enum Failure {
     Usage(Usage),
     Render(render::Error),
+    Update(update::Error),
     Other(anyhow::Error),
+}
+
+impl From<update::Error> for Failure {
+    fn from(error: update::Error) -> Failure {
+        Failure::Update(error)
+    }
+}
+
+/// `nodows update SOURCE`: writes a signed artifact (a file, or an http://
+/// URL streamed) into the slot that is not running and makes it the default
+/// boot entry with a try counter.
+fn update_command(args: &[String]) -> Result<(), Failure> {
+    let (source, rest) = match args.split_first() {
+        Some((source, rest)) if !source.starts_with("--") => (source.clone(), rest),
+        _ => return Err(Usage("update needs an artifact: a file or an http:// URL".into()).into()),
+    };
+    let parsed = Arguments::parse(rest, &["--tries"], &[])?;
+    let tries = match parsed.one("--tries")? {
+        Some(text) => text
+            .parse()
+            .map_err(|_| Usage(format!("--tries {text}: not a number")))?,
+        None => update::artifact::DEFAULT_TRIES,
+    };
+    let started = std::time::Instant::now();
+    let reader: Box<dyn std::io::Read> = if source.starts_with("http://") {
+        update::http::get(&source)?
+    } else {
+        Box::new(std::fs::File::open(&source).map_err(|error| Usage(format!("{source}: {error}")))?)
+    };
+    let applied = update::system::update(reader, tries)?;
+    println!(
+        "nodows: update {} {} written to slot {} ({} bytes in {:.1}s); boot entry {} ({tries} tries); reboot to run it",
+        applied.manifest.image,
+        applied.manifest.version,
+        applied.slot,
+        applied.bytes_read,
+        started.elapsed().as_secs_f64(),
+        applied.entry
+    );
+    Ok(())
+}
+
+/// `nodows boot-status`: one line, `slot=S version=V state=trial|good ...`.
+fn boot_status_command(args: &[String]) -> Result<(), Failure> {
+    Arguments::parse(args, &[], &[])?;
+    println!("{}", update::system::boot_state()?.to_line());
+    Ok(())
+}
+
+/// `nodows bless`: marks the running slot's entry good (drops its counter).
+fn bless_command(args: &[String]) -> Result<(), Failure> {
+    Arguments::parse(args, &[], &[])?;
+    let (_, state) = update::system::bless()?;
+    println!("{}", state.to_line());
+    Ok(())
 }
 
 impl From<Usage> for Failure {
@@ -143,7 +213,7 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
             "--server",
             "--service",
         ],
-        &["--dry-run", "--json", "--timings"],
+        &["--dry-run", "--json", "--timings", "--keep-journal"],
     )?;
     let started = std::time::Instant::now();
     let model_spec = arguments.required("--model")?;
@@ -168,7 +238,8 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
         only: &only,
     })?;
     let staged_at = started.elapsed();
-    let change_set = render::sync::sync(&root, &staged, arguments.flag("--dry-run"))?;
+    let dry_run = arguments.flag("--dry-run");
+    let change_set = render::sync::sync(&root, &staged, dry_run)?;
     if arguments.flag("--timings") {
         let ms = |duration: std::time::Duration| duration.as_secs_f64() * 1000.0;
         eprintln!(
@@ -181,15 +252,39 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
             ms(started.elapsed())
         );
     }
-    if arguments.flag("--json") {
+    let text = if arguments.flag("--json") {
         let json = serde_json::to_string(&change_set)
             .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
-        println!("{json}");
+        format!("{json}\n")
     } else {
-        print!("{}", change_set.to_text());
+        change_set.to_text()
+    };
+    // The change set is reported before the journal goes: a kill in between
+    // reports it again, never loses it. With --keep-journal the caller
+    // removes the journal once it has acted on the change set.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Failure::Other(anyhow::anyhow!("cannot print the change set: {e}")))?;
+    }
+    if !dry_run && !arguments.flag("--keep-journal") {
+        render::sync::finish_journal(&root)?;
     }
     Ok(())
 }
+
+/// The options of `nodows watch` that only a postgres:// model takes.
+const POSTGRES_WATCH_OPTIONS: [&str; 6] = [
+    "--server",
+    "--profile",
+    "--services",
+    "--last-good",
+    "--status-file",
+    "--max-backoff",
+];
 
 /// `nodows keys`: every declared key with its type, default and effective
 /// value (the model is validated first, as a render would), or with
@@ -246,9 +341,10 @@ fn keys_command(args: &[String]) -> Result<(), Failure> {
 }
 
 fn watch_command(args: &[String]) -> Result<(), Failure> {
-    let arguments = Arguments::parse(args, &["--model", "--command", "--debounce", "--poll"], &[])?;
+    let mut with_value = vec!["--model", "--command", "--debounce", "--poll"];
+    with_value.extend(POSTGRES_WATCH_OPTIONS);
+    let arguments = Arguments::parse(args, &with_value, &[])?;
     let model_spec = arguments.required("--model")?;
-    let model = PathBuf::from(model_spec.strip_prefix("sqlite:").unwrap_or(&model_spec));
     let command = render::watch::split_command(&arguments.required("--command")?)
         .map_err(|e| Usage(e.to_string()))?;
     let duration =
@@ -263,6 +359,33 @@ fn watch_command(args: &[String]) -> Result<(), Failure> {
             }
         };
     let debounce = duration("--debounce", Some("200ms"))?.unwrap_or_default();
+    if model::postgres::is_postgres(&model_spec) {
+        let options = render::fleet::Options {
+            spec: model_spec,
+            server: arguments.required("--server")?,
+            profile: arguments.required("--profile")?,
+            services_dir: PathBuf::from(arguments.required("--services")?),
+            last_good: PathBuf::from(arguments.required("--last-good")?),
+            status_file: arguments
+                .one("--status-file")?
+                .map(PathBuf::from)
+                .unwrap_or_else(render::fleet::default_status_file),
+            command,
+            debounce: duration("--debounce", Some("50ms"))?.unwrap_or_default(),
+            poll: duration("--poll", Some("60s"))?.unwrap_or_default(),
+            max_backoff: duration("--max-backoff", Some("30s"))?.unwrap_or_default(),
+        };
+        render::fleet::check_options(&options).map_err(Failure::Other)?;
+        return render::fleet::watch(&options).map_err(Failure::Other);
+    }
+    for postgres_only in POSTGRES_WATCH_OPTIONS {
+        if arguments.one(postgres_only)?.is_some() {
+            return Err(Failure::Usage(Usage(format!(
+                "{postgres_only} is for a postgres:// model only"
+            ))));
+        }
+    }
+    let model = PathBuf::from(model_spec.strip_prefix("sqlite:").unwrap_or(&model_spec));
     let poll = duration("--poll", None)?;
     render::watch::watch(&render::watch::Options {
         model,
@@ -278,9 +401,13 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("render") => render_command(&args[1..]),
         Some("watch") => watch_command(&args[1..]),
+        Some("model") => model_cli::run(&args[1..]),
         Some("keys") => keys_command(&args[1..]),
+        Some("update") => update_command(&args[1..]),
+        Some("boot-status") => boot_status_command(&args[1..]),
+        Some("bless") => bless_command(&args[1..]),
         Some("--help") | Some("-h") | Some("help") => {
-            println!("{USAGE}");
+            println!("{USAGE}{}", model_cli::USAGE);
             return ExitCode::SUCCESS;
         }
         Some(other) => Err(Failure::Usage(Usage(format!("unknown command `{other}`")))),
@@ -289,13 +416,17 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(Usage(message))) => {
-            eprintln!("nodows: {message}\n{USAGE}");
+            eprintln!("nodows: {message}\n{USAGE}{}", model_cli::USAGE);
             ExitCode::from(2)
         }
         Err(Failure::Render(error)) => {
             for line in error.to_string().lines() {
                 eprintln!("nodows: {line}");
             }
+            ExitCode::from(error.exit_code() as u8)
+        }
+        Err(Failure::Update(error)) => {
+            eprintln!("nodows: {error}");
             ExitCode::from(error.exit_code() as u8)
         }
         Err(Failure::Other(error)) => {

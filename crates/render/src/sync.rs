@@ -16,6 +16,19 @@
 //! Concurrent renders of one root are serialized with `flock` on the root
 //! directory.
 //!
+//! The apply is a transaction with a journal, `ROOT/var/lib/nodows/
+//! render-journal.json` ([`JOURNAL`]): before the first temporary file it
+//! records the temporaries and targets (state `writing`), before the first
+//! rename the change set too (state `renaming`). A render that finds a
+//! journal first finishes it: `writing` means nothing was renamed, so the
+//! temporaries are removed; `renaming` means some targets may be new, so
+//! the remaining temporaries are renamed and the journal's change set is
+//! reported together with the new one. The journal is removed once the
+//! change set is printed ([`finish_journal`]), or by the caller that acts on
+//! the change set (`nodows render --keep-journal`, as initd does), so a
+//! render killed at any point never loses a reload, and one that succeeded
+//! reports it once.
+//!
 //! Test hooks, compiled only with the `test-hooks` feature (never in an
 //! image's binary): `NODOWS_FAULT_AFTER_RENAMES=N` aborts the process after
 //! the N-th rename (the crash-consistency test uses it);
@@ -23,7 +36,7 @@
 //! and renaming them (the concurrency test uses it).
 
 use crate::{Error, StagedFile};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use servicedef::OnChange;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -33,7 +46,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// What a sync did (or, with `dry_run`, would do). Serialized as the
 /// change-set JSON of ARCHITECTURE.md.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeSet {
     /// Targets written, sorted.
     pub written: Vec<String>,
@@ -41,14 +54,37 @@ pub struct ChangeSet {
     pub services: Vec<ServiceAction>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceAction {
     pub name: String,
     /// `reload` or `restart`.
-    pub action: &'static str,
+    pub action: String,
 }
 
 impl ChangeSet {
+    /// Both change sets in one: every file written by either, per service
+    /// the stronger action (`restart` over `reload`).
+    pub fn merge(&self, other: &ChangeSet) -> ChangeSet {
+        let written: BTreeSet<&String> = self.written.iter().chain(&other.written).collect();
+        let mut actions: BTreeMap<&str, &str> = BTreeMap::new();
+        for service in self.services.iter().chain(&other.services) {
+            let action = actions.entry(&service.name).or_insert(&service.action);
+            if service.action == "restart" {
+                *action = "restart";
+            }
+        }
+        ChangeSet {
+            written: written.into_iter().cloned().collect(),
+            services: actions
+                .into_iter()
+                .map(|(name, action)| ServiceAction {
+                    name: name.to_string(),
+                    action: action.to_string(),
+                })
+                .collect(),
+        }
+    }
+
     /// The human-readable form: one line per written file and per action.
     pub fn to_text(&self) -> String {
         if self.written.is_empty() {
@@ -316,6 +352,7 @@ pub fn sync(root: &Path, staged: &[StagedFile], dry_run: bool) -> Result<ChangeS
             std::io::Error::last_os_error()
         )));
     }
+    let pending = if dry_run { None } else { recover(root)? };
     let accounts = Accounts::read(root);
     let as_root = is_root_user();
     // The diff's I/O (resolve, lstat, read) runs on every core, each thread
@@ -384,16 +421,126 @@ pub fn sync(root: &Path, staged: &[StagedFile], dry_run: bool) -> Result<ChangeS
                 };
                 Some(ServiceAction {
                     name: name.to_string(),
-                    action,
+                    action: action.to_string(),
                 })
             })
             .collect(),
     };
+    let change_set = match &pending {
+        Some(pending) => pending.merge(&change_set),
+        None => change_set,
+    };
     if dry_run || changed.is_empty() {
         return Ok(change_set);
     }
-    write_all(&changed, as_root)?;
+    write_all(root, &changed, &change_set, as_root)?;
     Ok(change_set)
+}
+
+/// The journal's path inside the root.
+pub const JOURNAL: &str = "/var/lib/nodows/render-journal.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    /// `writing` (temporaries being written, no target renamed) or
+    /// `renaming` (every temporary written; renames under way or done).
+    state: String,
+    /// (temporary, target), relative to the root.
+    files: Vec<(String, String)>,
+    /// What the renames change, with what an earlier unfinished journal
+    /// changed.
+    change_set: ChangeSet,
+}
+
+fn journal_path(root: &Path) -> Result<PathBuf, Error> {
+    resolve_in_root(root, JOURNAL).map_err(Error::Failed)
+}
+
+fn write_journal(root: &Path, journal: &Journal) -> Result<(), Error> {
+    let path = journal_path(root)?;
+    let failed = |e: std::io::Error| {
+        Error::Failed(format!(
+            "{}: cannot write the render journal: {e}; no target was changed",
+            path.display()
+        ))
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    let json = serde_json::to_vec(journal).map_err(|e| Error::Failed(e.to_string()))?;
+    model::write_atomically(&path, &json).map_err(failed)
+}
+
+/// Finishes what a killed render left (see the module): `Some(change set)`
+/// when it had begun renaming.
+fn recover(root: &Path) -> Result<Option<ChangeSet>, Error> {
+    let path = journal_path(root)?;
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Failed(format!("{}: {e}", path.display()))),
+    };
+    let journal: Journal = serde_json::from_slice(&text).map_err(|e| {
+        Error::Failed(format!(
+            "{}: not a render journal ({e}); check the services named in it, then remove it",
+            path.display()
+        ))
+    })?;
+    let mut directories: BTreeSet<PathBuf> = BTreeSet::new();
+    for (temporary, target) in &journal.files {
+        let temporary = root.join(temporary);
+        let exists = std::fs::symlink_metadata(&temporary).is_ok();
+        if !exists {
+            continue;
+        }
+        let result = if journal.state == "renaming" {
+            let target = root.join(target);
+            if let Some(parent) = target.parent() {
+                directories.insert(parent.to_path_buf());
+            }
+            std::fs::rename(&temporary, &target)
+        } else {
+            std::fs::remove_file(&temporary)
+        };
+        result.map_err(|e| {
+            Error::Failed(format!(
+                "{}: cannot finish the interrupted render: {e}",
+                temporary.display()
+            ))
+        })?;
+    }
+    sync_directories(directories)?;
+    if journal.state == "renaming" {
+        Ok(Some(journal.change_set))
+    } else {
+        std::fs::remove_file(&path)
+            .map_err(|e| Error::Failed(format!("{}: {e}", path.display())))?;
+        Ok(None)
+    }
+}
+
+/// Removes the journal once its change set has been reported (printed, or
+/// acted on by the caller). No journal is fine.
+pub fn finish_journal(root: &Path) -> Result<(), Error> {
+    let path = journal_path(root)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Failed(format!("{}: {e}", path.display()))),
+    }
+    if let Some(parent) = path.parent() {
+        sync_directories([parent.to_path_buf()])?;
+    }
+    Ok(())
+}
+
+fn sync_directories(directories: impl IntoIterator<Item = PathBuf>) -> Result<(), Error> {
+    for directory in directories {
+        std::fs::File::open(&directory)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::Failed(format!("{}: cannot fsync: {e}", directory.display())))?;
+    }
+    Ok(())
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -427,7 +574,27 @@ fn write_temp(planned: &Planned, temp: &Path, as_root: bool) -> std::io::Result<
     Ok(())
 }
 
-fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
+fn write_all(
+    root: &Path,
+    changed: &[Planned],
+    change_set: &ChangeSet,
+    as_root: bool,
+) -> Result<(), Error> {
+    let relative = |path: &Path| {
+        path.strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut journal = Journal {
+        state: "writing".to_string(),
+        files: changed
+            .iter()
+            .map(|planned| (relative(&temp_path(&planned.path)), relative(&planned.path)))
+            .collect(),
+        change_set: change_set.clone(),
+    };
+    write_journal(root, &journal)?;
     // Phase 1: every new file as a temporary file next to its target.
     let mut temps: Vec<PathBuf> = Vec::with_capacity(changed.len());
     for planned in changed {
@@ -437,6 +604,7 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
             for written in &temps {
                 let _ = std::fs::remove_file(written);
             }
+            let _ = finish_journal(root);
             return Err(Error::Failed(format!(
                 "{}: cannot write: {e}; no target was changed",
                 temp.display()
@@ -451,6 +619,15 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
         .and_then(|ms| ms.parse().ok())
     {
         std::thread::sleep(std::time::Duration::from_millis(delay));
+    }
+    // The commit point: from here on the next render finishes the renames.
+    journal.state = "renaming".to_string();
+    if let Err(e) = write_journal(root, &journal) {
+        for temp in &temps {
+            let _ = std::fs::remove_file(temp);
+        }
+        let _ = finish_journal(root);
+        return Err(e);
     }
     // Phase 2: renames, then the directories' fsync.
     #[cfg(feature = "test-hooks")]
@@ -478,10 +655,5 @@ fn write_all(changed: &[Planned], as_root: bool) -> Result<(), Error> {
             directories.insert(parent.to_path_buf());
         }
     }
-    for directory in directories {
-        std::fs::File::open(&directory)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::Failed(format!("{}: cannot fsync: {e}", directory.display())))?;
-    }
-    Ok(())
+    sync_directories(directories)
 }

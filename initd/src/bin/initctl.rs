@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 
 const USAGE: &str = "usage: initctl [--socket PATH] COMMAND
 commands:
-  status [--json]
+  status [--json | NAME]   (NAME: exit 1 when it is failed)
   start|stop|restart|reload|check|configure|log NAME
   load [NAME]
   emit EVENT

@@ -8,7 +8,8 @@ use initd::{pid1, sys};
 
 const USAGE: &str = "usage: initd [--services DIR] [--socket PATH] [--state DIR] [--mode MODE] [--log-dir DIR]
              [--render-command PATH] [--model PATH] [--root DIR] [--server ID]
-             [--log-max-bytes N] [--no-cgroups] [--pass-env NAME]...
+             [--log-max-bytes N] [--no-cgroups] [--pass-env NAME]... [--render-timeout SECONDS]
+             [--last-good PATH]
        initd check --services DIR [--mode MODE] [--root DIR]
        initd coldplug [--modules DIR] [--with-cpu]   (load the modules of the devices present)
 With no arguments as PID 1: the image defaults (/etc/nodows/services, /run/initd.sock, /run/nodows).";
@@ -62,7 +63,11 @@ fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
                 given.push("--log-dir");
             }
             "--render-command" => options.render_command = PathBuf::from(value()),
-            "--model" => options.model = PathBuf::from(value()),
+            "--model" => {
+                options.model = PathBuf::from(value());
+                given.push("--model");
+            }
+            "--last-good" => options.last_good = Some(PathBuf::from(value())),
             "--root" => options.root = PathBuf::from(value()),
             "--server" => options.server = Some(value()),
             "--log-max-bytes" => {
@@ -72,6 +77,16 @@ fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
                     _ if pid1 => options.log_max_bytes,
                     _ => usage_error(&format!(
                         "bad --log-max-bytes {text}: a whole number of bytes"
+                    )),
+                }
+            }
+            "--render-timeout" => {
+                let text = value();
+                options.render_timeout = match text.parse::<u64>() {
+                    Ok(seconds) if seconds > 0 => std::time::Duration::from_secs(seconds),
+                    _ if pid1 => options.render_timeout,
+                    _ => usage_error(&format!(
+                        "bad --render-timeout {text}: a whole number of seconds"
                     )),
                 }
             }
@@ -229,6 +244,11 @@ fn main() {
             pid1::parse_command_line(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     }
     let console = initd::runtime::Console::new(pid1);
+    #[cfg(target_os = "linux")]
+    if pid1 && machine {
+        let integrity_console = initd::runtime::Console::new(true);
+        initd::pid1::watch_integrity(move |line: &str| integrity_console.line(line));
+    }
     for message in early_messages {
         console.line(&format!("initd: {message}"));
     }
@@ -244,14 +264,36 @@ fn main() {
             }
         })
         .unwrap_or_else(|| "production".to_string());
+    // The server id: nodows.server= on the kernel command line, else the
+    // SMBIOS system serial (one image serves many machines), else the
+    // image's /etc/nodows/server-id.
     if options.server.is_none() {
         options.server = command_line.server.clone().or_else(|| {
             if pid1 {
-                read_word("/etc/nodows/server-id")
+                std::fs::read_to_string(pid1::SMBIOS_SERIAL)
+                    .ok()
+                    .and_then(|serial| pid1::server_from_serial(&serial))
+                    .or_else(|| read_word("/etc/nodows/server-id"))
             } else {
                 None
             }
         });
+    }
+    // The model: as PID 1 with no --model, the fleet watcher's last-good
+    // model whenever there is one (each render looks again), else the
+    // image's baked base.
+    if pid1 && !parsed.given.contains(&"--model") && options.last_good.is_none() {
+        options.last_good = Some(PathBuf::from(pid1::LAST_GOOD_MODEL));
+    }
+    if let Some(revision) = options
+        .last_good
+        .as_deref()
+        .and_then(pid1::last_good_revision_of)
+    {
+        console.line(&format!(
+            "initd: model: last-good revision {revision} ({})",
+            pid1::LAST_GOOD_MODEL
+        ));
     }
     let definitions = match servicedef::load_dir(&options.services) {
         Ok(definitions) => definitions,
@@ -265,6 +307,12 @@ fn main() {
             Vec::new()
         }
     };
+    if pid1 {
+        options.boot_slot = command_line.slot.clone();
+        if let Some(seconds) = command_line.trial_timeout {
+            options.trial_timeout = std::time::Duration::from_secs(seconds);
+        }
+    }
     match Runtime::new(options, definitions, mode, machine) {
         Ok(mut runtime) => {
             let code = runtime.run();

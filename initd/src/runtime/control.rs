@@ -168,6 +168,22 @@ impl Runtime {
         let reply = match request {
             Request::Status { json: true } => (0, self.status_json()),
             Request::Status { json: false } => (0, self.status_text()),
+            Request::ServiceStatus(ref name) => match self.supervisor.service(name) {
+                None => (2, format!("unknown service {name}: see initctl status")),
+                Some(service) => {
+                    let line = format!(
+                        "{name} {}{}",
+                        service.state.as_str(),
+                        service
+                            .reason
+                            .as_deref()
+                            .map(|reason| format!(" ({reason})"))
+                            .unwrap_or_default()
+                    );
+                    let code = if service.state == State::Failed { 1 } else { 0 };
+                    (code, line)
+                }
+            },
             Request::Start(ref name)
             | Request::Stop(ref name)
             | Request::Restart(ref name)
@@ -236,6 +252,7 @@ impl Runtime {
                         profile: self.supervisor.mode().to_string(),
                         after: AfterRender::Nothing,
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }
@@ -246,6 +263,7 @@ impl Runtime {
                     profile: self.supervisor.mode().to_string(),
                     after: AfterRender::Nothing,
                     client: client.take(),
+                    retry: false,
                 });
                 return None;
             }
@@ -298,6 +316,7 @@ impl Runtime {
                         profile: mode.to_string(),
                         after: AfterRender::SwitchMode(mode.to_string()),
                         client: client.take(),
+                        retry: false,
                     });
                     return None;
                 }
@@ -415,8 +434,60 @@ impl Runtime {
         out
     }
 
+    /// `model PATH`, and the fleet watcher's state when it runs
+    /// (`STATE/model-status.json`, written by `nodows watch --model
+    /// postgres://...`).
+    fn model_status_text(&self) -> String {
+        let mut out = format!("model {}\n", self.model_to_render().display());
+        let path = self.options.state.join("model-status.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return out;
+        };
+        let Ok(status) = serde_json::from_str::<serde_json::Value>(&text) else {
+            out.push_str(&format!("fleet: {} is not readable JSON\n", path.display()));
+            return out;
+        };
+        let text_of = |key: &str| status.get(key).and_then(|v| v.as_str()).unwrap_or("");
+        let connected = status.get("connected").and_then(|v| v.as_bool()) == Some(true);
+        let running = match status.get("running").and_then(|r| r.get("revision")) {
+            Some(serde_json::Value::Number(revision)) => format!("last-good revision {revision}"),
+            _ => "the baked base model".to_string(),
+        };
+        out.push_str(&format!(
+            "fleet {} server {}: {}; running {running}",
+            text_of("source"),
+            text_of("server"),
+            if connected {
+                "connected"
+            } else {
+                "database unreachable"
+            },
+        ));
+        match (text_of("result"), text_of("error")) {
+            ("", _) => {}
+            (result, "") => out.push_str(&format!("; last {result}")),
+            (result, error) => out.push_str(&format!(
+                "; last {result}: {}",
+                error.lines().next().unwrap_or("")
+            )),
+        }
+        out.push('\n');
+        out
+    }
+
     fn status_text(&self) -> String {
-        let mut out = format!("mode {}\n", self.supervisor.mode());
+        let mut out = self
+            .assessment
+            .as_ref()
+            .map(Assessment::status_line)
+            .unwrap_or_default();
+        if self.options.pid1 {
+            out.push_str(&crate::pid1::integrity_status(
+                &std::fs::read_to_string(crate::pid1::INTEGRITY_LOG).unwrap_or_default(),
+            ));
+        }
+        out.push_str(&format!("mode {}\n", self.supervisor.mode()));
+        out.push_str(&self.model_status_text());
         for service in self.supervisor.services() {
             out.push_str(&format!(
                 "{:<24} {:<9} pid={:<8} restarts={}{}\n",

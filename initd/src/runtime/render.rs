@@ -24,14 +24,16 @@ impl Runtime {
                 1,
                 format!("renderer {} not found", command.display()),
                 Vec::new(),
+                RenderFailure::NoRenderer,
             );
             return;
         }
+        let model = self.model_to_render();
         let mut process = std::process::Command::new(&command);
         process
             .arg("render")
             .arg("--model")
-            .arg(&self.options.model)
+            .arg(&model)
             .arg("--services")
             .arg(&self.options.services)
             .arg("--root")
@@ -46,6 +48,8 @@ impl Runtime {
         }
         process
             .arg("--json")
+            // initd removes the journal once it has acted on the change set.
+            .arg("--keep-journal")
             .env_clear()
             .envs(self.child_env.iter().map(|(key, value)| (key, value)))
             .stdin(std::process::Stdio::null())
@@ -59,6 +63,10 @@ impl Runtime {
                 let _ = sys::set_nonblocking(fd);
                 self.render_job = Some(RenderJob {
                     pid: child.id() as i32,
+                    started: Instant::now(),
+                    timed_out: false,
+                    retry: request.retry,
+                    profile: request.profile.clone(),
                     stdout: fd,
                     output: Vec::new(),
                     eof: false,
@@ -78,6 +86,7 @@ impl Runtime {
                     1,
                     format!("cannot run renderer: {error}"),
                     Vec::new(),
+                    RenderFailure::NoRenderer,
                 );
             }
         }
@@ -118,27 +127,58 @@ impl Runtime {
             return;
         };
         let exit = job.exit.unwrap_or(Exit::Code(1));
+        let journal = self.options.root.join(RENDER_JOURNAL);
         let mut changes = Vec::new();
-        let (code, message) = if !exit.success() {
-            let message = format!(
-                "renderer failed ({}): configuration unchanged",
+        let mut failure = RenderFailure::Refused;
+        let mut retry = false;
+        let (code, message) = if exit == Exit::Code(2) {
+            // Bad input: the renderer stops before it writes anything.
+            let message =
+                "renderer refused the input (exit 2): configuration unchanged".to_string();
+            self.say(&format!("initd: {message}"));
+            (1, message)
+        } else if !exit.success() {
+            let how = if job.timed_out {
+                format!(
+                    "hung for {} s and was killed",
+                    self.options.render_timeout.as_secs()
+                )
+            } else {
                 exit.describe()
-            );
+            };
+            let unfinished = journal.exists();
+            let message = if unfinished {
+                retry = !job.retry;
+                format!(
+                    "renderer failed ({how}): it left an unfinished apply; {}",
+                    if retry {
+                        "rendering again to finish it and report its changes"
+                    } else {
+                        "the next render finishes it and reports its changes"
+                    }
+                )
+            } else {
+                format!("renderer failed ({how}): configuration unchanged")
+            };
             self.say(&format!("initd: {message}"));
             (1, message)
         } else {
             match protocol::parse_change_set(&String::from_utf8_lossy(&job.output)) {
                 Ok(change_set) => {
+                    // Acted on below: the journal's change set is reported.
+                    match std::fs::remove_file(&journal) {
+                        Err(error) if error.kind() != std::io::ErrorKind::NotFound => self.say(
+                            &format!("initd: {}: cannot remove: {error}", journal.display()),
+                        ),
+                        _ => {}
+                    }
                     let mut message =
                         format!("rendered: {} files written", change_set.written.len());
                     for change in &change_set.services {
                         message.push_str(&format!("\n{} {}", change.action.as_str(), change.name));
                     }
-                    changes = change_set
-                        .services
-                        .into_iter()
-                        .map(|change| (change.name, change.action.as_str().to_string()))
-                        .collect();
+                    changes = change_set.services;
+                    failure = RenderFailure::None;
                     (0, message)
                 }
                 Err(error) => {
@@ -148,9 +188,46 @@ impl Runtime {
                 }
             }
         };
-        self.render_done(job.after, job.client, code, message, changes);
+        if retry {
+            self.render_queue.push_front(RenderRequest {
+                services: Vec::new(),
+                profile: job.profile.clone(),
+                after: AfterRender::Nothing,
+                client: None,
+                retry: true,
+            });
+        }
+        self.render_done(job.after, job.client, code, message, changes, failure);
         if let Some(next) = self.render_queue.pop_front() {
             self.start_render(next);
+        }
+    }
+
+    /// Kills a render that has run longer than `render_timeout`; its exit
+    /// is then reported by `finish_render`.
+    pub(super) fn kill_hung_render(&mut self) {
+        let timeout = self.options.render_timeout;
+        let Some(job) = self.render_job.as_mut() else {
+            return;
+        };
+        if job.exit.is_some() || job.timed_out || job.started.elapsed() < timeout {
+            return;
+        }
+        job.timed_out = true;
+        let pid = job.pid;
+        // SAFETY: kill on the renderer's pid, a child not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.say(&format!(
+            "initd: renderer pid {pid} hung for {} s: killed",
+            timeout.as_secs()
+        ));
+    }
+
+    /// The last-good model when there is one, else `--model`.
+    pub(super) fn model_to_render(&self) -> PathBuf {
+        match &self.options.last_good {
+            Some(path) if crate::pid1::last_good_revision_of(path).is_some() => path.clone(),
+            _ => self.options.model.clone(),
         }
     }
 
@@ -160,18 +237,18 @@ impl Runtime {
         client: Option<UnixStream>,
         code: i32,
         message: String,
-        changes: Vec<(String, String)>,
+        changes: Vec<protocol::ServiceChange>,
+        failure: RenderFailure,
     ) {
         let now = Instant::now();
-        for (name, action) in &changes {
+        for protocol::ServiceChange { name, action } in &changes {
             if self.supervisor.service(name).is_none() {
                 self.say(&format!("initd: change set names unknown service {name}"));
                 continue;
             }
-            let actions = if action == "reload" {
-                self.supervisor.reload(name, now)
-            } else {
-                self.supervisor.restart(name, now)
+            let actions = match action {
+                protocol::ChangeAction::Reload => self.supervisor.reload(name, now),
+                protocol::ChangeAction::Restart => self.supervisor.restart_if_active(name, now),
             };
             self.apply(actions);
             let actions = self
@@ -187,8 +264,23 @@ impl Runtime {
                 let actions = self.supervisor.boot(now);
                 self.apply(actions);
             }
+            // All or nothing: a model the renderer refuses for the new mode
+            // leaves the node in its old mode (the renderer wrote nothing).
+            AfterRender::SwitchMode(mode) if failure == RenderFailure::Refused => {
+                let old = self.supervisor.mode().to_string();
+                self.say(&format!(
+                    "initd: mode {mode} refused, staying in mode {old}: {reply} (the renderer's errors are above)"
+                ));
+                reply_code = 1;
+                reply = format!(
+                    "mode {mode} refused, still in mode {old}: {reply}; see the renderer's errors on the console"
+                );
+            }
+            // Without a renderer (configs baked only) the switch goes ahead.
             AfterRender::SwitchMode(mode) => {
-                self.say(&format!("nodows: mode {mode}"));
+                // t on the clock of the ready line: switch to ready is their difference.
+                let seconds = self.started.elapsed().as_secs_f64();
+                self.say(&format!("nodows: mode {mode} t={seconds:.2}"));
                 let actions = self.supervisor.set_mode(&mode, now);
                 self.apply(actions);
                 reply_code = 0;

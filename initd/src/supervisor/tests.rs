@@ -243,10 +243,13 @@ fn mode_switch_stops_and_starts_the_right_services() {
     supervisor.spawned("both", 1, now);
     supervisor.spawned("prod", 2, now);
     let actions = supervisor.set_mode("failover", now);
-    assert_eq!(spawns(&actions), vec!["fail"]);
+    // The old mode's services stop first (they may hold the new one's port).
+    assert!(spawns(&actions).is_empty());
     assert_eq!(stop_signals(&actions), vec!["prod"]);
     assert!(actions.contains(&Action::Event(Event::Mode("failover".to_string()))));
     assert_eq!(supervisor.mode(), "failover");
+    assert!(spawns(&supervisor.exited(2, Exit::Signal(15), now)).is_empty());
+    assert_eq!(spawns(&supervisor.service_empty("prod", now)), vec!["fail"]);
 }
 
 #[test]
@@ -611,4 +614,58 @@ fn a_silent_watchdog_service_is_killed_and_respawned() {
     );
     assert_eq!(state(&supervisor, "dog"), State::Backoff);
     assert_eq!(spawns(&supervisor.tick(at(5000))), vec!["dog"]);
+}
+
+/// Guards a demoted failover node's way back: keepalived's track script asks
+/// `initctl status web`, which fails while web is `failed`; `initctl stop`
+/// acknowledges the failure without starting the service.
+#[test]
+fn stopping_a_failed_service_makes_it_stopped_and_a_mode_switch_starts_it_again() {
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<modes>failover</modes><restart max=\"1\" within=\"60s\"/>",
+            "web",
+        )],
+        "failover",
+    );
+    let now = Instant::now();
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["web"]);
+    supervisor.spawned("web", 10, now);
+    supervisor.exited(10, Exit::Code(1), now);
+    let deadline = supervisor.next_deadline().unwrap();
+    assert_eq!(spawns(&supervisor.tick(deadline)), vec!["web"]);
+    supervisor.spawned("web", 11, deadline);
+    supervisor.exited(11, Exit::Code(1), deadline);
+    assert_eq!(state(&supervisor, "web"), State::Failed);
+    // A switch to a mode without it keeps the failure.
+    supervisor.set_mode("backup", deadline);
+    assert_eq!(state(&supervisor, "web"), State::Failed);
+    let actions = supervisor.stop("web", deadline);
+    assert!(spawns(&actions).is_empty());
+    assert_eq!(state(&supervisor, "web"), State::Stopped);
+    assert_eq!(
+        spawns(&supervisor.set_mode("failover", deadline)),
+        vec!["web"]
+    );
+}
+
+/// Guards the images that carry keepalived for another mode: a render that
+/// changes its files (another server id) must not start it.
+#[test]
+fn a_config_change_restarts_only_a_running_service() {
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("<modes>test</modes>", "web"),
+            definition("<modes>failover</modes>", "keepalived"),
+        ],
+        "test",
+    );
+    let now = Instant::now();
+    assert!(spawns(&supervisor.restart_if_active("keepalived", now)).is_empty());
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["web"]);
+    supervisor.spawned("web", 10, now);
+    assert!(spawns(&supervisor.restart_if_active("keepalived", now)).is_empty());
+    assert_eq!(state(&supervisor, "keepalived"), State::Stopped);
+    let actions = supervisor.restart_if_active("web", now);
+    assert_eq!(stop_signals(&actions), vec!["web"]);
 }

@@ -187,3 +187,147 @@ fn children_get_a_defined_environment_not_initds_own() {
     let service = std::fs::read_to_string(initd.path("service-env")).unwrap();
     assert!(service.contains("FROM_DEFINITION=yes\n"), "{service}");
 }
+
+/// Guards the all-or-nothing mode switch (issue 13): when the renderer
+/// refuses the new mode's model, the node stays in its old mode with its
+/// services as they were, and `initctl mode` exits 1 saying so.
+#[test]
+fn a_mode_switch_whose_render_fails_leaves_the_old_mode() {
+    let mut initd = Initd::prepare(
+        "render-mode-refused",
+        &[
+            (
+                "prod",
+                shell_service("prod", "exec sleep 1000", "<modes>production</modes>"),
+            ),
+            (
+                "fail",
+                shell_service("fail", "exec sleep 1000", "<modes>failover</modes>"),
+            ),
+        ],
+    );
+    let renderer = write_renderer(
+        &initd,
+        "case \"$*\" in *'--profile failover'*) echo 'model.xml:3: unknown profile failover' >&2; exit 2;; esac; echo '{\"written\": [], \"services\": []}'",
+    );
+    initd.launch(&["--render-command", &renderer, "--mode", "production"]);
+    initd.wait_for_state("prod", "running");
+    let pid = initd.main_pid("prod");
+    let output = initd.try_ctl(&["mode", "failover"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("mode failover refused, still in mode production"),
+        "{stderr}"
+    );
+    assert_eq!(initd.ctl(&["mode"]).trim(), "production");
+    assert_eq!(initd.state("fail"), "stopped");
+    assert_eq!(initd.main_pid("prod"), pid);
+    // initctl status NAME: 0 unless the service is failed, 2 when unknown.
+    assert_eq!(initd.ctl(&["status", "prod"]).trim(), "prod running");
+    assert_eq!(initd.try_ctl(&["status", "fail"]).status.code(), Some(0));
+    assert_eq!(initd.try_ctl(&["status", "nosuch"]).status.code(), Some(2));
+}
+
+/// Guards issue 12's "initd reports failure truthfully": a hung renderer is
+/// killed after --render-timeout, and a renderer killed in the middle of an
+/// apply (it left its journal) is not "configuration unchanged": initd
+/// renders again at once, and that render's change set is acted on and its
+/// journal removed.
+#[test]
+fn a_hung_or_killed_render_is_reported_as_such_and_its_apply_finished() {
+    let mut initd = Initd::prepare(
+        "render-killed",
+        &[(
+            "one",
+            shell_service(
+                "one",
+                "trap 'echo reloaded >> \"$TEST_DIR/one-reloads\"' HUP; while :; do sleep 0.1; done",
+                "<reload signal=\"HUP\"/>",
+            ),
+        )],
+    );
+    let root = initd.path("root");
+    std::fs::create_dir_all(root.join("var/lib/nodows")).unwrap();
+    let journal = root.join("var/lib/nodows/render-journal.json");
+    // Boot render: fine. Later: the first call leaves a journal and dies by
+    // SIGKILL, the second (initd's retry) reports a reload of `one`.
+    let renderer = write_renderer(
+        &initd,
+        &format!(
+            "case \"$(cat \"$TEST_DIR/mode\" 2>/dev/null)\" in
+  hang) exec sleep 1000 ;;
+  kill) echo retry > \"$TEST_DIR/mode\"; echo '{{}}' > {journal}; kill -9 $$ ;;
+  retry) echo '{{\"written\":[\"/etc/one\"],\"services\":[{{\"name\":\"one\",\"action\":\"reload\"}}]}}' ;;
+  *) echo '{{\"written\":[],\"services\":[]}}' ;;
+esac",
+            journal = journal.display()
+        ),
+    );
+    initd.launch(&[
+        "--render-command",
+        &renderer,
+        "--root",
+        root.to_str().unwrap(),
+        "--render-timeout",
+        "1",
+    ]);
+    initd.wait_for_state("one", "running");
+
+    std::fs::write(initd.path("mode"), "hang").unwrap();
+    let output = initd.try_ctl(&["render"]);
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("hung for 1 s and was killed"), "{error}");
+    assert!(error.contains("configuration unchanged"), "{error}");
+    assert!(!journal.exists());
+
+    std::fs::write(initd.path("mode"), "kill").unwrap();
+    let output = initd.try_ctl(&["render"]);
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("renderer failed (signal KILL)"), "{error}");
+    assert!(error.contains("rendering again to finish it"), "{error}");
+    // The retry reloads `one` and removes the journal.
+    initd.wait_until("one reloaded", || initd.path("one-reloads").exists());
+    let started = std::time::Instant::now();
+    while journal.exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let args = std::fs::read_to_string(initd.path("render-args")).unwrap();
+    assert!(
+        args.lines().all(|line| line.contains("--keep-journal")),
+        "{args}"
+    );
+    assert_eq!(initd.state("one"), "running");
+}
+
+/// `initctl status` says which model initd renders from and, when the fleet
+/// watcher runs, whether it reaches the database and which revision runs
+/// (issue 12: "a boot without the database uses last-good and says so").
+#[test]
+fn status_names_the_model_and_the_fleet_watchers_state() {
+    let mut initd = Initd::prepare(
+        "render-status",
+        &[("one", shell_service("one", "exec sleep 1000", ""))],
+    );
+    initd.launch(&["--model", "/var/lib/nodows/model.xml"]);
+    initd.wait_for_state("one", "running");
+    let reply = initd.ctl(&["status"]);
+    assert!(
+        reply.contains("model /var/lib/nodows/model.xml\n"),
+        "{reply}"
+    );
+    assert!(!reply.contains("fleet"), "{reply}");
+    std::fs::write(
+        initd.path("state/model-status.json"),
+        r#"{"source":"postgres://nodows_web01@db:5432/fleet","server":"web01","connected":false,"running":{"revision":41,"sha256":"ab"},"seen_revision":41,"result":"unreachable","error":"connection refused\nmore"}"#,
+    )
+    .unwrap();
+    let reply = initd.ctl(&["status"]);
+    assert!(
+        reply.contains("fleet postgres://nodows_web01@db:5432/fleet server web01: database unreachable; running last-good revision 41; last unreachable: connection refused\n"),
+        "{reply}"
+    );
+}

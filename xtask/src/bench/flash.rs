@@ -17,10 +17,12 @@ use crate::image::outputs::Format;
 
 const MIB: f64 = (1 << 20) as f64;
 
-/// One flash: wall seconds and bytes written.
+/// One flash: wall seconds and bytes written; for nodows also the
+/// seconds to written and fsynced, before its read-back check.
 struct Run {
     seconds: f64,
     bytes: u64,
+    write_seconds: f64,
 }
 
 pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
@@ -44,14 +46,29 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     let raw_allocated = (std::fs::metadata(&raw)?.blocks() * 512) as f64 / MIB;
     for format in Format::ALL {
         for file in format.files("debian-dev") {
-            let size = std::fs::metadata(image_dir.join(&file))?.len() as f64 / MIB;
+            let metadata = std::fs::metadata(image_dir.join(&file))?;
+            let (size, allocated) = (metadata.len() as f64, (metadata.blocks() * 512) as f64);
+            let (unit, scale) = if size < MIB {
+                (Unit::KiB, 1024.0)
+            } else {
+                (Unit::MiB, MIB)
+            };
             suite.row(
-                format!("{file} ({format}), file size"),
-                Unit::MiB,
-                Some(Stat::one(size)),
+                format!("{file} ({format}): file size"),
+                unit,
+                Some(Stat::one(size / scale)),
                 "the raw disk's allocated size",
-                Some(Stat::one(raw_allocated)),
+                Some(Stat::one(raw_allocated * MIB / scale)),
             );
+            if allocated < size * 0.9 {
+                suite.row(
+                    format!("{file} ({format}): allocated (sparse)"),
+                    Unit::MiB,
+                    Some(Stat::one(allocated / MIB)),
+                    "the raw disk's allocated size",
+                    Some(Stat::one(raw_allocated)),
+                );
+            }
         }
     }
 
@@ -78,6 +95,7 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         file_runs[0].push(Run {
             seconds: started.elapsed().as_secs_f64(),
             bytes: stats.bytes_written,
+            write_seconds: stats.write_time.as_secs_f64(),
         });
         fresh_file();
         file_runs[1].push(timed(image_size, || {
@@ -99,7 +117,7 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         })?);
     }
     fresh_file();
-    rows(suite, "file", &file_runs);
+    rows(suite, "file", image_size, &file_runs);
 
     // Onto a loop device over a fresh backing file, where losetup works.
     let backing = dir.join("loop-backing");
@@ -134,6 +152,7 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
                         .map(|stats| Run {
                             seconds: started.elapsed().as_secs_f64(),
                             bytes: stats.bytes_written,
+                            write_seconds: stats.write_time.as_secs_f64(),
                         })
                 }
                 1 => timed(image_size, || {
@@ -159,12 +178,12 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&backing);
     if loop_available {
-        rows(suite, "loop device", &loop_runs);
+        rows(suite, "loop device", image_size, &loop_runs);
     } else {
         suite.note("Not available: the loop device rows (`losetup --find` failed: not root, or no loop devices).");
     }
     suite.note(format!(
-        "The dev image, built here with every format: {:.0} MiB apparent, {raw_allocated:.0} MiB allocated, {:.0} MiB in its bmap's mapped ranges. Wall time of each tool from no target file (or a fresh loop device over a new sparse file) to data on disk: nodows writes the bmap's ranges in 4 MiB writes, fsyncs, and reads every range back to check its sha256; bmaptool copy writes the same ranges and checks the image's ranges as it reads them; dd writes the whole disk, zeros included. MiB/s is the image's size over the wall time, so the three compare as time to a flashed medium; median of {runs} runs each, alternating.",
+        "The dev image, built here with every format: {:.0} MiB apparent, {raw_allocated:.0} MiB allocated, {:.0} MiB in its bmap's mapped ranges. Wall time of each tool from no target file (or a fresh loop device over a new sparse file) to data on disk: nodows (`cargo xtask flash`'s code, in process) writes the bmap's ranges in 4 MiB writes, fsyncs, drops the target's cache and reads every range back to check its sha256; bmaptool copy writes the same ranges and checks the image's ranges as it reads them; dd writes the whole disk, zeros included. MiB/s is the image's size (1024 MiB) over the wall time, so the three compare as time to a flashed medium; median of {runs} runs each, alternating.",
         image_size as f64 / MIB,
         bmap.mapped_bytes() as f64 / MIB,
     ));
@@ -175,43 +194,56 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
 fn timed(bytes: u64, body: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Run> {
     let started = Instant::now();
     body()?;
+    let seconds = started.elapsed().as_secs_f64();
     Ok(Run {
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
         bytes,
+        write_seconds: seconds,
     })
 }
 
 /// The rows of one kind of target: nodows against dd and against bmaptool.
-fn rows(suite: &mut Suite, target: &str, runs: &[Vec<Run>; 3]) {
-    let seconds = |index: usize| Stat::new(runs[index].iter().map(|run| run.seconds).collect());
-    let written = |index: usize| {
-        Stat::new(
-            runs[index]
-                .iter()
-                .map(|run| run.bytes as f64 / MIB)
-                .collect(),
-        )
-    };
+fn rows(suite: &mut Suite, target: &str, image_size: u64, runs: &[Vec<Run>; 3]) {
     if runs[0].is_empty() {
         return;
     }
+    let of = |index: usize, figure: &dyn Fn(&Run) -> f64| {
+        Stat::new(runs[index].iter().map(figure).collect())
+    };
+    let speed = |run: &Run| image_size as f64 / MIB / run.seconds;
+    let seconds = |run: &Run| run.seconds;
+    let written = |run: &Run| run.bytes as f64 / MIB;
     for (index, peer) in [
         (1, "dd bs=4M conv=fsync"),
         (2, "bmaptool copy (bmap-tools 3.6)"),
     ] {
         suite.row(
+            format!("flash onto a {target}: MiB/s (the image's size over the wall time)"),
+            Unit::MiBPerSecond,
+            of(0, &speed),
+            peer,
+            of(index, &speed),
+        );
+        suite.row(
             format!("flash onto a {target}: wall time"),
             Unit::Seconds,
-            seconds(0),
+            of(0, &seconds),
             peer,
-            seconds(index),
+            of(index, &seconds),
         );
         suite.row(
             format!("flash onto a {target}: MiB written"),
             Unit::MiB,
-            written(0),
+            of(0, &written),
             peer,
-            written(index),
+            of(index, &written),
         );
     }
+    suite.row(
+        format!("flash onto a {target}: written and fsynced, before nodows' read-back check"),
+        Unit::Seconds,
+        of(0, &|run: &Run| run.write_seconds),
+        "bmaptool copy (bmap-tools 3.6), no read-back",
+        of(2, &seconds),
+    );
 }

@@ -67,7 +67,9 @@ pub enum Unit {
     Milliseconds,
     KiB,
     MiB,
+    MiBPerSecond,
     Count,
+    Percent,
 }
 
 impl Unit {
@@ -77,14 +79,17 @@ impl Unit {
             Unit::Milliseconds => "ms",
             Unit::KiB => "KiB",
             Unit::MiB => "MiB",
+            Unit::MiBPerSecond => "MiB/s",
             Unit::Count => "",
+            Unit::Percent => "%",
         }
     }
 
     fn format(self, value: f64) -> String {
         let number = match self {
             Unit::Count => format!("{value:.0}"),
-            Unit::Seconds | Unit::MiB => format!("{value:.2}"),
+            Unit::Seconds | Unit::MiB | Unit::Percent => format!("{value:.2}"),
+            Unit::MiBPerSecond => format!("{value:.0}"),
             Unit::Milliseconds => {
                 if value < 10.0 {
                     format!("{value:.2}")
@@ -227,6 +232,8 @@ pub fn suite_from_json(value: &Value) -> Option<Suite> {
             "ms" => Unit::Milliseconds,
             "KiB" => Unit::KiB,
             "MiB" => Unit::MiB,
+            "%" => Unit::Percent,
+            "MiB/s" => Unit::MiBPerSecond,
             _ => Unit::Count,
         };
         suite.row(

@@ -31,6 +31,29 @@ pub struct Layout {
     pub root_start_mib: u64,
     pub root_size_mib: u64,
     pub disk_size_mib: u64,
+    /// `<disk layout="ab">`: root is slot a; slot b and the data partition follow.
+    pub ab: Option<AbPartitions>,
+}
+
+pub struct AbPartitions {
+    pub root_b_guid: String,
+    pub root_b_start_mib: u64,
+    pub data_guid: String,
+    pub data_fs_uuid: String,
+    pub data_start_mib: u64,
+    pub data_size_mib: u64,
+}
+
+/// The size of the root partition, or of each root slot of an A/B disk
+/// (one MiB before the ESP, one at the end for the backup GPT).
+pub fn slot_size_mib(plan: &Plan) -> u64 {
+    let rest = plan
+        .disk_size_mib
+        .saturating_sub(2 + plan.esp_size_mib + plan.ab_data_mib.unwrap_or(0));
+    match plan.ab_data_mib {
+        Some(_) => rest / 2,
+        None => rest,
+    }
 }
 
 pub(super) fn derived_uuid(input_hash: &str, purpose: &str) -> String {
@@ -56,6 +79,15 @@ impl Layout {
         let volume = Sha256::digest(format!("{input_hash} esp-volume-id").as_bytes());
         let esp_start_mib = 1;
         let root_start_mib = esp_start_mib + plan.esp_size_mib;
+        let root_size_mib = slot_size_mib(plan);
+        let ab = plan.ab_data_mib.map(|data_size_mib| AbPartitions {
+            root_b_guid: derived_uuid(input_hash, "root-b"),
+            root_b_start_mib: root_start_mib + root_size_mib,
+            data_guid: derived_uuid(input_hash, "data"),
+            data_fs_uuid: derived_uuid(input_hash, "data-fs").to_lowercase(),
+            data_start_mib: root_start_mib + 2 * root_size_mib,
+            data_size_mib,
+        });
         Layout {
             disk_guid: derived_uuid(input_hash, "disk"),
             esp_guid: derived_uuid(input_hash, "esp"),
@@ -69,16 +101,21 @@ impl Layout {
             esp_start_mib,
             esp_size_mib: plan.esp_size_mib,
             root_start_mib,
-            // One MiB at the end for the backup GPT.
-            root_size_mib: plan.disk_size_mib - root_start_mib - 1,
+            root_size_mib,
             disk_size_mib: plan.disk_size_mib,
+            ab,
         }
     }
 
     /// The kernel command line (root by PARTUUID, so any disk bus works).
     pub fn cmdline(&self, plan: &Plan) -> String {
+        let slot = if self.ab.is_some() {
+            " nodows.slot=a"
+        } else {
+            ""
+        };
         format!(
-            "root=PARTUUID={} {}",
+            "root=PARTUUID={} {}{slot}",
             self.root_guid.to_lowercase(),
             plan.cmdline
         )
@@ -101,6 +138,9 @@ pub fn build<'scope>(
     out: &Path,
     name: &str,
     source_date_epoch: u64,
+    update: Option<&super::ab::UpdateSettings>,
+    secure_boot: Option<&super::secureboot::SigningKeys>,
+    input_hash: &str,
 ) -> anyhow::Result<std::thread::ScopedJoinHandle<'scope, anyhow::Result<String>>> {
     let sh = Shell::new()?;
     let epoch = source_date_epoch.to_string();
@@ -113,19 +153,19 @@ pub fn build<'scope>(
     )?;
     let work = scratch.path().to_path_buf();
 
-    // The kernel, initrd and command line beside the image, for direct boots.
-    let cmdline = layout.cmdline(plan);
-    std::fs::copy(&assembled.vmlinuz, out.join(format!("{name}.vmlinuz")))?;
-    std::fs::copy(&assembled.initrd, out.join(format!("{name}.initrd")))?;
-    std::fs::write(out.join(format!("{name}.cmdline")), format!("{cmdline}\n"))?;
-
     // The ext4 root. The image file is new, so every block mke2fs does not
     // write reads as zero: the journal needs no zeroing (lazy_journal_init;
     // zeroing it would write 16 MiB of zeros on a tmpfs, copied into the raw
     // as data). The inode tables stay lazy as before, pinned rather than
     // taken from the host kernel's /sys/fs/ext4/features so that hosts agree.
     let root_image = work.join("root.ext4");
-    let root_blocks = (layout.root_size_mib * MIB / 4096).to_string();
+    // A verified root leaves room for its hash tree at the partition's end.
+    let partition_blocks = layout.root_size_mib * MIB / 4096;
+    let data_blocks = match secure_boot {
+        Some(_) => super::secureboot::data_blocks_for(partition_blocks),
+        None => partition_blocks,
+    };
+    let root_blocks = data_blocks.to_string();
     let (uuid, seed, staging_dir) = (&layout.root_fs_uuid, &layout.root_hash_seed, staging.path());
     ui.run(
         cmd!(
@@ -136,6 +176,39 @@ pub fn build<'scope>(
         .env("SOURCE_DATE_EPOCH", &epoch),
     )?;
     clamp_ext4_ctimes(ui, &root_image, &epoch)?;
+    let verity = match secure_boot {
+        Some(_) => Some(super::secureboot::format_verity(
+            ui,
+            &root_image,
+            data_blocks,
+            input_hash,
+        )?),
+        None => None,
+    };
+
+    // The kernel, initrd and command line beside the image, for direct boots.
+    let mut cmdline = layout.cmdline(plan);
+    if let Some(verity) = &verity {
+        cmdline.push(' ');
+        cmdline.push_str(&verity.cmdline_word());
+        ui.note(&format!(
+            "    dm-verity: {} data blocks, {} hash blocks ({:.2} % of the root), root hash {}",
+            verity.data_blocks,
+            verity.hash_blocks,
+            verity.hash_blocks as f64 * 100.0 / verity.data_blocks as f64,
+            verity.root_hash
+        ));
+        std::fs::write(
+            out.join(format!("{name}.verity")),
+            format!(
+                "data_blocks={}\nhash_blocks={}\nroot_hash={}\nsalt={}\n",
+                verity.data_blocks, verity.hash_blocks, verity.root_hash, verity.salt
+            ),
+        )?;
+    }
+    std::fs::copy(&assembled.vmlinuz, out.join(format!("{name}.vmlinuz")))?;
+    std::fs::copy(&assembled.initrd, out.join(format!("{name}.initrd")))?;
+    std::fs::write(out.join(format!("{name}.cmdline")), format!("{cmdline}\n"))?;
 
     // The ESP: systemd-boot, its loader entry, the kernel and initrd.
     let esp_image = work.join("esp.fat");
@@ -150,39 +223,83 @@ pub fn build<'scope>(
     )?;
     let files = work.join("esp");
     std::fs::create_dir_all(files.join("EFI/BOOT"))?;
-    std::fs::create_dir_all(files.join("loader/entries"))?;
-    std::fs::copy(
-        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-        files.join("EFI/BOOT/BOOTX64.EFI"),
-    )?;
-    std::fs::write(files.join("loader/loader.conf"), loader_conf(plan))?;
-    std::fs::write(
-        files.join("loader/entries/nodows.conf"),
-        format!(
-            "title nodows {name}\nversion {}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n",
-            assembled.kernel_version
-        ),
-    )?;
-    std::fs::copy(&assembled.vmlinuz, files.join("vmlinuz"))?;
-    std::fs::copy(&assembled.initrd, files.join("initrd.img"))?;
+    let boot_loader = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    match secure_boot {
+        Some(keys) => super::secureboot::sign(
+            ui,
+            keys,
+            Path::new(boot_loader),
+            &files.join("EFI/BOOT/BOOTX64.EFI"),
+        )?,
+        None => drop(std::fs::copy(
+            boot_loader,
+            files.join("EFI/BOOT/BOOTX64.EFI"),
+        )?),
+    }
+    let mut esp_tops = vec![files.join("EFI")];
+    match (update, secure_boot) {
+        (None, Some(keys)) => {
+            // One signed unified kernel image, found by systemd-boot itself;
+            // no loose kernel or entry whose command line could be edited.
+            let uki = files.join(super::secureboot::UKI_PATH);
+            std::fs::create_dir_all(uki.parent().context("EFI/Linux")?)?;
+            super::secureboot::unified_kernel_image(
+                ui,
+                keys,
+                &staging.path().join("usr/lib/os-release"),
+                &cmdline,
+                &assembled.vmlinuz,
+                &assembled.initrd,
+                &work,
+                &uki,
+            )?;
+            std::fs::copy(&uki, out.join(format!("{name}.efi")))?;
+            std::fs::create_dir_all(files.join("loader"))?;
+            std::fs::write(
+                files.join("loader/loader.conf"),
+                loader_conf(plan, "nodows.efi"),
+            )?;
+            esp_tops.push(files.join("loader"));
+        }
+        (Some(settings), _) => esp_tops.extend(super::ab::esp_files(
+            &files,
+            layout,
+            plan,
+            &settings.release.version,
+            &assembled.vmlinuz,
+            &assembled.initrd,
+        )?),
+        (None, None) => {
+            std::fs::create_dir_all(files.join("loader/entries"))?;
+            std::fs::write(
+                files.join("loader/loader.conf"),
+                loader_conf(plan, "nodows.conf"),
+            )?;
+            std::fs::write(
+                files.join("loader/entries/nodows.conf"),
+                format!(
+                    "title nodows {name}\nversion {}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n",
+                    assembled.kernel_version
+                ),
+            )?;
+            std::fs::copy(&assembled.vmlinuz, files.join("vmlinuz"))?;
+            std::fs::copy(&assembled.initrd, files.join("initrd.img"))?;
+            esp_tops.extend([
+                files.join("loader"),
+                files.join("vmlinuz"),
+                files.join("initrd.img"),
+            ]);
+        }
+    }
     let mut entries: Vec<PathBuf> = Vec::new();
     collect(&files, &mut entries)?;
     for path in entries.iter().chain(std::iter::once(&files)) {
         super::assemble::clamp_time(path, source_date_epoch)?;
     }
-    let (efi, loader, vmlinuz, initrd) = (
-        files.join("EFI"),
-        files.join("loader"),
-        files.join("vmlinuz"),
-        files.join("initrd.img"),
-    );
     ui.run(
-        cmd!(
-            sh,
-            "mcopy -i {esp_image} -s -m -Q {efi} {loader} {vmlinuz} {initrd} ::/"
-        )
-        .env("SOURCE_DATE_EPOCH", &epoch)
-        .env("MTOOLS_SKIP_CHECK", "1"),
+        cmd!(sh, "mcopy -i {esp_image} -s -m -Q {esp_tops...} ::/")
+            .env("SOURCE_DATE_EPOCH", &epoch)
+            .env("MTOOLS_SKIP_CHECK", "1"),
     )?;
 
     // The GPT, then the partitions copied in at their offsets (sparse).
@@ -190,10 +307,10 @@ pub fn build<'scope>(
     let file = std::fs::File::create(&raw)?;
     file.set_len(layout.disk_size_mib * MIB)?;
     drop(file);
-    let script = format!(
+    let mut script = format!(
         "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\
          start={}, size={}, type={ESP_TYPE}, uuid={}, name=\"esp\"\n\
-         start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"root\"\n",
+         start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"{}\"\n",
         layout.disk_guid,
         layout.esp_start_mib * 2048,
         layout.esp_size_mib * 2048,
@@ -201,24 +318,68 @@ pub fn build<'scope>(
         layout.root_start_mib * 2048,
         layout.root_size_mib * 2048,
         layout.root_guid,
+        if layout.ab.is_some() {
+            "root-a"
+        } else {
+            "root"
+        },
     );
-    ui.log(&script);
-    ui.run_with_input(
-        cmd!(sh, "sfdisk --quiet --no-reread --no-tell-kernel {raw}"),
-        &script,
-    )?;
-    let parts = [
+    let mut parts = vec![
         (
             esp_image,
             layout.esp_start_mib * MIB,
             layout.esp_size_mib * MIB,
         ),
         (
-            root_image,
+            root_image.clone(),
             layout.root_start_mib * MIB,
             layout.root_size_mib * MIB,
         ),
     ];
+    if let Some(ab) = &layout.ab {
+        // Slot b stays empty (zeros) until the first update; the data
+        // partition gets an empty ext4 labelled `data`.
+        script.push_str(&format!(
+            "start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"root-b\"\n\
+             start={}, size={}, type={}, uuid={}, name=\"data\"\n",
+            ab.root_b_start_mib * 2048,
+            layout.root_size_mib * 2048,
+            ab.root_b_guid,
+            ab.data_start_mib * 2048,
+            ab.data_size_mib * 2048,
+            super::ab::DATA_TYPE,
+            ab.data_guid,
+        ));
+        let data_image = work.join("data.ext4");
+        let data_blocks = (ab.data_size_mib * MIB / 4096).to_string();
+        let data_uuid = &ab.data_fs_uuid;
+        ui.run(
+            cmd!(
+                sh,
+                "mkfs.ext4 -q -F -b 4096 -L data -U {data_uuid} -E hash_seed={data_uuid},root_owner=0:0,nodiscard,lazy_itable_init=1,lazy_journal_init=1 {data_image} {data_blocks}"
+            )
+            .env("E2FSPROGS_FAKE_TIME", &epoch)
+            .env("SOURCE_DATE_EPOCH", &epoch),
+        )?;
+        parts.push((data_image, ab.data_start_mib * MIB, ab.data_size_mib * MIB));
+    }
+    if let Some(settings) = update {
+        super::ab::write_artifact(
+            settings,
+            plan,
+            &assembled.kernel_version,
+            &assembled.vmlinuz,
+            &assembled.initrd,
+            &root_image,
+            &out.join(format!("{name}.update")),
+            &work,
+        )?;
+    }
+    ui.log(&script);
+    ui.run_with_input(
+        cmd!(sh, "sfdisk --quiet --no-reread --no-tell-kernel {raw}"),
+        &script,
+    )?;
     for (image, _, size) in &parts {
         let length = std::fs::metadata(image)?.len();
         if length > *size {
@@ -258,9 +419,9 @@ pub fn build<'scope>(
 
 /// systemd-boot's `loader/loader.conf`: no menu, and no command-line
 /// editor unless root already has a console shell (`Plan::boot_menu_editor`).
-pub(super) fn loader_conf(plan: &Plan) -> String {
+pub(super) fn loader_conf(plan: &Plan, default: &str) -> String {
     let editor = if plan.boot_menu_editor() { "yes" } else { "no" };
-    format!("default nodows.conf\ntimeout 0\nconsole-mode keep\neditor {editor}\n")
+    format!("default {default}\ntimeout 0\nconsole-mode keep\neditor {editor}\n")
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {

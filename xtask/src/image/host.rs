@@ -23,6 +23,15 @@ const TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("apt-cache", "apt"),
     ("tar", "tar"),
+    ("veritysetup", "cryptsetup-bin"),
+    ("sbsign", "sbsigntool"),
+    ("sbverify", "sbsigntool"),
+    ("objcopy", "binutils"),
+    ("openssl", "openssl"),
+    (
+        "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        "systemd-boot-efi",
+    ),
     (
         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
         "systemd-boot-efi",

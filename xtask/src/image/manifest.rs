@@ -149,8 +149,8 @@ pub struct Output {
 
 /// Every output format of the plan, manifest.json, sbom.spdx.json and
 /// SHA256SUMS. The raw disk is final when this runs and is being hashed
-/// (`raw_sum`, see `disk::build`); the formats are written one after
-/// another, each hashed on a thread of its own as soon as it exists.
+/// (`raw_sum`, see `disk::build`); every format is written and then hashed
+/// on a thread of its own (they only read the raw disk).
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     ui: &Ui,
@@ -166,32 +166,34 @@ pub fn write(
 ) -> anyhow::Result<()> {
     let raw_file = Format::Raw.file_name(name);
     let sums = std::thread::scope(|scope| -> anyhow::Result<BTreeMap<String, String>> {
-        let mut hashing = Vec::new();
-        let written = (|| -> anyhow::Result<()> {
-            for format in &plan.outputs {
-                ui.log(&format!("writing the {format} output"));
-                format.write(ui, out, name)?;
-                for file in format
-                    .files(name)
-                    .into_iter()
-                    .filter(|file| *file != raw_file)
-                {
-                    let path = out.join(&file);
-                    hashing.push((file, scope.spawn(move || sha256_file(&path))));
-                }
-            }
-            Ok(())
-        })();
-        // Always join the hashing threads before returning an error.
+        let writers: Vec<_> = plan
+            .outputs
+            .iter()
+            .map(|format| {
+                let (ui, raw_file) = (ui.background(), &raw_file);
+                scope.spawn(move || -> anyhow::Result<Vec<(String, String)>> {
+                    ui.log(&format!("writing the {format} output"));
+                    format.write(&ui, out, name)?;
+                    let files = format.files(name).into_iter();
+                    files
+                        .filter(|file| file != raw_file)
+                        .map(|file| Ok((file.clone(), sha256_file(&out.join(&file))?)))
+                        .collect()
+                })
+            })
+            .collect();
+        // Every thread is joined before an error is returned.
         let mut sums = BTreeMap::new();
-        sums.insert(raw_file.clone(), raw_sum.join().expect("hashing thread"));
-        for (file, handle) in hashing {
-            sums.insert(file, handle.join().expect("hashing thread"));
+        let raw_sum = raw_sum.join().expect("hashing thread");
+        let written: Vec<_> = writers
+            .into_iter()
+            .map(|writer| writer.join().expect("output thread"))
+            .collect();
+        sums.insert(raw_file.clone(), raw_sum?);
+        for files in written {
+            sums.extend(files?);
         }
-        written?;
-        sums.into_iter()
-            .map(|(file, sum)| Ok((file, sum?)))
-            .collect()
+        Ok(sums)
     })?;
     let mut outputs = Vec::new();
     for format in &plan.outputs {
@@ -253,7 +255,7 @@ fn write_documents(
     binaries: &[super::sbom::Binary],
     outputs: &[Output],
 ) -> anyhow::Result<()> {
-    let manifest = json!({
+    let mut manifest = json!({
         "image": plan.image,
         "profile": plan.profile,
         "mode": plan.mode,
@@ -288,6 +290,14 @@ fn write_documents(
             entry
         }).collect::<Vec<_>>(),
     });
+    if let Some(ab) = &layout.ab {
+        manifest["disk"]["ab"] = json!({
+            "root_b_partuuid": ab.root_b_guid,
+            "data_partuuid": ab.data_guid,
+            "data_fs_uuid": ab.data_fs_uuid,
+            "slot_size_mib": layout.root_size_mib,
+        });
+    }
     std::fs::write(
         out.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)? + "\n",

@@ -48,12 +48,19 @@ pub struct Plan {
     pub hostname: String,
     pub disk_size_mib: u64,
     pub esp_size_mib: u64,
+    /// `<disk layout="ab" data="SIZE">`: two root slots and a data
+    /// partition of this many MiB (see `update`); `None`: one root.
+    pub ab_data_mib: Option<u64>,
     pub kernel_package: String,
     pub initrd_modules: Vec<String>,
     /// `Some` prunes /usr/lib/modules/VERSION/kernel to these trees.
     pub keep_modules: Option<Vec<String>>,
     /// The kernel command line without `root=`.
     pub cmdline: String,
+    /// `<verified-boot/>` in the profile (not on A/B images yet): the root
+    /// is read-only under dm-verity, the configuration lives in RAM, and the
+    /// ESP holds a signed unified kernel image.
+    pub verified_boot: bool,
     /// Packages of the shared base (every profile's services included, so
     /// that all profiles of an image share one cached base).
     pub base_packages: BTreeSet<String>,
@@ -219,11 +226,24 @@ fn load_service(source: &Path, name: &str, at: &str) -> Result<ServicePlan, BadI
 }
 
 /// Resolves the plan of `image` x `profile` from the files under `source`.
+#[cfg(test)]
 pub fn resolve(
     source: &Path,
     image: &str,
     profile: &str,
     sources: Vec<String>,
+) -> Result<Plan, BadInput> {
+    resolve_with(source, image, profile, sources, true)
+}
+
+/// `resolve`; with `verified_boot_allowed` false a `<verified-boot/>`
+/// profile is built without it (`--without-verified-boot`, for comparisons).
+pub fn resolve_with(
+    source: &Path,
+    image: &str,
+    profile: &str,
+    sources: Vec<String>,
+    verified_boot_allowed: bool,
 ) -> Result<Plan, BadInput> {
     let image_document = load_named(source, "image", image)?;
     let profile_document = load_named(source, "profile", profile)?;
@@ -274,6 +294,7 @@ pub fn resolve(
     let hostname = required_text("hostname", &mut problems);
 
     let (mut disk_size_mib, mut esp_size_mib) = (0, 0);
+    let mut ab_data_mib = None;
     match root.children_named("disk").next() {
         Some(disk) => {
             match disk.attribute("size").and_then(parse_size_mib) {
@@ -291,9 +312,31 @@ pub fn resolve(
                     image_document.at(disk)
                 )),
             }
-            if disk_size_mib != 0 && disk_size_mib < esp_size_mib + 64 {
+            match (
+                disk.attribute("layout"),
+                disk.attribute("data").map(parse_size_mib),
+            ) {
+                (None | Some("single"), None) => {}
+                (Some("ab"), Some(Some(size))) if size >= 8 => ab_data_mib = Some(size),
+                (Some("ab"), None) => ab_data_mib = Some(64),
+                (Some("ab"), _) => problems.push(format!(
+                    "{}: <disk data=\"...\"> must be a size of at least 8MiB",
+                    image_document.at(disk)
+                )),
+                (None | Some("single"), Some(_)) => problems.push(format!(
+                    "{}: <disk data=\"...\"> needs layout=\"ab\"",
+                    image_document.at(disk)
+                )),
+                (Some(other), _) => problems.push(format!(
+                    "{}: <disk layout=\"{other}\"> must be `single` or `ab`",
+                    image_document.at(disk)
+                )),
+            }
+            let slots = if ab_data_mib.is_some() { 2 } else { 1 };
+            let needed = esp_size_mib + ab_data_mib.unwrap_or(0) + 64 * slots;
+            if disk_size_mib != 0 && disk_size_mib < needed {
                 problems.push(format!(
-                    "{}: the disk must be at least 64MiB larger than the ESP",
+                    "{}: the disk must be at least {needed}MiB: the ESP, the data partition and 64MiB per root slot",
                     image_document.at(disk)
                 ));
             }
@@ -483,6 +526,12 @@ pub fn resolve(
         },
         None => RootLogin::Locked,
     };
+    // <verified-boot/>: dm-verity root, configuration in RAM, signed UKI.
+    let verified_boot = match profile_root.children_named("verified-boot").next() {
+        None => false,
+        Some(_) if ab_data_mib.is_some() || !verified_boot_allowed => false,
+        Some(_) => true,
+    };
     for element in profile_root.children_named("cmdline") {
         if !element.text().is_empty() {
             cmdline.push(' ');
@@ -548,6 +597,19 @@ pub fn resolve(
         }
     }
     problems.into_result()?;
+    let mut cmdline: Vec<&str> = cmdline.split_whitespace().collect();
+    if verified_boot {
+        // The initrd maps the root read-only through its hash tree.
+        cmdline.retain(|word| *word != "rw");
+        cmdline.push("ro");
+        // sha256_ssse3: the SSSE3/AVX2/SHA-NI sha256 the hash tree is
+        // checked with (dm-verity otherwise gets sha256-generic).
+        for module in ["sha256_ssse3", "dm_verity", "overlay"] {
+            if !initrd_modules.iter().any(|name| name == module) {
+                initrd_modules.push(module.to_owned());
+            }
+        }
+    }
     Ok(Plan {
         source: source.to_path_buf(),
         image: image.to_owned(),
@@ -559,10 +621,12 @@ pub fn resolve(
         hostname,
         disk_size_mib,
         esp_size_mib,
+        ab_data_mib,
         kernel_package,
         initrd_modules,
         keep_modules,
-        cmdline: cmdline.split_whitespace().collect::<Vec<_>>().join(" "),
+        cmdline: cmdline.join(" "),
+        verified_boot,
         base_packages,
         services,
         overlays,
@@ -607,11 +671,25 @@ impl Plan {
             let _ = writeln!(out, "  {line}");
         }
         let _ = writeln!(out, "hostname: {}", self.hostname);
-        let _ = writeln!(
-            out,
-            "disk: {} MiB (esp {} MiB, ext4 root the rest)",
-            self.disk_size_mib, self.esp_size_mib
-        );
+        match self.ab_data_mib {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "disk: {} MiB (esp {} MiB, ext4 root the rest)",
+                    self.disk_size_mib, self.esp_size_mib
+                );
+            }
+            Some(data) => {
+                let _ = writeln!(
+                    out,
+                    "disk: {} MiB, A/B (esp {} MiB, ext4 root slots a and b of {} MiB each, data {} MiB)",
+                    self.disk_size_mib,
+                    self.esp_size_mib,
+                    super::disk::slot_size_mib(self),
+                    data
+                );
+            }
+        }
         let _ = writeln!(out, "kernel: {}", self.kernel_package);
         let _ = writeln!(out, "initrd modules: {}", self.initrd_modules.join(" "));
         match &self.keep_modules {
@@ -624,8 +702,24 @@ impl Plan {
         }
         let _ = writeln!(
             out,
-            "kernel cmdline: root=PARTUUID=<root partition> {}",
-            self.cmdline
+            "kernel cmdline: root=PARTUUID=<root partition> {}{}",
+            self.cmdline,
+            if self.verified_boot {
+                " nodows.verity=<data blocks>:<root hash>:<salt>"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "verified boot: {}",
+            if self.verified_boot {
+                "dm-verity root (read-only; /etc, /var, /root on overlays in RAM), signed unified kernel image"
+            } else if self.ab_data_mib.is_some() {
+                "no (not built for A/B images yet: the root slots stay read-write)"
+            } else {
+                "no (ext4 root read-write)"
+            }
         );
         let _ = writeln!(
             out,

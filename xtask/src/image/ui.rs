@@ -131,15 +131,21 @@ impl Ui {
     /// `--verbose`, else the last line is shown on a spinner. On failure
     /// the error carries the output's tail.
     pub fn run(&self, command: xshell::Cmd<'_>) -> anyhow::Result<()> {
-        self.run_command(Command::from(command), None)
+        self.run_command(Command::from(command), None).map(drop)
     }
 
     /// Like `run`, with `input` on the tool's stdin.
     pub fn run_with_input(&self, command: xshell::Cmd<'_>, input: &str) -> anyhow::Result<()> {
         self.run_command(Command::from(command), Some(input.to_owned()))
+            .map(drop)
     }
 
-    fn run_command(&self, mut command: Command, input: Option<String>) -> anyhow::Result<()> {
+    /// Like `run`; returns the last 25 lines of the tool's output.
+    pub fn run_output(&self, command: xshell::Cmd<'_>) -> anyhow::Result<String> {
+        self.run_command(Command::from(command), None)
+    }
+
+    fn run_command(&self, mut command: Command, input: Option<String>) -> anyhow::Result<String> {
         check_interrupted()?;
         let display = format!("{command:?}");
         self.log(&format!("$ {display}"));
@@ -213,14 +219,14 @@ impl Ui {
         let status = status.with_context(|| format!("cannot wait for {display}"))?;
         self.log(&format!("    ({:.2}s)", started.elapsed().as_secs_f64()));
         check_interrupted()?;
+        let tail = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
         if !status.success() {
-            let tail = tail
-                .lock()
-                .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
-                .unwrap_or_default();
             bail!("{display} failed ({status}); its last output:\n{tail}");
         }
-        Ok(())
+        Ok(tail)
     }
 
     /// Removes temporary entries (`.NAME.tmp-PID`) left in DIR by builds

@@ -2,11 +2,13 @@
 //!
 //! Boots are few (TCG is slow): the checks that share a boot are steps that
 //! share one machine, in the order of the issue's list.
-//!   boot 1, test profile: ready, services, web page, render, respawn, mode, poweroff
+//!   boot 1, test profile: ready, services, web page, render, a commit in
+//!     the host's PostgreSQL through nodows watch, respawn, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
-//!   boot 3, dev from its vmdk output; boot 4, failover from the copy `cargo xtask flash
-//!   --to-file` wrote; boot 5, production (no agent: console lines)
+//!   boot 3, dev from its vmdk output; boot 4, failover alone, from the copy `cargo xtask
+//!   flash --to-file` wrote; boot 5, production (no agent: console lines)
 //!   boot 6, test profile through OVMF (`--uefi`)
+//!   boot 7, the failover pair (two machines on a private link, `failover.rs`)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 
+pub mod failover;
+
 use super::Runner;
 use crate::boot::BuiltImage;
-use crate::qemu::{self, Accel, Disk, ServiceStatus, Vm};
+use crate::qemu::{self, Accel, Disk, Link, ServiceStatus, Vm};
 
 const IMAGE: &str = "debian";
-const PROFILES: [&str; 4] = ["dev", "test", "production", "failover"];
+const PROFILES: [&str; 5] = ["dev", "test", "production", "failover", failover::PROFILE];
 /// From QEMU start to `nodows: ready`, generous for TCG on a busy machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// OVMF under TCG adds firmware and boot loader time.
@@ -115,20 +119,64 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         "e2e 3 test: a live model value outside its type is refused, nothing changes",
         || check_bad_value_refused(booted(&mut test_vm)?),
     );
+    runner.step(
+        "e2e 3 test: a commit in PostgreSQL reaches the appliance through nodows watch (fleet)",
+        || check_fleet_push(booted(&mut test_vm)?, &context.work_root),
+    );
     runner.step("e2e 4 test: a killed service is respawned", || {
         check_respawn(booted(&mut test_vm)?, "web")
     });
     runner.step(
-        "e2e 5 test: initctl mode failover stops and starts the right services",
+        "e2e 5 test: a mode the model cannot render is refused, the node stays in its mode",
+        || {
+            let vm = booted(&mut test_vm)?;
+            let before = running_pids(vm)?;
+            let output = vm.fail("initctl mode nosuchmode")?;
+            ensure!(
+                output.contains("mode nosuchmode refused, still in mode test"),
+                "initctl mode nosuchmode said: {output}"
+            );
+            ensure!(
+                vm.succeed("initctl mode")?.trim() == "test",
+                "the mode changed after a refused switch"
+            );
+            let after = running_pids(vm)?;
+            if before != after {
+                return Err(vm.failure(&format!(
+                    "a refused mode switch changed services: before {before:?}, after {after:?}"
+                )));
+            }
+            Ok(())
+        },
+    );
+    runner.step(
+        "e2e 5 test: initctl mode backup stops web and starts standby; keepalived, with no VRRP link here, says so and never takes the address",
         || {
             let vm = booted(&mut test_vm)?;
             let mark = vm.console_mark();
-            vm.succeed("initctl mode failover")?;
-            vm.wait_for_console_text_since(mark, "nodows: mode failover", SERVICE_TIMEOUT)?;
-            check_mode_services(vm, "failover")?;
+            vm.succeed("initctl mode backup")?;
+            vm.wait_for_console_text_since(mark, "nodows: mode backup", SERVICE_TIMEOUT)?;
+            vm.wait_for_service("standby", SERVICE_TIMEOUT)?;
+            let web = vm
+                .service_status()?
+                .into_iter()
+                .find(|status| status.name == "web")
+                .context("initd does not know web")?;
+            ensure!(web.state == "stopped", "web is {} in mode backup", web.state);
             // standby now answers on port 80 instead of web.
             let server = guest_server(vm)?;
-            check_web_page(vm, "failover", server.as_deref())
+            check_web_page(vm, "backup", server.as_deref())?;
+            vm.wait_until_succeeds(
+                "grep -q 'no interface' /var/log/nodows/keepalived.log",
+                SERVICE_TIMEOUT,
+            )?;
+            let vip = failover::model_vip()?;
+            vm.succeed(&format!("! ip -o address | grep -q ' {vip}/'"))?;
+            ensure!(
+                vm.succeed("initctl mode")?.trim() == "backup",
+                "the node left mode backup"
+            );
+            Ok(())
         },
     );
     let mut overlay: Option<PathBuf> = None;
@@ -215,7 +263,7 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
-        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), boots to ready, the mode's services are running",
+        "e2e 1 failover: flashed to a file (cargo xtask flash --to-file), a lone node boots in backup mode, becomes MASTER and switches to failover",
         || {
             // The copy `cargo xtask flash` writes is what boots.
             let image = image("failover")?;
@@ -229,11 +277,28 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                 raw: flashed,
                 ..image
             };
-            let mut vm = context.start(&image, "failover", "")?;
+            let mut config = image.config("failover", false, "", &context.work_root);
+            config.accel = context.accel;
+            config.forward_tcp = vec![22, 80];
+            // A link with no peer at its other end.
+            config.links = vec![Link::pair("link0", 0)?.0];
+            let mut vm = Vm::start(&config)?;
             vm.wait_for_ready(READY_TIMEOUT)?;
+            vm.wait_for_console_text("nodows: vrrp web MASTER", SERVICE_TIMEOUT)?;
+            // The ready line of the new mode comes after the switch.
+            vm.wait_for_console_text(
+                qemu::Pattern::regex(r"^nodows: ready mode=failover( |$)"),
+                SERVICE_TIMEOUT,
+            )?;
             check_console_services(&mut vm, &image, "failover")?;
             check_web_page(&mut vm, "failover", None)
         },
+    );
+    failover::run(
+        runner,
+        image(failover::PROFILE),
+        &context.work_root,
+        context.accel,
     );
 
     let mut production_vm: Option<Vm> = None;
@@ -348,7 +413,7 @@ fn check_expected_states(
     }
 }
 
-fn check_mode_services(vm: &mut Vm, mode: &str) -> anyhow::Result<()> {
+pub(super) fn check_mode_services(vm: &mut Vm, mode: &str) -> anyhow::Result<()> {
     let definitions = definitions()?;
     // Services may still be settling right after a mode switch.
     let deadline = Instant::now() + SERVICE_TIMEOUT;
@@ -759,13 +824,13 @@ fn other_server(_image: &BuiltImage) -> anyhow::Result<String> {
 }
 
 /// The page on port 80 shows the model's title, server and mode (the
-/// standby page and message in failover mode).
-fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> anyhow::Result<()> {
+/// standby page and message in backup mode).
+pub(super) fn check_web_page(vm: &mut Vm, mode: &str, server: Option<&str>) -> anyhow::Result<()> {
     let model = model_text()?;
     let port = vm.host_port(80);
     vm.wait_for_open_port(port, SERVICE_TIMEOUT)?;
     let (status, body) = vm.http_get(port, "/")?;
-    let (service, key) = if mode == "failover" {
+    let (service, key) = if mode == "backup" {
         ("standby", "message")
     } else {
         ("web", "title")
@@ -844,10 +909,295 @@ fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The host's PostgreSQL for the fleet step: the renderer's example
+/// `fleet_host` (a real PostgreSQL 15, the schema, the demo model and one
+/// appliance role), driven over its stdin; stopped on drop.
+struct FleetDatabase {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    port: u16,
+    role: String,
+    password: String,
+    database: String,
+}
+
+impl FleetDatabase {
+    fn start(server: &str, dir: &Path) -> anyhow::Result<FleetDatabase> {
+        super::run_command(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())).args([
+                "build",
+                "--quiet",
+                "--release",
+                "--package",
+                "render",
+                "--example",
+                "fleet_host",
+            ]),
+        )?;
+        let program = qemu::target_dir()?.join("release/examples/fleet_host");
+        let mut child = Command::new(&program)
+            .arg(server)
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let input = Some(child.stdin.take().context("no stdin")?);
+        let output = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
+        let mut database = FleetDatabase {
+            child,
+            input,
+            output,
+            port: 0,
+            role: String::new(),
+            password: String::new(),
+            database: String::new(),
+        };
+        loop {
+            let line = database.read_line()?;
+            match line.split_once(' ') {
+                Some(("port", port)) => database.port = port.parse()?,
+                Some(("role", role)) => database.role = role.to_string(),
+                Some(("password", password)) => database.password = password.to_string(),
+                Some(("database", name)) => database.database = name.to_string(),
+                _ if line == "ready" => return Ok(database),
+                _ => anyhow::bail!("fleet_host: unexpected line {line:?}"),
+            }
+        }
+    }
+
+    fn read_line(&mut self) -> anyhow::Result<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.output.read_line(&mut line)? == 0 {
+            anyhow::bail!("fleet_host ended (its PostgreSQL did not start?)");
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    fn ask(&mut self, command: &str) -> anyhow::Result<String> {
+        use std::io::Write;
+        let input = self
+            .input
+            .as_mut()
+            .context("fleet_host's input is closed")?;
+        writeln!(input, "{command}")?;
+        input.flush()?;
+        self.read_line()
+    }
+
+    /// Runs SQL as the superuser; the revision afterwards.
+    fn sql(&mut self, statement: &str) -> anyhow::Result<i64> {
+        let answer = self.ask(&format!("sql {statement}"))?;
+        match answer.strip_prefix("ok ") {
+            Some(revision) => Ok(revision.parse()?),
+            None => anyhow::bail!("{statement}: {answer}"),
+        }
+    }
+
+    /// Waits until the appliance's status row says `applied` for
+    /// `revision` or later.
+    fn wait_applied(&mut self, revision: i64, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_status(revision, "applied", timeout)
+    }
+
+    /// Waits until the appliance's status row says `result` for `revision`
+    /// or later.
+    fn wait_status(
+        &mut self,
+        revision: i64,
+        result: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self.ask("status")?;
+            let words: Vec<&str> = answer.split_whitespace().collect();
+            if let ["status", seen, seen_result] = words.as_slice() {
+                if seen.parse::<i64>().unwrap_or(0) >= revision && *seen_result == result {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("no status row `{result}` for revision {revision}: {answer}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for FleetDatabase {
+    fn drop(&mut self) {
+        // End of input stops the server; kill it only if it does not end.
+        drop(self.input.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The fleet on a booted appliance: `nodows watch` in the guest against
+/// the host's PostgreSQL (QEMU's user-network gateway 10.0.2.2 is the
+/// host's 127.0.0.1) applies the model, and an UPDATE of the guest's
+/// server's title reaches its web page; afterwards the guest goes back to
+/// its baked model.
+fn check_fleet_push(vm: &mut Vm, work_root: &Path) -> anyhow::Result<()> {
+    // The watcher needs a server id (its role is that server's); a guest
+    // that renders without one takes web01's role, and the change goes to
+    // the profile's title, which is what its page shows.
+    let guest = guest_server(vm)?;
+    let server = guest.clone().unwrap_or_else(|| "web01".to_string());
+    let change = match &guest {
+        Some(server) => format!("server = '{server}'"),
+        None => "profile = 'test'".to_string(),
+    };
+    let mut database = FleetDatabase::start(&server, &work_root.join("fleet-db"))?;
+    let (port, role, name) = (
+        database.port,
+        database.role.clone(),
+        database.database.clone(),
+    );
+    // The password reaches the guest through the agent (not the console)
+    // into a file only root can read.
+    vm.succeed(&format!(
+        "umask 077 && printf '%s\\n' '10.0.2.2:{port}:{name}:{role}:{}' > /run/nodows-fleet.pgpass",
+        database.password
+    ))?;
+    let url = format!("postgres://{role}@10.0.2.2:{port}/{name}?passfile=/run/nodows-fleet.pgpass");
+    vm.succeed(&format!(
+        "setsid /usr/bin/nodows watch --model '{url}' --server {server} --profile test --services /etc/nodows/services --last-good /var/lib/nodows/model.xml --command '/sbin/initctl render' --poll 60s --max-backoff 2s > /var/log/nodows/fleet-watch.log 2>&1 < /dev/null & echo $! > /run/nodows-fleet-watch.pid"
+    ))?;
+    let result = (|| -> anyhow::Result<()> {
+        let first = database.sql("SELECT 1")?;
+        database
+            .wait_applied(first, SERVICE_TIMEOUT)
+            .map_err(|e| vm.failure(&format!("{e:#}")))?;
+        let title = "nodows from PostgreSQL";
+        let started = Instant::now();
+        let revision = database.sql(&format!(
+            "UPDATE nodows.value SET value = '{title}' WHERE {change} AND service = 'web' AND key = 'title'"
+        ))?;
+        let deadline = Instant::now() + SERVICE_TIMEOUT;
+        loop {
+            let (status, body) = vm.http_get(vm.host_port(80), "/")?;
+            if status == 200 && body.contains(title) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
+                return Err(vm.failure(&format!(
+                    "the page did not show the title from PostgreSQL:
+{body}
+watch log:
+{log}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "    commit in PostgreSQL to the page on the appliance: {} ms",
+            started.elapsed().as_millis()
+        );
+        database.wait_applied(revision, SERVICE_TIMEOUT)?;
+        let status = vm.succeed("initctl status")?;
+        ensure!(
+            status.contains(&format!(
+                "fleet postgres://{role}@10.0.2.2:{port}/{name} server {server}: connected; running last-good revision {revision}"
+            )),
+            "initctl status does not show the fleet watcher's state:\n{status}"
+        );
+
+        // A model that fails validation (net's required address deleted)
+        // is refused whole: the page and the last-good model stay, the
+        // refusal is in the status row and in initctl status.
+        let last_good = vm.succeed("cat /var/lib/nodows/model.xml")?;
+        let refused = database.sql(
+            "DELETE FROM nodows.value WHERE server IS NULL AND profile IS NULL AND service = 'net' AND key = 'address'",
+        )?;
+        database.wait_status(refused, "refused", SERVICE_TIMEOUT)?;
+        ensure!(
+            vm.succeed("cat /var/lib/nodows/model.xml")? == last_good,
+            "the refused model replaced the last-good one"
+        );
+        wait_for_page(vm, title)?;
+        let status = vm.succeed("initctl status")?;
+        ensure!(
+            status.contains("; last refused: "),
+            "initctl status does not show the refusal:\n{status}"
+        );
+        let restored = database.sql(
+            "INSERT INTO nodows.value (service, key, value) VALUES ('net', 'address', '10.0.2.15/24')",
+        )?;
+        database.wait_applied(restored, SERVICE_TIMEOUT)?;
+
+        // A change made while the appliance cannot reach the database
+        // arrives after it reconnects (the poll is 60 s: the reconnect
+        // brings it).
+        database.sql(&format!(
+            "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        ))?;
+        let away = "nodows changed while away";
+        let changed = database.sql(&format!(
+            "UPDATE nodows.value SET value = '{away}' WHERE {change} AND service = 'web' AND key = 'title'"
+        ))?;
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, body) = vm.http_get(vm.host_port(80), "/")?;
+        ensure!(
+            !body.contains(away),
+            "the page changed while the appliance could not log in"
+        );
+        let status = vm.succeed("initctl status")?;
+        ensure!(
+            status.contains("database unreachable; running last-good revision"),
+            "initctl status does not say the database is unreachable:\n{status}"
+        );
+        database.sql(&format!("ALTER ROLE {role} LOGIN"))?;
+        wait_for_page(vm, away)?;
+        database.wait_applied(changed, SERVICE_TIMEOUT)?;
+
+        let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
+        ensure!(
+            !log.contains(&database.password),
+            "the watcher's log holds the password:\n{log}"
+        );
+        Ok(())
+    })();
+    // Back to the baked model for the next steps, whatever happened.
+    let _ = vm.succeed(
+        "kill $(cat /run/nodows-fleet-watch.pid); rm -f /var/lib/nodows/model.xml /run/nodows/model-status.json /run/nodows-fleet.pgpass; initctl render",
+    );
+    result
+}
+
+/// Waits until the page on port 80 shows `text`.
+fn wait_for_page(vm: &mut Vm, text: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SERVICE_TIMEOUT;
+    loop {
+        let (status, body) = vm.http_get(vm.host_port(80), "/")?;
+        if status == 200 && body.contains(text) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
+            return Err(vm.failure(&format!(
+                "the page did not show {text:?}:\n{body}\nwatch log:\n{log}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Changes the web service's values in the guest's model and runs
 /// `initctl render`: web reloads (nginx's master keeps its pid, its workers
 /// are new), every other service keeps its pid, the page changes.
-fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
+pub(super) fn check_render_reload(vm: &mut Vm) -> anyhow::Result<()> {
     let model = model_text()?;
     let server = guest_server(vm)?;
     let title =

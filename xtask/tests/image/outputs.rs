@@ -90,6 +90,11 @@ fn every_output_format_the_sbom_and_flash() {
             &["compare", "-f", "raw", "-F", qemu_format, raw_str, path],
         );
     }
+    let qcow2_info = ok("qemu-img", &["info", file("qcow2").to_str().unwrap()]);
+    assert!(
+        qcow2_info.contains("compression type: zstd"),
+        "{qcow2_info}"
+    );
     let vmdk_info = ok("qemu-img", &["info", file("vmdk").to_str().unwrap()]);
     assert!(vmdk_info.contains("streamOptimized"), "{vmdk_info}");
     // A fixed VHD is the disk and a 512-byte footer (cookie `conectix`).
@@ -150,7 +155,25 @@ fn every_output_format_the_sbom_and_flash() {
         ok("cmp", &[raw_str, decompressed.to_str().unwrap()]);
     }
 
-    // bmaptool reads our bmap and reproduces the raw disk.
+    // bmaptool maps the same blocks, reads our bmap and reproduces the raw disk.
+    let theirs = ok("bmaptool", &["create", raw_str]);
+    let ours = std::fs::read_to_string(file("bmap")).unwrap();
+    let mapped = |bmap: &str| {
+        bmap.lines()
+            .find(|line| line.trim_start().starts_with("<MappedBlocksCount>"))
+            .map(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+    };
+    assert_eq!(
+        mapped(&ours),
+        mapped(&theirs),
+        "bmaptool create maps other blocks"
+    );
+
     let copy = scratch.path("bmaptool-copy");
     ok(
         "bmaptool",
@@ -484,7 +507,8 @@ fn a_tree_without_git_history_takes_the_newest_source_file_time() {
         "sh",
         &[
             "-c",
-            // images/out (built images, when the checkout has them) is not source.
+            // Not images/out (outputs and logs of this checkout's builds,
+            // copied along with images/): the builder leaves it out too.
             "find \"$1\" -path \"$1/images/out\" -prune -o -type f -printf '%T@\\n' | sort -n | tail -1",
             "sh",
             scratch.source(),
@@ -617,4 +641,37 @@ fn the_first_command_installs_a_missing_musl_target() {
     );
     assert!(rustlib.join(MUSL).join("lib").is_dir());
     assert!(out.join("debian-dev/debian-dev.raw").is_file());
+}
+
+/// An output format nobody knows is bad input naming the file and line
+/// (in the image definition) or the option (on the command line).
+#[test]
+fn an_unknown_output_format_is_bad_input() {
+    let scratch = Scratch::new("unknown-format");
+    scratch.edit(
+        "images/debian.xml",
+        "<format>qcow2</format>",
+        "<format>iso</format>",
+    );
+    let output = super::xtask(&["--profile", "dev", "--plan", "--source", scratch.source()]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("debian.xml:") && message.contains("unknown output format `iso`"),
+        "{message}"
+    );
+    let output = super::xtask(&["--profile", "dev", "--plan", "--format", "raw,iso"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("unknown output format `iso`"),
+        "{}",
+        stderr(&output)
+    );
+    let output = super::xtask(&["--profile", "dev", "--plan", "--format", "vmdk"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        plan.contains("outputs: raw vmdk (and a bmap beside the raw disk)"),
+        "{plan}"
+    );
 }

@@ -231,3 +231,87 @@ fn every_template_has_a_golden_case() {
         "templates without a golden case: {missing:?}"
     );
 }
+
+/// Guards the promise of `nodows model import/export`: every golden case
+/// renders byte-identical files from its model as XML, as SQLite and in
+/// PostgreSQL (a real server started by this test binary), and exports of
+/// the PostgreSQL model back to XML read as the same model.
+#[test]
+fn xml_sqlite_and_postgres_models_render_byte_identical_files() {
+    let cluster = pgtest::Cluster::shared(env!("CARGO_TARGET_TMPDIR"));
+    let data = repo().join("test_data/render");
+    let mut failures = Vec::new();
+    let cases = cases(&data);
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let work = TempDir::new("sources");
+        let args = arguments(&case);
+        let model_index = args.iter().position(|a| a == "--model").unwrap() + 1;
+        let xml = args[model_index].clone();
+        let sqlite = format!("sqlite:{}", work.path().join("model.db").display());
+        let database = cluster.database(case.file_name().unwrap().to_str().unwrap());
+        let postgres = cluster.superuser_url(&database);
+        for command in [
+            vec!["model", "migrate", "--model", &postgres],
+            vec!["model", "import", "--model", &postgres, "--from", &xml],
+            vec!["model", "export", "--model", &postgres, "--to", &sqlite],
+        ] {
+            let output = crate::support::nodows().args(&command).output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}: nodows {}: {}",
+                case.display(),
+                command[..2].join(" "),
+                stderr(&output)
+            );
+            assert!(!String::from_utf8_lossy(&output.stdout).contains(&cluster.superuser_password));
+        }
+        let mut trees = Vec::new();
+        for model in [&xml, &sqlite, &postgres] {
+            let root = TempDir::new("source-root");
+            let mut run_args = args.clone();
+            run_args[model_index] = model.clone();
+            run_args.extend([
+                "--root".to_string(),
+                root.path().to_string_lossy().into_owned(),
+            ]);
+            let run_args: Vec<&str> = run_args.iter().map(String::as_str).collect();
+            let output = render(&run_args);
+            assert!(
+                output.status.success(),
+                "{}: --model {model}: {}",
+                case.display(),
+                stderr(&output)
+            );
+            trees.push(tree(root.path()));
+        }
+        assert!(!trees[0].is_empty(), "{}: nothing rendered", case.display());
+        for (name, other) in [("sqlite", &trees[1]), ("postgres", &trees[2])] {
+            if *other != trees[0] {
+                failures.push(format!(
+                    "{}: the {name} model renders other files than the XML model",
+                    case.display()
+                ));
+            }
+        }
+        // Back out to XML: the same model, text for text.
+        let exported = work.path().join("exported.xml");
+        let output = crate::support::nodows()
+            .args(["model", "export", "--model", &postgres, "--to"])
+            .arg(&exported)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        let original = model::Model::load(&xml).unwrap().to_model_xml();
+        let round_trip = model::Model::load(exported.to_str().unwrap())
+            .unwrap()
+            .to_model_xml();
+        if original != round_trip {
+            failures.push(format!(
+                "{}: the XML exported from PostgreSQL differs:\n{round_trip}",
+                case.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

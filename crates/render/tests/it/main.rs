@@ -2,6 +2,8 @@
 //! They run the real `nodows` binary and real libxslt on temporary roots.
 
 mod cli;
+mod crash;
+mod fleet;
 mod golden;
 mod keys;
 mod properties;

@@ -14,8 +14,6 @@
     <xsl:text>#!/bin/sh
 # rendered by nodows from the model (service </xsl:text>
     <xsl:value-of select="$service"/>
-    <xsl:text>, mode </xsl:text>
-    <xsl:value-of select="$mode"/>
     <xsl:text>); do not edit
 set -e
 interface=</xsl:text>

@@ -11,8 +11,6 @@
   <xsl:template match="/">
     <xsl:text># rendered by nodows from the model (service </xsl:text>
     <xsl:value-of select="$service"/>
-    <xsl:text>, mode </xsl:text>
-    <xsl:value-of select="$mode"/>
     <xsl:text>); do not edit
 </xsl:text>
     <xsl:for-each select="$self/key">

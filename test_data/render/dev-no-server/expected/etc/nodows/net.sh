@@ -1,5 +1,5 @@
 #!/bin/sh
-# rendered by nodows from the model (service net, mode dev); do not edit
+# rendered by nodows from the model (service net); do not edit
 set -e
 interface='eth0'
 address='10.0.2.15/24'
