@@ -1,7 +1,7 @@
 //! initd's protocols, typed: the control requests (`Request`, one line of
 //! words on the socket, parsed here for both initd and initctl), and the
 //! JSON initd reads and writes through serde: the renderer's change set
-//! (ARCHITECTURE.md, `nodows render --json`) and `initctl status --json`.
+//! (docs/interfaces.md, "The change set") and `initctl status --json`.
 
 use serde::{Deserialize, Serialize};
 

@@ -53,7 +53,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// The defaults of ARCHITECTURE.md (PID 1 in an image).
+    /// The defaults of docs/interfaces.md (PID 1 in an image).
     pub fn image_defaults() -> Options {
         Options {
             services: PathBuf::from("/etc/nodows/services"),

@@ -1,5 +1,5 @@
 //! `cargo xtask image`: builds a bootable Debian appliance image for one
-//! image x profile (see ARCHITECTURE.md, "Image builder").
+//! image x profile (see docs/image-builder.md).
 //!
 //! Steps: resolve and validate the plan, check host tools, build initd and
 //! the renderer, make or reuse the cached base (mmdebstrap), assemble the

@@ -37,7 +37,7 @@ enum Command {
     Bench(bench::Args),
 }
 
-/// Exit codes (ARCHITECTURE.md): 0 success, 1 failure, 2 bad input or
+/// Exit codes (docs/interfaces.md): 0 success, 1 failure, 2 bad input or
 /// usage, 130 interrupted.
 fn main() -> ExitCode {
     // rustup must never download a whole toolchain behind the user's back;

@@ -8,7 +8,7 @@
 //! a buffer that the waits search. The built image is never written: every
 //! boot gets a fresh qcow2 overlay backed by it. The network is QEMU's
 //! user-mode network with host forwards bound to 127.0.0.1 only. The test
-//! agent (ARCHITECTURE.md, "The test agent") is reached through a
+//! agent (docs/interfaces.md, "The test agent") is reached through a
 //! virtio-serial port named `org.nodows.agent` on a unix socket.
 
 pub mod file_server;

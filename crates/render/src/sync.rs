@@ -45,7 +45,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// What a sync did (or, with `dry_run`, would do). Serialized as the
-/// change-set JSON of ARCHITECTURE.md.
+/// change-set JSON of docs/interfaces.md.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeSet {
     /// Targets written, sorted.

@@ -1,5 +1,5 @@
 //! `cargo xtask image --image freebsd --freebsd-dist DIR`: a FreeBSD
-//! appliance from the FreeBSD distribution sets (see ARCHITECTURE.md,
+//! appliance from the FreeBSD distribution sets (see docs/image-builder.md,
 //! "FreeBSD images").
 //!
 //! Steps: resolve the plan (image, profile, services with their FreeBSD
