@@ -2,7 +2,7 @@
 # nodows test agent (dev and test profiles only).
 # Reads command lines from the virtio serial port org.nodows.agent, runs each
 # with sh -c and writes its output (stdout and stderr) followed by the line
-# @@nodows-agent-exit=N@@. See ARCHITECTURE.md, "The test agent".
+# @@nodows-agent-exit=N@@. See docs/interfaces.md, "The test agent".
 # No udev in the image: find the port through sysfs when the
 # /dev/virtio-ports/ symlink does not exist.
 

@@ -2,7 +2,7 @@
 //!
 //! Steps, fastest first: formatting, clippy, the workspace's unit and
 //! integration tests, the QEMU harness self-test (a busybox fixture), then
-//! (unless `--quick`) the four Debian profile images and the end-to-end
+//! (unless `--quick`) the five Debian profile images and the end-to-end
 //! tests in `test/e2e.rs`, each a real boot. Every step prints its duration;
 //! the last line is `N passed, N failed`.
 
