@@ -230,6 +230,7 @@ pub fn build<'scope>(
             keys,
             Path::new(boot_loader),
             &files.join("EFI/BOOT/BOOTX64.EFI"),
+            source_date_epoch,
         )?,
         None => drop(std::fs::copy(
             boot_loader,
@@ -252,6 +253,7 @@ pub fn build<'scope>(
                 &assembled.initrd,
                 &work,
                 &uki,
+                source_date_epoch,
             )?;
             std::fs::copy(&uki, out.join(format!("{name}.efi")))?;
             std::fs::create_dir_all(files.join("loader"))?;

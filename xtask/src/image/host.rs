@@ -26,6 +26,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("veritysetup", "cryptsetup-bin"),
     ("sbsign", "sbsigntool"),
     ("sbverify", "sbsigntool"),
+    ("faketime", "faketime"),
     ("objcopy", "binutils"),
     ("openssl", "openssl"),
     (

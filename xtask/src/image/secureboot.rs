@@ -211,6 +211,7 @@ pub fn unified_kernel_image(
     initrd: &Path,
     work: &Path,
     output: &Path,
+    source_date_epoch: u64,
 ) -> anyhow::Result<()> {
     let kernel_size = std::fs::metadata(vmlinuz)?.len();
     if kernel_size >= 0x100_0000 {
@@ -231,26 +232,54 @@ pub fn unified_kernel_image(
         sh,
         "objcopy --add-section {osrel} --change-section-vma .osrel=0x20000 --add-section {cmdline_section} --change-section-vma .cmdline=0x30000 --add-section {linux} --change-section-vma .linux=0x2000000 --add-section {initrd_section} --change-section-vma .initrd=0x3000000 {STUB} {unsigned}"
     ))?;
-    sign(ui, keys, &unsigned, output)?;
+    sign(ui, keys, &unsigned, output, source_date_epoch)?;
     std::fs::remove_file(&unsigned)?;
     Ok(())
 }
 
 /// `sbsign` of a PE file; the key's path is on the command line, never its bytes.
-pub fn sign(ui: &mut Ui, keys: &SigningKeys, input: &Path, output: &Path) -> anyhow::Result<()> {
+/// sbsign puts the clock's time into the signature (PKCS#7 signingTime), so
+/// it runs under libfaketime with the clock stopped at SOURCE_DATE_EPOCH: the
+/// signature, and so the image, is the same for the same inputs and key.
+pub fn sign(
+    ui: &mut Ui,
+    keys: &SigningKeys,
+    input: &Path,
+    output: &Path,
+    source_date_epoch: u64,
+) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let (key, cert) = (&keys.key, &keys.cert);
-    ui.run(cmd!(
-        sh,
-        "sbsign --key {key} --cert {cert} --output {output} {input}"
-    ))?;
+    let frozen = faketime_absolute(source_date_epoch);
+    ui.run(
+        cmd!(
+            sh,
+            "faketime -f {frozen} sbsign --key {key} --cert {cert} --output {output} {input}"
+        )
+        .env("TZ", "UTC"),
+    )?;
     ui.run(cmd!(sh, "sbverify --cert {cert} {output}"))?;
     Ok(())
+}
+
+/// libfaketime's absolute time (`YYYY-MM-DD hh:mm:ss`, no `@`: the clock
+/// stands still) of a Unix time, read in TZ=UTC.
+fn faketime_absolute(epoch: u64) -> String {
+    super::manifest::iso8601(epoch)
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_signing_clock_is_source_date_epoch_in_utc() {
+        assert_eq!(faketime_absolute(0), "1970-01-01 00:00:00");
+        assert_eq!(faketime_absolute(1_764_547_200), "2025-12-01 00:00:00");
+    }
 
     #[test]
     fn the_hash_tree_and_the_data_fill_the_partition() {
