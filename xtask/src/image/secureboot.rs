@@ -228,10 +228,16 @@ pub fn unified_kernel_image(
     let cmdline_section = format!(".cmdline={}", cmdline_file.display());
     let linux = format!(".linux={}", vmlinuz.display());
     let initrd_section = format!(".initrd={}", initrd.display());
-    ui.run(cmd!(
-        sh,
-        "objcopy --add-section {osrel} --change-section-vma .osrel=0x20000 --add-section {cmdline_section} --change-section-vma .cmdline=0x30000 --add-section {linux} --change-section-vma .linux=0x2000000 --add-section {initrd_section} --change-section-vma .initrd=0x3000000 {STUB} {unsigned}"
-    ))?;
+    // objcopy stamps the PE header with the clock's time: stopped at
+    // SOURCE_DATE_EPOCH, as for sbsign.
+    let frozen = faketime_absolute(source_date_epoch);
+    ui.run(
+        cmd!(
+            sh,
+            "faketime -f {frozen} objcopy --add-section {osrel} --change-section-vma .osrel=0x20000 --add-section {cmdline_section} --change-section-vma .cmdline=0x30000 --add-section {linux} --change-section-vma .linux=0x2000000 --add-section {initrd_section} --change-section-vma .initrd=0x3000000 {STUB} {unsigned}"
+        )
+        .env("TZ", "UTC"),
+    )?;
     sign(ui, keys, &unsigned, output, source_date_epoch)?;
     std::fs::remove_file(&unsigned)?;
     Ok(())
