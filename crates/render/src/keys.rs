@@ -36,12 +36,15 @@ pub fn rows(
     for definition in definitions {
         let values = effective.services.get(&definition.name);
         for declaration in &definition.keys {
-            let matched: Vec<(String, Option<String>)> = if declaration.name == servicedef::ANY_KEY
+            let matched: Vec<(String, Option<String>)> = if declaration.wildcard_prefix().is_some()
             {
                 values
                     .into_iter()
                     .flatten()
-                    .filter(|(key, _)| !definition.keys.iter().any(|d| &&d.name == key))
+                    .filter(|(key, _)| {
+                        validate::declaration(definition, key)
+                            .is_some_and(|governing| std::ptr::eq(governing, declaration))
+                    })
                     .map(|(key, value)| (key.clone(), Some(value.clone())))
                     .collect()
             } else {

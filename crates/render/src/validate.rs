@@ -12,7 +12,7 @@
 //! [`with_declared_defaults`], so templates see them like any other value.
 
 use model::{Effective, Layer, Model};
-use servicedef::{KeyDeclaration, ServiceDefinition, ANY_KEY};
+use servicedef::{KeyDeclaration, ServiceDefinition};
 use std::collections::BTreeMap;
 
 /// Which layers of the model to check.
@@ -61,7 +61,7 @@ pub fn check(model: &Model, definitions: &[ServiceDefinition], scope: Scope) -> 
 }
 
 /// The declaration that governs `key` of a service: by name, else the
-/// wildcard.
+/// wildcard with the longest prefix of it (`PREFIX.*`, then `*`).
 pub fn declaration<'a>(definition: &'a ServiceDefinition, key: &str) -> Option<&'a KeyDeclaration> {
     definition
         .keys
@@ -71,7 +71,13 @@ pub fn declaration<'a>(definition: &'a ServiceDefinition, key: &str) -> Option<&
             definition
                 .keys
                 .iter()
-                .find(|declaration| declaration.name == ANY_KEY)
+                .filter_map(|declaration| {
+                    let prefix = declaration.wildcard_prefix()?;
+                    let rest = key.strip_prefix(prefix)?;
+                    (!rest.is_empty()).then_some((prefix.len(), declaration))
+                })
+                .max_by_key(|(length, _)| *length)
+                .map(|(_, declaration)| declaration)
                 .filter(|_| servicedef::is_key_name(key))
         })
 }

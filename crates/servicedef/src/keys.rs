@@ -49,6 +49,9 @@ pub enum KeyType {
     Duration,
     /// An absolute path of letters, digits and `. _ - + @ : /`, without `..`.
     Path,
+    /// One OpenSSH public key line: `TYPE BASE64 [COMMENT]`, the blob's
+    /// own type matching TYPE (an `authorized_keys` line without options).
+    SshPublicKey,
     /// `scheme://...` with the characters of RFC 3986 (no space, quote,
     /// backslash or angle bracket).
     Url,
@@ -63,7 +66,8 @@ impl Eq for KeyType {}
 /// One declared key of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyDeclaration {
-    /// The key's name, or `*` for every key not declared by name.
+    /// The key's name; `*` for every key not declared by name, `PREFIX.*`
+    /// for every such key whose name starts with `PREFIX.`.
     pub name: String,
     pub key_type: KeyType,
     /// The value must be set (by the model or `default`) for every server
@@ -99,7 +103,19 @@ pub const TYPE_NAMES: &[&str] = &[
     "duration",
     "path",
     "url",
+    "ssh-public-key",
     "list",
+];
+
+/// The key algorithms `ssh-public-key` accepts (OpenSSH 9's).
+pub const SSH_KEY_ALGORITHMS: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
 ];
 
 impl KeyDeclaration {
@@ -200,6 +216,7 @@ impl KeyType {
             "duration" => KeyType::Duration,
             "path" => KeyType::Path,
             "url" => KeyType::Url,
+            "ssh-public-key" => KeyType::SshPublicKey,
             "list" => {
                 let item = attribute("item").ok_or_else(|| {
                     "type list needs item=\"...\": the type of each item, e.g. ipv4".to_string()
@@ -249,6 +266,7 @@ impl KeyType {
             KeyType::Duration => "duration".to_string(),
             KeyType::Path => "path".to_string(),
             KeyType::Url => "url".to_string(),
+            KeyType::SshPublicKey => "ssh-public-key".to_string(),
             KeyType::List(item) => format!("list of {}", item.describe()),
         }
     }
@@ -282,6 +300,7 @@ impl KeyType {
             }
             KeyType::Path => is_path(value),
             KeyType::Url => is_url(value),
+            KeyType::SshPublicKey => is_ssh_public_key(value),
             KeyType::List(item) => {
                 // Single spaces only: an item never holds a space, so the
                 // list's text is its items joined by spaces.
@@ -335,6 +354,10 @@ impl KeyType {
             KeyType::Path => {
                 "an absolute path of letters, digits and . _ - + @ : / without ..".to_string()
             }
+            KeyType::SshPublicKey => format!(
+                "an OpenSSH public key line like `ssh-ed25519 AAAAC3Nz... user@host` (one of {}; the key as ssh-keygen wrote it into the .pub file)",
+                SSH_KEY_ALGORITHMS.join(", ")
+            ),
             KeyType::Url => {
                 "a URL like https://host/path (no spaces, quotes, backslashes or angle brackets)"
                     .to_string()
@@ -458,12 +481,53 @@ fn is_url(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&()*+,;=%".contains(c))
 }
 
+/// `TYPE BASE64 [COMMENT]`: a known TYPE, BASE64 that decodes to a blob
+/// whose first field (a length-prefixed string) is TYPE again, a comment
+/// without control characters.
+fn is_ssh_public_key(text: &str) -> bool {
+    use base64::Engine as _;
+    let mut fields = text.splitn(3, ' ');
+    let (Some(algorithm), Some(encoded)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let comment = fields.next().unwrap_or("");
+    if !SSH_KEY_ALGORITHMS.contains(&algorithm) || comment.chars().any(char::is_control) {
+        return false;
+    }
+    let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return false;
+    };
+    let Some(length) = blob.get(..4) else {
+        return false;
+    };
+    let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
+    blob.get(4..4 + length) == Some(algorithm.as_bytes()) && blob.len() > 4 + length
+}
+
+impl KeyDeclaration {
+    /// A wildcard's prefix: `""` for `*`, `"PREFIX."` for `PREFIX.*`;
+    /// None for a key declared by name.
+    pub fn wildcard_prefix(&self) -> Option<&str> {
+        wildcard_prefix(&self.name)
+    }
+}
+
+/// See [`KeyDeclaration::wildcard_prefix`].
+pub fn wildcard_prefix(name: &str) -> Option<&str> {
+    if name == ANY_KEY {
+        return Some("");
+    }
+    let prefix = name.strip_suffix('*')?;
+    let stem = prefix.strip_suffix('.')?;
+    is_key_name(stem).then_some(prefix)
+}
+
 /// The declared name closest to `name` (edit distance at most a third of
 /// its length, at least 2), for "did you mean" hints.
 pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(2);
     candidates
-        .filter(|candidate| *candidate != ANY_KEY)
+        .filter(|candidate| wildcard_prefix(candidate).is_none())
         .map(|candidate| (edit_distance(name, candidate), candidate))
         .filter(|(distance, _)| *distance <= limit)
         .min()

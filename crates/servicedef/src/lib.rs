@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use keys::{closest, is_key_name, KeyDeclaration, KeyType, ANY_KEY, TYPE_NAMES};
+pub use keys::{
+    closest, is_key_name, wildcard_prefix, KeyDeclaration, KeyType, ANY_KEY, SSH_KEY_ALGORITHMS,
+    TYPE_NAMES,
+};
 
 /// The seed notes' script types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1496,10 +1499,10 @@ fn key_declaration(
     );
     checker.no_children(element);
     let name = attribute(element, "name")?.to_string();
-    if name != ANY_KEY && !is_key_name(&name) {
+    if wildcard_prefix(&name).is_none() && !is_key_name(&name) {
         checker.problem(
             &element.position,
-            format!("bad key name \"{name}\": use letters, digits and _ . - / (or * for every other key)"),
+            format!("bad key name \"{name}\": use letters, digits and _ . - / (or * for every other key, PREFIX.* for every other key starting with PREFIX.)"),
         );
     }
     if earlier.iter().any(|other| other.name == name) {
@@ -1547,10 +1550,13 @@ fn key_declaration(
                 ),
             );
         }
-        if declaration.name == ANY_KEY {
+        if declaration.wildcard_prefix().is_some() {
             checker.problem(
                 &element.position,
-                "the wildcard key * cannot have a default: declare the key by name".to_string(),
+                format!(
+                    "the wildcard key {} cannot have a default: declare the key by name",
+                    declaration.name
+                ),
             );
         }
     }

@@ -563,6 +563,25 @@ fn key_types_accept_and_refuse() {
             ],
         ),
         (
+            KeyType::SshPublicKey,
+            &[
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO2uAlpRXDz5H2C1cr7MqoibIWkvKigGXV1h/uY2tAM9 op@laptop",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO2uAlpRXDz5H2C1cr7MqoibIWkvKigGXV1h/uY2tAM9",
+                "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBDaXYl7KR6a78bcfegjwmChTM9XprjRiE+ZLZUT6rmnrwoaFhB+f5Hv1sMcUdomx+OSRCzz/2h5h584B/yrjQtk= ",
+            ],
+            &[
+                "",
+                "ssh-ed25519",
+                // The blob says ssh-ed25519, the line says ssh-rsa.
+                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIO2uAlpRXDz5H2C1cr7MqoibIWkvKigGXV1h/uY2tAM9",
+                "ssh-ed25519 AAAA!!notbase64",
+                // authorized_keys options before the key are not a key.
+                "command=\"sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO2uAlpRXDz5H2C1cr7MqoibIWkvKigGXV1h/uY2tAM9",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO2uAlpRXDz5H2C1cr7MqoibIWkvKigGXV1h/uY2tAM9 a\nssh-rsa AAAA",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5",
+            ],
+        ),
+        (
             KeyType::List(Box::new(KeyType::Ipv4)),
             &["10.0.0.1", "10.0.0.1 10.0.0.2"],
             &["", "10.0.0.1  10.0.0.2", "10.0.0.1 x", " 10.0.0.1"],
@@ -671,5 +690,18 @@ fn sd_notify_readiness_parses_and_takes_no_attributes() {
     assert!(
         errors.contains("attribute \"fd\" does not apply to ready kind \"sd-notify\""),
         "{errors}"
+    );
+}
+
+#[test]
+fn a_prefix_wildcard_is_a_wildcard_and_takes_no_default() {
+    assert_eq!(wildcard_prefix("*"), Some(""));
+    assert_eq!(wildcard_prefix("authorized_key.*"), Some("authorized_key."));
+    assert_eq!(wildcard_prefix("authorized_key*"), None);
+    assert_eq!(wildcard_prefix("a b.*"), None);
+    assert_eq!(wildcard_prefix("port"), None);
+    assert_eq!(
+        closest("authorized_key.*", ["authorized_key.*", "port"].into_iter()),
+        None
     );
 }

@@ -120,6 +120,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         || check_bad_value_refused(booted(&mut test_vm)?),
     );
     runner.step(
+        "e2e 3 test: an operator key added to the live model logs in as root over SSH",
+        || check_operator_key_login(booted(&mut test_vm)?),
+    );
+    runner.step(
         "e2e 3 test: a commit in PostgreSQL reaches the appliance through nodows watch (fleet)",
         || check_fleet_push(booted(&mut test_vm)?, &context.work_root),
     );
@@ -907,6 +911,71 @@ fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
     }
     vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
     Ok(())
+}
+
+/// `ssh` from the host to the guest's port 22 as root with `key` only; the
+/// command's output, or ssh's error.
+fn ssh_with_key(vm: &Vm, key: &Path, command: &str) -> anyhow::Result<Result<String, String>> {
+    let output = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=30",
+            "-p",
+            &vm.host_port(22).to_string(),
+            "root@127.0.0.1",
+            command,
+        ])
+        .output()
+        .context("running ssh (install openssh-client)")?;
+    Ok(if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    })
+}
+
+/// Access is by keys from the model: a key pair made on the host now is
+/// refused, then its public key goes into the guest's model
+/// (`authorized_key.e2e` of service ssh) and `initctl render` writes
+/// /etc/ssh/authorized_keys/root; the same ssh logs in as root.
+fn check_operator_key_login(vm: &mut Vm) -> anyhow::Result<()> {
+    let dir = qemu::target_dir()?.join("e2e-operator-key");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("id_ed25519");
+    super::run_command(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e-operator", "-f"])
+            .arg(&key),
+    )?;
+    let public = std::fs::read_to_string(dir.join("id_ed25519.pub"))?;
+    let public = public.trim();
+    vm.wait_for_open_port(vm.host_port(22), SERVICE_TIMEOUT)?;
+    if let Ok(output) = ssh_with_key(vm, &key, "true")? {
+        return Err(vm.failure(&format!(
+            "a key the model does not name logged in: {output}"
+        )));
+    }
+    vm.succeed(&format!(
+        "cp /etc/nodows/model.xml /run/model.good && \
+         sed -i 's|<defaults>|<defaults><service name=\"ssh\"><key name=\"authorized_key.e2e\">{public}</key></service>|' /etc/nodows/model.xml && \
+         initctl render && grep -c e2e-operator /etc/ssh/authorized_keys/root"
+    ))?;
+    let result = ssh_with_key(vm, &key, "cat /etc/nodows/mode");
+    vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
+    match result? {
+        Ok(mode) if mode.trim() == "test" => Ok(()),
+        Ok(other) => Err(vm.failure(&format!("ssh as root ran, but printed {other:?}"))),
+        Err(error) => Err(vm.failure(&format!(
+            "the operator key from the model did not log in: {error}"
+        ))),
+    }
 }
 
 /// The host's PostgreSQL for the fleet step: the renderer's example

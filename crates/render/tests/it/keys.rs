@@ -121,6 +121,26 @@ fn a_newline_in_an_sshd_value_is_refused() {
     );
 }
 
+/// Guards root's authorized_keys: an operator key from the model is one
+/// plain key line, so a value cannot add `command=`/`from=` options, a
+/// second key or an `authorized_key.` name that is not a key; all refused at
+/// once.
+#[test]
+fn an_operator_key_with_options_or_a_second_line_is_refused() {
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO2uAlpRXDz5H2C1cr7MqoibIWkvKigGXV1h/uY2tAM9";
+    assert_refused(
+        &format!(
+            r#"<service name="ssh"><key name="authorized_key.a">command="sh" {key}</key><key name="authorized_key.b">{key} b&#10;{key} c</key><key name="authorized_key.c">yes</key></service>"#
+        ),
+        &[
+            "key `authorized_key.a` of service `ssh`",
+            "key `authorized_key.b` of service `ssh`",
+            "key `authorized_key.c` of service `ssh`",
+            "expected an OpenSSH public key line",
+        ],
+    );
+}
+
 /// Guards the standby nginx config: an empty port rendered
 /// `listen  default_server;` with exit 0.
 #[test]

@@ -105,6 +105,21 @@ fn valid_value(key_type: &KeyType, random: &mut Random) -> String {
             random.word(LETTERS, 1, 4),
             random.word(&format!("{DIGITS}();,*!"), 1, 4)
         ),
+        KeyType::SshPublicKey => {
+            use base64::Engine as _;
+            let algorithm = "ssh-ed25519";
+            let mut blob = (algorithm.len() as u32).to_be_bytes().to_vec();
+            blob.extend_from_slice(algorithm.as_bytes());
+            blob.extend_from_slice(&32u32.to_be_bytes());
+            blob.extend((0..32).map(|_| random.below(256) as u8));
+            format!(
+                "{algorithm} {} {}",
+                base64::engine::general_purpose::STANDARD.encode(blob),
+                random.word(&format!("{LETTERS}{DIGITS}@.-"), 0, 16)
+            )
+            .trim_end()
+            .to_string()
+        }
         KeyType::List(item) => (0..1 + random.below(3))
             .map(|_| valid_value(item, random))
             .collect::<Vec<_>>()

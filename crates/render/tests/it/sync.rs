@@ -57,7 +57,7 @@ fn one_key_changed_rewrites_exactly_one_file_and_reloads_exactly_its_owner() {
         root.path(),
         &["--profile", "production", "--server", "web01"],
     ));
-    assert_eq!(first["written"].as_array().unwrap().len(), 11);
+    assert_eq!(first["written"].as_array().unwrap().len(), 12);
     let before = stamps(root.path());
 
     // Nothing changed: nothing written, nothing to do.
@@ -140,7 +140,7 @@ fn dry_run_reports_but_writes_nothing() {
         &["--profile", "dev", "--dry-run"],
     );
     let change = change_set(&output);
-    assert_eq!(change["written"].as_array().unwrap().len(), 11);
+    assert_eq!(change["written"].as_array().unwrap().len(), 12);
     assert!(tree(root.path()).is_empty());
 }
 
@@ -163,7 +163,7 @@ fn service_option_restricts_the_render_to_those_services() {
     assert_eq!(
         change_set(&output),
         serde_json::json!({
-            "written": ["/etc/ssh/sshd_config", "/etc/sysctl.d/90-nodows.conf"],
+            "written": ["/etc/ssh/authorized_keys/root", "/etc/ssh/sshd_config", "/etc/sysctl.d/90-nodows.conf"],
             "services": [{"name": "ssh", "action": "reload"}, {"name": "sysctl", "action": "restart"}]
         })
     );
@@ -376,7 +376,7 @@ fn xml_and_sqlite_models_render_the_same_files() {
                 &extra,
             ));
             let xml_tree = tree(from_xml.path());
-            assert_eq!(xml_tree.len(), 11);
+            assert_eq!(xml_tree.len(), 12);
             assert_eq!(xml_tree, tree(from_sqlite.path()), "{profile} {server:?}");
         }
     }
