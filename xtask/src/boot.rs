@@ -34,6 +34,11 @@ pub struct Args {
     /// port of 127.0.0.1 to that one; the other machine swaps the two.
     #[arg(long, value_name = "LOCAL_PORT:REMOTE_PORT")]
     pub link: Option<String>,
+    /// Forward a fixed port of the host's 127.0.0.1 to the guest (repeatable;
+    /// guest ports 22 and 80 are always forwarded from free ports):
+    /// `[tcp:|udp:]HOST_PORT:GUEST_PORT`, e.g. `udp:5353:53`.
+    #[arg(long, value_name = "[tcp:|udp:]HOST:GUEST")]
+    pub forward: Vec<String>,
 }
 
 /// `LOCAL:REMOTE` of `--link`; the MAC address derives from the local port.
@@ -171,6 +176,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     config.accel = args.accel;
     config.forward_tcp = vec![22, 80];
+    for text in &args.forward {
+        match qemu::Forward::parse(text) {
+            Ok(forward) => config.forwards.push(forward),
+            Err(problem) => bad_input(&problem),
+        }
+    }
     if let Some(link) = &args.link {
         match parse_link(link) {
             Some(link) => config.links = vec![link],

@@ -6,6 +6,7 @@ mod flash;
 
 mod image;
 mod qemu;
+mod run;
 mod test;
 mod toolchain;
 
@@ -29,6 +30,8 @@ enum Command {
     Image(image::Args),
     /// Boot a built image in QEMU on the serial console.
     Boot(boot::Args),
+    /// Boot a built image, run one command in it (test agent), print its output, exit with its code.
+    Run(run::Args),
     /// Write a built image to a disk or a USB stick (bmap: mapped blocks only, verified).
     Flash(flash::Args),
     /// The one test command: fmt, clippy, unit tests, images and QEMU end-to-end tests.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Image(args) => image::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Run(args) => run::run(args),
         Command::Flash(args) => flash::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),

@@ -161,12 +161,49 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Guest TCP ports forwarded from free host ports on 127.0.0.1.
     pub forward_tcp: Vec<u16>,
+    /// Forwards from fixed host ports on 127.0.0.1 (`cargo xtask boot --forward`).
+    pub forwards: Vec<Forward>,
     /// Adds the virtio-serial port of the test agent.
     pub agent: bool,
     /// Private links to other machines (a second, third... NIC each).
     pub links: Vec<Link>,
     /// Where the work directory is created.
     pub work_root: PathBuf,
+}
+
+/// A forward from a fixed port of the host's 127.0.0.1 to a guest port,
+/// TCP or UDP: `[tcp:|udp:]HOST:GUEST` (QEMU's `hostfwd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub udp: bool,
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl Forward {
+    /// `HOST:GUEST`, `tcp:HOST:GUEST` or `udp:HOST:GUEST`; ports 1-65535.
+    pub fn parse(text: &str) -> Result<Forward, String> {
+        let (udp, ports) = match text.split_once(':') {
+            Some(("udp", rest)) => (true, rest),
+            Some(("tcp", rest)) => (false, rest),
+            _ => (false, text),
+        };
+        let port = |word: &str| word.parse::<u16>().ok().filter(|port| *port > 0);
+        match ports.split_once(':').map(|(host, guest)| (port(host), port(guest))) {
+            Some((Some(host), Some(guest))) => Ok(Forward { udp, host, guest }),
+            _ => Err(format!(
+                "--forward {text}: expected [tcp:|udp:]HOST_PORT:GUEST_PORT, e.g. udp:5353:53 or 8080:80"
+            )),
+        }
+    }
+
+    fn hostfwd(&self) -> String {
+        let protocol = if self.udp { "udp" } else { "tcp" };
+        format!(
+            ",hostfwd={protocol}:127.0.0.1:{}-:{}",
+            self.host, self.guest
+        )
+    }
 }
 
 /// One end of a private Ethernet link between two machines: QEMU's `dgram`
@@ -210,6 +247,7 @@ impl VmConfig {
             memory_mib: 512,
             cpus: 1,
             forward_tcp: Vec::new(),
+            forwards: Vec::new(),
             agent: true,
             links: Vec::new(),
             work_root: work_root.to_path_buf(),
@@ -688,6 +726,9 @@ fn qemu_args(
     for (guest, host) in forwards {
         write!(netdev, ",hostfwd=tcp:127.0.0.1:{host}-:{guest}").expect("writing to a String");
     }
+    for forward in &config.forwards {
+        netdev.push_str(&forward.hostfwd());
+    }
     push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
     // Each link: tunnel <-> hub <-> NIC (eth1, eth2... in the guest).
     for (hub, link) in config.links.iter().enumerate() {
@@ -752,6 +793,10 @@ pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
     )?;
     for (guest, host) in &forwards {
         eprintln!("nodows: guest port {guest} is 127.0.0.1:{host}");
+    }
+    for Forward { udp, host, guest } in &config.forwards {
+        let protocol = if *udp { "udp" } else { "tcp" };
+        eprintln!("nodows: guest {protocol} port {guest} is 127.0.0.1:{host}");
     }
     eprintln!(
         "nodows: booting {} with {} (Ctrl-a x quits)",
@@ -1584,6 +1629,58 @@ mod tests {
                 "-device virtio-net-pci,netdev=link0-nic,mac={}",
                 first.mac
             )),
+            "{args}"
+        );
+    }
+
+    /// `--forward`: TCP by default, UDP on request, always on 127.0.0.1;
+    /// anything else is refused with an example.
+    #[test]
+    fn forwards_parse_and_bind_to_loopback_only() {
+        assert_eq!(
+            Forward::parse("8080:80"),
+            Ok(Forward {
+                udp: false,
+                host: 8080,
+                guest: 80
+            })
+        );
+        assert_eq!(
+            Forward::parse("udp:5353:53"),
+            Ok(Forward {
+                udp: true,
+                host: 5353,
+                guest: 53
+            })
+        );
+        assert!(Forward::parse("tcp:2222:22").is_ok_and(|forward| !forward.udp));
+        for bad in ["80", "sctp:1:2", "udp:0:53", "udp:5353:70000", "a:b", ""] {
+            let problem = Forward::parse(bad).unwrap_err();
+            assert!(problem.contains("e.g. udp:5353:53"), "{bad}: {problem}");
+        }
+        let firmware = Firmware::DirectKernel {
+            kernel: PathBuf::from("/k"),
+            initrd: None,
+            cmdline: "console=ttyS0".to_string(),
+        };
+        let mut config = VmConfig::new("t", firmware, Path::new("/tmp"));
+        config.forwards = vec![
+            Forward::parse("udp:5353:53").unwrap(),
+            Forward::parse("8080:80").unwrap(),
+        ];
+        let args = qemu_args(
+            &config,
+            Accel::Tcg,
+            Path::new("/tmp"),
+            None,
+            &[(22, 40022)],
+            Sockets::default(),
+            false,
+        )
+        .unwrap()
+        .join(" ");
+        assert!(
+            args.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=udp:127.0.0.1:5353-:53,hostfwd=tcp:127.0.0.1:8080-:80 "),
             "{args}"
         );
     }

@@ -90,6 +90,13 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         );
     }
 
+    // `cargo xtask run`, as a script would use it: its own boot of the test
+    // image, one command through the agent, its output and exit code.
+    runner.step(
+        "e2e 0 test: cargo xtask run prints a guest command's output and exits with its code",
+        || check_xtask_run(context.accel),
+    );
+
     // Boot 1: the test profile.
     let mut test_vm: Option<Vm> = None;
     runner.step(
@@ -910,6 +917,36 @@ fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
         )));
     }
     vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
+    Ok(())
+}
+
+/// `cargo xtask run --profile test -- 'cat /etc/nodows/mode; exit 3'`:
+/// stdout is the guest's output, the exit code the command's.
+fn check_xtask_run(accel: Accel) -> anyhow::Result<()> {
+    use clap::ValueEnum as _;
+    let accel = accel
+        .to_possible_value()
+        .context("accelerator name")?
+        .get_name()
+        .to_string();
+    let output = super::cargo_xtask(&[
+        "run",
+        "--profile",
+        "test",
+        "--accel",
+        &accel,
+        "--",
+        "cat /etc/nodows/mode; echo; exit 3",
+    ])
+    .output()
+    .context("running cargo xtask run")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.code() == Some(3) && stdout.trim() == "test",
+        "cargo xtask run: exit {:?}, stdout {stdout:?}, stderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     Ok(())
 }
 
