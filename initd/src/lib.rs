@@ -9,6 +9,7 @@ pub mod group;
 pub mod initrd;
 pub mod kmod;
 pub mod logfile;
+pub mod partition;
 pub mod pid1;
 pub mod protocol;
 pub mod runtime;

@@ -134,8 +134,8 @@ pub fn mount(
 }
 
 /// Mount the API file systems (each only if nothing is mounted there yet),
-/// remount / read-write, set the hostname, bring up lo. Returns messages
-/// for the console.
+/// remount / read-write, mount the data partition of an A/B boot, set the
+/// hostname, bring up lo. Returns lines for the console.
 #[cfg(target_os = "linux")]
 pub fn early_setup(machine: bool) -> Vec<String> {
     let mut messages = Vec::new();
@@ -188,9 +188,8 @@ pub fn early_setup(machine: bool) -> Vec<String> {
     }
     // Inside a container the root file system is the host's: leave it alone.
     // A verified root stays read-only (its writable layers are in RAM).
-    let verified =
-        crate::verity::parse_verity(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
-            .is_some();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let verified = crate::verity::parse_verity(&cmdline).is_some();
     // SAFETY: remount of / with valid strings.
     let remount = if machine && !verified {
         unsafe {
@@ -211,7 +210,13 @@ pub fn early_setup(machine: bool) -> Vec<String> {
             std::io::Error::last_os_error()
         ));
     }
-    for directory in ["/run/nodows", "/var/log/nodows"] {
+    // Before anything writes /var/lib/nodows or /var/log/nodows.
+    let data = (machine && parse_command_line(&cmdline).slot.is_some()).then(|| {
+        mount_data().unwrap_or_else(|(subject, error)| {
+            format!("nodows: data partition {subject}: {error}; state is not persistent this boot")
+        })
+    });
+    for directory in ["/run/nodows", DATA_DIR, LOG_DIR] {
         if let Err(error) = std::fs::create_dir_all(directory) {
             messages.push(format!("create {directory}: {error}"));
         }
@@ -232,7 +237,143 @@ pub fn early_setup(machine: bool) -> Vec<String> {
     if let Err(error) = loopback_up() {
         messages.push(format!("bring up lo: {error}"));
     }
-    messages
+    let mut lines: Vec<String> = data.into_iter().collect();
+    lines.extend(messages.iter().map(|message| format!("initd: {message}")));
+    lines
+}
+
+/// Where the data partition of an A/B image (GPT name `data`, ext4) is
+/// mounted: what must survive an update lives there (the last-good model,
+/// the render journal, `ssh/` with the ssh host key, `log/`). On other
+/// images it is a directory of the root with the same contents.
+pub const DATA_DIR: &str = "/var/lib/nodows";
+/// The services' logs; a bind mount of DATA_DIR/log when the data
+/// partition is mounted.
+pub const LOG_DIR: &str = "/var/log/nodows";
+/// The directories of the data partition, made when it is first used
+/// (it is empty after the build).
+#[cfg(target_os = "linux")]
+const DATA_DIRECTORIES: [(&str, u32); 2] = [("log", 0o755), ("ssh", 0o700)];
+
+#[cfg(target_os = "linux")]
+fn is_mount_point(mounts: &str, path: &str) -> bool {
+    mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(path))
+}
+
+/// Mounts the partition named `data` on DATA_DIR (nosuid, nodev, noexec),
+/// makes its directories on first use and binds its `log/` on LOG_DIR.
+/// Returns the console line, or what failed and why (then nothing of it
+/// stays mounted, and the boot goes on with the root's directories).
+#[cfg(target_os = "linux")]
+fn mount_data() -> Result<String, (String, String)> {
+    let partition = match crate::partition::find("data") {
+        Ok(Some(partition)) => partition,
+        Ok(None) => {
+            return Err((
+                "(GPT name data)".to_string(),
+                "not found in /sys/class/block".to_string(),
+            ))
+        }
+        Err(error) => {
+            return Err((
+                "(GPT name data)".to_string(),
+                format!("/sys/class/block: {error}"),
+            ))
+        }
+    };
+    let device = partition.device.to_string_lossy().into_owned();
+    let fail = |error: String| (device.clone(), error);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if is_mount_point(&mounts, DATA_DIR) {
+        return Ok(format!(
+            "initd: data partition {device}: {DATA_DIR} is mounted already"
+        ));
+    }
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(&device, DATA_DIR, "ext4", flags, "").map_err(fail)?;
+    let data = std::path::Path::new(DATA_DIR);
+    let first_use = !data.join(DATA_DIRECTORIES[0].0).exists();
+    let prepared = DATA_DIRECTORIES.iter().try_for_each(|(name, mode)| {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let path = data.join(name);
+        match std::fs::DirBuilder::new().mode(*mode).create(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(format!("create {}: {error}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    });
+    let log = format!("{DATA_DIR}/log");
+    let bound = prepared.and_then(|()| {
+        mount(&log, LOG_DIR, "", libc::MS_BIND, "")?;
+        // A bind mount takes its own flags only from a remount.
+        mount(
+            "",
+            LOG_DIR,
+            "",
+            libc::MS_REMOUNT | libc::MS_BIND | flags,
+            "",
+        )
+        .inspect_err(|_| unmount(LOG_DIR))
+    });
+    if let Err(error) = bound {
+        unmount(DATA_DIR);
+        return Err(fail(error));
+    }
+    Ok(format!(
+        "initd: data partition {device} on {DATA_DIR}, its log/ on {LOG_DIR}{}",
+        if first_use {
+            " (first use: directories made)"
+        } else {
+            ""
+        }
+    ))
+}
+
+#[cfg(target_os = "linux")]
+fn unmount(path: &str) {
+    if let Ok(path) = CString::new(path) {
+        // SAFETY: umount2 on a NUL-terminated string.
+        unsafe { libc::umount2(path.as_ptr(), 0) };
+    }
+}
+
+/// At shutdown, after every process is gone and initd closed its logs:
+/// unmount the data partition (or, if that fails, make it read-only), so
+/// that it is clean at the next boot.
+#[cfg(target_os = "linux")]
+fn unmount_data(say: &mut impl FnMut(String)) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for path in [LOG_DIR, DATA_DIR] {
+        if !is_mount_point(&mounts, path) {
+            continue;
+        }
+        let Ok(path_c) = CString::new(path) else {
+            continue;
+        };
+        // SAFETY: umount2 and mount on NUL-terminated strings.
+        unsafe {
+            if libc::umount2(path_c.as_ptr(), 0) == 0 {
+                continue;
+            }
+            let error = std::io::Error::last_os_error();
+            let result = libc::mount(
+                std::ptr::null(),
+                path_c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            );
+            if result < 0 {
+                say(format!(
+                    "unmount {path}: {error}; remount read-only: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -372,6 +513,9 @@ pub fn final_kill_and_sync(
     crate::sys::sync();
     #[cfg(target_os = "linux")]
     {
+        if machine {
+            unmount_data(&mut say);
+        }
         let flags = if machine {
             libc::MS_REMOUNT | libc::MS_RDONLY
         } else {
@@ -463,6 +607,19 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn mount_points_are_read_from_the_mount_table() {
+        let mounts = "/dev/vda2 / ext4 rw,relatime 0 0\n\
+                      /dev/vda4 /var/lib/nodows ext4 rw,nosuid,nodev,noexec,relatime 0 0\n\
+                      /dev/vda4 /var/log/nodows ext4 rw,nosuid,nodev,noexec,relatime 0 0\n";
+        assert!(is_mount_point(mounts, DATA_DIR));
+        assert!(is_mount_point(mounts, LOG_DIR));
+        assert!(!is_mount_point(mounts, "/var/lib"));
+        assert!(!is_mount_point(mounts, "/dev/vda4"));
+        assert!(!is_mount_point("", DATA_DIR));
+    }
+
     #[test]
     fn command_line_mode_and_server() {
         let parsed = parse_command_line(
@@ -470,6 +627,10 @@ mod tests {
         );
         assert_eq!(parsed.mode.as_deref(), Some("failover"));
         assert_eq!(parsed.server.as_deref(), Some("web-2"));
+        assert_eq!(parsed.slot, None);
+        let parsed = parse_command_line("root=PARTUUID=x nodows.slot=b nodows.trial-timeout=60");
+        assert_eq!(parsed.slot.as_deref(), Some("b"));
+        assert_eq!(parsed.trial_timeout, Some(60));
         assert_eq!(parse_command_line("quiet"), CommandLine::default());
     }
 }

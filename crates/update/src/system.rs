@@ -13,60 +13,12 @@ use crate::{io_error, Error, Release, Result, Slot};
 
 pub const ESP_MOUNT: &str = "/run/nodows/esp";
 
-#[derive(Clone, Debug)]
-pub struct Partition {
-    pub name: String,
-    pub device: PathBuf,
-    /// The whole disk's device.
-    pub disk: PathBuf,
-    pub number: u32,
-    pub dev: libc::dev_t,
-    pub size: u64,
-}
+pub use initd::partition::Partition;
 
 /// Partitions by GPT name, from /sys/class/block/*/uevent.
 pub fn partitions() -> Result<Vec<Partition>> {
-    let sys = Path::new("/sys/class/block");
-    let mut found = Vec::new();
-    for item in std::fs::read_dir(sys).map_err(io_error(sys.display()))? {
-        let Ok(item) = item else { continue };
-        let Ok(uevent) = std::fs::read_to_string(item.path().join("uevent")) else {
-            continue;
-        };
-        let value = |key: &str| {
-            uevent
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_string)
-        };
-        let (Some(name), Some(devname), Some(number), Some(major), Some(minor)) = (
-            value("PARTNAME"),
-            value("DEVNAME"),
-            value("PARTN").and_then(|n| n.parse().ok()),
-            value("MAJOR").and_then(|n| n.parse().ok()),
-            value("MINOR").and_then(|n| n.parse().ok()),
-        ) else {
-            continue;
-        };
-        let sectors: u64 = std::fs::read_to_string(item.path().join("size"))
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(0);
-        let disk = std::fs::canonicalize(item.path())
-            .ok()
-            .and_then(|path| Some(path.parent()?.file_name()?.to_owned()))
-            .map(|disk| Path::new("/dev").join(disk))
-            .unwrap_or_default();
-        found.push(Partition {
-            name,
-            device: Path::new("/dev").join(devname),
-            disk,
-            number,
-            dev: libc::makedev(major, minor),
-            size: sectors * 512,
-        });
-    }
-    Ok(found)
+    initd::partition::list(Path::new("/sys/class/block"), Path::new("/dev"))
+        .map_err(io_error("/sys/class/block"))
 }
 
 /// The slot named by `nodows.slot=` on the kernel command line.

@@ -249,8 +249,8 @@ fn main() {
         let integrity_console = initd::runtime::Console::new(true);
         initd::pid1::watch_integrity(move |line: &str| integrity_console.line(line));
     }
-    for message in early_messages {
-        console.line(&format!("initd: {message}"));
+    for line in early_messages {
+        console.line(&line);
     }
     let mode = options
         .mode

@@ -8,7 +8,9 @@
 //!   is back on v2 by itself; a second update after the failed one works;
 //!   then power cuts (QEMU killed) at random points during `nodows update`
 //!   and during the first boot of the new slot, each followed by a boot that
-//!   must be consistent.
+//!   must be consistent. What lives on the data partition (a marker in
+//!   /var/lib/nodows and /var/log/nodows, the ssh host key) must be the same
+//!   after every update and every cut.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,6 +55,47 @@ impl Machine {
         config.accel = self.accel;
         Vm::start(&config)
     }
+}
+
+/// What lives on the data partition (mounted on /var/lib/nodows, its
+/// log/ on /var/log/nodows) as a booted machine shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Persistent {
+    marker: String,
+    log_marker: String,
+    /// `ssh-keygen -l` of the ssh host key.
+    host_key: String,
+}
+
+const MARKER: &str = "/var/lib/nodows/e2e-marker";
+const LOG_MARKER: &str = "/var/log/nodows/e2e-marker";
+const HOST_KEY: &str = "/var/lib/nodows/ssh/ssh_host_ed25519_key";
+
+/// Checks that the partition named `data` is mounted on /var/lib/nodows
+/// and /var/log/nodows, and reads what lives there.
+fn persistent(vm: &mut Vm) -> anyhow::Result<Persistent> {
+    let device = vm.succeed(
+        "sed -n 's/^DEVNAME=//p' $(grep -l '^PARTNAME=data$' /sys/class/block/*/uevent)",
+    )?;
+    let device = device.trim();
+    ensure!(!device.is_empty(), "no partition named data");
+    let mounts = vm.succeed("mount")?;
+    for path in ["/var/lib/nodows", "/var/log/nodows"] {
+        ensure!(
+            mounts
+                .lines()
+                .any(|line| line.starts_with(&format!("/dev/{device} on {path} type ext4 ("))),
+            "the data partition /dev/{device} is not mounted on {path}:\n{mounts}"
+        );
+    }
+    let read = |vm: &mut Vm, command: &str| -> anyhow::Result<String> {
+        Ok(vm.succeed(command)?.trim().to_string())
+    };
+    Ok(Persistent {
+        marker: read(vm, &format!("cat {MARKER} 2>/dev/null; true"))?,
+        log_marker: read(vm, &format!("cat {LOG_MARKER} 2>/dev/null; true"))?,
+        host_key: read(vm, &format!("ssh-keygen -l -f {HOST_KEY}.pub"))?,
+    })
 }
 
 /// What a booted machine says it runs.
@@ -112,6 +155,8 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                 "expected slot a, version 1, good: {}",
                 running.line
             );
+            booted
+                .wait_for_console_text("(first use: directories made)", Duration::from_secs(5))?;
             machine = Some(Machine {
                 image,
                 disk,
@@ -124,10 +169,24 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     let mut update_seconds = 60.0;
+    let mut kept: Option<Persistent> = None;
     runner.step(
         "e2e updates 2: nodows update streams v2 from the host into slot b",
         || {
             let booted = vm.as_mut().context("no machine: an earlier step failed")?;
+            let marker = format!(
+                "v1 {:?}",
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?
+            );
+            booted.succeed(&format!(
+                "echo '{marker}' > {MARKER} && echo '{marker}' > {LOG_MARKER} && sync"
+            ))?;
+            let before = persistent(booted)?;
+            ensure!(
+                before.marker == marker && before.log_marker == marker,
+                "markers not written: {before:?}"
+            );
+            kept = Some(before);
             let started = Instant::now();
             let (code, output) =
                 booted.execute(&format!("nodows update {}", url("2")), UPDATE_TIMEOUT)?;
@@ -144,7 +203,7 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
-        "e2e updates 3: after a reboot v2 runs from slot b, blessed; initctl status shows it",
+        "e2e updates 3: after a reboot v2 runs from slot b, blessed; initctl status shows it; the data partition kept the marker and the ssh host key",
         || {
             let machine = machine
                 .as_mut()
@@ -170,6 +229,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
                     .unwrap_or("")
                     .starts_with("boot slot=b version=2 state=good entry=nodows-2-b"),
                 "initctl status: {status}"
+            );
+            let expected = kept.as_ref().context("no marker: step 2 failed")?;
+            let after = persistent(&mut booted)?;
+            ensure!(
+                &after == expected,
+                "the data partition lost state in the update: before {expected:?}, after {after:?}"
             );
             vm = Some(booted);
             Ok(())
@@ -300,6 +365,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             booted = machine.boot()?;
             let running = check_consistent(&mut booted)
                 .with_context(|| format!("run {run}: power cut {cut_after:.1}s into the {}", if run % 2 == 0 { "update" } else { "first boot" }))?;
+            if let Some(expected) = &kept {
+                let after = persistent(&mut booted)?;
+                ensure!(&after == expected, "run {run}: the data partition lost state: before {expected:?}, after {after:?}");
+            }
             eprintln!("    cut {run}: {} after {cut_after:.1}s: then {}", if run % 2 == 0 { "update" } else { "first boot" }, running.line);
         }
         eprintln!("    fault injection: {runs} power cuts ({during_update} during nodows update, {during_first_boot} during the first boot of the new slot), every boot after consistent");

@@ -14,7 +14,7 @@
     <xsl:text>); do not edit
 Include /etc/ssh/sshd_config.d/*.conf
 
-HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey /var/lib/nodows/ssh/ssh_host_ed25519_key
 AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
 Port </xsl:text>
     <xsl:value-of select="nodows:line($self/key[@name = 'port'])"/>
