@@ -92,6 +92,7 @@ pub fn find(name: &str) -> std::io::Result<Option<Partition>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
