@@ -720,26 +720,15 @@ fn check_root_locked(image: &BuiltImage, work_root: &Path) -> anyhow::Result<()>
 }
 
 fn check_ssh_refuses_passwords(vm: &mut Vm) -> anyhow::Result<()> {
-    let port = vm.host_port(22);
-    vm.wait_for_open_port(port, SERVICE_TIMEOUT)?;
-    let output = Command::new("ssh")
-        .args([
-            "-o",
-            "BatchMode=yes",
+    vm.wait_for_open_port(vm.host_port(22), SERVICE_TIMEOUT)?;
+    let output = ssh_as_root(
+        vm,
+        &[
             "-o",
             "PreferredAuthentications=password,keyboard-interactive",
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=30",
-        ])
-        .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
-        .output()
-        .context("running ssh (install openssh-client)")?;
+        ],
+        "true",
+    )?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.success() {
         return Err(vm.failure("ssh with a password logged in"));
@@ -953,28 +942,35 @@ fn check_xtask_run(accel: Accel) -> anyhow::Result<()> {
 /// `ssh` from the host to the guest's port 22 as root with `key` only; the
 /// command's output, or ssh's error.
 fn ssh_with_key(vm: &Vm, key: &Path, command: &str) -> anyhow::Result<Result<String, String>> {
-    let output = Command::new("ssh")
-        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
-        .arg(key)
+    let key = key.to_str().context("the key's path is not UTF-8")?;
+    let output = ssh_as_root(vm, &["-o", "IdentitiesOnly=yes", "-i", key], command)?;
+    Ok(if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    })
+}
+
+/// `ssh` from the host to the guest's port 22 as root, non-interactive,
+/// without a known-hosts file, with `options` before the destination.
+fn ssh_as_root(vm: &Vm, options: &[&str], command: &str) -> anyhow::Result<std::process::Output> {
+    Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
         .args([
-            "-o",
-            "StrictHostKeyChecking=no",
             "-o",
             "UserKnownHostsFile=/dev/null",
             "-o",
             "ConnectTimeout=30",
+        ])
+        .args(options)
+        .args([
             "-p",
             &vm.host_port(22).to_string(),
             "root@127.0.0.1",
             command,
         ])
         .output()
-        .context("running ssh (install openssh-client)")?;
-    Ok(if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    })
+        .context("running ssh (install openssh-client)")
 }
 
 /// Access is by keys from the model: a key pair made on the host now is
