@@ -488,7 +488,7 @@ pub fn write_and_verify(
             verified += length as u64;
             bar.set_position(verified);
         }
-        if hex(&hasher.finalize()) != range.sha256 {
+        if hex::encode(hasher.finalize()) != range.sha256 {
             bail!(
                 "{}: blocks {}-{} read back differ from the bmap: the image changed after it was built (rebuild it), or the medium is faulty or was written meanwhile",
                 target_path.display(),
@@ -504,8 +504,4 @@ pub fn write_and_verify(
         ranges_verified: bmap.ranges.len(),
         bytes_verified: verified,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -22,6 +22,7 @@ mod sbom;
 mod secureboot;
 pub mod sparse;
 pub mod ui;
+mod util;
 mod xml;
 
 use std::path::{Path, PathBuf};

@@ -90,12 +90,7 @@ fn reference_image(context: &Context) -> anyhow::Result<PathBuf> {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    let key: String = hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let key = hex::encode(&hasher.finalize()[..8]);
     let dir = context.bench_dir.join("systemd-ref").join(&key);
     let raw = dir.join("systemd-ref.raw");
     if raw.is_file() {

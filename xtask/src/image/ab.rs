@@ -68,12 +68,12 @@ pub fn settings(
 
 /// `/etc/nodows/release` and `/etc/nodows/update.pub` in the staging tree.
 pub fn install(settings: &UpdateSettings, staging: &Path) -> anyhow::Result<()> {
-    super::assemble::write(
+    super::util::write(
         &staging.join(Release::PATH.trim_start_matches('/')),
         &settings.release.to_text(),
         0o644,
     )?;
-    super::assemble::write(
+    super::util::write(
         &staging.join(update::keys::PublicKey::PATH.trim_start_matches('/')),
         &settings.key.public().to_text(),
         0o644,

@@ -12,6 +12,7 @@ use xshell::{cmd, Shell};
 
 use super::plan::{Plan, RootLogin};
 use super::ui::{TempDir, Ui};
+use super::util::{clamp_time, copy_tree, install, write};
 use super::BadInput;
 
 pub struct Binaries {
@@ -111,57 +112,6 @@ pub struct Assembled {
     pub initrd: PathBuf,
 }
 
-/// Writes a new file at `path` (a file there is unlinked first: the staging
-/// tree's base files are hard links into the extracted base, which must
-/// never be written through).
-pub(super) fn write(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let _ = std::fs::remove_file(path);
-    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-pub(super) fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let _ = std::fs::remove_file(to);
-    std::fs::copy(from, to)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-/// Copies a tree with its modes (owner root), in sorted order.
-pub(super) fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let metadata = std::fs::symlink_metadata(from)?;
-    if metadata.file_type().is_symlink() {
-        let target = std::fs::read_link(from)?;
-        let _ = std::fs::remove_file(to);
-        std::os::unix::fs::symlink(target, to)
-            .with_context(|| format!("cannot create {}", to.display()))?;
-    } else if metadata.is_dir() {
-        if !to.exists() {
-            std::fs::create_dir(to).with_context(|| format!("cannot create {}", to.display()))?;
-            std::fs::set_permissions(
-                to,
-                std::fs::Permissions::from_mode(metadata.mode() & 0o7777),
-            )?;
-        }
-        let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|entry| entry.file_name());
-        for entry in entries {
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        }
-    } else {
-        install(from, to, metadata.mode() & 0o7777)?;
-    }
-    Ok(())
-}
-
 /// The base extracted once on the tmpfs (`/dev/shm/nodows-base-ID/root`,
 /// ID from the cached tar's path), with the inode, size, mtime and sha256
 /// of each of its regular files (`files`) and the identity of the tar it
@@ -207,7 +157,7 @@ impl BaseTree {
         let parent = tmpfs_parent();
         let tar = std::path::absolute(&base.tar)?;
         let identity = tar_identity(&tar)?;
-        let id = hex(&Sha256::digest(tar.as_os_str().as_bytes()));
+        let id = hex::encode(Sha256::digest(tar.as_os_str().as_bytes()));
         let name = format!("nodows-base-{}", &id[..16]);
         let dir = parent.join(&name);
         let current = std::fs::read_to_string(dir.join("source"))
@@ -594,43 +544,6 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
-/// Lowercase hex; called for every file of the image, so no `format!`
-/// per byte (the xtask is a debug build).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 0xf)] as char);
-    }
-    out
-}
-
-pub fn clamp_time(path: &Path, epoch: u64) -> anyhow::Result<()> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let time = libc::timespec {
-        tv_sec: epoch as libc::time_t,
-        tv_nsec: 0,
-    };
-    let times = [time, time];
-    let result = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if result != 0 {
-        bail!(
-            "cannot set the times of {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 /// Clamps every timestamp newer than SOURCE_DATE_EPOCH and hashes every
 /// entry (two threads), sorted by path. Setting a file's times does not
 /// change its directory's, so the order of the clamps does not matter.
@@ -692,7 +605,7 @@ fn hash_tree(
         let (kind, sha256) = if file_type.is_symlink() {
             (
                 "symlink",
-                hex(&Sha256::digest(
+                hex::encode(Sha256::digest(
                     std::fs::read_link(path)?.as_os_str().as_bytes(),
                 )),
             )
@@ -703,7 +616,7 @@ fn hash_tree(
                     let mut hasher = Sha256::new();
                     let mut file = std::fs::File::open(path)?;
                     std::io::copy(&mut file, &mut hasher)?;
-                    hex(&hasher.finalize())
+                    hex::encode(hasher.finalize())
                 }
             };
             ("file", sha256)

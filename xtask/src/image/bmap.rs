@@ -68,8 +68,8 @@ impl Bmap {
             };
             let (start, end) = range.bytes(&bmap);
             let mut hasher = Sha256::new();
-            super::manifest::hash_range(&mut hasher, path, start, end - start)?;
-            range.sha256 = hex(&hasher.finalize());
+            super::util::hash_range(&mut hasher, path, start, end - start)?;
+            range.sha256 = hex::encode(hasher.finalize());
             bmap.ranges.push(range);
         }
         Ok(bmap)
@@ -129,7 +129,7 @@ impl Bmap {
             );
         }
         xml.push_str("    </BlockMap>\n</bmap>\n");
-        let checksum = hex(&Sha256::digest(xml.as_bytes()));
+        let checksum = hex::encode(Sha256::digest(xml.as_bytes()));
         xml.replacen(ZEROS, &checksum, 1)
     }
 
@@ -221,7 +221,7 @@ impl Bmap {
         }
         let stated = field("BmapFileChecksum")?.clone();
         let zeroed = text.replacen(&stated, ZEROS, 1);
-        if hex(&Sha256::digest(zeroed.as_bytes())) != stated {
+        if hex::encode(Sha256::digest(zeroed.as_bytes())) != stated {
             return Err("the file's BmapFileChecksum does not match its contents".to_owned());
         }
         let bmap = Bmap {
@@ -247,10 +247,6 @@ impl Bmap {
 }
 
 const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
 
 /// Fails unless the image at `path` has the bmap's size.
 pub fn check_image_size(bmap: &Bmap, path: &Path) -> anyhow::Result<()> {

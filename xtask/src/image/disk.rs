@@ -62,7 +62,7 @@ pub(super) fn derived_uuid(input_hash: &str, purpose: &str) -> String {
     bytes.copy_from_slice(&digest[..16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4 layout
     bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = hex::encode(bytes);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],
@@ -296,7 +296,7 @@ pub fn build<'scope>(
     let mut entries: Vec<PathBuf> = Vec::new();
     collect(&files, &mut entries)?;
     for path in entries.iter().chain(std::iter::once(&files)) {
-        super::assemble::clamp_time(path, source_date_epoch)?;
+        super::util::clamp_time(path, source_date_epoch)?;
     }
     ui.run(
         cmd!(sh, "mcopy -i {esp_image} -s -m -Q {esp_tops...} ::/")
@@ -401,17 +401,13 @@ pub fn build<'scope>(
         let mut hasher = Sha256::new();
         let mut position = 0;
         for (image, start, size) in &hashed_parts {
-            super::manifest::hash_range(&mut hasher, &hashed_raw, position, start - position)?;
-            super::manifest::hash_range(&mut hasher, image, 0, *size)?;
+            super::util::hash_range(&mut hasher, &hashed_raw, position, start - position)?;
+            super::util::hash_range(&mut hasher, image, 0, *size)?;
             position = start + size;
         }
-        super::manifest::hash_range(&mut hasher, &hashed_raw, position, disk_size - position)?;
+        super::util::hash_range(&mut hasher, &hashed_raw, position, disk_size - position)?;
         drop(scratch);
-        Ok(hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect())
+        Ok(hex::encode(hasher.finalize()))
     });
     for (image, start, _) in &parts {
         copy_sparse(image, &raw, *start)?;

@@ -22,8 +22,9 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use xshell::{cmd, Shell};
 
-use super::assemble::{self, FileEntry, Staging};
+use super::assemble::{FileEntry, Staging};
 use super::ui::{TempDir, Ui};
+use super::util;
 use super::xml::Document;
 use super::BadInput;
 
@@ -421,7 +422,7 @@ pub fn parse_freebsd_version(text: &str) -> Option<String> {
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    super::manifest::sha256_file(path)
+    util::sha256_file(path)
 }
 
 /// Checks the sets: both readable, xz-compressed tars, base holds
@@ -639,12 +640,12 @@ pub fn assemble(
             .into());
         }
     }
-    assemble::install(
+    util::install(
         &binaries.initd,
         &staging.join("usr/local/sbin/initd"),
         0o555,
     )?;
-    assemble::install(
+    util::install(
         &binaries.initctl,
         &staging.join("usr/local/sbin/initctl"),
         0o555,
@@ -652,20 +653,20 @@ pub fn assemble(
     let services = staging.join(&format!("{NODOWS_ETC}/services"));
     std::fs::create_dir_all(&services)?;
     for service in &plan.services {
-        assemble::copy_tree(&service.dir, &services.join(&service.name))?;
+        util::copy_tree(&service.dir, &services.join(&service.name))?;
     }
-    assemble::install(
+    util::install(
         &plan.source.join(&plan.model),
         &staging.join(&format!("{NODOWS_ETC}/model.xml")),
         0o644,
     )?;
-    assemble::write(
+    util::write(
         &staging.join(&format!("{NODOWS_ETC}/mode")),
         &format!("{}\n", plan.mode),
         0o644,
     )?;
     for overlay in &plan.overlays {
-        assemble::copy_tree(&plan.source.join(overlay), root)?;
+        util::copy_tree(&plan.source.join(overlay), root)?;
     }
     if plan.root_locked {
         lock_root(staging)?;
@@ -674,12 +675,12 @@ pub fn assemble(
     if !staging.join("run").exists() {
         std::os::unix::fs::symlink("var/run", staging.join("run"))?;
     }
-    assemble::write(
+    util::write(
         &staging.join("etc/fstab"),
         &format!("# Device\tMountpoint\tFStype\tOptions\tDump\tPass#\n/dev/gpt/{ROOT_LABEL}\t/\tufs\trw\t1\t1\n"),
         0o644,
     )?;
-    assemble::write(
+    util::write(
         &staging.join("boot/loader.conf"),
         &format!(
             "# written by nodows: serial console, root by GPT label\n\
@@ -712,11 +713,11 @@ fn lock_root(staging: &Staging) -> anyhow::Result<()> {
             _ => format!("{line}\n"),
         })
         .collect();
-    assemble::write(&path, &locked, 0o600)?;
+    util::write(&path, &locked, 0o600)?;
     for database in ["etc/pwd.db", "etc/spwd.db"] {
         let database = staging.join(database);
         if database.exists() {
-            assemble::clamp_time(&database, 0)?;
+            util::clamp_time(&database, 0)?;
         }
     }
     Ok(())
@@ -757,7 +758,7 @@ pub fn bake(
         if target.exists() {
             std::fs::remove_dir_all(&target)?;
         }
-        assemble::copy_tree(&path, &target)?;
+        util::copy_tree(&path, &target)?;
     }
     let model = staging.join(&format!("{NODOWS_ETC}/model.xml"));
     let root = staging.path();
@@ -800,7 +801,7 @@ impl FreebsdLayout {
             disk_guid: super::disk::derived_uuid(input_hash, "disk"),
             esp_guid: super::disk::derived_uuid(input_hash, "esp"),
             root_guid: super::disk::derived_uuid(input_hash, "root"),
-            esp_volume_id: volume[..4].iter().map(|b| format!("{b:02X}")).collect(),
+            esp_volume_id: hex::encode_upper(&volume[..4]),
             esp_start_mib,
             esp_size_mib: plan.esp_size_mib,
             root_start_mib,
@@ -858,7 +859,7 @@ pub fn build_disk(
         files.join("EFI/BOOT"),
         files.join("EFI"),
     ] {
-        assemble::clamp_time(&path, source_date_epoch)?;
+        util::clamp_time(&path, source_date_epoch)?;
     }
     let efi = files.join("EFI");
     ui.run(
@@ -992,11 +993,7 @@ pub fn input_hash(
             .as_bytes(),
         );
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(hasher.finalize())
 }
 
 /// manifest.json and SHA256SUMS.
@@ -1058,7 +1055,7 @@ pub fn write_manifest(
     for file in names {
         sums.push_str(&format!(
             "{}  {file}\n",
-            super::manifest::sha256_file(&out.join(&file))?
+            util::sha256_file(&out.join(&file))?
         ));
     }
     std::fs::write(out.join("SHA256SUMS"), sums)?;
@@ -1161,7 +1158,7 @@ pub fn build_with(
         bake(ui, plan, &binaries.nodows, &staging)
     })?;
     let files = ui.step("clamp timestamps and hash every file", |_| {
-        assemble::finish(&staging, None, source_date_epoch)
+        super::assemble::finish(&staging, None, source_date_epoch)
     })?;
     let input_hash = input_hash(plan, &distribution, source_date_epoch, &files);
     let layout = FreebsdLayout::new(plan, &input_hash);

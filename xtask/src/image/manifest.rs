@@ -14,10 +14,7 @@ use super::disk::Layout;
 use super::outputs::Format;
 use super::plan::Plan;
 use super::ui::Ui;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
+use super::util::sha256_file;
 
 /// The hash of every input of the image: the base's cache key, the plan,
 /// SOURCE_DATE_EPOCH and every entry of the assembled tree (path, mode,
@@ -40,7 +37,7 @@ pub fn input_hash(
             .as_bytes(),
         );
     }
-    hex(&hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 pub struct Package {
@@ -86,54 +83,6 @@ pub fn installed_packages(staging: &Staging) -> anyhow::Result<Vec<Package>> {
     }
     packages.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(packages)
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (Howard Hinnant's civil_from_days).
-pub fn iso8601(epoch: u64) -> String {
-    let days = (epoch / 86400) as i64;
-    let seconds = epoch % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
-}
-
-/// The sha256 of a file, sparse-aware: holes (SEEK_HOLE) are hashed from a
-/// zero buffer instead of being read, data is read in 1 MiB chunks. The raw
-/// disk is 1 GiB of mostly holes; SHA-256 must still see every zero byte,
-/// but the kernel need not copy them.
-pub(super) fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let length = std::fs::metadata(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .len();
-    let mut hasher = Sha256::new();
-    hash_range(&mut hasher, path, 0, length)?;
-    Ok(hex(&hasher.finalize()))
-}
-
-/// Feeds `length` bytes of `path` from `start` to `hasher`, sparse-aware
-/// (see `sha256_file`); bytes past the file's end count as zeros.
-pub(super) fn hash_range(
-    hasher: &mut Sha256,
-    path: &Path,
-    start: u64,
-    length: u64,
-) -> anyhow::Result<()> {
-    super::sparse::read_range(path, start, length, |bytes| {
-        hasher.update(bytes);
-        Ok(())
-    })
 }
 
 /// One file of the image's outputs, as the manifest and the SBOM list it.

@@ -166,8 +166,7 @@ pub fn cache_key(plan: &Plan, mmdebstrap_identity: &str) -> String {
     for option in mmdebstrap_options(plan) {
         text.push_str(&format!("option {option}\n"));
     }
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// What the cache key says of mmdebstrap: the sha256 of the program found
@@ -179,10 +178,7 @@ pub fn mmdebstrap_identity() -> anyhow::Result<String> {
         .map(|dir| dir.join("mmdebstrap"))
         .find(|candidate| candidate.is_file())
         .context("mmdebstrap is not on PATH (apt-get install mmdebstrap)")?;
-    Ok(format!(
-        "sha256 {}",
-        super::manifest::sha256_file(&program)?
-    ))
+    Ok(format!("sha256 {}", super::util::sha256_file(&program)?))
 }
 
 /// Whether the base of this plan is in the cache.

@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 use xshell::{cmd, Shell};
 
 use super::assemble::FileEntry;
-use super::manifest::{iso8601, Output, Package};
+use super::manifest::{Output, Package};
 use super::plan::Plan;
+use super::util::iso8601;
 
 /// A Rust crate compiled into a binary of the image.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

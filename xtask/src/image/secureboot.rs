@@ -166,10 +166,9 @@ pub fn format_verity(
     data_blocks: u64,
     input_hash: &str,
 ) -> anyhow::Result<Verity> {
-    let salt: String = Sha256::digest(format!("{input_hash} verity-salt").as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let salt = hex::encode(Sha256::digest(
+        format!("{input_hash} verity-salt").as_bytes(),
+    ));
     let length = std::fs::metadata(image)?.len();
     if length != data_blocks * 4096 {
         bail!(
@@ -271,7 +270,7 @@ pub fn sign(
 /// libfaketime's absolute time (`YYYY-MM-DD hh:mm:ss`, no `@`: the clock
 /// stands still) of a Unix time, read in TZ=UTC.
 fn faketime_absolute(epoch: u64) -> String {
-    super::manifest::iso8601(epoch)
+    super::util::iso8601(epoch)
         .replace('T', " ")
         .trim_end_matches('Z')
         .to_string()

@@ -511,14 +511,14 @@ fn synthetic_distribution_builds_a_complete_image() {
     // The baked glue is the golden file of the dev case (same model keys).
     let golden = repo().join("test_data/render/freebsd-rc-dev/expected");
     for path in ["/etc/rc.conf", "/usr/local/etc/rc.d/nodows"] {
-        let expected = super::super::manifest::sha256_file(&golden.join(&path[1..])).unwrap();
+        let expected = super::super::util::sha256_file(&golden.join(&path[1..])).unwrap();
         assert_eq!(
             file_entry(&manifest, path)["sha256"],
             expected.as_str(),
             "{path}"
         );
     }
-    let initd_sha = super::super::manifest::sha256_file(&zigbuild_initd().join("initd")).unwrap();
+    let initd_sha = super::super::util::sha256_file(&zigbuild_initd().join("initd")).unwrap();
     assert_eq!(
         file_entry(&manifest, "/usr/local/sbin/initd")["sha256"],
         initd_sha.as_str()
