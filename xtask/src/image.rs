@@ -1,15 +1,19 @@
-//! `cargo xtask image`: builds a bootable Debian appliance image for one
-//! image x profile (see docs/image-builder.md).
+//! `cargo xtask image`: builds a bootable appliance image for one image x
+//! profile (see docs/image-builder.md).
 //!
-//! Steps: resolve and validate the plan, check host tools, build initd and
-//! the renderer, make or reuse the cached base (mmdebstrap), assemble the
-//! root in a tmpfs staging directory, bake configs, make the ext4 root, the
-//! ESP and the GPT disk, then write the outputs to a temporary directory and
-//! rename it into place.
+//! One pipeline for every OS (`build_image`): resolve the plan, check the
+//! host, build initd and the renderer while the base is fetched into a
+//! tmpfs staging directory, place the binaries, files and boot files, wire
+//! the services (bake configs), clamp and hash every file, make the disk
+//! and its outputs in a temporary directory and rename it into place. The
+//! image's `os` picks the back end once (`Os`): `debian.rs` or
+//! `freebsd.rs`, behind the `OsBackend` trait of `backend.rs`.
 
 mod ab;
 mod assemble;
+mod backend;
 pub mod bmap;
+mod debian;
 mod disk;
 mod freebsd;
 mod host;
@@ -28,6 +32,8 @@ mod xml;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+
+use backend::{Build, OsBackend};
 
 /// Bad input (unknown image or profile, invalid XML, missing overlay,
 /// unknown package): reported as `error: ...` with exit code 2.
@@ -98,6 +104,15 @@ pub struct Args {
     pub without_verified_boot: bool,
 }
 
+impl Args {
+    /// `--out`, else `images/out` of the source tree.
+    fn out_parent(&self, source: &Path) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| source.join("images/out"))
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     ui::install_interrupt_handler();
     build(args)
@@ -123,195 +138,128 @@ fn build(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if freebsd::is_freebsd_image(&source, &args.image) {
-        if !args.format.is_empty() {
-            return Err(BadInput(format!(
-                "--format: FreeBSD images ({}) write raw and qcow2 only; leave the option out",
-                source
-                    .join("images")
-                    .join(format!("{}.xml", args.image))
-                    .display()
-            ))
-            .into());
+    match Os::of(&source, &args.image) {
+        Os::Debian => debian::build(&args, &source),
+        Os::Freebsd => freebsd::build(&args, &source),
+    }
+}
+
+/// The operating system of an image (`<image os="...">`), which picks its
+/// back end once.
+enum Os {
+    Debian,
+    Freebsd,
+}
+
+impl Os {
+    fn of(source: &Path, image: &str) -> Os {
+        if freebsd::is_freebsd_image(source, image) {
+            Os::Freebsd
+        } else {
+            Os::Debian
         }
-        return freebsd::build(&args, &source);
     }
-    let apt_sources = host::AptSources::from_host();
-    let mirror_sources =
-        |suite: &str| host::source_lines(&apt_sources, suite, args.mirror.as_deref());
-    // Resolve once to learn the suite, then with its apt source lines.
-    let plan = plan::resolve_with(
-        &source,
-        &args.image,
-        &args.profile,
-        Vec::new(),
-        !args.without_verified_boot,
-    )?;
-    let sources = mirror_sources(&plan.suite)?;
-    let mut plan = plan::Plan { sources, ..plan };
-    if !args.format.is_empty() {
-        plan.outputs = plan::normalize_outputs(&args.format);
-    }
-    if args.plan {
-        print!("{}", plan.render());
-        return Ok(());
-    }
+}
 
-    let out_parent = args
-        .out
-        .clone()
-        .unwrap_or_else(|| source.join("images/out"));
-    std::fs::create_dir_all(&out_parent)
-        .with_context(|| format!("cannot create {}", out_parent.display()))?;
-    let name = format!("{}-{}", plan.image, plan.profile);
-    let mut ui = ui::Ui::new(&out_parent.join(format!("{name}.log")), args.verbose)?;
-    ui.note(&format!(
-        "building {name} (log: {})",
-        out_parent.join(format!("{name}.log")).display()
-    ));
+/// Where a build writes and what it may take from the host.
+pub struct Pipeline {
+    pub source: PathBuf,
+    pub out_parent: PathBuf,
+    pub verbose: bool,
+    /// cargo's target directory; default: cargo metadata's.
+    pub target_dir: Option<PathBuf>,
+    /// Default: SOURCE_DATE_EPOCH, else the last commit's time.
+    pub source_date_epoch: Option<u64>,
+}
 
-    let source_date_epoch = host::source_date_epoch(&ui, &source)?;
-    // Fast checks first: host tools, then the packages against apt.
-    ui.step("check host tools", |ui| {
-        host::check_tools(ui, args.no_install)
-    })?;
-    crate::toolchain::ensure_target(crate::toolchain::MUSL)?;
-    let target_dir = host::cargo_target_dir(&source)?;
-    let cache_dir = args
-        .cache
-        .clone()
-        .unwrap_or_else(|| target_dir.join("nodows-cache"));
-    let mmdebstrap_identity = rootfs::mmdebstrap_identity()?;
-    // A cached base proves its package set (mmdebstrap installed it).
-    if !rootfs::is_cached(&plan, &mmdebstrap_identity, &cache_dir) {
-        ui.step("check packages against apt-cache", |ui| {
-            host::check_packages(ui, &apt_sources, &plan)
-        })?;
-    }
-    // The signing key is bad input found before anything slow runs.
-    let secure_boot = match plan.verified_boot {
-        false => None,
-        true => Some(ui.step("verified boot: Secure Boot signing key", |ui| {
-            let keys = secureboot::signing_keys(
-                ui,
-                args.secure_boot_key.as_deref(),
-                args.secure_boot_cert.as_deref(),
-                &target_dir,
-            )?;
-            if keys.created {
-                ui.note(&format!(
-                    "made the per-checkout Secure Boot test key {} (certificate {}; give --secure-boot-key and --secure-boot-cert for your own)",
-                    keys.key.display(),
-                    keys.cert.display()
-                ));
-            }
-            Ok(keys)
-        })?),
-    };
-    ui.cleanup_stale(&out_parent);
-    ui.cleanup_stale(&cache_dir);
+/// The one build pipeline: every image goes through these steps in this
+/// order; `backend` says how its OS does each. Returns the output directory.
+pub fn build_image<B: OsBackend>(backend: &B, pipeline: &Pipeline) -> anyhow::Result<PathBuf> {
+    let (mut ui, build) = start_build(backend, pipeline)?;
+    let host = backend.check_host(&mut ui, &build)?;
+    ui.cleanup_stale(&build.out_parent);
     ui.cleanup_stale_named(&assemble::tmpfs_parent(), ".nodows-");
-
-    // cargo builds the binaries (a freshness check when warm, minutes when
-    // cold) while the base is made or found and extracted.
-    let staging = assemble::Staging::create(&name)?;
-    let (binaries, (base, base_tree)) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let mut builder = ui.background();
-        let (source, target_dir) = (&source, &target_dir);
-        let binaries = scope.spawn(move || {
-            builder.step("build initd, initctl and nodows", |ui| {
-                assemble::build_binaries(ui, source, target_dir)
-            })
-        });
-        let base = ui
-            .step("root file system base (mmdebstrap, cached)", |ui| {
-                rootfs::base(ui, &plan, &mmdebstrap_identity, &cache_dir)
-            })
-            .and_then(|base| {
-                let base_tree =
-                    ui.step("stage the base (hard links to its extracted tree)", |ui| {
-                        let base_tree = assemble::BaseTree::open(ui, &base)?;
-                        base_tree.link_into(ui, &staging)?;
-                        Ok(base_tree)
-                    })?;
-                Ok((base, base_tree))
-            });
-        let binaries = binaries.join().expect("the build thread");
-        Ok((binaries?, base?))
+    let staging = assemble::Staging::create(&build.name)?;
+    let (binaries, base) = binaries_beside_base(backend, &mut ui, &build, &host, &staging)?;
+    let boot = ui.step("assemble the root", |_| {
+        backend.place_binaries(&binaries, &staging)?;
+        backend.install_files(&build, &host, &staging)?;
+        backend.install_boot_files(&build, &binaries, &staging)
     })?;
-    let assembled = ui.step("assemble the root", |_| {
-        assemble::assemble(&plan, &binaries, &staging, source_date_epoch)
-    })?;
-    let update_settings = match plan.ab_data_mib {
-        None => None,
-        Some(_) => Some(ui.step("A/B: release and update key", |ui| {
-            let version = match &args.release_version {
-                Some(version) => version.clone(),
-                None => source_date_epoch.to_string(),
-            };
-            let settings = ab::settings(&plan, &version, args.signing_key.as_deref(), &target_dir)?;
-            if settings.key_created {
-                ui.note(&format!(
-                    "made the per-checkout test signing key {} (give --signing-key for a real one)",
-                    settings.key_path.display()
-                ));
-            }
-            ab::install(&settings, staging.path())?;
-            Ok(settings)
-        })?),
-    };
-    ui.step("bake configs (nodows render)", |ui| {
-        assemble::bake(ui, &plan, &binaries, &staging)
-    })?;
+    backend.wire_services(&mut ui, &binaries, &staging)?;
     let files = ui.step("clamp timestamps and hash every file", |_| {
-        assemble::finish(&staging, Some(&base_tree), source_date_epoch)
+        backend.hash_root(&staging, &base, build.source_date_epoch)
     })?;
-    let input_hash = manifest::input_hash(&base.key, &plan, source_date_epoch, &files);
-    let output = ui::TempDir::create(&out_parent, &name)?;
-    let layout = disk::Layout::new(&plan, &input_hash);
-    let packages = manifest::installed_packages(&staging)?;
-    // The raw disk is hashed on a thread from the moment its parts are
-    // final until after the qcow2 is made; the staging tree is removed on
-    // another once the root file system holds it.
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let raw_sum = ui.step("disk image (ext4 root, ESP, GPT)", |ui| {
-            disk::build(
-                ui,
-                scope,
-                &plan,
-                &layout,
-                &staging,
-                &assembled,
-                output.path(),
-                &name,
-                source_date_epoch,
-                update_settings.as_ref(),
-                secure_boot.as_ref(),
-                &input_hash,
-            )
-        })?;
-        scope.spawn(move || drop(staging));
-        ui.step("outputs, manifest, SBOM and checksums", |ui| {
-            manifest::write(
-                ui,
-                raw_sum,
-                output.path(),
-                &name,
-                &plan,
-                &input_hash,
-                source_date_epoch,
-                &packages,
-                &files,
-                &layout,
-            )
-        })
-    })?;
-    let final_path = out_parent.join(&name);
+    let input_hash = backend.input_hash(&build, &base, &files);
+    let layout = backend.disk_layout(&input_hash);
+    let output = ui::TempDir::create(&build.out_parent, &build.name)?;
+    backend.write_disk(
+        &mut ui,
+        &build,
+        &host,
+        staging,
+        &boot,
+        &files,
+        &input_hash,
+        &layout,
+        output.path(),
+    )?;
+    let final_path = build.out_parent.join(&build.name);
     output.persist(&final_path)?;
     ui.note(&format!(
         "done in {:.1}s: {}",
         ui.elapsed().as_secs_f64(),
         final_path.display()
     ));
-    Ok(())
+    Ok(final_path)
+}
+
+/// The output directory, the build log and its first line, the epoch and
+/// the target directory.
+fn start_build<B: OsBackend>(backend: &B, pipeline: &Pipeline) -> anyhow::Result<(ui::Ui, Build)> {
+    let out_parent = &pipeline.out_parent;
+    std::fs::create_dir_all(out_parent)
+        .with_context(|| format!("cannot create {}", out_parent.display()))?;
+    let name = backend.name();
+    let log = out_parent.join(format!("{name}.log"));
+    let ui = ui::Ui::new(&log, pipeline.verbose)?;
+    let origin = match backend.origin() {
+        Some(origin) => format!(" from {origin}"),
+        None => String::new(),
+    };
+    ui.note(&format!("building {name}{origin} (log: {})", log.display()));
+    let source_date_epoch = match pipeline.source_date_epoch {
+        Some(epoch) => epoch,
+        None => host::source_date_epoch(&ui, &pipeline.source)?,
+    };
+    let target_dir = match &pipeline.target_dir {
+        Some(dir) => dir.clone(),
+        None => host::cargo_target_dir(&pipeline.source)?,
+    };
+    let build = Build {
+        source: pipeline.source.clone(),
+        name,
+        out_parent: out_parent.clone(),
+        target_dir,
+        source_date_epoch,
+    };
+    Ok((ui, build))
+}
+
+/// cargo builds the binaries (a freshness check when warm, minutes when
+/// cold) on a thread while the base is fetched into the staging tree.
+fn binaries_beside_base<B: OsBackend>(
+    backend: &B,
+    ui: &mut ui::Ui,
+    build: &Build,
+    host: &B::Host,
+    staging: &assemble::Staging,
+) -> anyhow::Result<(B::Binaries, B::Base)> {
+    std::thread::scope(|scope| {
+        let mut builder = ui.background();
+        let binaries = scope.spawn(move || backend.build_binaries(&mut builder, build));
+        let base = backend.fetch_base(ui, build, host, staging);
+        let binaries = binaries.join().expect("the build thread");
+        Ok((binaries?, base?))
+    })
 }

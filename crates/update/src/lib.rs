@@ -149,7 +149,9 @@ impl Release {
 }
 
 /// Lowercase hex, as every file and message of this crate writes it.
-pub(crate) use hex::encode as hex;
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
 
 pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     hex::decode(text).ok()

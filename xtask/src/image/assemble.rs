@@ -295,52 +295,21 @@ impl BaseTree {
     }
 }
 
-pub fn assemble(
-    plan: &Plan,
-    binaries: &Binaries,
-    staging: &Staging,
-    source_date_epoch: u64,
-) -> anyhow::Result<Assembled> {
-    let root = staging.path();
-
-    // The kernel of the base (the initrd is written below).
-    let modules_dir = staging.join("usr/lib/modules");
-    let mut versions: Vec<String> = std::fs::read_dir(&modules_dir)
-        .with_context(|| format!("{} has no kernel", modules_dir.display()))?
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    versions.sort();
-    let kernel_version = versions
-        .pop()
-        .context("the base has no kernel in /usr/lib/modules")?;
-    let vmlinuz = staging.join(&format!("boot/vmlinuz-{kernel_version}"));
-    let initrd = staging.join(&format!("boot/initrd.img-{kernel_version}"));
-    if !vmlinuz.is_file() {
-        bail!("the base lacks {}", vmlinuz.display());
-    }
-
+/// initd, initctl and the renderer into the root.
+pub fn place_binaries(binaries: &Binaries, staging: &Staging) -> anyhow::Result<()> {
     // initd, initctl, the renderer.
     install(&binaries.initd, &staging.join("sbin/initd"), 0o755)?;
     install(&binaries.initctl, &staging.join("sbin/initctl"), 0o755)?;
     if let Some(nodows) = &binaries.nodows {
         install(nodows, &staging.join("usr/bin/nodows"), 0o755)?;
     }
+    Ok(())
+}
 
-    // The nodows initrd (initd's initrd stage); initramfs-tools makes none
-    // in the base (rootfs.rs): no udev, no shell scripts at boot.
-    let initrd_bytes = super::initrd::build(
-        root,
-        &kernel_version,
-        &binaries.initd,
-        &plan.initrd_modules,
-        source_date_epoch,
-    )?;
-    // A new file, never a write through a name the staging tree may share
-    // with a cached base.
-    let _ = std::fs::remove_file(&initrd);
-    std::fs::write(&initrd, initrd_bytes)
-        .with_context(|| format!("cannot write {}", initrd.display()))?;
+/// The services, the model, the mode, the overlays, hostname, hosts,
+/// fstab and the users.
+pub fn install_files(plan: &Plan, staging: &Staging, source_date_epoch: u64) -> anyhow::Result<()> {
+    let root = staging.path();
 
     // Services, model, mode.
     let services_dir = staging.join("etc/nodows/services");
@@ -416,6 +385,50 @@ pub fn assemble(
     ] {
         let _ = std::fs::remove_file(staging.join(trap));
     }
+    Ok(())
+}
+
+/// The boot files: the base's kernel, and nodows' initrd written over the
+/// base's (systemd-boot and the ESP are made with the disk, `disk.rs`).
+pub fn install_boot_files(
+    plan: &Plan,
+    binaries: &Binaries,
+    staging: &Staging,
+    source_date_epoch: u64,
+) -> anyhow::Result<Assembled> {
+    let root = staging.path();
+
+    // The kernel of the base (the initrd is written below).
+    let modules_dir = staging.join("usr/lib/modules");
+    let mut versions: Vec<String> = std::fs::read_dir(&modules_dir)
+        .with_context(|| format!("{} has no kernel", modules_dir.display()))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    let kernel_version = versions
+        .pop()
+        .context("the base has no kernel in /usr/lib/modules")?;
+    let vmlinuz = staging.join(&format!("boot/vmlinuz-{kernel_version}"));
+    let initrd = staging.join(&format!("boot/initrd.img-{kernel_version}"));
+    if !vmlinuz.is_file() {
+        bail!("the base lacks {}", vmlinuz.display());
+    }
+
+    // The nodows initrd (initd's initrd stage); initramfs-tools makes none
+    // in the base (rootfs.rs): no udev, no shell scripts at boot.
+    let initrd_bytes = super::initrd::build(
+        root,
+        &kernel_version,
+        &binaries.initd,
+        &plan.initrd_modules,
+        source_date_epoch,
+    )?;
+    // A new file, never a write through a name the staging tree may share
+    // with a cached base.
+    let _ = std::fs::remove_file(&initrd);
+    std::fs::write(&initrd, initrd_bytes)
+        .with_context(|| format!("cannot write {}", initrd.display()))?;
     Ok(Assembled {
         kernel_version,
         vmlinuz,

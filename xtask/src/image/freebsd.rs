@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use xshell::{cmd, Shell};
 
 use super::assemble::{FileEntry, Staging};
+use super::backend::{Build, OsBackend};
 use super::ui::{TempDir, Ui};
 use super::util;
 use super::xml::Document;
@@ -611,12 +612,11 @@ pub fn freebsd_abi_note(bytes: &[u8]) -> Option<u32> {
     None
 }
 
-/// Unpacks the sets and adds everything nodows puts into the image.
-pub fn assemble(
+/// Unpacks both sets into the staging tree (owners and modes kept) and
+/// checks that they hold what the image boots with.
+pub fn unpack_sets(
     ui: &mut Ui,
-    plan: &FreebsdPlan,
     distribution: &Distribution,
-    binaries: &FreebsdBinaries,
     staging: &Staging,
 ) -> anyhow::Result<()> {
     let sh = Shell::new()?;
@@ -640,6 +640,11 @@ pub fn assemble(
             .into());
         }
     }
+    Ok(())
+}
+
+/// initd and initctl into /usr/local/sbin (the renderer runs on the host only).
+pub fn place_binaries(binaries: &FreebsdBinaries, staging: &Staging) -> anyhow::Result<()> {
     util::install(
         &binaries.initd,
         &staging.join("usr/local/sbin/initd"),
@@ -650,6 +655,12 @@ pub fn assemble(
         &staging.join("usr/local/sbin/initctl"),
         0o555,
     )?;
+    Ok(())
+}
+
+/// The services, the model, the mode, the overlays, root's password and fstab.
+pub fn install_files(plan: &FreebsdPlan, staging: &Staging) -> anyhow::Result<()> {
+    let root = staging.path();
     let services = staging.join(&format!("{NODOWS_ETC}/services"));
     std::fs::create_dir_all(&services)?;
     for service in &plan.services {
@@ -680,6 +691,11 @@ pub fn assemble(
         &format!("# Device\tMountpoint\tFStype\tOptions\tDump\tPass#\n/dev/gpt/{ROOT_LABEL}\t/\tufs\trw\t1\t1\n"),
         0o644,
     )?;
+    Ok(())
+}
+
+/// loader.conf: the serial console and the root by its GPT label.
+pub fn install_boot_files(staging: &Staging) -> anyhow::Result<()> {
     util::write(
         &staging.join("boot/loader.conf"),
         &format!(
@@ -1062,8 +1078,19 @@ pub fn write_manifest(
     Ok(())
 }
 
-/// `cargo xtask image` for an os="freebsd" image.
+/// `cargo xtask image` for an os="freebsd" image: `--plan` prints the
+/// plan, else the sets are checked and the pipeline builds it.
 pub fn build(args: &super::Args, source: &Path) -> anyhow::Result<()> {
+    if !args.format.is_empty() {
+        return Err(BadInput(format!(
+            "--format: FreeBSD images ({}) write raw and qcow2 only; leave the option out",
+            source
+                .join("images")
+                .join(format!("{}.xml", args.image))
+                .display()
+        ))
+        .into());
+    }
     let plan = resolve(source, &args.image, &args.profile)?;
     if args.plan {
         print!("{}", plan.render());
@@ -1076,10 +1103,7 @@ pub fn build(args: &super::Args, source: &Path) -> anyhow::Result<()> {
         ))
         .into());
     };
-    let out_parent = args
-        .out
-        .clone()
-        .unwrap_or_else(|| source.join("images/out"));
+    let out_parent = args.out_parent(source);
     build_with(&plan, dist, &out_parent, args.verbose, None, None)?;
     Ok(())
 }
@@ -1091,9 +1115,10 @@ fn on_path(tool: &str) -> bool {
         .any(|dir| dir.join(tool).is_file())
 }
 
-/// The whole pipeline; returns the output directory. `target_dir` defaults
-/// to cargo metadata's, `source_date_epoch` to SOURCE_DATE_EPOCH or the
-/// last commit's time.
+/// Builds the image of `plan` from the sets in `dist` through the pipeline
+/// (`super::build_image`); returns the output directory. `target_dir`
+/// defaults to cargo metadata's, `source_date_epoch` to SOURCE_DATE_EPOCH
+/// or the last commit's time.
 pub fn build_with(
     plan: &FreebsdPlan,
     dist: &Path,
@@ -1103,96 +1128,182 @@ pub fn build_with(
     source_date_epoch: Option<u64>,
 ) -> anyhow::Result<PathBuf> {
     // Every check that needs no build or unpacking first.
-    let distribution = check_distribution(dist)?;
-    std::fs::create_dir_all(out_parent)
-        .with_context(|| format!("cannot create {}", out_parent.display()))?;
-    let name = format!("{}-{}", plan.image, plan.profile);
-    let log = out_parent.join(format!("{name}.log"));
-    let mut ui = Ui::new(&log, verbose)?;
-    ui.note(&format!(
-        "building {name} from FreeBSD {} (log: {})",
-        distribution.version,
-        log.display()
-    ));
-    ui.step("check host tools", |_| {
-        let missing: Vec<&str> = [
-            ("makefs", "makefs"),
-            ("mkfs.vfat", "dosfstools"),
-            ("mcopy", "mtools"),
-            ("sfdisk", "fdisk"),
-            ("qemu-img", "qemu-utils"),
-            ("xz", "xz-utils"),
-            ("fallocate", "util-linux"),
-            ("setarch", "util-linux"),
-        ]
-        .into_iter()
-        .filter(|(tool, _)| !on_path(tool))
-        .map(|(_, package)| package)
-        .collect();
-        if !missing.is_empty() {
-            return Err(BadInput(format!(
-                "missing host tools: apt-get install --no-install-recommends {}",
-                missing.join(" ")
-            ))
-            .into());
-        }
+    let freebsd = Freebsd {
+        plan: plan.clone(),
+        distribution: check_distribution(dist)?,
+    };
+    super::build_image(
+        &freebsd,
+        &super::Pipeline {
+            source: plan.source.clone(),
+            out_parent: out_parent.to_path_buf(),
+            verbose,
+            target_dir: target_dir.map(Path::to_path_buf),
+            source_date_epoch,
+        },
+    )
+}
+
+/// A FreeBSD image of one profile: its plan and the checked sets.
+pub struct Freebsd {
+    plan: FreebsdPlan,
+    distribution: Distribution,
+}
+
+/// The host tools the FreeBSD disk needs, with their Debian packages;
+/// an error naming the apt-get command when one is missing.
+fn check_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        ("makefs", "makefs"),
+        ("mkfs.vfat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("sfdisk", "fdisk"),
+        ("qemu-img", "qemu-utils"),
+        ("xz", "xz-utils"),
+        ("fallocate", "util-linux"),
+        ("setarch", "util-linux"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| !on_path(tool))
+    .map(|(_, package)| package)
+    .collect();
+    if !missing.is_empty() {
+        return Err(BadInput(format!(
+            "missing host tools: apt-get install --no-install-recommends {}",
+            missing.join(" ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+impl OsBackend for Freebsd {
+    type Host = ();
+    type Binaries = FreebsdBinaries;
+    type Base = ();
+    type Boot = ();
+    type Layout = FreebsdLayout;
+
+    fn name(&self) -> String {
+        format!("{}-{}", self.plan.image, self.plan.profile)
+    }
+
+    fn render_plan(&self) -> String {
+        self.plan.render()
+    }
+
+    fn origin(&self) -> Option<String> {
+        Some(format!("FreeBSD {}", self.distribution.version))
+    }
+
+    fn check_host(&self, ui: &mut Ui, _build: &Build) -> anyhow::Result<()> {
+        ui.step("check host tools", |_| check_tools())
+    }
+
+    fn build_binaries(&self, ui: &mut Ui, build: &Build) -> anyhow::Result<FreebsdBinaries> {
+        ui.step("build initd (x86_64-unknown-freebsd) and nodows", |ui| {
+            build_binaries(ui, &build.source, &build.target_dir)
+        })
+    }
+
+    fn fetch_base(
+        &self,
+        ui: &mut Ui,
+        _build: &Build,
+        _host: &(),
+        staging: &Staging,
+    ) -> anyhow::Result<()> {
+        ui.step("unpack the distribution sets", |ui| {
+            unpack_sets(ui, &self.distribution, staging)
+        })
+    }
+
+    fn place_binaries(&self, binaries: &FreebsdBinaries, staging: &Staging) -> anyhow::Result<()> {
+        place_binaries(binaries, staging)
+    }
+
+    fn install_files(&self, _build: &Build, _host: &(), staging: &Staging) -> anyhow::Result<()> {
+        install_files(&self.plan, staging)
+    }
+
+    fn install_boot_files(
+        &self,
+        _build: &Build,
+        _binaries: &FreebsdBinaries,
+        staging: &Staging,
+    ) -> anyhow::Result<()> {
+        install_boot_files(staging)
+    }
+
+    fn wire_services(
+        &self,
+        ui: &mut Ui,
+        binaries: &FreebsdBinaries,
+        staging: &Staging,
+    ) -> anyhow::Result<()> {
+        ui.step("bake configs and the rc.d glue (nodows render)", |ui| {
+            bake(ui, &self.plan, &binaries.nodows, staging)
+        })
+    }
+
+    fn hash_root(
+        &self,
+        staging: &Staging,
+        _base: &(),
+        source_date_epoch: u64,
+    ) -> anyhow::Result<Vec<FileEntry>> {
+        super::assemble::finish(staging, None, source_date_epoch)
+    }
+
+    fn input_hash(&self, build: &Build, _base: &(), files: &[FileEntry]) -> String {
+        input_hash(
+            &self.plan,
+            &self.distribution,
+            build.source_date_epoch,
+            files,
+        )
+    }
+
+    fn disk_layout(&self, input_hash: &str) -> FreebsdLayout {
+        FreebsdLayout::new(&self.plan, input_hash)
+    }
+
+    fn write_disk(
+        &self,
+        ui: &mut Ui,
+        build: &Build,
+        _host: &(),
+        staging: Staging,
+        _boot: &(),
+        files: &[FileEntry],
+        input_hash: &str,
+        layout: &FreebsdLayout,
+        out: &Path,
+    ) -> anyhow::Result<()> {
+        ui.step("disk image (ufs2 root, ESP with loader.efi, GPT)", |ui| {
+            build_disk(
+                ui,
+                layout,
+                &staging,
+                out,
+                &build.name,
+                build.source_date_epoch,
+            )
+        })?;
+        ui.step("manifest and checksums", |_| {
+            write_manifest(
+                out,
+                &self.plan,
+                &self.distribution,
+                input_hash,
+                build.source_date_epoch,
+                files,
+                layout,
+            )
+        })?;
+        drop(staging);
         Ok(())
-    })?;
-    let source_date_epoch = match source_date_epoch {
-        Some(epoch) => epoch,
-        None => super::host::source_date_epoch(&ui, &plan.source)?,
-    };
-    let target_dir = match target_dir {
-        Some(dir) => dir.to_path_buf(),
-        None => super::host::cargo_target_dir(&plan.source)?,
-    };
-    ui.cleanup_stale(out_parent);
-    let binaries = ui.step("build initd (x86_64-unknown-freebsd) and nodows", |ui| {
-        build_binaries(ui, &plan.source, &target_dir)
-    })?;
-    let staging = Staging::create(&name)?;
-    ui.step("unpack the sets and assemble the root", |ui| {
-        assemble(ui, plan, &distribution, &binaries, &staging)
-    })?;
-    ui.step("bake configs and the rc.d glue (nodows render)", |ui| {
-        bake(ui, plan, &binaries.nodows, &staging)
-    })?;
-    let files = ui.step("clamp timestamps and hash every file", |_| {
-        super::assemble::finish(&staging, None, source_date_epoch)
-    })?;
-    let input_hash = input_hash(plan, &distribution, source_date_epoch, &files);
-    let layout = FreebsdLayout::new(plan, &input_hash);
-    let output = TempDir::create(out_parent, &name)?;
-    ui.step("disk image (ufs2 root, ESP with loader.efi, GPT)", |ui| {
-        build_disk(
-            ui,
-            &layout,
-            &staging,
-            output.path(),
-            &name,
-            source_date_epoch,
-        )
-    })?;
-    ui.step("manifest and checksums", |_| {
-        write_manifest(
-            output.path(),
-            plan,
-            &distribution,
-            &input_hash,
-            source_date_epoch,
-            &files,
-            &layout,
-        )
-    })?;
-    drop(staging);
-    let final_path = out_parent.join(&name);
-    output.persist(&final_path)?;
-    ui.note(&format!(
-        "done in {:.1}s: {}",
-        ui.elapsed().as_secs_f64(),
-        final_path.display()
-    ));
-    Ok(final_path)
+    }
 }
 
 #[cfg(test)]
