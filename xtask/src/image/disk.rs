@@ -44,18 +44,6 @@ pub struct AbPartitions {
     pub data_size_mib: u64,
 }
 
-/// The size of the root partition, or of each root slot of an A/B disk
-/// (one MiB before the ESP, one at the end for the backup GPT).
-pub fn slot_size_mib(plan: &Plan) -> u64 {
-    let rest = plan
-        .disk_size_mib
-        .saturating_sub(2 + plan.esp_size_mib + plan.ab_data_mib.unwrap_or(0));
-    match plan.ab_data_mib {
-        Some(_) => rest / 2,
-        None => rest,
-    }
-}
-
 pub(super) fn derived_uuid(input_hash: &str, purpose: &str) -> String {
     let digest = Sha256::digest(format!("{input_hash} {purpose}").as_bytes());
     let mut bytes = [0u8; 16];
@@ -79,7 +67,7 @@ impl Layout {
         let volume = Sha256::digest(format!("{input_hash} esp-volume-id").as_bytes());
         let esp_start_mib = 1;
         let root_start_mib = esp_start_mib + plan.esp_size_mib;
-        let root_size_mib = slot_size_mib(plan);
+        let root_size_mib = plan.slot_size_mib();
         let ab = plan.ab_data_mib.map(|data_size_mib| AbPartitions {
             root_b_guid: derived_uuid(input_hash, "root-b"),
             root_b_start_mib: root_start_mib + root_size_mib,

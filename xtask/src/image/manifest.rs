@@ -13,6 +13,7 @@ use super::assemble::{FileEntry, Staging};
 use super::disk::Layout;
 use super::outputs::Format;
 use super::plan::Plan;
+use super::sbom::{Output, Package};
 use super::ui::Ui;
 use super::util::sha256_file;
 
@@ -38,13 +39,6 @@ pub fn input_hash(
         );
     }
     hex::encode(hasher.finalize())
-}
-
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    pub source: String,
 }
 
 /// Installed packages from the image's /var/lib/dpkg/status.
@@ -83,17 +77,6 @@ pub fn installed_packages(staging: &Staging) -> anyhow::Result<Vec<Package>> {
     }
     packages.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(packages)
-}
-
-/// One file of the image's outputs, as the manifest and the SBOM list it.
-pub struct Output {
-    pub format: Format,
-    pub file: String,
-    /// Apparent size in bytes.
-    pub size: u64,
-    /// Bytes the file system allocated for it (raw disks are sparse).
-    pub allocated: u64,
-    pub sha256: String,
 }
 
 /// Every output format of the plan, manifest.json, sbom.spdx.json and

@@ -638,6 +638,18 @@ pub fn resolve_with(
 }
 
 impl Plan {
+    /// The size of the root partition, or of each root slot of an A/B disk
+    /// (one MiB before the ESP, one at the end for the backup GPT).
+    pub fn slot_size_mib(&self) -> u64 {
+        let rest = self
+            .disk_size_mib
+            .saturating_sub(2 + self.esp_size_mib + self.ab_data_mib.unwrap_or(0));
+        match self.ab_data_mib {
+            Some(_) => rest / 2,
+            None => rest,
+        }
+    }
+
     /// Whether systemd-boot lets the kernel command line be edited at the
     /// boot menu: only where root already has a console shell (autologin);
     /// elsewhere an edit would be a way in (`init=/bin/sh`, environment
@@ -685,7 +697,7 @@ impl Plan {
                     "disk: {} MiB, A/B (esp {} MiB, ext4 root slots a and b of {} MiB each, data {} MiB)",
                     self.disk_size_mib,
                     self.esp_size_mib,
-                    super::disk::slot_size_mib(self),
+                    self.slot_size_mib(),
                     data
                 );
             }

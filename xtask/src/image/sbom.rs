@@ -12,9 +12,28 @@ use serde_json::{json, Value};
 use xshell::{cmd, Shell};
 
 use super::assemble::FileEntry;
-use super::manifest::{Output, Package};
+use super::outputs::Format;
 use super::plan::Plan;
 use super::util::iso8601;
+
+/// A Debian package installed in the image (from its dpkg status).
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub source: String,
+}
+
+/// One file of the image's outputs, as the manifest and the SBOM list it.
+pub struct Output {
+    pub format: Format,
+    pub file: String,
+    /// Apparent size in bytes.
+    pub size: u64,
+    /// Bytes the file system allocated for it (raw disks are sparse).
+    pub allocated: u64,
+    pub sha256: String,
+}
 
 /// A Rust crate compiled into a binary of the image.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
