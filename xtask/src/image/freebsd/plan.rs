@@ -1,0 +1,340 @@
+//! The FreeBSD plan: the image and profile XML, each service's FreeBSD form
+//! (`freebsd/services/NAME` or `services/NAME`) and package mapping, every
+//! problem reported at once.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::super::xml::Document;
+use super::super::BadInput;
+
+/// True when `images/IMAGE.xml` says `os="freebsd"`.
+pub fn is_freebsd_image(source: &Path, image: &str) -> bool {
+    let path = source.join("images").join(format!("{image}.xml"));
+    Document::load(&path).is_ok_and(|document| document.root.attribute("os") == Some("freebsd"))
+}
+
+#[derive(Debug, Clone)]
+pub struct FreebsdService {
+    pub name: String,
+    /// The directory the definition and its templates come from.
+    pub dir: PathBuf,
+    /// FreeBSD packages to add (`<package os="freebsd">`).
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FreebsdPlan {
+    pub source: PathBuf,
+    pub image: String,
+    pub profile: String,
+    pub mode: String,
+    pub architecture: String,
+    pub disk_size_mib: u64,
+    pub esp_size_mib: u64,
+    pub model: PathBuf,
+    pub services: Vec<FreebsdService>,
+    /// Services the profile asks for that have no FreeBSD form (`<linux-only>`).
+    pub left_out: Vec<String>,
+    pub overlays: Vec<PathBuf>,
+    /// `<root login="locked">` (or no <root>): root gets `*` as its password
+    /// in /etc/master.passwd; `autologin` keeps the set's empty password
+    /// (FreeBSD has no autologin: root logs in on the console without one).
+    pub root_locked: bool,
+}
+
+fn size_mib(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Some(number) = value.strip_suffix("GiB") {
+        number.trim().parse::<u64>().ok().map(|n| n * 1024)
+    } else {
+        value.strip_suffix("MiB")?.trim().parse().ok()
+    }
+}
+
+fn words(document: &Document, name: &str) -> BTreeSet<String> {
+    document
+        .root
+        .children_named(name)
+        .flat_map(|element| element.text().split_whitespace().map(str::to_owned))
+        .collect()
+}
+
+/// The definition of a service on FreeBSD: `freebsd/services/NAME` when the
+/// FreeBSD form differs, else the shared `services/NAME`.
+fn service_dir(source: &Path, name: &str) -> PathBuf {
+    let freebsd = source.join("freebsd/services").join(name);
+    if freebsd.join("service.xml").is_file() {
+        freebsd
+    } else {
+        source.join("services").join(name)
+    }
+}
+
+/// Resolves and validates the plan; every problem is reported at once.
+pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan, BadInput> {
+    let image_document = Document::load(&source.join("images").join(format!("{image}.xml")))?;
+    let profile_path = source.join("profiles").join(format!("{profile}.xml"));
+    if !profile_path.is_file() {
+        return Err(BadInput(format!(
+            "{}: unknown profile `{profile}`: the file does not exist",
+            profile_path.display()
+        )));
+    }
+    let profile_document = Document::load(&profile_path)?;
+    let mut problems = Vec::new();
+    let root = &image_document.root;
+    if root.name != "image" || root.attribute("name") != Some(image) {
+        problems.push(format!(
+            "{}: the root element must be <image name=\"{image}\" os=\"freebsd\">",
+            image_document.at(root)
+        ));
+    }
+    let architecture = root
+        .children_named("architecture")
+        .next()
+        .map(|element| element.text().to_owned())
+        .unwrap_or_default();
+    if architecture != "amd64" {
+        problems.push(format!(
+            "{}: <architecture> must be amd64 (the only FreeBSD target initd is built for)",
+            image_document.at(root)
+        ));
+    }
+    let (mut disk_size_mib, mut esp_size_mib) = (0, 64);
+    match root.children_named("disk").next() {
+        Some(disk) => {
+            match disk.attribute("size").and_then(size_mib) {
+                Some(size) => disk_size_mib = size,
+                None => problems.push(format!(
+                    "{}: <disk size=\"...\"> must be a size such as 2048MiB or 2GiB",
+                    image_document.at(disk)
+                )),
+            }
+            match disk.attribute("esp").map(size_mib) {
+                None => {}
+                Some(Some(size)) if size >= 33 => esp_size_mib = size,
+                Some(_) => problems.push(format!(
+                    "{}: <disk esp=\"...\"> must be a size of at least 33MiB (FAT32)",
+                    image_document.at(disk)
+                )),
+            }
+            if disk_size_mib != 0 && disk_size_mib < esp_size_mib + 64 {
+                problems.push(format!(
+                    "{}: the disk must be at least 64MiB larger than the ESP",
+                    image_document.at(disk)
+                ));
+            }
+        }
+        None => problems.push(format!(
+            "{}: <image> needs a <disk size=\"...\"/>",
+            image_document.at(root)
+        )),
+    }
+    let model = match root
+        .children_named("model")
+        .next()
+        .and_then(|element| element.attribute("path").map(|path| (element, path)))
+    {
+        Some((element, path)) => {
+            if !source.join(path).is_file() {
+                problems.push(format!(
+                    "{}: the model {} does not exist",
+                    image_document.at(element),
+                    source.join(path).display()
+                ));
+            }
+            PathBuf::from(path)
+        }
+        None => {
+            problems.push(format!(
+                "{}: <image> needs <model path=\"...\"/>",
+                image_document.at(root)
+            ));
+            PathBuf::new()
+        }
+    };
+    let base_provides = words(&image_document, "base-provides");
+    let linux_only = words(&image_document, "linux-only");
+
+    let profile_root = &profile_document.root;
+    if profile_root.name != "profile" || profile_root.attribute("name") != Some(profile) {
+        problems.push(format!(
+            "{}: the root element must be <profile name=\"{profile}\" mode=\"...\">",
+            profile_document.at(profile_root)
+        ));
+    }
+    let mode = profile_root
+        .attribute("mode")
+        .unwrap_or_default()
+        .to_owned();
+    if mode.is_empty() {
+        problems.push(format!(
+            "{}: <profile> needs mode=\"dev|test|production|failover\"",
+            profile_document.at(profile_root)
+        ));
+    }
+    let mut overlays = vec![PathBuf::from("overlays/common")];
+    for element in profile_root.children_named("overlay") {
+        let overlay = PathBuf::from("overlays").join(element.text());
+        if !source.join(&overlay).is_dir() {
+            problems.push(format!(
+                "{}: overlay `{}` does not exist: create {}",
+                profile_document.at(element),
+                element.text(),
+                source.join(&overlay).display()
+            ));
+        }
+        overlays.push(overlay);
+    }
+
+    let root_locked = match profile_root.children_named("root").next() {
+        None => true,
+        Some(element) => match element.attribute("login") {
+            Some("locked") => true,
+            Some("autologin") => false,
+            _ => {
+                problems.push(format!(
+                    "{}: <root login=\"...\"> must be autologin or locked",
+                    profile_document.at(element)
+                ));
+                true
+            }
+        },
+    };
+
+    // The image's services, then the profile's.
+    let mut named = Vec::new();
+    for document in [&image_document, &profile_document] {
+        for list in document.root.children_named("services") {
+            for element in list.children_named("service") {
+                named.push((element.text().to_owned(), document.at(element)));
+            }
+        }
+    }
+    let mut services = Vec::new();
+    let mut left_out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (name, at) in named {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        if linux_only.contains(&name) {
+            left_out.push(name);
+            continue;
+        }
+        let dir = service_dir(source, &name);
+        let path = dir.join("service.xml");
+        if !path.is_file() {
+            problems.push(format!(
+                "{at}: unknown service `{name}`: {} does not exist",
+                path.display()
+            ));
+            continue;
+        }
+        let definition = match servicedef::parse_file(&path) {
+            Ok(definition) => definition,
+            Err(errors) => {
+                problems.push(errors.to_string());
+                continue;
+            }
+        };
+        let unmapped: Vec<&String> = definition
+            .packages
+            .iter()
+            .filter(|package| !base_provides.contains(*package))
+            .collect();
+        if definition.freebsd_packages.is_empty() && !unmapped.is_empty() {
+            problems.push(format!(
+                "{}:{}: service `{name}` needs the Debian package(s) {} and has no FreeBSD mapping: add <package os=\"freebsd\">NAME</package> or list them in <base-provides> of {}",
+                path.display(),
+                definition.line,
+                unmapped.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+                image_document.path.display()
+            ));
+            continue;
+        }
+        let mut packages = definition.freebsd_packages.clone();
+        packages.sort();
+        packages.dedup();
+        services.push(FreebsdService {
+            name,
+            dir,
+            packages,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(BadInput(problems.join("\n")));
+    }
+    Ok(FreebsdPlan {
+        source: source.to_path_buf(),
+        image: image.to_owned(),
+        profile: profile.to_owned(),
+        mode,
+        architecture,
+        disk_size_mib,
+        esp_size_mib,
+        model,
+        services,
+        left_out,
+        overlays,
+        root_locked,
+    })
+}
+
+impl FreebsdPlan {
+    /// FreeBSD packages to add, from every service's mapping.
+    pub fn packages_to_add(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .services
+            .iter()
+            .flat_map(|service| service.packages.iter().cloned())
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The plan as printed by `--plan`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "image: {} (freebsd)", self.image);
+        let _ = writeln!(out, "profile: {}", self.profile);
+        let _ = writeln!(out, "mode: {}", self.mode);
+        let _ = writeln!(out, "architecture: {}", self.architecture);
+        let _ = writeln!(
+            out,
+            "disk: {} MiB (esp {} MiB with loader.efi, ufs2 root the rest)",
+            self.disk_size_mib, self.esp_size_mib
+        );
+        let _ = writeln!(out, "services:");
+        for service in &self.services {
+            let _ = writeln!(
+                out,
+                "  {} ({})",
+                service.name,
+                service
+                    .dir
+                    .strip_prefix(&self.source)
+                    .unwrap_or(&service.dir)
+                    .display()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "root login: {}",
+            if self.root_locked {
+                "locked (no password login)"
+            } else {
+                "no password on the console (dev)"
+            }
+        );
+        let _ = writeln!(out, "left out (linux only): {}", self.left_out.join(" "));
+        let _ = writeln!(out, "packages to add: {}", self.packages_to_add().join(" "));
+        let _ = writeln!(out, "overlays:");
+        for overlay in &self.overlays {
+            let _ = writeln!(out, "  {}", overlay.display());
+        }
+        let _ = writeln!(out, "model: {}", self.model.display());
+        out
+    }
+}
