@@ -557,6 +557,27 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// The hash of every input of an image, in hex: `inputs` (what identifies
+/// the base, the plan, SOURCE_DATE_EPOCH), then every entry of the tree
+/// (path, kind, mode, owner, content hash); every id of the disk derives
+/// from it.
+pub fn input_hash(inputs: &[&str], files: &[FileEntry]) -> String {
+    let mut hasher = Sha256::new();
+    for input in inputs {
+        hasher.update(input.as_bytes());
+    }
+    for file in files {
+        hasher.update(
+            format!(
+                "{} {} {:o} {}:{} {}\n",
+                file.path, file.kind, file.mode, file.uid, file.gid, file.sha256
+            )
+            .as_bytes(),
+        );
+    }
+    hex::encode(hasher.finalize())
+}
+
 /// Clamps every timestamp newer than SOURCE_DATE_EPOCH and hashes every
 /// entry (two threads), sorted by path. Setting a file's times does not
 /// change its directory's, so the order of the clamps does not matter.

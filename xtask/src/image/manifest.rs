@@ -7,7 +7,6 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
 use super::assemble::{FileEntry, Staging};
 use super::disk::Layout;
@@ -26,19 +25,8 @@ pub fn input_hash(
     source_date_epoch: u64,
     files: &[FileEntry],
 ) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(format!("base {base_key}\nepoch {source_date_epoch}\n").as_bytes());
-    hasher.update(plan.render_inputs().as_bytes());
-    for file in files {
-        hasher.update(
-            format!(
-                "{} {} {:o} {}:{} {}\n",
-                file.path, file.kind, file.mode, file.uid, file.gid, file.sha256
-            )
-            .as_bytes(),
-        );
-    }
-    hex::encode(hasher.finalize())
+    let inputs = format!("base {base_key}\nepoch {source_date_epoch}\n");
+    super::assemble::input_hash(&[&inputs, &plan.render_inputs()], files)
 }
 
 /// Installed packages from the image's /var/lib/dpkg/status.

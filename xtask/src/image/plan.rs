@@ -100,7 +100,7 @@ fn is_name(value: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == '+')
 }
 
-fn parse_size_mib(value: &str) -> Option<u64> {
+pub(super) fn parse_size_mib(value: &str) -> Option<u64> {
     let value = value.trim();
     if let Some(number) = value.strip_suffix("GiB") {
         number.trim().parse::<u64>().ok().map(|n| n * 1024)

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
 use super::super::assemble::FileEntry;
 use super::super::util;
@@ -17,25 +16,11 @@ pub fn input_hash(
     source_date_epoch: u64,
     files: &[FileEntry],
 ) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(
-        format!(
-            "base {}\nkernel {}\nepoch {source_date_epoch}\n",
-            distribution.base_sha256, distribution.kernel_sha256
-        )
-        .as_bytes(),
+    let inputs = format!(
+        "base {}\nkernel {}\nepoch {source_date_epoch}\n",
+        distribution.base_sha256, distribution.kernel_sha256
     );
-    hasher.update(plan.render().as_bytes());
-    for file in files {
-        hasher.update(
-            format!(
-                "{} {} {:o} {}:{} {}\n",
-                file.path, file.kind, file.mode, file.uid, file.gid, file.sha256
-            )
-            .as_bytes(),
-        );
-    }
-    hex::encode(hasher.finalize())
+    super::super::assemble::input_hash(&[&inputs, &plan.render()], files)
 }
 
 /// manifest.json and SHA256SUMS.

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use super::super::plan::parse_size_mib;
 use super::super::xml::Document;
 use super::super::BadInput;
 
@@ -41,15 +42,6 @@ pub struct FreebsdPlan {
     /// in /etc/master.passwd; `autologin` keeps the set's empty password
     /// (FreeBSD has no autologin: root logs in on the console without one).
     pub root_locked: bool,
-}
-
-fn size_mib(value: &str) -> Option<u64> {
-    let value = value.trim();
-    if let Some(number) = value.strip_suffix("GiB") {
-        number.trim().parse::<u64>().ok().map(|n| n * 1024)
-    } else {
-        value.strip_suffix("MiB")?.trim().parse().ok()
-    }
 }
 
 fn words(document: &Document, name: &str) -> BTreeSet<String> {
@@ -101,17 +93,62 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
             image_document.at(root)
         ));
     }
+    let (disk_size_mib, esp_size_mib) = disk_sizes(&image_document, &mut problems);
+    let model = model_path(source, &image_document, &mut problems);
+
+    let profile_root = &profile_document.root;
+    if profile_root.name != "profile" || profile_root.attribute("name") != Some(profile) {
+        problems.push(format!(
+            "{}: the root element must be <profile name=\"{profile}\" mode=\"...\">",
+            profile_document.at(profile_root)
+        ));
+    }
+    let mode = profile_root
+        .attribute("mode")
+        .unwrap_or_default()
+        .to_owned();
+    if mode.is_empty() {
+        problems.push(format!(
+            "{}: <profile> needs mode=\"dev|test|production|failover\"",
+            profile_document.at(profile_root)
+        ));
+    }
+    let overlays = overlays(source, &profile_document, &mut problems);
+    let root_locked = root_locked(&profile_document, &mut problems);
+    let (services, left_out) = services(source, &image_document, &profile_document, &mut problems);
+    if !problems.is_empty() {
+        return Err(BadInput(problems.join("\n")));
+    }
+    Ok(FreebsdPlan {
+        source: source.to_path_buf(),
+        image: image.to_owned(),
+        profile: profile.to_owned(),
+        mode,
+        architecture,
+        disk_size_mib,
+        esp_size_mib,
+        model,
+        services,
+        left_out,
+        overlays,
+        root_locked,
+    })
+}
+
+/// `<disk size esp>` of the image in MiB (the ESP 64 unless given).
+fn disk_sizes(image_document: &Document, problems: &mut Vec<String>) -> (u64, u64) {
+    let root = &image_document.root;
     let (mut disk_size_mib, mut esp_size_mib) = (0, 64);
     match root.children_named("disk").next() {
         Some(disk) => {
-            match disk.attribute("size").and_then(size_mib) {
+            match disk.attribute("size").and_then(parse_size_mib) {
                 Some(size) => disk_size_mib = size,
                 None => problems.push(format!(
                     "{}: <disk size=\"...\"> must be a size such as 2048MiB or 2GiB",
                     image_document.at(disk)
                 )),
             }
-            match disk.attribute("esp").map(size_mib) {
+            match disk.attribute("esp").map(parse_size_mib) {
                 None => {}
                 Some(Some(size)) if size >= 33 => esp_size_mib = size,
                 Some(_) => problems.push(format!(
@@ -131,7 +168,13 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
             image_document.at(root)
         )),
     }
-    let model = match root
+    (disk_size_mib, esp_size_mib)
+}
+
+/// `<model path>` of the image, which must exist.
+fn model_path(source: &Path, image_document: &Document, problems: &mut Vec<String>) -> PathBuf {
+    let root = &image_document.root;
+    match root
         .children_named("model")
         .next()
         .and_then(|element| element.attribute("path").map(|path| (element, path)))
@@ -153,27 +196,16 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
             ));
             PathBuf::new()
         }
-    };
-    let base_provides = words(&image_document, "base-provides");
-    let linux_only = words(&image_document, "linux-only");
+    }
+}
 
+/// `overlays/common`, then the profile's `<overlay>`s, each of which must exist.
+fn overlays(
+    source: &Path,
+    profile_document: &Document,
+    problems: &mut Vec<String>,
+) -> Vec<PathBuf> {
     let profile_root = &profile_document.root;
-    if profile_root.name != "profile" || profile_root.attribute("name") != Some(profile) {
-        problems.push(format!(
-            "{}: the root element must be <profile name=\"{profile}\" mode=\"...\">",
-            profile_document.at(profile_root)
-        ));
-    }
-    let mode = profile_root
-        .attribute("mode")
-        .unwrap_or_default()
-        .to_owned();
-    if mode.is_empty() {
-        problems.push(format!(
-            "{}: <profile> needs mode=\"dev|test|production|failover\"",
-            profile_document.at(profile_root)
-        ));
-    }
     let mut overlays = vec![PathBuf::from("overlays/common")];
     for element in profile_root.children_named("overlay") {
         let overlay = PathBuf::from("overlays").join(element.text());
@@ -188,7 +220,13 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
         overlays.push(overlay);
     }
 
-    let root_locked = match profile_root.children_named("root").next() {
+    overlays
+}
+
+/// `<root login="locked">` or no `<root>`: true; `autologin`: false.
+fn root_locked(profile_document: &Document, problems: &mut Vec<String>) -> bool {
+    let profile_root = &profile_document.root;
+    match profile_root.children_named("root").next() {
         None => true,
         Some(element) => match element.attribute("login") {
             Some("locked") => true,
@@ -201,11 +239,22 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
                 true
             }
         },
-    };
+    }
+}
 
+/// The image's services, then the profile's, each with its FreeBSD form and
+/// packages; and the profile's services that are Linux-only (`<linux-only>`).
+fn services(
+    source: &Path,
+    image_document: &Document,
+    profile_document: &Document,
+    problems: &mut Vec<String>,
+) -> (Vec<FreebsdService>, Vec<String>) {
+    let base_provides = words(image_document, "base-provides");
+    let linux_only = words(image_document, "linux-only");
     // The image's services, then the profile's.
     let mut named = Vec::new();
-    for document in [&image_document, &profile_document] {
+    for document in [image_document, profile_document] {
         for list in document.root.children_named("services") {
             for element in list.children_named("service") {
                 named.push((element.text().to_owned(), document.at(element)));
@@ -263,23 +312,7 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
             packages,
         });
     }
-    if !problems.is_empty() {
-        return Err(BadInput(problems.join("\n")));
-    }
-    Ok(FreebsdPlan {
-        source: source.to_path_buf(),
-        image: image.to_owned(),
-        profile: profile.to_owned(),
-        mode,
-        architecture,
-        disk_size_mib,
-        esp_size_mib,
-        model,
-        services,
-        left_out,
-        overlays,
-        root_locked,
-    })
+    (services, left_out)
 }
 
 impl FreebsdPlan {
