@@ -264,41 +264,12 @@ pub fn document(
     let mut relationships = vec![relationship("SPDXRef-DOCUMENT", "DESCRIBES", IMAGE)];
     for output in outputs {
         let id = spdx_id("Output", &output.file);
-        spdx_packages.push(json!({
-            "name": output.file,
-            "SPDXID": id,
-            "packageFileName": output.file,
-            "primaryPackagePurpose": "FILE",
-            "supplier": "NOASSERTION",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "checksums": [{"algorithm": "SHA256", "checksumValue": output.sha256}],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "comment": format!("the image as {} ({} bytes)", output.format, output.size),
-        }));
+        spdx_packages.push(output_entry(output, &id));
         relationships.push(relationship(&id, "GENERATED_FROM", IMAGE));
     }
     for package in packages {
         let id = spdx_id("Package-deb", &package.name);
-        spdx_packages.push(json!({
-            "name": package.name,
-            "SPDXID": id,
-            "versionInfo": package.version,
-            "supplier": "Organization: Debian",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "sourceInfo": format!("built from the Debian source package {}", package.source),
-            "externalRefs": [{
-                "referenceCategory": "PACKAGE-MANAGER",
-                "referenceType": "purl",
-                "referenceLocator": format!("pkg:deb/debian/{}@{}?arch={}&distro=debian-{}", package.name, package.version.replace(':', "%3A"), package.architecture, plan.suite),
-            }],
-        }));
+        spdx_packages.push(debian_package_entry(package, &id, &plan.suite));
         relationships.push(relationship(IMAGE, "CONTAINS", &id));
     }
     let mut crates_listed = BTreeSet::new();
@@ -309,20 +280,7 @@ pub fn document(
             .find(|file| file.path == binary.path)
             .map(|file| file.sha256.clone())
             .unwrap_or_default();
-        spdx_packages.push(json!({
-            "name": binary.name,
-            "SPDXID": id,
-            "packageFileName": binary.path,
-            "primaryPackagePurpose": "APPLICATION",
-            "supplier": "NOASSERTION",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "checksums": [{"algorithm": "SHA256", "checksumValue": sha256}],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "comment": format!("built by cargo for {}", binary.target),
-        }));
+        spdx_packages.push(binary_entry(binary, &id, &sha256));
         relationships.push(relationship(IMAGE, "CONTAINS", &id));
         for krate in &binary.crates {
             let crate_id = spdx_id("Crate", &format!("{}-{}", krate.name, krate.version));
@@ -330,35 +288,7 @@ pub fn document(
             if !crates_listed.insert(crate_id.clone()) {
                 continue;
             }
-            let license = krate
-                .license
-                .clone()
-                .unwrap_or_else(|| "NOASSERTION".to_owned());
-            let mut entry = json!({
-                "name": krate.name,
-                "SPDXID": crate_id,
-                "versionInfo": krate.version,
-                "primaryPackagePurpose": "LIBRARY",
-                "supplier": "NOASSERTION",
-                "downloadLocation": if krate.from_registry {
-                    format!("https://crates.io/api/v1/crates/{}/{}/download", krate.name, krate.version)
-                } else {
-                    "NOASSERTION".to_owned()
-                },
-                "filesAnalyzed": false,
-                "licenseConcluded": "NOASSERTION",
-                "licenseDeclared": license,
-                "copyrightText": "NOASSERTION",
-                "externalRefs": [{
-                    "referenceCategory": "PACKAGE-MANAGER",
-                    "referenceType": "purl",
-                    "referenceLocator": format!("pkg:cargo/{}@{}", krate.name, krate.version),
-                }],
-            });
-            if let Some(checksum) = &krate.checksum {
-                entry["checksums"] = json!([{"algorithm": "SHA256", "checksumValue": checksum}]);
-            }
-            spdx_packages.push(entry);
+            spdx_packages.push(crate_entry(krate, &crate_id));
         }
     }
     json!({
@@ -374,6 +304,96 @@ pub fn document(
         "packages": spdx_packages,
         "relationships": relationships,
     })
+}
+
+/// One output file of the image.
+fn output_entry(output: &Output, id: &str) -> Value {
+    json!({
+        "name": output.file,
+        "SPDXID": id,
+        "packageFileName": output.file,
+        "primaryPackagePurpose": "FILE",
+        "supplier": "NOASSERTION",
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "checksums": [{"algorithm": "SHA256", "checksumValue": output.sha256}],
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "comment": format!("the image as {} ({} bytes)", output.format, output.size),
+    })
+}
+
+/// One Debian package of the image, with its purl.
+fn debian_package_entry(package: &Package, id: &str, suite: &str) -> Value {
+    json!({
+        "name": package.name,
+        "SPDXID": id,
+        "versionInfo": package.version,
+        "supplier": "Organization: Debian",
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "sourceInfo": format!("built from the Debian source package {}", package.source),
+        "externalRefs": [{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": format!("pkg:deb/debian/{}@{}?arch={}&distro=debian-{}", package.name, package.version.replace(':', "%3A"), package.architecture, suite),
+        }],
+    })
+}
+
+/// One of nodows' binaries with its sha256 in the image.
+fn binary_entry(binary: &Binary, id: &str, sha256: &str) -> Value {
+    json!({
+        "name": binary.name,
+        "SPDXID": id,
+        "packageFileName": binary.path,
+        "primaryPackagePurpose": "APPLICATION",
+        "supplier": "NOASSERTION",
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "checksums": [{"algorithm": "SHA256", "checksumValue": sha256}],
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "comment": format!("built by cargo for {}", binary.target),
+    })
+}
+
+/// One crate compiled into a binary, with its licence, purl and checksum.
+fn crate_entry(krate: &Crate, crate_id: &str) -> Value {
+    let license = krate
+        .license
+        .clone()
+        .unwrap_or_else(|| "NOASSERTION".to_owned());
+    let mut entry = json!({
+        "name": krate.name,
+        "SPDXID": crate_id,
+        "versionInfo": krate.version,
+        "primaryPackagePurpose": "LIBRARY",
+        "supplier": "NOASSERTION",
+        "downloadLocation": if krate.from_registry {
+            format!("https://crates.io/api/v1/crates/{}/{}/download", krate.name, krate.version)
+        } else {
+            "NOASSERTION".to_owned()
+        },
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": license,
+        "copyrightText": "NOASSERTION",
+        "externalRefs": [{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": format!("pkg:cargo/{}@{}", krate.name, krate.version),
+        }],
+    });
+    if let Some(checksum) = &krate.checksum {
+        entry["checksums"] = json!([{"algorithm": "SHA256", "checksumValue": checksum}]);
+    }
+    entry
 }
 
 #[cfg(test)]
