@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 /// What the kernel command line says about the root.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RootSpec {
-    /// `root=`: `PARTUUID=...`, `UUID=...` (ext4) or `/dev/...`.
+    /// `root=`: `PARTUUID=...`, `PARTLABEL=...` (the GPT name), `UUID=...`
+    /// (ext4) or `/dev/...`.
     pub root: Option<String>,
     pub fstype: Option<String>,
     pub flags: Option<String>,
@@ -181,6 +182,15 @@ pub fn find_root(root: &str, sys_block: &Path, dev: &Path) -> Option<PathBuf> {
             }
         }
         return None;
+    }
+    if let Some(wanted) = root.strip_prefix("PARTLABEL=") {
+        // A verified A/B slot's UKI names its slot by GPT name: the same
+        // signed image must boot on every disk it is installed on.
+        return crate::partition::list(sys_block, dev)
+            .ok()?
+            .into_iter()
+            .find(|partition| partition.name == wanted && partition.device.exists())
+            .map(|partition| partition.device);
     }
     if let Some(wanted) = root.strip_prefix("UUID=") {
         let wanted = wanted.to_ascii_lowercase();

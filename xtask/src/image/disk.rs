@@ -107,18 +107,28 @@ impl Layout {
         }
     }
 
-    /// The kernel command line (root by PARTUUID, so any disk bus works).
+    /// The kernel command line of the root (slot a on an A/B disk).
     pub fn cmdline(&self, plan: &Plan) -> String {
-        let slot = if self.ab.is_some() {
-            " nodows.slot=a"
-        } else {
-            ""
+        self.slot_cmdline(plan, update::Slot::A)
+    }
+
+    /// The kernel command line that boots `slot`: the root by PARTUUID, so
+    /// any disk bus works; on a verified A/B disk by GPT name instead
+    /// (`root=PARTLABEL=root-b`), because the slot's signed UKI must boot
+    /// on every disk an update installs it on.
+    pub fn slot_cmdline(&self, plan: &Plan, slot: update::Slot) -> String {
+        let root = match (&self.ab, plan.verified_boot, slot) {
+            (Some(_), true, _) => format!("PARTLABEL={}", slot.partition_name()),
+            (Some(ab), false, update::Slot::B) => {
+                format!("PARTUUID={}", ab.root_b_guid.to_lowercase())
+            }
+            _ => format!("PARTUUID={}", self.root_guid.to_lowercase()),
         };
-        format!(
-            "root=PARTUUID={} {}{slot}",
-            self.root_guid.to_lowercase(),
-            plan.cmdline
-        )
+        let slot_word = match self.ab {
+            Some(_) => format!(" nodows.slot={slot}"),
+            None => String::new(),
+        };
+        format!("root={root} {}{slot_word}", plan.cmdline)
     }
 }
 
@@ -238,6 +248,7 @@ pub fn build<'scope>(
         )?),
     }
     let mut esp_tops = vec![files.join("EFI")];
+    let mut artifact_ukis = None;
     match (update, secure_boot) {
         (None, Some(keys)) => {
             // One signed unified kernel image, found by systemd-boot itself;
@@ -263,7 +274,28 @@ pub fn build<'scope>(
             )?;
             esp_tops.push(files.join("loader"));
         }
-        (Some(settings), _) => esp_tops.extend(super::ab::esp_files(
+        (Some(settings), Some(keys)) => {
+            let verity = verity
+                .as_ref()
+                .context("a verified A/B root without its hash tree")?;
+            let ukis = super::ab::slot_ukis(
+                ui,
+                &super::ab::UkiInputs {
+                    keys,
+                    layout,
+                    plan,
+                    version: &settings.release.version,
+                    verity,
+                    os_release: &staging.path().join("usr/lib/os-release"),
+                    assembled,
+                    work: &work,
+                    source_date_epoch,
+                },
+            )?;
+            esp_tops.push(super::ab::esp_files_verified(&files, plan, &ukis)?);
+            artifact_ukis = Some(ukis);
+        }
+        (Some(settings), None) => esp_tops.extend(super::ab::esp_files(
             &files,
             layout,
             plan,
@@ -366,12 +398,18 @@ pub fn build<'scope>(
         parts.push((data_image, ab.data_start_mib * MIB, ab.data_size_mib * MIB));
     }
     if let Some(settings) = update {
+        let boot = match &artifact_ukis {
+            Some([a, b]) => update::artifact::Boot::Ukis { a, b },
+            None => update::artifact::Boot::Kernel {
+                vmlinuz: &assembled.vmlinuz,
+                initrd: &assembled.initrd,
+            },
+        };
         super::ab::write_artifact(
             settings,
             plan,
             &assembled.kernel_version,
-            &assembled.vmlinuz,
-            &assembled.initrd,
+            boot,
             &root_image,
             &out.join(format!("{name}.update")),
             &work,

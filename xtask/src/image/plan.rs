@@ -57,9 +57,10 @@ pub struct Plan {
     pub keep_modules: Option<Vec<String>>,
     /// The kernel command line without `root=`.
     pub cmdline: String,
-    /// `<verified-boot/>` in the profile (not on A/B images yet): the root
-    /// is read-only under dm-verity, the configuration lives in RAM, and the
-    /// ESP holds a signed unified kernel image.
+    /// `<verified-boot/>` in the profile: the root is read-only under
+    /// dm-verity, the configuration lives in RAM, and the ESP holds a signed
+    /// unified kernel image (on A/B images one per slot, each with its
+    /// slot's root hash).
     pub verified_boot: bool,
     /// Packages of the shared base (every profile's services included, so
     /// that all profiles of an image share one cached base).
@@ -529,7 +530,7 @@ pub fn resolve_with(
     // <verified-boot/>: dm-verity root, configuration in RAM, signed UKI.
     let verified_boot = match profile_root.children_named("verified-boot").next() {
         None => false,
-        Some(_) if ab_data_mib.is_some() || !verified_boot_allowed => false,
+        Some(_) if !verified_boot_allowed => false,
         Some(_) => true,
     };
     for element in profile_root.children_named("cmdline") {
@@ -702,7 +703,11 @@ impl Plan {
         }
         let _ = writeln!(
             out,
-            "kernel cmdline: root=PARTUUID=<root partition> {}{}",
+            "kernel cmdline: {} {}{}",
+            match (self.verified_boot, self.ab_data_mib) {
+                (true, Some(_)) => "root=PARTLABEL=root-<slot>",
+                _ => "root=PARTUUID=<root partition>",
+            },
             self.cmdline,
             if self.verified_boot {
                 " nodows.verity=<data blocks>:<root hash>:<salt>"
@@ -713,10 +718,10 @@ impl Plan {
         let _ = writeln!(
             out,
             "verified boot: {}",
-            if self.verified_boot {
+            if self.verified_boot && self.ab_data_mib.is_some() {
+                "dm-verity root per slot (read-only; /etc, /var, /root on overlays in RAM), a signed unified kernel image per slot"
+            } else if self.verified_boot {
                 "dm-verity root (read-only; /etc, /var, /root on overlays in RAM), signed unified kernel image"
-            } else if self.ab_data_mib.is_some() {
-                "no (not built for A/B images yet: the root slots stay read-write)"
             } else {
                 "no (ext4 root read-write)"
             }

@@ -2,6 +2,8 @@
 //! systemd-boot (boot counting needs the boot loader), artifacts streamed
 //! over HTTP from a server on the host's 127.0.0.1, which the guest reaches
 //! as 10.0.2.2 through QEMU's user network.
+//!   The test profile is verified (`<verified-boot/>`): every boot checks
+//!   that the root is a read-only dm-verity device over the running slot.
 //!   v1 boots from slot a; `nodows update` writes v2 into slot b; after a
 //!   reboot v2 runs, blessed; a broken v3 (its web service's binary is
 //!   missing, so the mode never gets ready) uses up its tries and the machine
@@ -470,6 +472,14 @@ fn check_consistent(vm: &mut Vm) -> anyhow::Result<Running> {
     ensure!(
         word("entry").ends_with(&format!("-{}", running.slot)),
         "no boot entry for the running slot: {line}"
+    );
+    // The test profile is verified: each slot boots its own UKI, whose
+    // root hash maps that slot's partition through dm-verity.
+    let beneath = super::verified::verity_root(vm)?;
+    ensure!(
+        beneath == format!("root-{}", running.slot),
+        "slot {} runs on a dm-verity root over {beneath}",
+        running.slot
     );
     let fsck = vm.succeed("dmesg")?;
     if let Some(bad) = fsck.lines().find(|l| l.contains("EXT4-fs error")) {

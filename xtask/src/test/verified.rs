@@ -106,28 +106,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             config.forward_tcp = vec![22, 80];
             let mut vm = Vm::start(&config)?;
             vm.wait_for_ready(UEFI_READY_TIMEOUT)?;
-            let mounts = vm.succeed("cat /proc/self/mounts")?;
-            let root = mounts
-                .lines()
-                .find(|line| line.split_whitespace().nth(1) == Some("/"))
-                .context("no / in /proc/self/mounts")?
-                .to_string();
-            let fields: Vec<&str> = root.split_whitespace().collect();
-            if !fields[0].starts_with("/dev/dm-")
-                || !fields[3].split(',').any(|option| option == "ro")
-            {
-                return Err(vm.failure(&format!(
-                    "/ is not a read-only device-mapper device: {root}"
-                )));
-            }
-            let dm = fields[0].trim_start_matches("/dev/");
-            let name = vm.succeed(&format!("cat /sys/block/{dm}/dm/name"))?;
-            ensure!(name.trim() == "root", "{dm} is named {name}, not root");
-            let command_line = vm.succeed("cat /proc/cmdline")?;
+            let beneath = verity_root(&mut vm)?;
             ensure!(
-                command_line.contains("nodows.verity="),
-                "no root hash on the command line: {command_line}"
+                beneath == "root",
+                "the dm-verity root is over {beneath}, not the partition root"
             );
+            let mounts = vm.succeed("cat /proc/self/mounts")?;
             // The kernel reads the firmware's SecureBoot variable at boot.
             let kernel_log = vm.succeed("dmesg")?;
             if !kernel_log.contains("Secure boot enabled") {
@@ -463,4 +447,38 @@ fn flip_byte_of(disk: &Path, path: &str, work: &Path) -> anyhow::Result<u64> {
     file.write_all(&byte)?;
     file.sync_all()?;
     Ok(offset)
+}
+
+/// Checks that `/` is mounted read-only from the device-mapper device
+/// `root` that initd's initrd made from the root hash on the kernel
+/// command line; returns the GPT name of the one partition beneath it.
+pub(super) fn verity_root(vm: &mut Vm) -> anyhow::Result<String> {
+    let mounts = vm.succeed("cat /proc/self/mounts")?;
+    let root = mounts
+        .lines()
+        .find(|line| line.split_whitespace().nth(1) == Some("/"))
+        .context("no / in /proc/self/mounts")?
+        .to_string();
+    let fields: Vec<&str> = root.split_whitespace().collect();
+    if !fields[0].starts_with("/dev/dm-") || !fields[3].split(',').any(|option| option == "ro") {
+        return Err(vm.failure(&format!(
+            "/ is not a read-only device-mapper device: {root}"
+        )));
+    }
+    let dm = fields[0].trim_start_matches("/dev/");
+    let name = vm.succeed(&format!("cat /sys/block/{dm}/dm/name"))?;
+    ensure!(name.trim() == "root", "{dm} is named {name}, not root");
+    let command_line = vm.succeed("cat /proc/cmdline")?;
+    ensure!(
+        command_line.contains("nodows.verity="),
+        "no root hash on the command line: {command_line}"
+    );
+    let beneath = vm.succeed(&format!(
+        "for d in /sys/block/{dm}/slaves/*; do sed -n 's/^PARTNAME=//p' $d/uevent; done"
+    ))?;
+    let names: Vec<&str> = beneath.split_whitespace().collect();
+    match names.as_slice() {
+        [only] => Ok(only.to_string()),
+        _ => bail!("{dm} is not on exactly one named partition: {beneath:?}"),
+    }
 }
