@@ -31,17 +31,22 @@ pub struct Layout {
     pub root_start_mib: u64,
     pub root_size_mib: u64,
     pub disk_size_mib: u64,
-    /// `<disk layout="ab">`: root is slot a; slot b and the data partition follow.
+    /// `<disk layout="ab">`: root is slot a; slot b follows.
     pub ab: Option<AbPartitions>,
+    /// The data partition, last on the disk (A/B and verified disks).
+    pub data: Option<DataPartition>,
 }
 
 pub struct AbPartitions {
     pub root_b_guid: String,
     pub root_b_start_mib: u64,
-    pub data_guid: String,
-    pub data_fs_uuid: String,
-    pub data_start_mib: u64,
-    pub data_size_mib: u64,
+}
+
+pub struct DataPartition {
+    pub guid: String,
+    pub fs_uuid: String,
+    pub start_mib: u64,
+    pub size_mib: u64,
 }
 
 /// The size of the root partition, or of each root slot of an A/B disk
@@ -49,7 +54,7 @@ pub struct AbPartitions {
 pub fn slot_size_mib(plan: &Plan) -> u64 {
     let rest = plan
         .disk_size_mib
-        .saturating_sub(2 + plan.esp_size_mib + plan.ab_data_mib.unwrap_or(0));
+        .saturating_sub(2 + plan.esp_size_mib + plan.data_mib.unwrap_or(0));
     match plan.ab_data_mib {
         Some(_) => rest / 2,
         None => rest,
@@ -80,13 +85,16 @@ impl Layout {
         let esp_start_mib = 1;
         let root_start_mib = esp_start_mib + plan.esp_size_mib;
         let root_size_mib = slot_size_mib(plan);
-        let ab = plan.ab_data_mib.map(|data_size_mib| AbPartitions {
+        let ab = plan.ab_data_mib.map(|_| AbPartitions {
             root_b_guid: derived_uuid(input_hash, "root-b"),
             root_b_start_mib: root_start_mib + root_size_mib,
-            data_guid: derived_uuid(input_hash, "data"),
-            data_fs_uuid: derived_uuid(input_hash, "data-fs").to_lowercase(),
-            data_start_mib: root_start_mib + 2 * root_size_mib,
-            data_size_mib,
+        });
+        let roots = if ab.is_some() { 2 } else { 1 };
+        let data = plan.data_mib.map(|size_mib| DataPartition {
+            guid: derived_uuid(input_hash, "data"),
+            fs_uuid: derived_uuid(input_hash, "data-fs").to_lowercase(),
+            start_mib: root_start_mib + roots * root_size_mib,
+            size_mib,
         });
         Layout {
             disk_guid: derived_uuid(input_hash, "disk"),
@@ -104,6 +112,7 @@ impl Layout {
             root_size_mib,
             disk_size_mib: plan.disk_size_mib,
             ab,
+            data,
         }
     }
 
@@ -371,22 +380,27 @@ pub fn build<'scope>(
         ),
     ];
     if let Some(ab) = &layout.ab {
-        // Slot b stays empty (zeros) until the first update; the data
-        // partition gets an empty ext4 labelled `data`.
+        // Slot b stays empty (zeros) until the first update.
         script.push_str(&format!(
-            "start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"root-b\"\n\
-             start={}, size={}, type={}, uuid={}, name=\"data\"\n",
+            "start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"root-b\"\n",
             ab.root_b_start_mib * 2048,
             layout.root_size_mib * 2048,
             ab.root_b_guid,
-            ab.data_start_mib * 2048,
-            ab.data_size_mib * 2048,
+        ));
+    }
+    if let Some(data) = &layout.data {
+        // An empty ext4 labelled `data`, last: initd grows it to the end
+        // of a bigger disk.
+        script.push_str(&format!(
+            "start={}, size={}, type={}, uuid={}, name=\"data\"\n",
+            data.start_mib * 2048,
+            data.size_mib * 2048,
             super::ab::DATA_TYPE,
-            ab.data_guid,
+            data.guid,
         ));
         let data_image = work.join("data.ext4");
-        let data_blocks = (ab.data_size_mib * MIB / 4096).to_string();
-        let data_uuid = &ab.data_fs_uuid;
+        let data_blocks = (data.size_mib * MIB / 4096).to_string();
+        let data_uuid = &data.fs_uuid;
         ui.run(
             cmd!(
                 sh,
@@ -395,7 +409,7 @@ pub fn build<'scope>(
             .env("E2FSPROGS_FAKE_TIME", &epoch)
             .env("SOURCE_DATE_EPOCH", &epoch),
         )?;
-        parts.push((data_image, ab.data_start_mib * MIB, ab.data_size_mib * MIB));
+        parts.push((data_image, data.start_mib * MIB, data.size_mib * MIB));
     }
     if let Some(settings) = update {
         let boot = match &artifact_ukis {

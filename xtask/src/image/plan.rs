@@ -51,6 +51,10 @@ pub struct Plan {
     /// `<disk layout="ab" data="SIZE">`: two root slots and a data
     /// partition of this many MiB (see `update`); `None`: one root.
     pub ab_data_mib: Option<u64>,
+    /// The data partition (GPT name `data`, last on the disk) in MiB: the
+    /// A/B layout's, or a verified single-root disk's (`<disk data="...">`,
+    /// 64 MiB by default); grown to the disk's end at boot.
+    pub data_mib: Option<u64>,
     pub kernel_package: String,
     pub initrd_modules: Vec<String>,
     /// `Some` prunes /usr/lib/modules/VERSION/kernel to these trees.
@@ -296,6 +300,7 @@ pub fn resolve_with(
 
     let (mut disk_size_mib, mut esp_size_mib) = (0, 0);
     let mut ab_data_mib = None;
+    let mut single_data_mib = None;
     match root.children_named("disk").next() {
         Some(disk) => {
             match disk.attribute("size").and_then(parse_size_mib) {
@@ -324,8 +329,11 @@ pub fn resolve_with(
                     "{}: <disk data=\"...\"> must be a size of at least 8MiB",
                     image_document.at(disk)
                 )),
+                (None | Some("single"), Some(Some(size))) if size >= 8 => {
+                    single_data_mib = Some(size)
+                }
                 (None | Some("single"), Some(_)) => problems.push(format!(
-                    "{}: <disk data=\"...\"> needs layout=\"ab\"",
+                    "{}: <disk data=\"...\"> must be a size of at least 8MiB",
                     image_document.at(disk)
                 )),
                 (Some(other), _) => problems.push(format!(
@@ -533,6 +541,9 @@ pub fn resolve_with(
         Some(_) if !verified_boot_allowed => false,
         Some(_) => true,
     };
+    // What persists lives on a data partition where the root does not
+    // keep it: on A/B disks and on verified (read-only) ones.
+    let data_mib = ab_data_mib.or(verified_boot.then(|| single_data_mib.unwrap_or(64)));
     for element in profile_root.children_named("cmdline") {
         if !element.text().is_empty() {
             cmdline.push(' ');
@@ -623,6 +634,7 @@ pub fn resolve_with(
         disk_size_mib,
         esp_size_mib,
         ab_data_mib,
+        data_mib,
         kernel_package,
         initrd_modules,
         keep_modules,
@@ -672,15 +684,25 @@ impl Plan {
             let _ = writeln!(out, "  {line}");
         }
         let _ = writeln!(out, "hostname: {}", self.hostname);
-        match self.ab_data_mib {
-            None => {
+        match (self.ab_data_mib, self.data_mib) {
+            (None, None) => {
                 let _ = writeln!(
                     out,
                     "disk: {} MiB (esp {} MiB, ext4 root the rest)",
                     self.disk_size_mib, self.esp_size_mib
                 );
             }
-            Some(data) => {
+            (None, Some(data)) => {
+                let _ = writeln!(
+                    out,
+                    "disk: {} MiB (esp {} MiB, ext4 root {} MiB, data {} MiB, grown to the disk's end at boot)",
+                    self.disk_size_mib,
+                    self.esp_size_mib,
+                    super::disk::slot_size_mib(self),
+                    data
+                );
+            }
+            (Some(data), _) => {
                 let _ = writeln!(
                     out,
                     "disk: {} MiB, A/B (esp {} MiB, ext4 root slots a and b of {} MiB each, data {} MiB)",

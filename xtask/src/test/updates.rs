@@ -60,22 +60,23 @@ impl Machine {
 }
 
 /// What lives on the data partition (mounted on /var/lib/nodows, its
-/// log/ on /var/log/nodows) as a booted machine shows it.
+/// log/ on /var/log/nodows) as a booted machine shows it (A/B and verified
+/// images).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Persistent {
-    marker: String,
-    log_marker: String,
+pub(super) struct Persistent {
+    pub marker: String,
+    pub log_marker: String,
     /// `ssh-keygen -l` of the ssh host key.
-    host_key: String,
+    pub host_key: String,
 }
 
-const MARKER: &str = "/var/lib/nodows/e2e-marker";
-const LOG_MARKER: &str = "/var/log/nodows/e2e-marker";
+pub(super) const MARKER: &str = "/var/lib/nodows/e2e-marker";
+pub(super) const LOG_MARKER: &str = "/var/log/nodows/e2e-marker";
 const HOST_KEY: &str = "/var/lib/nodows/ssh/ssh_host_ed25519_key";
 
 /// Checks that the partition named `data` is mounted on /var/lib/nodows
 /// and /var/log/nodows, and reads what lives there.
-fn persistent(vm: &mut Vm) -> anyhow::Result<Persistent> {
+pub(super) fn persistent(vm: &mut Vm) -> anyhow::Result<Persistent> {
     let device = vm.succeed(
         "sed -n 's/^DEVNAME=//p' $(grep -l '^PARTNAME=data$' /sys/class/block/*/uevent)",
     )?;
