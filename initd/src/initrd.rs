@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 /// What the kernel command line says about the root.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RootSpec {
-    /// `root=`: `PARTUUID=...`, `UUID=...` (ext4) or `/dev/...`.
+    /// `root=`: `PARTUUID=...`, `PARTLABEL=...` (the GPT name), `UUID=...`
+    /// (ext4) or `/dev/...`.
     pub root: Option<String>,
     pub fstype: Option<String>,
     pub flags: Option<String>,
@@ -181,6 +182,15 @@ pub fn find_root(root: &str, sys_block: &Path, dev: &Path) -> Option<PathBuf> {
             }
         }
         return None;
+    }
+    if let Some(wanted) = root.strip_prefix("PARTLABEL=") {
+        // A verified A/B slot's UKI names its slot by GPT name: the same
+        // signed image must boot on every disk it is installed on.
+        return crate::partition::list(sys_block, dev)
+            .ok()?
+            .into_iter()
+            .find(|partition| partition.name == wanted && partition.device.exists())
+            .map(|partition| partition.device);
     }
     if let Some(wanted) = root.strip_prefix("UUID=") {
         let wanted = wanted.to_ascii_lowercase();
@@ -396,7 +406,7 @@ fn switch_root(init: &str) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -412,21 +422,11 @@ mod tests {
         assert!(!parse_root_spec("root=/dev/vda2 rw ro").read_write);
     }
 
-    /// Guards the PARTUUID lookup against a partition table written by a
-    /// real tool (sfdisk, as the image builder uses).
-    #[test]
-    fn partition_guids_are_read_from_a_gpt_made_by_sfdisk() {
-        let dir = std::env::temp_dir().join(format!("initd-gpt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let disk = dir.join("disk.raw");
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(8 << 20)
-            .unwrap();
-        let script = "label: gpt\nstart=2048, size=4096, uuid=0D1B2C3A-4E5F-4A6B-8C7D-9E0F1A2B3C4D\nstart=6144, size=4096, uuid=11111111-2222-4333-8444-555555555555\n";
+    /// Writes a partition table with sfdisk, as the image builder does.
+    pub(crate) fn sfdisk(disk: &Path, script: &str) {
         let mut child = std::process::Command::new("sfdisk")
             .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-            .arg(&disk)
+            .arg(disk)
             .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("sfdisk (Debian package fdisk) must be installed");
@@ -438,6 +438,20 @@ mod tests {
             .write_all(script.as_bytes())
             .unwrap();
         assert!(child.wait().unwrap().success());
+    }
+
+    /// Guards the PARTUUID lookup against a partition table written by a
+    /// real tool (sfdisk, as the image builder uses).
+    #[test]
+    fn partition_guids_are_read_from_a_gpt_made_by_sfdisk() {
+        let dir = std::env::temp_dir().join(format!("initd-gpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.raw");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        sfdisk(&disk, "label: gpt\nstart=2048, size=4096, uuid=0D1B2C3A-4E5F-4A6B-8C7D-9E0F1A2B3C4D\nstart=6144, size=4096, uuid=11111111-2222-4333-8444-555555555555\n");
         assert_eq!(
             gpt_partition_guids(&disk, 512),
             vec![

@@ -6,6 +6,7 @@
 
 pub mod assess;
 pub mod group;
+pub mod grow;
 pub mod initrd;
 pub mod kmod;
 pub mod logfile;

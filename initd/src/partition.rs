@@ -147,7 +147,15 @@ mod tests {
         std::os::unix::fs::symlink(&devices, sys_block.join("vda")).unwrap();
         std::os::unix::fs::symlink(devices.join("vda4"), sys_block.join("vda4")).unwrap();
         let found = list(&sys_block, Path::new("/dev")).unwrap();
+        // root=PARTLABEL= finds the node of the partition of that name.
+        let dev = root.join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("vda4"), "").unwrap();
+        let by_label = crate::initrd::find_root("PARTLABEL=data", &sys_block, &dev);
+        let missing = crate::initrd::find_root("PARTLABEL=root-b", &sys_block, &dev);
         let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(by_label, Some(dev.join("vda4")));
+        assert_eq!(missing, None);
         assert_eq!(
             found,
             vec![Partition {

@@ -134,7 +134,7 @@ pub fn mount(
 }
 
 /// Mount the API file systems (each only if nothing is mounted there yet),
-/// remount / read-write, mount the data partition of an A/B boot, set the
+/// remount / read-write, mount the data partition of an A/B or verified boot, set the
 /// hostname, bring up lo. Returns lines for the console.
 #[cfg(target_os = "linux")]
 pub fn early_setup(machine: bool) -> Vec<String> {
@@ -210,8 +210,9 @@ pub fn early_setup(machine: bool) -> Vec<String> {
             std::io::Error::last_os_error()
         ));
     }
-    // Before anything writes /var/lib/nodows or /var/log/nodows.
-    let data = (machine && parse_command_line(&cmdline).slot.is_some()).then(|| {
+    // Before anything writes /var/lib/nodows or /var/log/nodows: on A/B
+    // images and on verified ones (whose root is read-only).
+    let data = (machine && (parse_command_line(&cmdline).slot.is_some() || verified)).then(|| {
         mount_data().unwrap_or_else(|(subject, error)| {
             format!("nodows: data partition {subject}: {error}; state is not persistent this boot")
         })
@@ -242,10 +243,11 @@ pub fn early_setup(machine: bool) -> Vec<String> {
     lines
 }
 
-/// Where the data partition of an A/B image (GPT name `data`, ext4) is
-/// mounted: what must survive an update lives there (the last-good model,
-/// the render journal, `ssh/` with the ssh host key, `log/`). On other
-/// images it is a directory of the root with the same contents.
+/// Where the data partition of an A/B or verified image (GPT name `data`,
+/// ext4) is mounted: what must survive an update or a reboot lives there
+/// (the last-good model, the render journal, `ssh/` with the ssh host key,
+/// `log/`). On other images it is a directory of the root with the same
+/// contents.
 pub const DATA_DIR: &str = "/var/lib/nodows";
 /// The services' logs; a bind mount of DATA_DIR/log when the data
 /// partition is mounted.
@@ -263,7 +265,8 @@ fn is_mount_point(mounts: &str, path: &str) -> bool {
 }
 
 /// Mounts the partition named `data` on DATA_DIR (nosuid, nodev, noexec),
-/// makes its directories on first use and binds its `log/` on LOG_DIR.
+/// grown first to the end of a bigger disk (`grow.rs`), makes its
+/// directories on first use and binds its `log/` on LOG_DIR.
 /// Returns the console line, or what failed and why (then nothing of it
 /// stays mounted, and the boot goes on with the root's directories).
 #[cfg(target_os = "linux")]
@@ -291,9 +294,26 @@ fn mount_data() -> Result<String, (String, String)> {
             "initd: data partition {device}: {DATA_DIR} is mounted already"
         ));
     }
+    // A partition that cannot grow is used at its size.
+    let grown = crate::grow::grow_partition(&partition)
+        .map(|grown| {
+            grown
+                .map(|bytes| format!(", grown to {} MiB", bytes >> 20))
+                .unwrap_or_default()
+        })
+        .unwrap_or_else(|error| format!(", not grown: {error}"));
+    let partition_bytes = crate::partition::find("data")
+        .ok()
+        .flatten()
+        .map_or(partition.size, |partition| partition.size);
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(&device, DATA_DIR, "ext4", flags, "").map_err(fail)?;
     let data = std::path::Path::new(DATA_DIR);
+    let resized = match crate::grow::grow_ext4(&partition.device, data, partition_bytes) {
+        Ok(Some(blocks)) => format!(", its ext4 grown to {blocks} blocks"),
+        Ok(None) => String::new(),
+        Err(error) => format!(", its ext4 not grown: {error}"),
+    };
     let first_use = !data.join(DATA_DIRECTORIES[0].0).exists();
     let prepared = DATA_DIRECTORIES.iter().try_for_each(|(name, mode)| {
         use std::os::unix::fs::DirBuilderExt as _;
@@ -323,7 +343,7 @@ fn mount_data() -> Result<String, (String, String)> {
         return Err(fail(error));
     }
     Ok(format!(
-        "initd: data partition {device} on {DATA_DIR}, its log/ on {LOG_DIR}{}",
+        "initd: data partition {device} on {DATA_DIR}, its log/ on {LOG_DIR}{}{grown}{resized}",
         if first_use {
             " (first use: directories made)"
         } else {

@@ -1,6 +1,9 @@
 //! The update artifact: a tar file whose members are, in this order,
-//! `manifest.json`, `manifest.json.sig`, then each part zstd-compressed
-//! (`vmlinuz.zst`, `initrd.img.zst`, `rootfs.ext4.zst`). The manifest names
+//! `manifest.json`, `manifest.json.sig`, then each part zstd-compressed:
+//! `vmlinuz.zst`, `initrd.img.zst`, `rootfs.ext4.zst`, or on verified
+//! images `uki-a.efi.zst`, `uki-b.efi.zst` (each slot's signed unified
+//! kernel image, its command line naming that slot) and `rootfs.ext4.zst`
+//! (the root with its dm-verity hash tree). The manifest names
 //! the image, profile, version and architecture, and every part's size,
 //! compressed size and the sha256 of its compressed bytes; the signature
 //! covers the manifest's exact bytes. So a stream can be checked before a
@@ -30,10 +33,17 @@ pub enum PartKind {
     Vmlinuz,
     Initrd,
     Rootfs,
+    #[serde(rename = "uki-a")]
+    UkiA,
+    #[serde(rename = "uki-b")]
+    UkiB,
 }
 
 impl PartKind {
-    pub const ALL: [PartKind; 3] = [PartKind::Vmlinuz, PartKind::Initrd, PartKind::Rootfs];
+    /// The parts of an artifact for type #1 entries (kernel and initrd).
+    pub const KERNEL: [PartKind; 3] = [PartKind::Vmlinuz, PartKind::Initrd, PartKind::Rootfs];
+    /// The parts of an artifact for verified images (a UKI per slot).
+    pub const UKIS: [PartKind; 3] = [PartKind::UkiA, PartKind::UkiB, PartKind::Rootfs];
 
     /// The member's name in the artifact.
     pub fn file(self) -> &'static str {
@@ -41,15 +51,26 @@ impl PartKind {
             PartKind::Vmlinuz => "vmlinuz.zst",
             PartKind::Initrd => "initrd.img.zst",
             PartKind::Rootfs => "rootfs.ext4.zst",
+            PartKind::UkiA => "uki-a.efi.zst",
+            PartKind::UkiB => "uki-b.efi.zst",
         }
     }
 
-    /// Where a kernel or initrd goes on the ESP, under `/nodows/SLOT/`.
-    fn esp_name(self) -> &'static str {
+    /// The UKI part of `slot`.
+    pub fn uki(slot: Slot) -> PartKind {
+        match slot {
+            Slot::A => PartKind::UkiA,
+            Slot::B => PartKind::UkiB,
+        }
+    }
+
+    /// Whether an update of `slot` puts this part on the ESP (the other
+    /// slot's UKI is only checked against its hash).
+    fn goes_to_esp(self, slot: Slot) -> bool {
         match self {
-            PartKind::Vmlinuz => "vmlinuz",
-            PartKind::Initrd => "initrd.img",
-            PartKind::Rootfs => "",
+            PartKind::Vmlinuz | PartKind::Initrd => true,
+            PartKind::Rootfs => false,
+            PartKind::UkiA | PartKind::UkiB => self == PartKind::uki(slot),
         }
     }
 }
@@ -78,7 +99,8 @@ pub struct Manifest {
     pub architecture: String,
     pub kernel_version: String,
     /// The kernel command line without `root=` and `nodows.slot=` (the
-    /// update adds both for the slot it writes).
+    /// update adds both for the slot it writes to a type #1 entry; a UKI
+    /// carries its own, signed).
     pub cmdline: String,
     pub parts: Vec<Part>,
 }
@@ -87,6 +109,19 @@ impl Manifest {
     pub fn part(&self, kind: PartKind) -> Option<&Part> {
         self.parts.iter().find(|part| part.kind == kind)
     }
+
+    /// The artifact boots through unified kernel images.
+    pub fn has_ukis(&self) -> bool {
+        self.part(PartKind::UkiA).is_some()
+    }
+}
+
+/// How the image an artifact is made from boots.
+pub enum Boot<'a> {
+    /// A kernel and an initrd, named by a type #1 entry.
+    Kernel { vmlinuz: &'a Path, initrd: &'a Path },
+    /// A signed unified kernel image for each slot.
+    Ukis { a: &'a Path, b: &'a Path },
 }
 
 /// What the build knows about the image an artifact is made from.
@@ -94,8 +129,7 @@ pub struct Source<'a> {
     pub release: &'a Release,
     pub kernel_version: &'a str,
     pub cmdline: &'a str,
-    pub vmlinuz: &'a Path,
-    pub initrd: &'a Path,
+    pub boot: Boot<'a>,
     pub rootfs: &'a Path,
 }
 
@@ -110,12 +144,19 @@ pub fn write(
 ) -> Result<Manifest> {
     let mut parts = Vec::new();
     let mut stored = Vec::new();
-    for kind in PartKind::ALL {
-        let input = match kind {
-            PartKind::Vmlinuz => source.vmlinuz,
-            PartKind::Initrd => source.initrd,
-            PartKind::Rootfs => source.rootfs,
-        };
+    let inputs = match source.boot {
+        Boot::Kernel { vmlinuz, initrd } => [
+            (PartKind::Vmlinuz, vmlinuz),
+            (PartKind::Initrd, initrd),
+            (PartKind::Rootfs, source.rootfs),
+        ],
+        Boot::Ukis { a, b } => [
+            (PartKind::UkiA, a),
+            (PartKind::UkiB, b),
+            (PartKind::Rootfs, source.rootfs),
+        ],
+    };
+    for (kind, input) in inputs {
         let compressed = work.join(kind.file());
         let (size, stored_size, sha256) = compress(input, &compressed, level)?;
         parts.push(Part {
@@ -294,7 +335,20 @@ fn apply_archive<R: Read>(
     // From here on the slot is written: first make sure nothing boots it.
     entries::remove_slot_entries(&target.esp, target.slot)?;
     let boot_dir = target.esp.join("nodows").join(target.slot.letter());
-    std::fs::create_dir_all(&boot_dir).map_err(io_error(boot_dir.display()))?;
+    // A UKI entry is its file: written under FILE.new, renamed last.
+    let uki_entry = match manifest.has_ukis() {
+        true => {
+            let dir = target.esp.join(entries::UKI_DIR);
+            std::fs::create_dir_all(&dir).map_err(io_error(dir.display()))?;
+            let file =
+                entries::next_name(&target.esp, target.slot, target.tries, entries::Kind::Uki)?;
+            Some((entries::temporary_path(&dir.join(&file)), file))
+        }
+        false => {
+            std::fs::create_dir_all(&boot_dir).map_err(io_error(boot_dir.display()))?;
+            None
+        }
+    };
     for part in &manifest.parts {
         let member = members
             .next()
@@ -334,37 +388,61 @@ fn apply_archive<R: Read>(
                     .map_err(io_error(target.slot_device.display()))?;
             }
             PartKind::Vmlinuz | PartKind::Initrd => {
-                let path = boot_dir.join(part.kind.esp_name());
+                let path = boot_dir.join(match part.kind {
+                    PartKind::Vmlinuz => "vmlinuz",
+                    _ => "initrd.img",
+                });
                 let temporary = entries::temporary_path(&path);
-                let file =
-                    std::fs::File::create(&temporary).map_err(io_error(temporary.display()))?;
-                let written = decompress_into(&mut hashing, part, &file, &temporary)?;
-                if let Err(error) = finish_part(&mut hashing, part, written) {
-                    let _ = std::fs::remove_file(&temporary);
-                    return Err(error);
-                }
-                file.sync_all().map_err(io_error(temporary.display()))?;
-                drop(file);
+                write_esp_file(&mut hashing, part, &temporary)?;
                 std::fs::rename(&temporary, &path).map_err(io_error(path.display()))?;
                 entries::sync_dir(&boot_dir)?;
             }
+            PartKind::UkiA | PartKind::UkiB => match &uki_entry {
+                Some((temporary, _)) if part.kind.goes_to_esp(target.slot) => {
+                    write_esp_file(&mut hashing, part, temporary)?;
+                }
+                // The other slot's UKI: checked, not kept.
+                _ => finish_part(&mut hashing, part, part.size)?,
+            },
         }
     }
-    let options = format!(
-        "root=PARTUUID={} {} nodows.slot={}",
-        target.slot_partuuid, manifest.cmdline, target.slot
-    );
-    let text = entries::entry_text(
-        &format!(
-            "nodows {} {} (slot {})",
-            manifest.image, manifest.version, target.slot
-        ),
-        &manifest.version,
-        target.slot,
-        &options,
-    );
-    let entry = entries::install(&target.esp, target.slot, target.tries, &text)?;
+    let entry = match uki_entry {
+        Some((temporary, file)) => entries::install_uki(&target.esp, &temporary, &file)?,
+        None => {
+            let options = format!(
+                "root=PARTUUID={} {} nodows.slot={}",
+                target.slot_partuuid, manifest.cmdline, target.slot
+            );
+            let text = entries::entry_text(
+                &format!(
+                    "nodows {} {} (slot {})",
+                    manifest.image, manifest.version, target.slot
+                ),
+                &manifest.version,
+                target.slot,
+                &options,
+            );
+            entries::install(&target.esp, target.slot, target.tries, &text)?
+        }
+    };
     Ok((manifest, entry))
+}
+
+/// Decompresses a part into the ESP file `temporary`, checks its hash and
+/// fsyncs it; removes the file when the part does not match.
+fn write_esp_file<R: Read>(
+    hashing: &mut HashingReader<R>,
+    part: &Part,
+    temporary: &Path,
+) -> Result<()> {
+    let file = std::fs::File::create(temporary).map_err(io_error(temporary.display()))?;
+    let checked = decompress_into(hashing, part, &file, temporary)
+        .and_then(|written| finish_part(hashing, part, written));
+    if let Err(error) = checked {
+        let _ = std::fs::remove_file(temporary);
+        return Err(error);
+    }
+    file.sync_all().map_err(io_error(temporary.display()))
 }
 
 fn truncated(file: &str, why: &str) -> Error {
@@ -399,9 +477,9 @@ fn check(manifest: &Manifest, target: &Target) -> Result<()> {
         }
     }
     let kinds: Vec<PartKind> = manifest.parts.iter().map(|part| part.kind).collect();
-    if kinds != PartKind::ALL {
+    if kinds != PartKind::KERNEL && kinds != PartKind::UKIS {
         return Err(Error::Refused(format!(
-            "{MANIFEST}: the parts must be vmlinuz, initrd, rootfs in this order"
+            "{MANIFEST}: the parts must be vmlinuz, initrd, rootfs or uki-a, uki-b, rootfs in this order"
         )));
     }
     for part in &manifest.parts {
@@ -412,6 +490,18 @@ fn check(manifest: &Manifest, target: &Target) -> Result<()> {
                 part.kind.file()
             )));
         }
+    }
+    // systemd-boot sorts UKI entries (they carry an os-release) before
+    // every type #1 entry: a kernel-and-initrd version would never boot
+    // while a UKI entry is there.
+    if !manifest.has_ukis()
+        && entries::list(&target.esp)?
+            .iter()
+            .any(|entry| entry.kind == entries::Kind::Uki && entry.slot != target.slot)
+    {
+        return Err(Error::Refused(
+            "this appliance boots signed unified kernel images (a <verified-boot/> profile); the artifact has a plain kernel and initrd, which systemd-boot would sort after them".to_string(),
+        ));
     }
     if let Some(rootfs) = manifest.part(PartKind::Rootfs) {
         if rootfs.size > target.slot_size {
@@ -427,14 +517,14 @@ fn check(manifest: &Manifest, target: &Target) -> Result<()> {
     let boot_bytes: u64 = manifest
         .parts
         .iter()
-        .filter(|part| part.kind != PartKind::Rootfs)
+        .filter(|part| part.kind.goes_to_esp(target.slot))
         .map(|part| part.size)
         .sum();
     let free = free_bytes(&target.esp)?;
     // The slot's old kernel and initrd are replaced through temporary files.
     if boot_bytes > free {
         return Err(Error::Refused(format!(
-            "the kernel and initrd need {boot_bytes} bytes; the ESP {} has {free} free",
+            "the boot files (kernel and initrd, or the UKI) need {boot_bytes} bytes; the ESP {} has {free} free",
             target.esp.display()
         )));
     }

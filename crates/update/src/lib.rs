@@ -5,7 +5,10 @@
 //! The disk has an ESP, two root slots (`root-a`, `root-b`, GPT partition
 //! names) and a data partition. Each slot has one boot entry on the ESP,
 //! `loader/entries/nodows-GEN-SLOT[+LEFT[-DONE]].conf`, with its kernel and
-//! initrd under `/nodows/SLOT/`. `loader.conf` says `default nodows-*`, and
+//! initrd under `/nodows/SLOT/`; on verified images (`<verified-boot/>`)
+//! the entry is the slot's signed unified kernel image instead,
+//! `EFI/Linux/nodows-GEN-SLOT[+LEFT[-DONE]].efi`, whose command line
+//! carries the slot's dm-verity root hash. `loader.conf` says `default nodows-*`, and
 //! systemd-boot sorts entries by id, highest first, with entries that have no
 //! tries left last: the newest entry that still has tries (or is blessed)
 //! boots.
@@ -22,6 +25,7 @@ pub mod artifact;
 pub mod entries;
 pub mod http;
 pub mod keys;
+pub mod pe;
 pub mod system;
 
 use std::fmt::Display;

@@ -155,7 +155,7 @@ pub fn update(reader: impl std::io::Read, tries: u32) -> Result<Applied> {
     let partitions = partitions()?;
     let target_slot = running.other();
     let target = find(&partitions, target_slot.partition_name())?;
-    let root_dev = std::fs::metadata("/").map_err(io_error("/"))?.dev();
+    let root_dev = root_device()?;
     if target.dev == root_dev {
         return Err(Error::System(format!(
             "refusing to write {}: it is the running root (the kernel command line says slot {running})",
@@ -184,6 +184,32 @@ pub fn update(reader: impl std::io::Read, tries: u32) -> Result<Applied> {
             tries,
         },
     )
+}
+
+/// The block device under `/`: the root's own, or on a verified root the
+/// one partition beneath its device-mapper device (`slaves/` in sysfs).
+pub fn root_device() -> Result<libc::dev_t> {
+    let dev = std::fs::metadata("/").map_err(io_error("/"))?.dev();
+    Ok(backing_device(Path::new("/sys/dev/block"), dev).unwrap_or(dev))
+}
+
+/// The device beneath `dev` when it is stacked on exactly one
+/// (`SYS_DEV_BLOCK/MAJOR:MINOR/slaves/NAME/dev`).
+pub fn backing_device(sys_dev_block: &Path, dev: libc::dev_t) -> Option<libc::dev_t> {
+    let slaves = sys_dev_block
+        .join(format!("{}:{}", libc::major(dev), libc::minor(dev)))
+        .join("slaves");
+    let names: Vec<PathBuf> = std::fs::read_dir(slaves)
+        .ok()?
+        .flatten()
+        .map(|item| item.path())
+        .collect();
+    let [only] = names.as_slice() else {
+        return None;
+    };
+    let text = std::fs::read_to_string(only.join("dev")).ok()?;
+    let (major, minor) = text.trim().split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
 }
 
 fn gpt_partuuid(partition: &Partition) -> Result<String> {

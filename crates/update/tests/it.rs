@@ -6,7 +6,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use update::artifact::{self, Source, Target};
+use update::artifact::{self, Boot, Source, Target};
 use update::entries;
 use update::keys::SigningKey;
 use update::{Error, Release, Slot};
@@ -56,17 +56,55 @@ impl Fixture {
     }
 
     fn artifact(&self, release: &Release, rootfs_size: usize, key: &SigningKey) -> PathBuf {
-        let rootfs = self.rootfs(rootfs_size);
         std::fs::write(self.dir.join("vmlinuz"), b"kernel bytes").unwrap();
         std::fs::write(self.dir.join("initrd"), vec![3u8; 100_000]).unwrap();
+        self.write_artifact(
+            release,
+            rootfs_size,
+            key,
+            Boot::Kernel {
+                vmlinuz: &self.dir.join("vmlinuz"),
+                initrd: &self.dir.join("initrd"),
+            },
+        )
+    }
+
+    /// An artifact of a verified image: a UKI for each slot, whose
+    /// `.osrel` names `release`'s version and whose command line names the slot.
+    fn uki_artifact(&self, release: &Release, rootfs_size: usize) -> PathBuf {
+        for slot in [Slot::A, Slot::B] {
+            std::fs::write(
+                self.dir.join(format!("uki-{slot}.efi")),
+                tiny_uki(&release.version, slot),
+            )
+            .unwrap();
+        }
+        self.write_artifact(
+            release,
+            rootfs_size,
+            &self.key,
+            Boot::Ukis {
+                a: &self.dir.join("uki-a.efi"),
+                b: &self.dir.join("uki-b.efi"),
+            },
+        )
+    }
+
+    fn write_artifact(
+        &self,
+        release: &Release,
+        rootfs_size: usize,
+        key: &SigningKey,
+        boot: Boot,
+    ) -> PathBuf {
+        let rootfs = self.rootfs(rootfs_size);
         let out = self.dir.join("update.nodows");
         artifact::write(
             &Source {
                 release,
                 kernel_version: "6.1.0-test",
                 cmdline: "console=ttyS0,115200 init=/sbin/initd rw",
-                vmlinuz: &self.dir.join("vmlinuz"),
-                initrd: &self.dir.join("initrd"),
+                boot,
                 rootfs: &rootfs,
             },
             key,
@@ -402,5 +440,171 @@ fn a_leftover_temporary_entry_is_removed_by_the_next_update() {
     assert_eq!(
         fixture.entry_files(),
         ["nodows-1-a.conf", "nodows-2-b+3.conf"]
+    );
+}
+
+/// A PE file like a unified kernel image as far as the update reads one:
+/// an `.osrel` section (with NODOWS_VERSION) and a `.cmdline` section.
+fn tiny_uki(version: &str, slot: Slot) -> Vec<u8> {
+    let osrel = format!("ID=debian\nVERSION_ID=\"12\"\nNODOWS_VERSION={version}\n");
+    let cmdline = format!("root=PARTLABEL=root-{slot} nodows.slot={slot}");
+    let mut bytes = vec![0u8; 0x200];
+    bytes[..2].copy_from_slice(b"MZ");
+    bytes[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    bytes[0x80..0x84].copy_from_slice(b"PE\0\0");
+    bytes[0x86..0x88].copy_from_slice(&2u16.to_le_bytes());
+    // No optional header: the section table follows the COFF header.
+    let mut entry = 0x98;
+    let mut offset = 0x200u32;
+    for (name, text) in [(".cmdline", &cmdline), (".osrel", &osrel)] {
+        let size = text.len() as u32;
+        bytes[entry..entry + name.len()].copy_from_slice(name.as_bytes());
+        bytes[entry + 8..entry + 12].copy_from_slice(&size.to_le_bytes());
+        // Raw data is padded; the virtual size bounds the text.
+        bytes[entry + 16..entry + 20].copy_from_slice(&(size + 16).to_le_bytes());
+        bytes[entry + 20..entry + 24].copy_from_slice(&offset.to_le_bytes());
+        entry += 40;
+        offset += size + 16;
+    }
+    for text in [&cmdline, &osrel] {
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(&[0u8; 16]);
+    }
+    bytes
+}
+
+fn uki_files(esp: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(esp.join(entries::UKI_DIR))
+        .map(|items| {
+            items
+                .map(|item| item.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_pe_section_is_found_by_name_and_bounded_by_its_virtual_size() {
+    let pe = tiny_uki("7", Slot::B);
+    let (offset, size) = update::pe::locate(&pe, ".osrel").unwrap();
+    assert_eq!(
+        &pe[offset as usize..offset as usize + size],
+        b"ID=debian\nVERSION_ID=\"12\"\nNODOWS_VERSION=7\n"
+    );
+    assert!(update::pe::locate(&pe, ".linux").is_none());
+    assert!(update::pe::locate(b"MZ but nothing else", ".osrel").is_none());
+    let mut broken = pe.clone();
+    broken[0x80] = b'X';
+    assert!(update::pe::locate(&broken, ".osrel").is_none());
+}
+
+/// Verified A/B images: the update installs the target slot's UKI as a
+/// counted type #2 entry (and only that one), bless drops its counter, and
+/// a failed UKI entry sorts last and is reported with its version.
+#[test]
+fn a_verified_update_installs_the_slots_uki_with_tries_and_bless_blesses_it() {
+    let fixture = Fixture::new("uki");
+    let esp = fixture.dir.join("esp");
+    // The image as built: slot a's blessed UKI, no type #1 entries.
+    std::fs::remove_file(esp.join("loader/entries/nodows-1-a.conf")).unwrap();
+    std::fs::create_dir_all(esp.join(entries::UKI_DIR)).unwrap();
+    std::fs::write(
+        esp.join(entries::UKI_DIR).join("nodows-1-a.efi"),
+        tiny_uki("1", Slot::A),
+    )
+    .unwrap();
+    let artifact = fixture.uki_artifact(&fixture.release, 1 << 20);
+    let applied = fixture.apply(&artifact).unwrap();
+    assert_eq!(applied.entry, "nodows-2-b+3.efi");
+    assert_eq!(uki_files(&esp), ["nodows-1-a.efi", "nodows-2-b+3.efi"]);
+    assert_eq!(
+        std::fs::read(esp.join(entries::UKI_DIR).join("nodows-2-b+3.efi")).unwrap(),
+        tiny_uki("2", Slot::B),
+        "slot b's UKI, not slot a's"
+    );
+    assert!(
+        !esp.join("nodows/b").exists(),
+        "no loose kernel for a UKI entry"
+    );
+    let rootfs = std::fs::read(fixture.dir.join("rootfs.ext4")).unwrap();
+    assert_eq!(
+        &std::fs::read(fixture.dir.join("slot-b")).unwrap()[..rootfs.len()],
+        &rootfs[..]
+    );
+    let listed = entries::list(&esp).unwrap();
+    assert_eq!(listed[0].file, "nodows-2-b+3.efi");
+    assert_eq!(listed[0].version, "2");
+    assert_eq!(listed[1].version, "1");
+
+    // systemd-boot counted one try down; initd blessed the boot.
+    let dir = esp.join(entries::UKI_DIR);
+    std::fs::rename(dir.join("nodows-2-b+3.efi"), dir.join("nodows-2-b+2-1.efi")).unwrap();
+    match entries::bless(&esp, Slot::B).unwrap() {
+        entries::Blessing::Blessed(entry) => assert_eq!(entry.file, "nodows-2-b.efi"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(uki_files(&esp), ["nodows-1-a.efi", "nodows-2-b.efi"]);
+
+    // A next version into slot a that runs out of tries: reported, sorted last.
+    std::fs::remove_file(dir.join("nodows-1-a.efi")).unwrap();
+    std::fs::write(dir.join("nodows-3-a+0-3.efi"), tiny_uki("3", Slot::A)).unwrap();
+    let state = update::system::BootState::read(&esp, Slot::B, "2").unwrap();
+    assert_eq!(
+        state.to_line(),
+        "slot=b version=2 state=good entry=nodows-2-b failed=3@a"
+    );
+}
+
+/// A cut between writing the UKI and its rename leaves `FILE.efi.new`,
+/// which systemd-boot does not read and the next update removes.
+#[test]
+fn a_leftover_temporary_uki_is_removed_by_the_next_update() {
+    let fixture = Fixture::new("uki-leftover");
+    let esp = fixture.dir.join("esp");
+    std::fs::create_dir_all(esp.join(entries::UKI_DIR)).unwrap();
+    std::fs::write(
+        esp.join(entries::UKI_DIR).join("nodows-2-b+3.efi.new"),
+        "half",
+    )
+    .unwrap();
+    let artifact = fixture.uki_artifact(&fixture.release, 1 << 20);
+    fixture.apply(&artifact).unwrap();
+    assert_eq!(uki_files(&esp), ["nodows-2-b+3.efi"]);
+}
+
+/// Once the appliance boots UKIs, an artifact with a plain kernel is
+/// refused: systemd-boot would sort its type #1 entry after the UKIs.
+#[test]
+fn a_kernel_artifact_is_refused_on_an_appliance_that_boots_ukis() {
+    let fixture = Fixture::new("uki-then-kernel");
+    let esp = fixture.dir.join("esp");
+    std::fs::create_dir_all(esp.join(entries::UKI_DIR)).unwrap();
+    std::fs::write(
+        esp.join(entries::UKI_DIR).join("nodows-1-a.efi"),
+        tiny_uki("1", Slot::A),
+    )
+    .unwrap();
+    let artifact = fixture.artifact(&fixture.release, 1 << 20, &fixture.key);
+    fixture.assert_refused_untouched(fixture.apply(&artifact), "signed unified kernel images");
+}
+
+/// A verified root is a device-mapper device: the running slot is the one
+/// partition beneath it.
+#[test]
+fn the_partition_beneath_a_device_mapper_root_is_found_in_sysfs() {
+    let fixture = Fixture::new("slaves");
+    let sys = fixture.dir.join("sys-dev-block");
+    std::fs::create_dir_all(sys.join("254:0/slaves/vda3")).unwrap();
+    std::fs::write(sys.join("254:0/slaves/vda3/dev"), "253:3\n").unwrap();
+    std::fs::create_dir_all(sys.join("253:3")).unwrap();
+    assert_eq!(
+        update::system::backing_device(&sys, libc::makedev(254, 0)),
+        Some(libc::makedev(253, 3))
+    );
+    assert_eq!(
+        update::system::backing_device(&sys, libc::makedev(253, 3)),
+        None
     );
 }

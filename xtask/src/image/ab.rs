@@ -1,7 +1,8 @@
 //! The A/B layout of `<disk layout="ab">` (see the `update` crate): ESP,
 //! root slot a (filled), root slot b (empty), a data partition; the release
-//! file and the update public key in the root; slot a's boot entry; and the
-//! signed update artifact of the root beside the disk.
+//! file and the update public key in the root; slot a's boot entry (with
+//! `<verified-boot/>` its signed UKI, and one for slot b in the artifact);
+//! and the signed update artifact of the root beside the disk.
 
 use std::path::{Path, PathBuf};
 
@@ -9,8 +10,11 @@ use anyhow::Context as _;
 use update::keys::SigningKey;
 use update::{Release, Slot};
 
+use super::assemble::Assembled;
 use super::disk::Layout;
 use super::plan::Plan;
+use super::secureboot::{SigningKeys, Verity};
+use super::ui::Ui;
 
 /// The GPT type of the data partition (Linux filesystem data).
 pub const DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
@@ -111,15 +115,90 @@ pub fn esp_files(
     Ok(vec![files.join("loader"), files.join("nodows")])
 }
 
-/// Writes `IMAGE-PROFILE.update` into `out`: the root file system, kernel
-/// and initrd, signed. `work` is a scratch directory.
+/// What the signed unified kernel images of a verified A/B disk are made of.
+pub struct UkiInputs<'a> {
+    pub keys: &'a SigningKeys,
+    pub layout: &'a Layout,
+    pub plan: &'a Plan,
+    pub version: &'a str,
+    pub verity: &'a Verity,
+    /// The root's os-release: the UKI's `.osrel`, with NODOWS_VERSION added.
+    pub os_release: &'a Path,
+    pub assembled: &'a Assembled,
+    pub work: &'a Path,
+    pub source_date_epoch: u64,
+}
+
+/// The signed UKIs of slots a and b (under `work`): the same kernel,
+/// initrd and root hash, each with its slot's command line
+/// (`root=PARTLABEL=root-SLOT ... nodows.slot=SLOT nodows.verity=...`).
+pub fn slot_ukis(ui: &mut Ui, inputs: &UkiInputs) -> anyhow::Result<[PathBuf; 2]> {
+    let os_release = inputs.work.join("os-release-nodows");
+    let mut text = std::fs::read_to_string(inputs.os_release)
+        .with_context(|| format!("cannot read {}", inputs.os_release.display()))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "{}={}\n",
+        update::entries::UKI_VERSION_KEY,
+        inputs.version
+    ));
+    std::fs::write(&os_release, text)?;
+    let mut ukis = Vec::new();
+    for slot in [Slot::A, Slot::B] {
+        let uki = inputs.work.join(format!("uki-{slot}.efi"));
+        let cmdline = format!(
+            "{} {}",
+            inputs.layout.slot_cmdline(inputs.plan, slot),
+            inputs.verity.cmdline_word()
+        );
+        super::secureboot::unified_kernel_image(
+            ui,
+            inputs.keys,
+            &os_release,
+            &cmdline,
+            &inputs.assembled.vmlinuz,
+            &inputs.assembled.initrd,
+            inputs.work,
+            &uki,
+            inputs.source_date_epoch,
+        )?;
+        ukis.push(uki);
+    }
+    let [a, b]: [PathBuf; 2] = ukis.try_into().map_err(|_| anyhow::anyhow!("two UKIs"))?;
+    Ok([a, b])
+}
+
+/// The ESP's loader files of a verified A/B disk, under `files`:
+/// `loader.conf` (`default nodows-*`) and slot a's blessed UKI entry
+/// `EFI/Linux/nodows-1-a.efi`; no loose kernel or type #1 entry whose
+/// command line could be edited. Returns `loader` (EFI/ is copied anyway).
+pub fn esp_files_verified(
+    files: &Path,
+    plan: &Plan,
+    ukis: &[PathBuf; 2],
+) -> anyhow::Result<PathBuf> {
+    let linux = files.join(update::entries::UKI_DIR);
+    std::fs::create_dir_all(&linux)?;
+    std::fs::copy(&ukis[0], linux.join("nodows-1-a.efi"))?;
+    std::fs::create_dir_all(files.join("loader"))?;
+    std::fs::write(
+        files.join("loader/loader.conf"),
+        super::disk::loader_conf(plan, "nodows-*"),
+    )?;
+    Ok(files.join("loader"))
+}
+
+/// Writes `IMAGE-PROFILE.update` into `out`: the root file system (with its
+/// hash tree on verified images) and `boot` (kernel and initrd, or each
+/// slot's UKI), signed. `work` is a scratch directory.
 #[allow(clippy::too_many_arguments)]
 pub fn write_artifact(
     settings: &UpdateSettings,
     plan: &Plan,
     kernel_version: &str,
-    vmlinuz: &Path,
-    initrd: &Path,
+    boot: update::artifact::Boot,
     rootfs: &Path,
     out: &Path,
     work: &Path,
@@ -129,8 +208,7 @@ pub fn write_artifact(
             release: &settings.release,
             kernel_version,
             cmdline: &plan.cmdline,
-            vmlinuz,
-            initrd,
+            boot,
             rootfs,
         },
         &settings.key,

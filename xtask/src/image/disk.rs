@@ -31,17 +31,22 @@ pub struct Layout {
     pub root_start_mib: u64,
     pub root_size_mib: u64,
     pub disk_size_mib: u64,
-    /// `<disk layout="ab">`: root is slot a; slot b and the data partition follow.
+    /// `<disk layout="ab">`: root is slot a; slot b follows.
     pub ab: Option<AbPartitions>,
+    /// The data partition, last on the disk (A/B and verified disks).
+    pub data: Option<DataPartition>,
 }
 
 pub struct AbPartitions {
     pub root_b_guid: String,
     pub root_b_start_mib: u64,
-    pub data_guid: String,
-    pub data_fs_uuid: String,
-    pub data_start_mib: u64,
-    pub data_size_mib: u64,
+}
+
+pub struct DataPartition {
+    pub guid: String,
+    pub fs_uuid: String,
+    pub start_mib: u64,
+    pub size_mib: u64,
 }
 
 pub(super) fn derived_uuid(input_hash: &str, purpose: &str) -> String {
@@ -68,13 +73,16 @@ impl Layout {
         let esp_start_mib = 1;
         let root_start_mib = esp_start_mib + plan.esp_size_mib;
         let root_size_mib = plan.slot_size_mib();
-        let ab = plan.ab_data_mib.map(|data_size_mib| AbPartitions {
+        let ab = plan.ab_data_mib.map(|_| AbPartitions {
             root_b_guid: derived_uuid(input_hash, "root-b"),
             root_b_start_mib: root_start_mib + root_size_mib,
-            data_guid: derived_uuid(input_hash, "data"),
-            data_fs_uuid: derived_uuid(input_hash, "data-fs").to_lowercase(),
-            data_start_mib: root_start_mib + 2 * root_size_mib,
-            data_size_mib,
+        });
+        let roots = if ab.is_some() { 2 } else { 1 };
+        let data = plan.data_mib.map(|size_mib| DataPartition {
+            guid: derived_uuid(input_hash, "data"),
+            fs_uuid: derived_uuid(input_hash, "data-fs").to_lowercase(),
+            start_mib: root_start_mib + roots * root_size_mib,
+            size_mib,
         });
         Layout {
             disk_guid: derived_uuid(input_hash, "disk"),
@@ -92,21 +100,32 @@ impl Layout {
             root_size_mib,
             disk_size_mib: plan.disk_size_mib,
             ab,
+            data,
         }
     }
 
-    /// The kernel command line (root by PARTUUID, so any disk bus works).
+    /// The kernel command line of the root (slot a on an A/B disk).
     pub fn cmdline(&self, plan: &Plan) -> String {
-        let slot = if self.ab.is_some() {
-            " nodows.slot=a"
-        } else {
-            ""
+        self.slot_cmdline(plan, update::Slot::A)
+    }
+
+    /// The kernel command line that boots `slot`: the root by PARTUUID, so
+    /// any disk bus works; on a verified A/B disk by GPT name instead
+    /// (`root=PARTLABEL=root-b`), because the slot's signed UKI must boot
+    /// on every disk an update installs it on.
+    pub fn slot_cmdline(&self, plan: &Plan, slot: update::Slot) -> String {
+        let root = match (&self.ab, plan.verified_boot, slot) {
+            (Some(_), true, _) => format!("PARTLABEL={}", slot.partition_name()),
+            (Some(ab), false, update::Slot::B) => {
+                format!("PARTUUID={}", ab.root_b_guid.to_lowercase())
+            }
+            _ => format!("PARTUUID={}", self.root_guid.to_lowercase()),
         };
-        format!(
-            "root=PARTUUID={} {}{slot}",
-            self.root_guid.to_lowercase(),
-            plan.cmdline
-        )
+        let slot_word = match self.ab {
+            Some(_) => format!(" nodows.slot={slot}"),
+            None => String::new(),
+        };
+        format!("root={root} {}{slot_word}", plan.cmdline)
     }
 }
 
@@ -226,6 +245,7 @@ pub fn build<'scope>(
         )?),
     }
     let mut esp_tops = vec![files.join("EFI")];
+    let mut artifact_ukis = None;
     match (update, secure_boot) {
         (None, Some(keys)) => {
             // One signed unified kernel image, found by systemd-boot itself;
@@ -251,7 +271,28 @@ pub fn build<'scope>(
             )?;
             esp_tops.push(files.join("loader"));
         }
-        (Some(settings), _) => esp_tops.extend(super::ab::esp_files(
+        (Some(settings), Some(keys)) => {
+            let verity = verity
+                .as_ref()
+                .context("a verified A/B root without its hash tree")?;
+            let ukis = super::ab::slot_ukis(
+                ui,
+                &super::ab::UkiInputs {
+                    keys,
+                    layout,
+                    plan,
+                    version: &settings.release.version,
+                    verity,
+                    os_release: &staging.path().join("usr/lib/os-release"),
+                    assembled,
+                    work: &work,
+                    source_date_epoch,
+                },
+            )?;
+            esp_tops.push(super::ab::esp_files_verified(&files, plan, &ukis)?);
+            artifact_ukis = Some(ukis);
+        }
+        (Some(settings), None) => esp_tops.extend(super::ab::esp_files(
             &files,
             layout,
             plan,
@@ -327,22 +368,27 @@ pub fn build<'scope>(
         ),
     ];
     if let Some(ab) = &layout.ab {
-        // Slot b stays empty (zeros) until the first update; the data
-        // partition gets an empty ext4 labelled `data`.
+        // Slot b stays empty (zeros) until the first update.
         script.push_str(&format!(
-            "start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"root-b\"\n\
-             start={}, size={}, type={}, uuid={}, name=\"data\"\n",
+            "start={}, size={}, type={ROOT_TYPE}, uuid={}, name=\"root-b\"\n",
             ab.root_b_start_mib * 2048,
             layout.root_size_mib * 2048,
             ab.root_b_guid,
-            ab.data_start_mib * 2048,
-            ab.data_size_mib * 2048,
+        ));
+    }
+    if let Some(data) = &layout.data {
+        // An empty ext4 labelled `data`, last: initd grows it to the end
+        // of a bigger disk.
+        script.push_str(&format!(
+            "start={}, size={}, type={}, uuid={}, name=\"data\"\n",
+            data.start_mib * 2048,
+            data.size_mib * 2048,
             super::ab::DATA_TYPE,
-            ab.data_guid,
+            data.guid,
         ));
         let data_image = work.join("data.ext4");
-        let data_blocks = (ab.data_size_mib * MIB / 4096).to_string();
-        let data_uuid = &ab.data_fs_uuid;
+        let data_blocks = (data.size_mib * MIB / 4096).to_string();
+        let data_uuid = &data.fs_uuid;
         ui.run(
             cmd!(
                 sh,
@@ -351,15 +397,21 @@ pub fn build<'scope>(
             .env("E2FSPROGS_FAKE_TIME", &epoch)
             .env("SOURCE_DATE_EPOCH", &epoch),
         )?;
-        parts.push((data_image, ab.data_start_mib * MIB, ab.data_size_mib * MIB));
+        parts.push((data_image, data.start_mib * MIB, data.size_mib * MIB));
     }
     if let Some(settings) = update {
+        let boot = match &artifact_ukis {
+            Some([a, b]) => update::artifact::Boot::Ukis { a, b },
+            None => update::artifact::Boot::Kernel {
+                vmlinuz: &assembled.vmlinuz,
+                initrd: &assembled.initrd,
+            },
+        };
         super::ab::write_artifact(
             settings,
             plan,
             &assembled.kernel_version,
-            &assembled.vmlinuz,
-            &assembled.initrd,
+            boot,
             &root_image,
             &out.join(format!("{name}.update")),
             &work,

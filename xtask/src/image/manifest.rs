@@ -210,13 +210,23 @@ fn write_documents(
             entry
         }).collect::<Vec<_>>(),
     });
-    if let Some(ab) = &layout.ab {
-        manifest["disk"]["ab"] = json!({
-            "root_b_partuuid": ab.root_b_guid,
-            "data_partuuid": ab.data_guid,
-            "data_fs_uuid": ab.data_fs_uuid,
-            "slot_size_mib": layout.root_size_mib,
-        });
+    match (&layout.ab, &layout.data) {
+        (Some(ab), Some(data)) => {
+            manifest["disk"]["ab"] = json!({
+                "root_b_partuuid": ab.root_b_guid,
+                "data_partuuid": data.guid,
+                "data_fs_uuid": data.fs_uuid,
+                "slot_size_mib": layout.root_size_mib,
+            });
+        }
+        (None, Some(data)) => {
+            manifest["disk"]["data"] = json!({
+                "partuuid": data.guid,
+                "fs_uuid": data.fs_uuid,
+                "size_mib": data.size_mib,
+            });
+        }
+        _ => {}
     }
     std::fs::write(
         out.join("manifest.json"),

@@ -51,15 +51,20 @@ pub struct Plan {
     /// `<disk layout="ab" data="SIZE">`: two root slots and a data
     /// partition of this many MiB (see `update`); `None`: one root.
     pub ab_data_mib: Option<u64>,
+    /// The data partition (GPT name `data`, last on the disk) in MiB: the
+    /// A/B layout's, or a verified single-root disk's (`<disk data="...">`,
+    /// 64 MiB by default); grown to the disk's end at boot.
+    pub data_mib: Option<u64>,
     pub kernel_package: String,
     pub initrd_modules: Vec<String>,
     /// `Some` prunes /usr/lib/modules/VERSION/kernel to these trees.
     pub keep_modules: Option<Vec<String>>,
     /// The kernel command line without `root=`.
     pub cmdline: String,
-    /// `<verified-boot/>` in the profile (not on A/B images yet): the root
-    /// is read-only under dm-verity, the configuration lives in RAM, and the
-    /// ESP holds a signed unified kernel image.
+    /// `<verified-boot/>` in the profile: the root is read-only under
+    /// dm-verity, the configuration lives in RAM, and the ESP holds a signed
+    /// unified kernel image (on A/B images one per slot, each with its
+    /// slot's root hash).
     pub verified_boot: bool,
     /// Packages of the shared base (every profile's services included, so
     /// that all profiles of an image share one cached base).
@@ -295,6 +300,7 @@ pub fn resolve_with(
 
     let (mut disk_size_mib, mut esp_size_mib) = (0, 0);
     let mut ab_data_mib = None;
+    let mut single_data_mib = None;
     match root.children_named("disk").next() {
         Some(disk) => {
             match disk.attribute("size").and_then(parse_size_mib) {
@@ -323,8 +329,11 @@ pub fn resolve_with(
                     "{}: <disk data=\"...\"> must be a size of at least 8MiB",
                     image_document.at(disk)
                 )),
+                (None | Some("single"), Some(Some(size))) if size >= 8 => {
+                    single_data_mib = Some(size)
+                }
                 (None | Some("single"), Some(_)) => problems.push(format!(
-                    "{}: <disk data=\"...\"> needs layout=\"ab\"",
+                    "{}: <disk data=\"...\"> must be a size of at least 8MiB",
                     image_document.at(disk)
                 )),
                 (Some(other), _) => problems.push(format!(
@@ -529,9 +538,12 @@ pub fn resolve_with(
     // <verified-boot/>: dm-verity root, configuration in RAM, signed UKI.
     let verified_boot = match profile_root.children_named("verified-boot").next() {
         None => false,
-        Some(_) if ab_data_mib.is_some() || !verified_boot_allowed => false,
+        Some(_) if !verified_boot_allowed => false,
         Some(_) => true,
     };
+    // What persists lives on a data partition where the root does not
+    // keep it: on A/B disks and on verified (read-only) ones.
+    let data_mib = ab_data_mib.or(verified_boot.then(|| single_data_mib.unwrap_or(64)));
     for element in profile_root.children_named("cmdline") {
         if !element.text().is_empty() {
             cmdline.push(' ');
@@ -622,6 +634,7 @@ pub fn resolve_with(
         disk_size_mib,
         esp_size_mib,
         ab_data_mib,
+        data_mib,
         kernel_package,
         initrd_modules,
         keep_modules,
@@ -643,7 +656,7 @@ impl Plan {
     pub fn slot_size_mib(&self) -> u64 {
         let rest = self
             .disk_size_mib
-            .saturating_sub(2 + self.esp_size_mib + self.ab_data_mib.unwrap_or(0));
+            .saturating_sub(2 + self.esp_size_mib + self.data_mib.unwrap_or(0));
         match self.ab_data_mib {
             Some(_) => rest / 2,
             None => rest,
@@ -683,15 +696,25 @@ impl Plan {
             let _ = writeln!(out, "  {line}");
         }
         let _ = writeln!(out, "hostname: {}", self.hostname);
-        match self.ab_data_mib {
-            None => {
+        match (self.ab_data_mib, self.data_mib) {
+            (None, None) => {
                 let _ = writeln!(
                     out,
                     "disk: {} MiB (esp {} MiB, ext4 root the rest)",
                     self.disk_size_mib, self.esp_size_mib
                 );
             }
-            Some(data) => {
+            (None, Some(data)) => {
+                let _ = writeln!(
+                    out,
+                    "disk: {} MiB (esp {} MiB, ext4 root {} MiB, data {} MiB, grown to the disk's end at boot)",
+                    self.disk_size_mib,
+                    self.esp_size_mib,
+                    self.slot_size_mib(),
+                    data
+                );
+            }
+            (Some(data), _) => {
                 let _ = writeln!(
                     out,
                     "disk: {} MiB, A/B (esp {} MiB, ext4 root slots a and b of {} MiB each, data {} MiB)",
@@ -714,7 +737,11 @@ impl Plan {
         }
         let _ = writeln!(
             out,
-            "kernel cmdline: root=PARTUUID=<root partition> {}{}",
+            "kernel cmdline: {} {}{}",
+            match (self.verified_boot, self.ab_data_mib) {
+                (true, Some(_)) => "root=PARTLABEL=root-<slot>",
+                _ => "root=PARTUUID=<root partition>",
+            },
             self.cmdline,
             if self.verified_boot {
                 " nodows.verity=<data blocks>:<root hash>:<salt>"
@@ -725,10 +752,10 @@ impl Plan {
         let _ = writeln!(
             out,
             "verified boot: {}",
-            if self.verified_boot {
+            if self.verified_boot && self.ab_data_mib.is_some() {
+                "dm-verity root per slot (read-only; /etc, /var, /root on overlays in RAM), a signed unified kernel image per slot"
+            } else if self.verified_boot {
                 "dm-verity root (read-only; /etc, /var, /root on overlays in RAM), signed unified kernel image"
-            } else if self.ab_data_mib.is_some() {
-                "no (not built for A/B images yet: the root slots stay read-write)"
             } else {
                 "no (ext4 root read-write)"
             }

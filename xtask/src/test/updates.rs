@@ -2,6 +2,8 @@
 //! systemd-boot (boot counting needs the boot loader), artifacts streamed
 //! over HTTP from a server on the host's 127.0.0.1, which the guest reaches
 //! as 10.0.2.2 through QEMU's user network.
+//!   The test profile is verified (`<verified-boot/>`): every boot checks
+//!   that the root is a read-only dm-verity device over the running slot.
 //!   v1 boots from slot a; `nodows update` writes v2 into slot b; after a
 //!   reboot v2 runs, blessed; a broken v3 (its web service's binary is
 //!   missing, so the mode never gets ready) uses up its tries and the machine
@@ -58,22 +60,23 @@ impl Machine {
 }
 
 /// What lives on the data partition (mounted on /var/lib/nodows, its
-/// log/ on /var/log/nodows) as a booted machine shows it.
+/// log/ on /var/log/nodows) as a booted machine shows it (A/B and verified
+/// images).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Persistent {
-    marker: String,
-    log_marker: String,
+pub(super) struct Persistent {
+    pub marker: String,
+    pub log_marker: String,
     /// `ssh-keygen -l` of the ssh host key.
-    host_key: String,
+    pub host_key: String,
 }
 
-const MARKER: &str = "/var/lib/nodows/e2e-marker";
-const LOG_MARKER: &str = "/var/log/nodows/e2e-marker";
+pub(super) const MARKER: &str = "/var/lib/nodows/e2e-marker";
+pub(super) const LOG_MARKER: &str = "/var/log/nodows/e2e-marker";
 const HOST_KEY: &str = "/var/lib/nodows/ssh/ssh_host_ed25519_key";
 
 /// Checks that the partition named `data` is mounted on /var/lib/nodows
 /// and /var/log/nodows, and reads what lives there.
-fn persistent(vm: &mut Vm) -> anyhow::Result<Persistent> {
+pub(super) fn persistent(vm: &mut Vm) -> anyhow::Result<Persistent> {
     let device = vm.succeed(
         "sed -n 's/^DEVNAME=//p' $(grep -l '^PARTNAME=data$' /sys/class/block/*/uevent)",
     )?;
@@ -470,6 +473,14 @@ fn check_consistent(vm: &mut Vm) -> anyhow::Result<Running> {
     ensure!(
         word("entry").ends_with(&format!("-{}", running.slot)),
         "no boot entry for the running slot: {line}"
+    );
+    // The test profile is verified: each slot boots its own UKI, whose
+    // root hash maps that slot's partition through dm-verity.
+    let beneath = super::verified::verity_root(vm)?;
+    ensure!(
+        beneath == format!("root-{}", running.slot),
+        "slot {} runs on a dm-verity root over {beneath}",
+        running.slot
     );
     let fsck = vm.succeed("dmesg")?;
     if let Some(bad) = fsck.lines().find(|l| l.contains("EXT4-fs error")) {

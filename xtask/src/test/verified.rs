@@ -4,11 +4,14 @@
 //! Boots, fewest first:
 //!   boot V1, production through OVMF with the build's own key enrolled by
 //!     virt-fw-vars: ready, dm-verity root on the console, the web page
-//!   boot V2, the test profile re-signed with Debian's snakeoil key, under
-//!     the snakeoil firmware variables: ready; `mount`, Secure Boot on,
-//!     /usr not writable, a live model edit reaches the service, a runtime
-//!     change is made; reboot
-//!   boot V3, the same disk again: the runtime change is gone
+//!   boot V2, the test profile re-signed with Debian's snakeoil key, on a
+//!     disk 512 MiB bigger than the image, under the snakeoil firmware
+//!     variables: ready; `mount`, Secure Boot on, /usr not writable, the
+//!     data partition grown to the disk's end, a live model edit reaches
+//!     the service, a runtime change and markers on the data partition
+//!     are made; reboot
+//!   boot V3, the same disk again: the runtime change is gone, the markers
+//!     and the ssh host key are kept
 //!   boots V4-V6, refused by the firmware: systemd-boot signed with another
 //!     key, an unsigned unified kernel image, one signed with another key
 //!   boot V7, the test profile with one byte of a file flipped (direct
@@ -43,6 +46,8 @@ const SNAKEOIL_CERT: &str = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
 const ESP_OFFSET: &str = "1M";
 const UKI: &str = "::EFI/Linux/nodows.efi";
 const BOOT_LOADER: &str = "::EFI/BOOT/BOOTX64.EFI";
+/// What the snakeoil copy of the test image gets beyond the image's size.
+const GROWN_BY_MIB: u64 = 512;
 /// A file no boot reads (zstd is in the image for update artifacts).
 const CORRUPTED_FILE: &str = "/usr/bin/zstd";
 
@@ -80,6 +85,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             for file in [BOOT_LOADER, UKI] {
                 resign(&copy, file, &snakeoil_key(&work)?, SNAKEOIL_CERT, &work)?;
             }
+            // As if flashed onto a bigger disk: the first boot grows the
+            // data partition (last on the disk) to the end.
+            let disk = std::fs::OpenOptions::new().write(true).open(&copy)?;
+            disk.set_len(disk.metadata()?.len() + (GROWN_BY_MIB << 20))?;
             snakeoil_disk = Some(copy);
             Ok(())
         },
@@ -106,28 +115,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             config.forward_tcp = vec![22, 80];
             let mut vm = Vm::start(&config)?;
             vm.wait_for_ready(UEFI_READY_TIMEOUT)?;
-            let mounts = vm.succeed("cat /proc/self/mounts")?;
-            let root = mounts
-                .lines()
-                .find(|line| line.split_whitespace().nth(1) == Some("/"))
-                .context("no / in /proc/self/mounts")?
-                .to_string();
-            let fields: Vec<&str> = root.split_whitespace().collect();
-            if !fields[0].starts_with("/dev/dm-")
-                || !fields[3].split(',').any(|option| option == "ro")
-            {
-                return Err(vm.failure(&format!(
-                    "/ is not a read-only device-mapper device: {root}"
-                )));
-            }
-            let dm = fields[0].trim_start_matches("/dev/");
-            let name = vm.succeed(&format!("cat /sys/block/{dm}/dm/name"))?;
-            ensure!(name.trim() == "root", "{dm} is named {name}, not root");
-            let command_line = vm.succeed("cat /proc/cmdline")?;
+            let beneath = verity_root(&mut vm)?;
             ensure!(
-                command_line.contains("nodows.verity="),
-                "no root hash on the command line: {command_line}"
+                beneath == "root",
+                "the dm-verity root is over {beneath}, not the partition root"
             );
+            let mounts = vm.succeed("cat /proc/self/mounts")?;
             // The kernel reads the firmware's SecureBoot variable at boot.
             let kernel_log = vm.succeed("dmesg")?;
             if !kernel_log.contains("Secure boot enabled") {
@@ -151,6 +144,15 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         },
     );
     runner.step(
+        "verified 2 test: the data partition grew to the end of the bigger disk at the first boot, and is mounted",
+        || {
+            let vm = snakeoil_vm
+                .as_mut()
+                .context("no machine: an earlier step failed")?;
+            check_data_grown(vm)
+        },
+    );
+    runner.step(
         "verified 2 test: a live model edit still reaches the service",
         || {
             let vm = snakeoil_vm
@@ -161,10 +163,14 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     );
     let mut rebooted_disk: Option<PathBuf> = None;
     runner.step(
-        "verified 3 test: a reboot discards runtime changes outside the data partition",
+        "verified 3 test: a reboot discards runtime changes outside the data partition and keeps what is on it",
         || {
             let mut vm = snakeoil_vm.take().context("no machine: an earlier step failed")?;
             vm.succeed("echo changed > /etc/nodows-runtime-change && echo changed > /var/lib/nodows-runtime-change && echo changed > /root/nodows-runtime-change && sync")?;
+            let (marker, log_marker) = (super::updates::MARKER, super::updates::LOG_MARKER);
+            vm.succeed(&format!("echo kept > {marker} && echo kept > {log_marker} && sync"))?;
+            let kept = super::updates::persistent(&mut vm)?;
+            ensure!(kept.marker == "kept" && kept.log_marker == "kept", "markers not written: {kept:?}");
             let overlay = vm.overlay().context("the machine has no disk")?.to_path_buf();
             vm.send_command("initctl reboot")?;
             // -no-reboot: QEMU exits when the guest reboots.
@@ -183,6 +189,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             // The model edit of the boot before is gone too: the image's model is back.
             let model = vm.succeed("cat /etc/nodows/model.xml")?;
             ensure!(!model.contains("changed by the e2e test"), "the edited model survived the reboot");
+            // The data partition kept the markers and the ssh host key.
+            let after = super::updates::persistent(&mut vm)?;
+            ensure!(after == kept, "the data partition lost state in the reboot: before {kept:?}, after {after:?}");
+            check_data_grown(&mut vm)?;
             vm.kill();
             Ok(())
         },
@@ -463,4 +473,73 @@ fn flip_byte_of(disk: &Path, path: &str, work: &Path) -> anyhow::Result<u64> {
     file.write_all(&byte)?;
     file.sync_all()?;
     Ok(offset)
+}
+
+/// Checks that `/` is mounted read-only from the device-mapper device
+/// `root` that initd's initrd made from the root hash on the kernel
+/// command line; returns the GPT name of the one partition beneath it.
+pub(super) fn verity_root(vm: &mut Vm) -> anyhow::Result<String> {
+    let mounts = vm.succeed("cat /proc/self/mounts")?;
+    let root = mounts
+        .lines()
+        .find(|line| line.split_whitespace().nth(1) == Some("/"))
+        .context("no / in /proc/self/mounts")?
+        .to_string();
+    let fields: Vec<&str> = root.split_whitespace().collect();
+    if !fields[0].starts_with("/dev/dm-") || !fields[3].split(',').any(|option| option == "ro") {
+        return Err(vm.failure(&format!(
+            "/ is not a read-only device-mapper device: {root}"
+        )));
+    }
+    let dm = fields[0].trim_start_matches("/dev/");
+    let name = vm.succeed(&format!("cat /sys/block/{dm}/dm/name"))?;
+    ensure!(name.trim() == "root", "{dm} is named {name}, not root");
+    let command_line = vm.succeed("cat /proc/cmdline")?;
+    ensure!(
+        command_line.contains("nodows.verity="),
+        "no root hash on the command line: {command_line}"
+    );
+    let beneath = vm.succeed(&format!(
+        "for d in /sys/block/{dm}/slaves/*; do sed -n 's/^PARTNAME=//p' $d/uevent; done"
+    ))?;
+    let names: Vec<&str> = beneath.split_whitespace().collect();
+    match names.as_slice() {
+        [only] => Ok(only.to_string()),
+        _ => bail!("{dm} is not on exactly one named partition: {beneath:?}"),
+    }
+}
+
+/// The data partition fills the disk that was made GROWN_BY_MIB bigger
+/// than the image (it ends at the last whole MiB before the backup GPT),
+/// and its mounted ext4 fills the partition.
+fn check_data_grown(vm: &mut Vm) -> anyhow::Result<()> {
+    let sizes = vm.succeed(
+        "d=$(grep -l '^PARTNAME=data$' /sys/class/block/*/uevent); d=${d%/uevent}; \
+         echo $(cat $d/start) $(cat $d/size) $(cat $d/../size) $(stat -f -c '%b %S' /var/lib/nodows)",
+    )?;
+    let numbers: Vec<u64> = sizes
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("sizes: {sizes}"))?;
+    let [start, size, disk, blocks, block_size] = numbers[..] else {
+        bail!("sizes: {sizes}");
+    };
+    let (mib, sector) = (1u64 << 20, 512);
+    // Partitions end on whole MiB; the last MiB holds the backup GPT.
+    ensure!(
+        (start + size) * sector == disk * sector - mib,
+        "the data partition ends at sector {} of a disk of {disk}: it did not grow to the end",
+        start + size
+    );
+    ensure!(
+        size * sector > GROWN_BY_MIB * mib,
+        "the data partition is {size} sectors, not grown by {GROWN_BY_MIB} MiB"
+    );
+    // statfs leaves out ext4's own metadata: within 5 % of the partition.
+    ensure!(
+        blocks * block_size > size * sector / 100 * 95,
+        "the ext4 on the data partition has {blocks} blocks of {block_size}: not grown to its {size} sectors"
+    );
+    Ok(())
 }
