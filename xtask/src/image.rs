@@ -15,6 +15,7 @@ mod freebsd;
 mod host;
 mod initrd;
 mod manifest;
+mod modelcheck;
 pub mod outputs;
 mod plan;
 mod rootfs;
@@ -97,12 +98,23 @@ pub struct Args {
     pub without_verified_boot: bool,
 }
 
+/// `modelcheck::check` for `cargo xtask check`: how many renders ran and
+/// every problem.
+pub fn model_check(
+    source: &Path,
+    image: &str,
+    profile: &str,
+) -> Result<(usize, Vec<String>), BadInput> {
+    modelcheck::check(source, image, profile)
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     ui::install_interrupt_handler();
     build(args)
 }
 
-fn workspace_root() -> PathBuf {
+/// The workspace root (the xtask checks at start that it is the one it runs in).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -122,6 +134,9 @@ fn build(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Before anything slow: every template compiles and the profile's model
+    // renders; --plan also checks the golden cases (cargo xtask check).
+    crate::check::check(&source, &args.image, &args.profile, args.plan)?;
     if freebsd::is_freebsd_image(&source, &args.image) {
         if !args.format.is_empty() {
             return Err(BadInput(format!(

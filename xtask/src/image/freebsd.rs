@@ -40,7 +40,7 @@ const EM_X86_64: u16 = 62;
 /// ELF EI_OSABI of FreeBSD.
 pub const ELFOSABI_FREEBSD: u8 = 9;
 /// The glue rendered from freebsd/services/nodows-rc.
-const GLUE_SERVICE: &str = "nodows-rc";
+pub const GLUE_SERVICE: &str = "nodows-rc";
 
 /// True when `images/IMAGE.xml` says `os="freebsd"`.
 pub fn is_freebsd_image(source: &Path, image: &str) -> bool {
@@ -722,6 +722,24 @@ fn lock_root(staging: &Staging) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The service directories a FreeBSD bake sees, one per name: every shared
+/// service in `services/`, a FreeBSD form in `freebsd/services/` replacing
+/// the shared one of its name, and the rc.d glue.
+pub fn definition_dirs(source: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs: std::collections::BTreeMap<std::ffi::OsString, PathBuf> = Default::default();
+    for parent in [source.join("services"), source.join("freebsd/services")] {
+        for entry in std::fs::read_dir(&parent)
+            .with_context(|| format!("cannot read {}", parent.display()))?
+        {
+            let path = entry?.path();
+            if let (true, Some(name)) = (path.join("service.xml").is_file(), path.file_name()) {
+                dirs.insert(name.to_owned(), path);
+            }
+        }
+    }
+    Ok(dirs.into_values().collect())
+}
+
 /// Renders the services' configs and the rc.d glue into the staging root
 /// with the host renderer. The renderer sees every shared service with the
 /// FreeBSD forms and the glue on top (the model may name services the
@@ -735,21 +753,7 @@ pub fn bake(
     let sh = Shell::new()?;
     let render_services = tempdir("nodows-freebsd-services")?;
     let services_dir = render_services.path();
-    let mut sources: Vec<PathBuf> = Vec::new();
-    for parent in [
-        plan.source.join("services"),
-        plan.source.join("freebsd/services"),
-    ] {
-        for entry in std::fs::read_dir(&parent)
-            .with_context(|| format!("cannot read {}", parent.display()))?
-        {
-            let path = entry?.path();
-            if path.join("service.xml").is_file() {
-                sources.push(path);
-            }
-        }
-    }
-    for path in sources {
+    for path in definition_dirs(&plan.source)? {
         let name = path
             .file_name()
             .context("service directory without a name")?;
