@@ -78,7 +78,8 @@ pub fn check(
     let mut problems = Vec::new();
     for dir in service_dirs(source) {
         match servicedef::load_dir(&dir) {
-            Ok(definitions) => {
+            Ok(mut definitions) => {
+                definitions.extend(freebsd_forms(&definitions, &mut problems));
                 summary.services += definitions.len();
                 summary.templates += definitions.iter().map(|d| d.files.len()).sum::<usize>();
                 problems.extend(render::check_templates(&dir, &definitions));
@@ -131,12 +132,30 @@ fn renders(
 }
 
 /// The directories of service definitions: services/ and, when the tree has
-/// one, freebsd/services/ (the FreeBSD forms and the rc.d glue).
+/// one, freebsd/services/ (the FreeBSD image's rc.d glue).
 fn service_dirs(source: &Path) -> Vec<PathBuf> {
     [source.join("services"), source.join("freebsd/services")]
         .into_iter()
         .filter(|dir| dir.is_dir())
         .collect()
+}
+
+/// The FreeBSD forms (`services/NAME/freebsd/service.xml`) of `definitions`.
+fn freebsd_forms(
+    definitions: &[servicedef::ServiceDefinition],
+    problems: &mut Vec<String>,
+) -> Vec<servicedef::ServiceDefinition> {
+    let mut forms = Vec::new();
+    for definition in definitions {
+        let path = definition.dir.join("freebsd").join(servicedef::FILE_NAME);
+        if path.is_file() {
+            match servicedef::parse_file(&path) {
+                Ok(form) => forms.push(form),
+                Err(errors) => problems.extend(errors.problems),
+            }
+        }
+    }
+    forms
 }
 
 /// How a golden case fails, each line naming the case.

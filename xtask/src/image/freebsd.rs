@@ -68,7 +68,8 @@ pub struct FreebsdPlan {
     pub esp_size_mib: u64,
     pub model: PathBuf,
     pub services: Vec<FreebsdService>,
-    /// Services the profile asks for that have no FreeBSD form (`<linux-only>`).
+    /// Services the profile asks for that are not available to FreeBSD
+    /// images (no `<package os="freebsd">`, no FreeBSD form).
     pub left_out: Vec<String>,
     pub overlays: Vec<PathBuf>,
     /// `<root login="locked">` (or no <root>): root gets `*` as its password
@@ -86,23 +87,46 @@ fn size_mib(value: &str) -> Option<u64> {
     }
 }
 
-fn words(document: &Document, name: &str) -> BTreeSet<String> {
-    document
-        .root
-        .children_named(name)
-        .flat_map(|element| element.text().split_whitespace().map(str::to_owned))
-        .collect()
-}
-
-/// The definition of a service on FreeBSD: `freebsd/services/NAME` when the
-/// FreeBSD form differs, else the shared `services/NAME`.
+/// The definition of a service on FreeBSD: its FreeBSD form
+/// `services/NAME/freebsd/` when it has one, else the shared `services/NAME`.
 fn service_dir(source: &Path, name: &str) -> PathBuf {
-    let freebsd = source.join("freebsd/services").join(name);
+    let shared = source.join("services").join(name);
+    let freebsd = shared.join("freebsd");
     if freebsd.join("service.xml").is_file() {
         freebsd
     } else {
-        source.join("services").join(name)
+        shared
     }
+}
+
+/// The service `name` on FreeBSD: its FreeBSD form, or the shared
+/// definition with its FreeBSD packages; `None` when it has neither (not
+/// available to FreeBSD images).
+fn freebsd_service(source: &Path, name: &str, at: &str) -> Result<Option<FreebsdService>, String> {
+    let dir = service_dir(source, name);
+    let path = dir.join("service.xml");
+    if !path.is_file() {
+        return Err(format!(
+            "{at}: unknown service `{name}`: {} does not exist",
+            path.display()
+        ));
+    }
+    let definition = servicedef::parse_file(&path).map_err(|errors| errors.to_string())?;
+    let form = dir != source.join("services").join(name);
+    let packages = match definition.freebsd_packages {
+        Some(mut packages) => {
+            packages.sort();
+            packages.dedup();
+            packages
+        }
+        None if form => Vec::new(),
+        None => return Ok(None),
+    };
+    Ok(Some(FreebsdService {
+        name: name.to_owned(),
+        dir,
+        packages,
+    }))
 }
 
 /// Resolves and validates the plan; every problem is reported at once.
@@ -188,8 +212,6 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
             PathBuf::new()
         }
     };
-    let base_provides = words(&image_document, "base-provides");
-    let linux_only = words(&image_document, "linux-only");
 
     let profile_root = &profile_document.root;
     if profile_root.name != "profile" || profile_root.attribute("name") != Some(profile) {
@@ -239,63 +261,31 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
 
     // The image's services, then the profile's.
     let mut named = Vec::new();
-    for document in [&image_document, &profile_document] {
+    for (document, from_image) in [(&image_document, true), (&profile_document, false)] {
         for list in document.root.children_named("services") {
             for element in list.children_named("service") {
-                named.push((element.text().to_owned(), document.at(element)));
+                named.push((element.text().to_owned(), document.at(element), from_image));
             }
         }
     }
     let mut services = Vec::new();
     let mut left_out = Vec::new();
     let mut seen = BTreeSet::new();
-    for (name, at) in named {
+    for (name, at, from_image) in named {
         if !seen.insert(name.clone()) {
             continue;
         }
-        if linux_only.contains(&name) {
-            left_out.push(name);
-            continue;
-        }
-        let dir = service_dir(source, &name);
-        let path = dir.join("service.xml");
-        if !path.is_file() {
-            problems.push(format!(
-                "{at}: unknown service `{name}`: {} does not exist",
-                path.display()
-            ));
-            continue;
-        }
-        let definition = match servicedef::parse_file(&path) {
-            Ok(definition) => definition,
-            Err(errors) => {
-                problems.push(errors.to_string());
-                continue;
-            }
-        };
-        let unmapped: Vec<&String> = definition
-            .packages
-            .iter()
-            .filter(|package| !base_provides.contains(*package))
-            .collect();
-        if definition.freebsd_packages.is_empty() && !unmapped.is_empty() {
-            problems.push(format!(
-                "{}:{}: service `{name}` needs the Debian package(s) {} and has no FreeBSD mapping: add <package os=\"freebsd\">NAME</package> or list them in <base-provides> of {}",
-                path.display(),
-                definition.line,
-                unmapped.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+        match freebsd_service(source, &name, &at) {
+            Ok(Some(service)) => services.push(service),
+            // A profile's Linux-only service (the console, the test agent).
+            Ok(None) if !from_image => left_out.push(name),
+            Ok(None) => problems.push(format!(
+                "{at}: service `{name}` is not available to FreeBSD images: {} has no <package os=\"freebsd\">; add one naming its FreeBSD package (empty if the base system has the program), or remove the service from {}",
+                source.join("services").join(&name).join("service.xml").display(),
                 image_document.path.display()
-            ));
-            continue;
+            )),
+            Err(message) => problems.push(message),
         }
-        let mut packages = definition.freebsd_packages.clone();
-        packages.sort();
-        packages.dedup();
-        services.push(FreebsdService {
-            name,
-            dir,
-            packages,
-        });
     }
     if !problems.is_empty() {
         return Err(BadInput(problems.join("\n")));
@@ -362,7 +352,7 @@ impl FreebsdPlan {
                 "no password on the console (dev)"
             }
         );
-        let _ = writeln!(out, "left out (linux only): {}", self.left_out.join(" "));
+        let _ = writeln!(out, "left out (not available to FreeBSD): {}", self.left_out.join(" "));
         let _ = writeln!(out, "packages to add: {}", self.packages_to_add().join(" "));
         let _ = writeln!(out, "overlays:");
         for overlay in &self.overlays {
@@ -652,7 +642,7 @@ pub fn assemble(
     let services = staging.join(&format!("{NODOWS_ETC}/services"));
     std::fs::create_dir_all(&services)?;
     for service in &plan.services {
-        assemble::copy_tree(&service.dir, &services.join(&service.name))?;
+        assemble::copy_service(&service.dir, &services.join(&service.name))?;
     }
     assemble::install(
         &plan.source.join(&plan.model),
@@ -722,22 +712,35 @@ fn lock_root(staging: &Staging) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The service directories a FreeBSD bake sees, one per name: every shared
-/// service in `services/`, a FreeBSD form in `freebsd/services/` replacing
-/// the shared one of its name, and the rc.d glue.
-pub fn definition_dirs(source: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut dirs: std::collections::BTreeMap<std::ffi::OsString, PathBuf> = Default::default();
-    for parent in [source.join("services"), source.join("freebsd/services")] {
+/// The services a FreeBSD bake sees, by name: every service of
+/// `services/` in its FreeBSD form (see [`service_dir`]), and the rc.d glue
+/// of `freebsd/services/`.
+pub fn definition_dirs(source: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut dirs = Vec::new();
+    for (parent, forms) in [
+        (source.join("services"), true),
+        (source.join("freebsd/services"), false),
+    ] {
         for entry in std::fs::read_dir(&parent)
             .with_context(|| format!("cannot read {}", parent.display()))?
         {
             let path = entry?.path();
-            if let (true, Some(name)) = (path.join("service.xml").is_file(), path.file_name()) {
-                dirs.insert(name.to_owned(), path);
+            let name = entry_name(&path);
+            if path.join("service.xml").is_file() {
+                let dir = if forms { service_dir(source, &name) } else { path };
+                dirs.push((name, dir));
             }
         }
     }
-    Ok(dirs.into_values().collect())
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn entry_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Renders the services' configs and the rc.d glue into the staging root
@@ -753,15 +756,12 @@ pub fn bake(
     let sh = Shell::new()?;
     let render_services = tempdir("nodows-freebsd-services")?;
     let services_dir = render_services.path();
-    for path in definition_dirs(&plan.source)? {
-        let name = path
-            .file_name()
-            .context("service directory without a name")?;
+    for (name, path) in definition_dirs(&plan.source)? {
         let target = services_dir.join(name);
         if target.exists() {
             std::fs::remove_dir_all(&target)?;
         }
-        assemble::copy_tree(&path, &target)?;
+        assemble::copy_service(&path, &target)?;
     }
     let model = staging.join(&format!("{NODOWS_ETC}/model.xml"));
     let root = staging.path();

@@ -84,7 +84,7 @@ fn debian_renders(source: &Path, image: &str, profile: &str) -> Result<Renders, 
 fn freebsd_renders(source: &Path, image: &str, profile: &str) -> Result<Renders, BadInput> {
     let plan = freebsd::resolve(source, image, profile)?;
     let mut definitions = Vec::new();
-    for dir in freebsd::definition_dirs(source).map_err(|e| BadInput(e.to_string()))? {
+    for (_, dir) in freebsd::definition_dirs(source).map_err(|e| BadInput(e.to_string()))? {
         definitions.push(parse(&dir)?);
     }
     let mut selected: Vec<String> = plan.services.into_iter().map(|s| s.name).collect();
