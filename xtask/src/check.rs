@@ -67,12 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Runs every check; every problem is reported at once as bad input.
 /// `golden` also renders and compares every golden case.
-pub fn check(
-    source: &Path,
-    image: &str,
-    profile: &str,
-    golden: bool,
-) -> anyhow::Result<Summary> {
+pub fn check(source: &Path, image: &str, profile: &str, golden: bool) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut problems = Vec::new();
@@ -193,9 +188,8 @@ pub fn bless(args: BlessArgs) -> anyhow::Result<()> {
         .into());
     }
     for (case, staged) in rendered {
-        let touched = golden::bless(&case, &staged).map_err(|e| {
-            anyhow::anyhow!("{}: cannot write: {e}", case.expected_dir().display())
-        })?;
+        let touched = golden::bless(&case, &staged)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", case.expected_dir().display()))?;
         if touched.is_empty() {
             println!("{}: unchanged", case.name);
         } else {
@@ -229,7 +223,11 @@ fn select(source: &Path, selectors: &[String]) -> anyhow::Result<Vec<golden::Cas
     }
     Ok(cases
         .into_iter()
-        .filter(|case| selectors.iter().any(|selector| matches(source, case, selector)))
+        .filter(|case| {
+            selectors
+                .iter()
+                .any(|selector| matches(source, case, selector))
+        })
         .collect())
 }
 

@@ -142,9 +142,9 @@ impl Case {
         };
         let mut words = words.into_iter();
         while let Some(option) = words.next() {
-            let value = words.next().ok_or_else(|| {
-                format!("{}: `{option}` needs a value", file.display())
-            })?;
+            let value = words
+                .next()
+                .ok_or_else(|| format!("{}: `{option}` needs a value", file.display()))?;
             match option.as_str() {
                 "--profile" => arguments.profile = value,
                 "--server" => arguments.server = Some(value),
@@ -270,10 +270,7 @@ pub fn compare(case: &Case, staged: &[StagedFile]) -> Vec<String> {
         let path = relative_target(file);
         let at = expected_dir.join(path);
         match expected.remove(path) {
-            None => problems.push(format!(
-                "{}: rendered but not expected",
-                at.display()
-            )),
+            None => problems.push(format!("{}: rendered but not expected", at.display())),
             Some(want) if want.bytes != file.bytes => problems.push(format!(
                 "{}: {}",
                 at.display(),
@@ -318,9 +315,9 @@ pub fn bless(case: &Case, staged: &[StagedFile]) -> std::io::Result<Vec<String>>
         let path = relative_target(file);
         let target = expected_dir.join(path);
         let mode = blessed_mode(file.mode);
-        let unchanged = stale.remove(path).is_some_and(|want| {
-            want.bytes == file.bytes && want.executable == (mode & 0o111 != 0)
-        });
+        let unchanged = stale
+            .remove(path)
+            .is_some_and(|want| want.bytes == file.bytes && want.executable == (mode & 0o111 != 0));
         if unchanged {
             continue;
         }

@@ -168,8 +168,8 @@ fn copy_tree_except(from: &Path, to: &Path, skip: &[&str]) -> anyhow::Result<()>
         let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|entry| entry.file_name());
         for entry in entries {
-            let skipped = skip.iter().any(|name| entry.file_name() == *name)
-                && entry.file_type()?.is_dir();
+            let skipped =
+                skip.iter().any(|name| entry.file_name() == *name) && entry.file_type()?.is_dir();
             if !skipped {
                 copy_tree(&entry.path(), &to.join(entry.file_name()))?;
             }

@@ -352,7 +352,11 @@ impl FreebsdPlan {
                 "no password on the console (dev)"
             }
         );
-        let _ = writeln!(out, "left out (not available to FreeBSD): {}", self.left_out.join(" "));
+        let _ = writeln!(
+            out,
+            "left out (not available to FreeBSD): {}",
+            self.left_out.join(" ")
+        );
         let _ = writeln!(out, "packages to add: {}", self.packages_to_add().join(" "));
         let _ = writeln!(out, "overlays:");
         for overlay in &self.overlays {
@@ -727,7 +731,11 @@ pub fn definition_dirs(source: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> 
             let path = entry?.path();
             let name = entry_name(&path);
             if path.join("service.xml").is_file() {
-                let dir = if forms { service_dir(source, &name) } else { path };
+                let dir = if forms {
+                    service_dir(source, &name)
+                } else {
+                    path
+                };
                 dirs.push((name, dir));
             }
         }

@@ -12,6 +12,8 @@ use super::{freebsd, plan, BadInput};
 /// What the image x profile renders: its mode, model and service
 /// definitions, and the services its bake selects.
 struct Renders {
+    /// Where the templates are (`document()` may read below it too).
+    services_dir: PathBuf,
     mode: String,
     model: PathBuf,
     definitions: Vec<ServiceDefinition>,
@@ -37,8 +39,7 @@ pub fn check(source: &Path, image: &str, profile: &str) -> Result<(usize, Vec<St
         let request = render::Request {
             model: &model,
             definitions: &renders.definitions,
-            // Templates may lie in services/ or freebsd/services/.
-            services_dir: source,
+            services_dir: &renders.services_dir,
             server,
             profile: &renders.mode,
             only: &renders.selected,
@@ -72,6 +73,7 @@ fn debian_renders(source: &Path, image: &str, profile: &str) -> Result<Renders, 
         .map(|service| parse(&source.join("services").join(&service.name)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Renders {
+        services_dir: source.join("services"),
         mode: plan.mode,
         model: plan.model,
         selected: plan.services.into_iter().map(|s| s.name).collect(),
@@ -90,6 +92,8 @@ fn freebsd_renders(source: &Path, image: &str, profile: &str) -> Result<Renders,
     let mut selected: Vec<String> = plan.services.into_iter().map(|s| s.name).collect();
     selected.push(freebsd::GLUE_SERVICE.to_owned());
     Ok(Renders {
+        // The FreeBSD forms lie in services/, the glue in freebsd/services/.
+        services_dir: source.to_path_buf(),
         mode: plan.mode,
         model: plan.model,
         definitions,

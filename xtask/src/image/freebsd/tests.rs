@@ -184,9 +184,10 @@ fn service_without_freebsd_package_is_refused_by_the_image_and_left_out_of_a_pro
     let plain = std::fs::read_to_string(repo().join("images/freebsd.xml")).unwrap();
     std::fs::write(&image_path, plain).unwrap();
     let profile = source.join("profiles/dev.xml");
-    let text = std::fs::read_to_string(&profile)
-        .unwrap()
-        .replace("<service>console</service>", "<service>console</service>\n    <service>unmapped</service>");
+    let text = std::fs::read_to_string(&profile).unwrap().replace(
+        "<service>console</service>",
+        "<service>console</service>\n    <service>unmapped</service>",
+    );
     std::fs::write(&profile, text).unwrap();
     let plan = resolve(&source, "freebsd", "dev").unwrap();
     assert_eq!(plan.left_out, ["console", "unmapped", "test-agent"]);
