@@ -126,6 +126,19 @@ fn renders(
     problems
 }
 
+/// [`check`] for every image x profile of the tree, the golden cases once
+/// (a step of `cargo xtask test`).
+pub fn check_every_profile(source: &Path) -> anyhow::Result<()> {
+    let mut golden = true;
+    for image in crate::image::list_names(&source.join("images")) {
+        for profile in crate::image::list_names(&source.join("profiles")) {
+            check(source, &image, &profile, golden)?;
+            golden = false;
+        }
+    }
+    Ok(())
+}
+
 /// The directories of service definitions: services/ and, when the tree has
 /// one, freebsd/services/ (the FreeBSD image's rc.d glue).
 fn service_dirs(source: &Path) -> Vec<PathBuf> {

@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+pub use plan::list_names;
+
 /// Bad input (unknown image or profile, invalid XML, missing overlay,
 /// unknown package): reported as `error: ...` with exit code 2.
 #[derive(Debug)]
