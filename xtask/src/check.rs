@@ -91,10 +91,13 @@ pub fn check(source: &Path, image: &str, profile: &str, golden: bool) -> anyhow:
     if problems.is_empty() {
         Ok(summary)
     } else {
+        let count = match problems.len() {
+            1 => "1 problem".to_string(),
+            n => format!("{n} problems"),
+        };
         Err(BadInput(format!(
-            "{}\n({} problems; a golden case that differs on purpose is re-written with cargo xtask bless CASE)",
-            problems.join("\n"),
-            problems.len()
+            "{}\n({count}; a golden case that differs on purpose is re-written with cargo xtask bless CASE)",
+            problems.join("\n")
         ))
         .into())
     }
