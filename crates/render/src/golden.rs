@@ -63,14 +63,15 @@ impl Arguments {
     }
 }
 
-/// The directories below `dir` that hold an `args` file, sorted.
-fn case_dirs(dir: &Path) -> Vec<PathBuf> {
+/// The directories below `dir`, sorted; with `with_args`, only those that
+/// hold an `args` file (`test_data/render/` holds `fails/` too).
+fn case_dirs(dir: &Path, with_args: bool) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.join("args").is_file())
+        .filter(|path| path.is_dir() && (!with_args || path.join("args").is_file()))
         .collect();
     dirs.sort();
     dirs
@@ -94,7 +95,8 @@ pub fn cases(source: &Path) -> Vec<Case> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        for dir in case_dirs(&service_dir.join("tests")) {
+        // Every directory is a case: one without `args` is reported.
+        for dir in case_dirs(&service_dir.join("tests"), false) {
             cases.push(Case {
                 name: format!("{service}/{}", file_name(&dir)),
                 dir,
@@ -102,7 +104,7 @@ pub fn cases(source: &Path) -> Vec<Case> {
             });
         }
     }
-    for dir in case_dirs(&source.join(PROFILE_CASES)) {
+    for dir in case_dirs(&source.join(PROFILE_CASES), true) {
         cases.push(Case {
             name: file_name(&dir),
             dir,
@@ -125,7 +127,12 @@ impl Case {
     pub fn arguments(&self, source: &Path) -> Result<Arguments, String> {
         let file = self.dir.join("args");
         let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+            .map_err(|e| {
+                format!(
+                    "{}: cannot read ({e}); a golden case needs this file, naming at least --profile PROFILE",
+                    file.display()
+                )
+            })?;
         let words: Vec<String> = text
             .split_whitespace()
             .map(|word| {
