@@ -19,6 +19,7 @@ mod freebsd;
 mod host;
 mod initrd;
 mod manifest;
+mod modelcheck;
 pub mod outputs;
 mod plan;
 mod rootfs;
@@ -34,6 +35,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use backend::{Build, OsBackend};
+
+pub use plan::list_names;
 
 /// Bad input (unknown image or profile, invalid XML, missing overlay,
 /// unknown package): reported as `error: ...` with exit code 2.
@@ -104,6 +107,16 @@ pub struct Args {
     pub without_verified_boot: bool,
 }
 
+/// `modelcheck::check` for `cargo xtask check`: how many renders ran and
+/// every problem.
+pub fn model_check(
+    source: &Path,
+    image: &str,
+    profile: &str,
+) -> Result<(usize, Vec<String>), BadInput> {
+    modelcheck::check(source, image, profile)
+}
+
 impl Args {
     /// `--out`, else `images/out` of the source tree.
     fn out_parent(&self, source: &Path) -> PathBuf {
@@ -118,7 +131,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     build(args)
 }
 
-fn workspace_root() -> PathBuf {
+/// The workspace root (the xtask checks at start that it is the one it runs in).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -138,6 +152,9 @@ fn build(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Before anything slow: every template compiles and the profile's model
+    // renders; --plan also checks the golden cases (cargo xtask check).
+    crate::check::check(&source, &args.image, &args.profile, args.plan)?;
     match Os::of(&source, &args.image) {
         Os::Debian => debian::build(&args, &source),
         Os::Freebsd => freebsd::build(&args, &source),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod boot;
+mod check;
 mod flash;
 
 mod image;
@@ -28,6 +29,10 @@ struct Cli {
 enum Command {
     /// Build a bootable image (Debian or FreeBSD) for a profile.
     Image(image::Args),
+    /// Check every service, template and golden case and the profile's model, in memory (about a second).
+    Check(check::Args),
+    /// Re-write golden cases' expected files from the current templates (modes kept).
+    Bless(check::BlessArgs),
     /// Boot a built image in QEMU on the serial console.
     Boot(boot::Args),
     /// Boot a built image, run one command in it (test agent), print its output, exit with its code.
@@ -57,6 +62,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Image(args) => image::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Bless(args) => check::bless(args),
         Command::Boot(args) => boot::run(args),
         Command::Run(args) => run::run(args),
         Command::Flash(args) => flash::run(args),

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one test command.
 //!
-//! Steps, fastest first: formatting, clippy, the workspace's unit and
-//! integration tests, the QEMU harness self-test (a busybox fixture), then
+//! Steps, fastest first: formatting, clippy, `cargo xtask check` of every
+//! image x profile, the workspace's unit and integration tests, the QEMU harness self-test (a busybox fixture), then
 //! (unless `--quick`) the five Debian profile images and the end-to-end
 //! tests in `test/e2e.rs`, each a real boot. Every step prints its duration;
 //! the last line is `N passed, N failed`.
@@ -109,6 +109,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
         },
     );
+    runner.step("cargo xtask check (every image x profile)", || {
+        crate::check::check_every_profile(&root)
+    });
     let test_name = if args.quick {
         "cargo test --workspace --no-fail-fast".to_string()
     } else {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[path = "image/check.rs"]
+mod check;
 #[path = "image/outputs.rs"]
 mod outputs;
 
@@ -44,7 +46,15 @@ impl Scratch {
             std::env::temp_dir().join(format!("nodows-image-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for part in ["images", "profiles", "services", "overlays", "models"] {
+        for part in [
+            "images",
+            "profiles",
+            "services",
+            "overlays",
+            "models",
+            "freebsd",
+            "test_data",
+        ] {
             let status = Command::new("cp")
                 .arg("-a")
                 .arg(workspace().join(part))

@@ -7,6 +7,7 @@
 //! staged files against it and writes only what changed, atomically.
 
 pub mod fleet;
+pub mod golden;
 pub mod keys;
 pub mod sync;
 pub mod validate;
@@ -34,6 +35,14 @@ impl Error {
         match self {
             Error::BadInput(_) => 2,
             Error::Failed(_) => 1,
+        }
+    }
+
+    /// The problems, one per line.
+    pub fn to_lines(&self) -> Vec<String> {
+        match self {
+            Error::BadInput(problems) => problems.clone(),
+            Error::Failed(message) => vec![message.clone()],
         }
     }
 }
@@ -138,6 +147,31 @@ pub fn check_target(target: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Parses and compiles every template of `definitions` (below
+/// `services_dir`) without rendering anything: libxml2's and libxslt's
+/// messages, each with the template's file and line.
+pub fn check_templates(services_dir: &Path, definitions: &[ServiceDefinition]) -> Vec<String> {
+    let allowed = match services_dir.canonicalize() {
+        Ok(dir) => dir,
+        Err(e) => return vec![format!("{}: cannot read: {e}", services_dir.display())],
+    };
+    let xslt = match xslt::Xslt::new(&allowed) {
+        Ok(xslt) => xslt,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    for definition in definitions {
+        for file in &definition.files {
+            let template = definition.dir.join(&file.template);
+            let template = template.canonicalize().unwrap_or(template);
+            if let Err(message) = xslt.compile(&template) {
+                problems.push(message);
+            }
+        }
+    }
+    problems
 }
 
 fn definition_file(definition: &ServiceDefinition) -> String {

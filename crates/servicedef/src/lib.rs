@@ -93,8 +93,10 @@ pub struct ServiceDefinition {
     /// Debian package names (the `package` attribute and `<package>` elements
     /// without `os` or with `os="debian"`).
     pub packages: Vec<String>,
-    /// FreeBSD package names (`<package os="freebsd">`).
-    pub freebsd_packages: Vec<String>,
+    /// FreeBSD package names (`<package os="freebsd">`); `Some` of none
+    /// (an empty `<package os="freebsd"/>`): the FreeBSD base system has the
+    /// program; `None`: the service is not available to FreeBSD images.
+    pub freebsd_packages: Option<Vec<String>>,
     pub description: String,
     pub exec: Exec,
     pub env: Vec<(String, String)>,
@@ -1017,7 +1019,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         packages: attribute(root, "package")
             .map(|package| package.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
-        freebsd_packages: Vec::new(),
+        freebsd_packages: None,
         description: String::new(),
         exec: Exec {
             path: PathBuf::new(),
@@ -1092,7 +1094,10 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                     checker.choice(child, "os", &[("debian", false), ("freebsd", true)], false);
                 let names = child.text.split_whitespace().map(str::to_string);
                 if os {
-                    definition.freebsd_packages.extend(names);
+                    definition
+                        .freebsd_packages
+                        .get_or_insert_with(Vec::new)
+                        .extend(names);
                 } else {
                     definition.packages.extend(names);
                 }

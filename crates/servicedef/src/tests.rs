@@ -119,7 +119,7 @@ fn every_optional_element_parses() {
 "#,
     );
     let definition = parse_str(Path::new("/x/full/service.xml"), &text).unwrap();
-    assert_eq!(definition.freebsd_packages, vec!["nginx"]);
+    assert_eq!(definition.freebsd_packages, Some(vec!["nginx".to_string()]));
     assert_eq!(definition.packages, vec!["extra"]);
     assert_eq!(
         definition.start_on,

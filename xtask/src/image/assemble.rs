@@ -12,7 +12,7 @@ use xshell::{cmd, Shell};
 
 use super::plan::{Plan, RootLogin};
 use super::ui::{TempDir, Ui};
-use super::util::{clamp_time, copy_tree, install, write};
+use super::util::{clamp_time, copy_service, copy_tree, install, write};
 use super::BadInput;
 
 pub struct Binaries {
@@ -315,7 +315,7 @@ pub fn install_files(plan: &Plan, staging: &Staging, source_date_epoch: u64) -> 
     let services_dir = staging.join("etc/nodows/services");
     std::fs::create_dir_all(&services_dir)?;
     for service in &plan.services {
-        copy_tree(
+        copy_service(
             &plan.source.join("services").join(&service.name),
             &services_dir.join(&service.name),
         )?;

@@ -33,7 +33,7 @@ const EM_X86_64: u16 = 62;
 /// ELF EI_OSABI of FreeBSD.
 pub const ELFOSABI_FREEBSD: u8 = 9;
 /// The glue rendered from freebsd/services/nodows-rc.
-const GLUE_SERVICE: &str = "nodows-rc";
+pub const GLUE_SERVICE: &str = "nodows-rc";
 
 mod binaries;
 mod disk;

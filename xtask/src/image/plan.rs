@@ -66,9 +66,13 @@ pub struct Plan {
     /// unified kernel image (on A/B images one per slot, each with its
     /// slot's root hash).
     pub verified_boot: bool,
-    /// Packages of the shared base (every profile's services included, so
-    /// that all profiles of an image share one cached base).
+    /// Packages of the base: the image's `<packages>`, every service's in
+    /// `services/` (so that all profiles of an image share one cached base,
+    /// whichever services they list) and the profile's `<packages>` (a
+    /// profile with its own packages has a cached base of its own).
     pub base_packages: BTreeSet<String>,
+    /// The profile's `<packages>`.
+    pub profile_packages: BTreeSet<String>,
     pub services: Vec<ServicePlan>,
     /// Overlay directories relative to `source`, in copy order.
     pub overlays: Vec<PathBuf>,
@@ -195,6 +199,19 @@ pub fn normalize_outputs(formats: &[Format]) -> Vec<Format> {
         .into_iter()
         .filter(|format| *format == Format::Raw || formats.contains(format))
         .collect()
+}
+
+/// The names of the service directories in `source/services/`, sorted.
+fn service_names(source: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(source.join("services"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join(servicedef::FILE_NAME).is_file())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Reads and validates `services/NAME/service.xml` (with `servicedef`, the
@@ -584,30 +601,26 @@ pub fn resolve_with(
             Err(BadInput(message)) => problems.push(message),
         }
     }
-    // Every other profile's services go into the base too, so that all
-    // profiles of the image share one cached base.
-    for other in list_names(&source.join("profiles")) {
-        if other == profile {
+    // Every service's packages go into the base, listed or not, so that
+    // all profiles of the image share one cached base and listing a
+    // service in one profile changes no other profile's base.
+    for name in service_names(source) {
+        if seen.contains(&name) {
             continue;
         }
-        let Ok(document) = Document::load(&source.join("profiles").join(format!("{other}.xml")))
-        else {
-            continue;
-        };
-        let mut ignored = Problems::default();
-        for (name, line) in services_of(&document, &mut ignored) {
-            if seen.contains(&name) {
-                continue;
-            }
-            if let Ok(service) = load_service(
-                source,
-                &name,
-                &format!("{}:{line}", document.path.display()),
-            ) {
-                base_packages.extend(service.packages);
-            }
+        let at = format!("{}", source.join("services").join(&name).display());
+        match load_service(source, &name, &at) {
+            Ok(service) => base_packages.extend(service.packages),
+            Err(BadInput(message)) => problems.push(message),
         }
     }
+    let mut profile_packages = BTreeSet::new();
+    for element in profile_root.children_named("packages") {
+        for (package, _) in text_list(&profile_document, element, "package", &mut problems) {
+            profile_packages.insert(package);
+        }
+    }
+    base_packages.extend(profile_packages.iter().cloned());
     problems.into_result()?;
     let mut cmdline: Vec<&str> = cmdline.split_whitespace().collect();
     if verified_boot {
@@ -641,6 +654,7 @@ pub fn resolve_with(
         cmdline: cmdline.join(" "),
         verified_boot,
         base_packages,
+        profile_packages,
         services,
         overlays,
         root_login,
@@ -787,6 +801,14 @@ impl Plan {
         let _ = writeln!(out, "base packages:");
         for package in &self.base_packages {
             let _ = writeln!(out, "  {package}");
+        }
+        if !self.profile_packages.is_empty() {
+            let packages: Vec<&str> = self.profile_packages.iter().map(String::as_str).collect();
+            let _ = writeln!(
+                out,
+                "profile packages (a base of its own): {}",
+                packages.join(" ")
+            );
         }
         let _ = writeln!(out, "services:");
         for service in &self.services {

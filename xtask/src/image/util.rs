@@ -36,6 +36,20 @@ pub fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 
 /// Copies a tree with its modes (owner root), in sorted order.
 pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    copy_tree_except(from, to, &[])
+}
+
+/// What a service's directory holds for its author only, never copied
+/// into an image: its golden cases and its FreeBSD form.
+const AUTHORING_DIRS: [&str; 2] = ["tests", "freebsd"];
+
+/// Copies a service's directory into an image, without [`AUTHORING_DIRS`].
+pub fn copy_service(from: &Path, to: &Path) -> anyhow::Result<()> {
+    copy_tree_except(from, to, &AUTHORING_DIRS)
+}
+
+/// [`copy_tree`] without the top-level directories named in `skip`.
+fn copy_tree_except(from: &Path, to: &Path, skip: &[&str]) -> anyhow::Result<()> {
     let metadata = std::fs::symlink_metadata(from)?;
     if metadata.file_type().is_symlink() {
         let target = std::fs::read_link(from)?;
@@ -53,7 +67,11 @@ pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
         let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|entry| entry.file_name());
         for entry in entries {
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+            let skipped =
+                skip.iter().any(|name| entry.file_name() == *name) && entry.file_type()?.is_dir();
+            if !skipped {
+                copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+            }
         }
     } else {
         install(from, to, metadata.mode() & 0o7777)?;

@@ -1,16 +1,16 @@
-//! Golden files for rendered configs.
-//!
-//! `test_data/render/<case>/` holds `args` (the `nodows render` arguments
-//! besides `--root`; `$REPO` and `$CASE` are replaced by their paths), an
-//! optional `model.xml` and `services/` (default: the repo's
-//! `models/default.xml` and `services/`) and `expected/<target path>`, the
-//! exact files the render must produce (and nothing else).
+//! Golden files for rendered configs (the cases are described in
+//! `render::golden`): every case under `services/*/tests/` and
+//! `test_data/render/` renders exactly its `expected/` files, and the
+//! `nodows render` command writes the same files as the in-memory render.
 //! `test_data/render/fails/<case>/` holds the same inputs and
 //! `expected-error`, the exact stderr; the run must exit 2 and write nothing.
 //!
-//! Bless new output with `UPDATE_EXPECT=1 cargo test -p render --test it golden`.
+//! Bless new output with `cargo xtask bless [SERVICE|CASE...]` (the fails
+//! cases with `UPDATE_EXPECT=1 cargo test -p render --test it golden`).
 
 use crate::support::{render, repo, stderr, tree, TempDir};
+use render::golden;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 fn update() -> bool {
@@ -27,37 +27,14 @@ fn cases(dir: &Path) -> Vec<PathBuf> {
     cases
 }
 
-/// The case's arguments with defaults for --model and --services.
+/// The `nodows render` arguments of a fails case (no `--service` implied).
 fn arguments(case: &Path) -> Vec<String> {
-    let repo = repo();
-    let text = std::fs::read_to_string(case.join("args")).unwrap();
-    let mut args: Vec<String> = text
-        .split_whitespace()
-        .map(|a| {
-            a.replace("$REPO", &repo.to_string_lossy())
-                .replace("$CASE", &case.to_string_lossy())
-        })
-        .collect();
-    if !args.iter().any(|a| a == "--model") {
-        let model = if case.join("model.xml").is_file() {
-            case.join("model.xml")
-        } else {
-            repo.join("models/default.xml")
-        };
-        args.extend(["--model".to_string(), model.to_string_lossy().into_owned()]);
-    }
-    if !args.iter().any(|a| a == "--services") {
-        let services = if case.join("services").is_dir() {
-            case.join("services")
-        } else {
-            repo.join("services")
-        };
-        args.extend([
-            "--services".to_string(),
-            services.to_string_lossy().into_owned(),
-        ]);
-    }
-    args
+    let case = golden::Case {
+        name: String::new(),
+        dir: case.to_path_buf(),
+        service: None,
+    };
+    case.arguments(&repo()).unwrap().to_cli()
 }
 
 fn run(case: &Path, root: &Path, json: bool) -> std::process::Output {
@@ -70,90 +47,80 @@ fn run(case: &Path, root: &Path, json: bool) -> std::process::Output {
     render(&args)
 }
 
-/// Writes the blessed files, each with the permission bits of its
-/// rendered copy under `rendered_root` (an rc.d script stays executable).
-fn write_tree(
-    dir: &Path,
-    files: &std::collections::BTreeMap<String, Vec<u8>>,
-    rendered_root: &Path,
-) {
-    let _ = std::fs::remove_dir_all(dir);
-    for (path, bytes) in files {
-        let target = dir.join(path);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::write(&target, bytes).unwrap();
-        let permissions = std::fs::metadata(rendered_root.join(path))
-            .unwrap()
-            .permissions();
-        std::fs::set_permissions(&target, permissions).unwrap();
-    }
+fn golden_cases() -> Vec<golden::Case> {
+    let cases = golden::cases(&repo());
+    assert!(
+        cases.len() >= 8 && cases.iter().any(|case| case.service.is_some()),
+        "too few golden cases: {cases:?}"
+    );
+    cases
 }
 
 #[test]
 fn rendered_files_match_the_goldens() {
-    let data = repo().join("test_data/render");
     let mut failures = Vec::new();
-    let cases = cases(&data);
-    assert!(
-        cases.len() >= 4,
-        "no golden cases found in {}",
-        data.display()
-    );
-    for case in cases {
-        let root = TempDir::new("golden");
-        let output = run(&case, root.path(), true);
-        if !output.status.success() {
-            failures.push(format!(
-                "{}: nodows failed:\n{}",
-                case.display(),
-                stderr(&output)
-            ));
-            continue;
-        }
-        let rendered = tree(root.path());
-        let change_set: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        let written: Vec<String> = change_set["written"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap().trim_start_matches('/').to_string())
-            .collect();
-        let files: Vec<String> = rendered.keys().cloned().collect();
-        if written != files {
-            failures.push(format!(
-                "{}: change set {written:?} but files {files:?}",
-                case.display()
-            ));
-        }
-        let expected_dir = case.join("expected");
-        if update() {
-            write_tree(&expected_dir, &rendered, root.path());
-            continue;
-        }
-        let expected = tree(&expected_dir);
-        for (path, bytes) in &rendered {
-            match expected.get(path) {
-                None => failures.push(format!("{}: unexpected file {path}", case.display())),
-                Some(want) if want != bytes => failures.push(format!(
-                    "{}: {path} differs\n--- expected\n{}\n--- rendered\n{}",
-                    case.display(),
-                    String::from_utf8_lossy(want),
-                    String::from_utf8_lossy(bytes)
-                )),
-                Some(_) => {}
-            }
-        }
-        for path in expected.keys() {
-            if !rendered.contains_key(path) {
-                failures.push(format!("{}: {path} was not rendered", case.display()));
-            }
+    for case in golden_cases() {
+        match golden::render_case(&repo(), &case) {
+            Ok(staged) => failures.extend(golden::compare(&case, &staged)),
+            Err(problems) => failures.push(format!("{}: {}", case.name, problems.join("\n"))),
         }
     }
     assert!(
         failures.is_empty(),
-        "{}\n(bless with UPDATE_EXPECT=1 if the change is intended)",
+        "{}\n(cargo xtask bless CASE if the change is intended)",
         failures.join("\n")
     );
+}
+
+/// `nodows render` writes what the in-memory render staged, with its
+/// modes, and its change set names exactly those files.
+#[test]
+fn the_command_writes_what_the_golden_render_stages() {
+    for case in golden_cases() {
+        let staged = golden::render_case(&repo(), &case).unwrap();
+        let root = TempDir::new("golden");
+        let mut args = case.arguments(&repo()).unwrap().to_cli();
+        args.extend([
+            "--root".to_string(),
+            root.path().to_string_lossy().into_owned(),
+            "--json".to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let change_set = crate::support::change_set(&render(&args));
+        let written: Vec<&str> = change_set["written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let targets: Vec<&str> = staged.iter().map(|file| file.target.as_str()).collect();
+        assert_eq!(written, targets, "{}", case.name);
+        let rendered = tree(root.path());
+        assert_eq!(rendered.len(), staged.len(), "{}", case.name);
+        for file in &staged {
+            let path = file.target.trim_start_matches('/');
+            assert_eq!(rendered[path], file.bytes, "{}: {path}", case.name);
+            let mode = std::fs::metadata(root.path().join(path))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, file.mode, "{}: {path}", case.name);
+        }
+    }
+}
+
+/// A service's case renders that service only: its expected files are
+/// all targets of that service.
+#[test]
+fn a_service_case_renders_only_its_service() {
+    for case in golden_cases() {
+        let Some(service) = &case.service else {
+            continue;
+        };
+        for file in golden::render_case(&repo(), &case).unwrap() {
+            assert_eq!(&file.service, service, "{}: {}", case.name, file.target);
+        }
+    }
 }
 
 #[test]
@@ -215,8 +182,8 @@ fn every_template_has_a_golden_case() {
     let repo = repo();
     let definitions = servicedef::load_dir(&repo.join("services")).unwrap();
     let mut covered = std::collections::BTreeSet::new();
-    for case in cases(&repo.join("test_data/render")) {
-        covered.extend(tree(&case.join("expected")).into_keys());
+    for case in golden_cases() {
+        covered.extend(tree(&case.expected_dir()).into_keys());
     }
     let mut missing = Vec::new();
     for definition in &definitions {
@@ -239,17 +206,14 @@ fn every_template_has_a_golden_case() {
 #[test]
 fn xml_sqlite_and_postgres_models_render_byte_identical_files() {
     let cluster = pgtest::Cluster::shared(env!("CARGO_TARGET_TMPDIR"));
-    let data = repo().join("test_data/render");
     let mut failures = Vec::new();
-    let cases = cases(&data);
-    assert!(cases.len() >= 4);
-    for case in cases {
+    for case in golden_cases() {
         let work = TempDir::new("sources");
-        let args = arguments(&case);
+        let args = case.arguments(&repo()).unwrap().to_cli();
         let model_index = args.iter().position(|a| a == "--model").unwrap() + 1;
         let xml = args[model_index].clone();
         let sqlite = format!("sqlite:{}", work.path().join("model.db").display());
-        let database = cluster.database(case.file_name().unwrap().to_str().unwrap());
+        let database = cluster.database(&case.name.replace('/', "-"));
         let postgres = cluster.superuser_url(&database);
         for command in [
             vec!["model", "migrate", "--model", &postgres],
@@ -260,7 +224,7 @@ fn xml_sqlite_and_postgres_models_render_byte_identical_files() {
             assert!(
                 output.status.success(),
                 "{}: nodows {}: {}",
-                case.display(),
+                case.name,
                 command[..2].join(" "),
                 stderr(&output)
             );
@@ -280,17 +244,17 @@ fn xml_sqlite_and_postgres_models_render_byte_identical_files() {
             assert!(
                 output.status.success(),
                 "{}: --model {model}: {}",
-                case.display(),
+                case.name,
                 stderr(&output)
             );
             trees.push(tree(root.path()));
         }
-        assert!(!trees[0].is_empty(), "{}: nothing rendered", case.display());
+        assert!(!trees[0].is_empty(), "{}: nothing rendered", case.name);
         for (name, other) in [("sqlite", &trees[1]), ("postgres", &trees[2])] {
             if *other != trees[0] {
                 failures.push(format!(
                     "{}: the {name} model renders other files than the XML model",
-                    case.display()
+                    case.name
                 ));
             }
         }
@@ -309,7 +273,7 @@ fn xml_sqlite_and_postgres_models_render_byte_identical_files() {
         if original != round_trip {
             failures.push(format!(
                 "{}: the XML exported from PostgreSQL differs:\n{round_trip}",
-                case.display()
+                case.name
             ));
         }
     }

@@ -1,5 +1,5 @@
 //! The FreeBSD plan: the image and profile XML, each service's FreeBSD form
-//! (`freebsd/services/NAME` or `services/NAME`) and package mapping, every
+//! (`services/NAME/freebsd/` or `services/NAME`) and package mapping, every
 //! problem reported at once.
 
 use std::collections::BTreeSet;
@@ -35,7 +35,8 @@ pub struct FreebsdPlan {
     pub esp_size_mib: u64,
     pub model: PathBuf,
     pub services: Vec<FreebsdService>,
-    /// Services the profile asks for that have no FreeBSD form (`<linux-only>`).
+    /// Services the profile asks for that are not available to FreeBSD
+    /// images (no `<package os="freebsd">`, no FreeBSD form).
     pub left_out: Vec<String>,
     pub overlays: Vec<PathBuf>,
     /// `<root login="locked">` (or no <root>): root gets `*` as its password
@@ -44,23 +45,46 @@ pub struct FreebsdPlan {
     pub root_locked: bool,
 }
 
-fn words(document: &Document, name: &str) -> BTreeSet<String> {
-    document
-        .root
-        .children_named(name)
-        .flat_map(|element| element.text().split_whitespace().map(str::to_owned))
-        .collect()
-}
-
-/// The definition of a service on FreeBSD: `freebsd/services/NAME` when the
-/// FreeBSD form differs, else the shared `services/NAME`.
-fn service_dir(source: &Path, name: &str) -> PathBuf {
-    let freebsd = source.join("freebsd/services").join(name);
+/// The definition of a service on FreeBSD: its FreeBSD form
+/// `services/NAME/freebsd/` when it has one, else the shared `services/NAME`.
+pub(super) fn service_dir(source: &Path, name: &str) -> PathBuf {
+    let shared = source.join("services").join(name);
+    let freebsd = shared.join("freebsd");
     if freebsd.join("service.xml").is_file() {
         freebsd
     } else {
-        source.join("services").join(name)
+        shared
     }
+}
+
+/// The service `name` on FreeBSD: its FreeBSD form, or the shared
+/// definition with its FreeBSD packages; `None` when it has neither (not
+/// available to FreeBSD images).
+fn freebsd_service(source: &Path, name: &str, at: &str) -> Result<Option<FreebsdService>, String> {
+    let dir = service_dir(source, name);
+    let path = dir.join("service.xml");
+    if !path.is_file() {
+        return Err(format!(
+            "{at}: unknown service `{name}`: {} does not exist",
+            path.display()
+        ));
+    }
+    let definition = servicedef::parse_file(&path).map_err(|errors| errors.to_string())?;
+    let form = dir != source.join("services").join(name);
+    let packages = match definition.freebsd_packages {
+        Some(mut packages) => {
+            packages.sort();
+            packages.dedup();
+            packages
+        }
+        None if form => Vec::new(),
+        None => return Ok(None),
+    };
+    Ok(Some(FreebsdService {
+        name: name.to_owned(),
+        dir,
+        packages,
+    }))
 }
 
 /// Resolves and validates the plan; every problem is reported at once.
@@ -243,74 +267,40 @@ fn root_locked(profile_document: &Document, problems: &mut Vec<String>) -> bool 
 }
 
 /// The image's services, then the profile's, each with its FreeBSD form and
-/// packages; and the profile's services that are Linux-only (`<linux-only>`).
+/// packages; and the profile's services not available to FreeBSD.
 fn services(
     source: &Path,
     image_document: &Document,
     profile_document: &Document,
     problems: &mut Vec<String>,
 ) -> (Vec<FreebsdService>, Vec<String>) {
-    let base_provides = words(image_document, "base-provides");
-    let linux_only = words(image_document, "linux-only");
     // The image's services, then the profile's.
     let mut named = Vec::new();
-    for document in [image_document, profile_document] {
+    for (document, from_image) in [(image_document, true), (profile_document, false)] {
         for list in document.root.children_named("services") {
             for element in list.children_named("service") {
-                named.push((element.text().to_owned(), document.at(element)));
+                named.push((element.text().to_owned(), document.at(element), from_image));
             }
         }
     }
     let mut services = Vec::new();
     let mut left_out = Vec::new();
     let mut seen = BTreeSet::new();
-    for (name, at) in named {
+    for (name, at, from_image) in named {
         if !seen.insert(name.clone()) {
             continue;
         }
-        if linux_only.contains(&name) {
-            left_out.push(name);
-            continue;
-        }
-        let dir = service_dir(source, &name);
-        let path = dir.join("service.xml");
-        if !path.is_file() {
-            problems.push(format!(
-                "{at}: unknown service `{name}`: {} does not exist",
-                path.display()
-            ));
-            continue;
-        }
-        let definition = match servicedef::parse_file(&path) {
-            Ok(definition) => definition,
-            Err(errors) => {
-                problems.push(errors.to_string());
-                continue;
-            }
-        };
-        let unmapped: Vec<&String> = definition
-            .packages
-            .iter()
-            .filter(|package| !base_provides.contains(*package))
-            .collect();
-        if definition.freebsd_packages.is_empty() && !unmapped.is_empty() {
-            problems.push(format!(
-                "{}:{}: service `{name}` needs the Debian package(s) {} and has no FreeBSD mapping: add <package os=\"freebsd\">NAME</package> or list them in <base-provides> of {}",
-                path.display(),
-                definition.line,
-                unmapped.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+        match freebsd_service(source, &name, &at) {
+            Ok(Some(service)) => services.push(service),
+            // A profile's Linux-only service (the console, the test agent).
+            Ok(None) if !from_image => left_out.push(name),
+            Ok(None) => problems.push(format!(
+                "{at}: service `{name}` is not available to FreeBSD images: {} has no <package os=\"freebsd\">; add one naming its FreeBSD package (empty if the base system has the program), or remove the service from {}",
+                source.join("services").join(&name).join("service.xml").display(),
                 image_document.path.display()
-            ));
-            continue;
+            )),
+            Err(message) => problems.push(message),
         }
-        let mut packages = definition.freebsd_packages.clone();
-        packages.sort();
-        packages.dedup();
-        services.push(FreebsdService {
-            name,
-            dir,
-            packages,
-        });
     }
     (services, left_out)
 }
@@ -361,7 +351,11 @@ impl FreebsdPlan {
                 "no password on the console (dev)"
             }
         );
-        let _ = writeln!(out, "left out (linux only): {}", self.left_out.join(" "));
+        let _ = writeln!(
+            out,
+            "left out (not available to FreeBSD): {}",
+            self.left_out.join(" ")
+        );
         let _ = writeln!(out, "packages to add: {}", self.packages_to_add().join(" "));
         let _ = writeln!(out, "overlays:");
         for overlay in &self.overlays {

@@ -64,7 +64,7 @@ pub fn install_files(plan: &FreebsdPlan, staging: &Staging) -> anyhow::Result<()
     let services = staging.join(&format!("{NODOWS_ETC}/services"));
     std::fs::create_dir_all(&services)?;
     for service in &plan.services {
-        util::copy_tree(&service.dir, &services.join(&service.name))?;
+        util::copy_service(&service.dir, &services.join(&service.name))?;
     }
     util::install(
         &plan.source.join(&plan.model),
@@ -139,6 +139,41 @@ fn lock_root(staging: &Staging) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The services a FreeBSD bake sees, by name: every service of
+/// `services/` in its FreeBSD form (see [`service_dir`]), and the rc.d glue
+/// of `freebsd/services/`.
+pub fn definition_dirs(source: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut dirs = Vec::new();
+    for (parent, forms) in [
+        (source.join("services"), true),
+        (source.join("freebsd/services"), false),
+    ] {
+        for entry in std::fs::read_dir(&parent)
+            .with_context(|| format!("cannot read {}", parent.display()))?
+        {
+            let path = entry?.path();
+            let name = entry_name(&path);
+            if path.join("service.xml").is_file() {
+                let dir = if forms {
+                    service_dir(source, &name)
+                } else {
+                    path
+                };
+                dirs.push((name, dir));
+            }
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn entry_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Renders the services' configs and the rc.d glue into the staging root
 /// with the host renderer. The renderer sees every shared service with the
 /// FreeBSD forms and the glue on top (the model may name services the
@@ -152,29 +187,12 @@ pub fn bake(
     let sh = Shell::new()?;
     let render_services = tempdir("nodows-freebsd-services")?;
     let services_dir = render_services.path();
-    let mut sources: Vec<PathBuf> = Vec::new();
-    for parent in [
-        plan.source.join("services"),
-        plan.source.join("freebsd/services"),
-    ] {
-        for entry in std::fs::read_dir(&parent)
-            .with_context(|| format!("cannot read {}", parent.display()))?
-        {
-            let path = entry?.path();
-            if path.join("service.xml").is_file() {
-                sources.push(path);
-            }
-        }
-    }
-    for path in sources {
-        let name = path
-            .file_name()
-            .context("service directory without a name")?;
+    for (name, path) in definition_dirs(&plan.source)? {
         let target = services_dir.join(name);
         if target.exists() {
             std::fs::remove_dir_all(&target)?;
         }
-        util::copy_tree(&path, &target)?;
+        util::copy_service(&path, &target)?;
     }
     let model = staging.join(&format!("{NODOWS_ETC}/model.xml"));
     let root = staging.path();

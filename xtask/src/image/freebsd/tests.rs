@@ -96,7 +96,7 @@ fn every_profile_resolves_with_freebsd_forms_and_mappings() {
         assert_eq!(plan.packages_to_add(), ["nginx"], "{profile}");
         let net = &plan.services[0];
         assert!(
-            net.dir.ends_with("freebsd/services/net"),
+            net.dir.ends_with("services/net/freebsd"),
             "{}",
             net.dir.display()
         );
@@ -115,7 +115,7 @@ fn every_profile_resolves_with_freebsd_forms_and_mappings() {
     let text = dev.render();
     assert!(text.contains("packages to add: nginx\n"), "{text}");
     assert!(
-        text.contains("left out (linux only): console test-agent\n"),
+        text.contains("left out (not available to FreeBSD): console test-agent\n"),
         "{text}"
     );
 }
@@ -145,8 +145,11 @@ fn source_tree(dir: &Path, image_xml: &str) -> PathBuf {
     source
 }
 
+/// A service without `<package os="freebsd">` is not available to FreeBSD
+/// images: refused with the image's file and line when the image lists
+/// it, left out (and listed) when a profile does.
 #[test]
-fn service_without_freebsd_mapping_is_refused_with_file_and_line() {
+fn service_without_freebsd_package_is_refused_by_the_image_and_left_out_of_a_profile() {
     let dir = scratch("mapping");
     let image = std::fs::read_to_string(repo().join("images/freebsd.xml"))
         .unwrap()
@@ -162,15 +165,32 @@ fn service_without_freebsd_mapping_is_refused_with_file_and_line() {
     )
     .unwrap();
     let error = resolve(&source, "freebsd", "dev").unwrap_err().0;
-    let path = source.join("services/unmapped/service.xml");
+    let image_path = source.join("images/freebsd.xml");
+    let line = image
+        .lines()
+        .position(|line| line.contains("<service>unmapped</service>"))
+        .unwrap()
+        + 1;
     assert_eq!(
         error,
         format!(
-            "{}:2: service `unmapped` needs the Debian package(s) haproxy and has no FreeBSD mapping: add <package os=\"freebsd\">NAME</package> or list them in <base-provides> of {}",
-            path.display(),
-            source.join("images/freebsd.xml").display()
+            "{}:{line}: service `unmapped` is not available to FreeBSD images: {} has no <package os=\"freebsd\">; add one naming its FreeBSD package (empty if the base system has the program), or remove the service from {}",
+            image_path.display(),
+            source.join("services/unmapped/service.xml").display(),
+            image_path.display()
         )
     );
+    // Listed by a profile instead, it is left out.
+    let plain = std::fs::read_to_string(repo().join("images/freebsd.xml")).unwrap();
+    std::fs::write(&image_path, plain).unwrap();
+    let profile = source.join("profiles/dev.xml");
+    let text = std::fs::read_to_string(&profile).unwrap().replace(
+        "<service>console</service>",
+        "<service>console</service>\n    <service>unmapped</service>",
+    );
+    std::fs::write(&profile, text).unwrap();
+    let plan = resolve(&source, "freebsd", "dev").unwrap();
+    assert_eq!(plan.left_out, ["console", "unmapped", "test-agent"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -685,7 +705,7 @@ fn freebsd_plan_is_printed_without_sets() {
         "{text}"
     );
     assert!(
-        text.contains("  net (freebsd/services/net)\n  ssh (services/ssh)\n  web (services/web)\n"),
+        text.contains("  net (services/net/freebsd)\n  ssh (services/ssh)\n  web (services/web)\n"),
         "{text}"
     );
 }
