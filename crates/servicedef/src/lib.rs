@@ -15,7 +15,7 @@ pub use keys::{
     closest, is_key_name, wildcard_prefix, KeyDeclaration, KeyType, ANY_KEY, SSH_KEY_ALGORITHMS,
     TYPE_NAMES,
 };
-pub use trigger::{glob, Device, DeviceAction, Subsystem, Timer, MIN_EVERY};
+pub use trigger::{glob, is_device_name, Device, DeviceAction, Subsystem, Timer, MIN_EVERY};
 
 /// The seed notes' script types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

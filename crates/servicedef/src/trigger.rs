@@ -71,7 +71,11 @@ pub const DEVICE_KINDS: [(&str, Subsystem, DeviceAction); 4] = [
     ("net-device-added", Subsystem::Net, DeviceAction::Added),
     ("net-device-removed", Subsystem::Net, DeviceAction::Removed),
     ("block-device-added", Subsystem::Block, DeviceAction::Added),
-    ("block-device-removed", Subsystem::Block, DeviceAction::Removed),
+    (
+        "block-device-removed",
+        Subsystem::Block,
+        DeviceAction::Removed,
+    ),
 ];
 
 /// A device name or pattern: letters, digits, `- _ .` and the wildcards.
@@ -80,6 +84,11 @@ pub fn is_device_pattern(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '*' | '?'))
+}
+
+/// A device's own name (no wildcards), as a fired device event carries.
+pub fn is_device_name(name: &str) -> bool {
+    is_device_pattern(name) && !name.contains(['*', '?'])
 }
 
 /// `*` matches any run of bytes, `?` one byte, anything else itself.

@@ -238,6 +238,7 @@ impl Runtime {
                             ));
                         }
                     }
+                    self.load_triggers(&definitions);
                     let actions = self.supervisor.load(definitions, now);
                     self.apply(actions);
                     (0, format!("loaded {count} services"))
