@@ -377,7 +377,8 @@ impl Supervisor {
     }
 
     /// The services a start-on of `event` starts now: of the current mode,
-    /// not failed.
+    /// not failed, except a oneshot on an event from outside (a periodic
+    /// job whose last run failed runs at the next period, as with cron).
     pub fn starters(&self, event: &Event) -> Vec<String> {
         self.services
             .values()
@@ -389,7 +390,10 @@ impl Supervisor {
                     .any(|on| on.matches(event))
             })
             .filter(|service| in_mode(&service.definition, &self.mode))
-            .filter(|service| service.state != State::Failed)
+            .filter(|service| {
+                service.state != State::Failed
+                    || (is_external(event) && service.definition.ready == Readiness::Exit)
+            })
             .map(|service| service.definition.name.clone())
             .collect()
     }
@@ -913,10 +917,10 @@ impl Supervisor {
                 self.actions.push(Action::Event(event.clone()));
                 // Only events from outside run a finished oneshot again: two
                 // oneshots on each other's started: would never settle.
-                let external =
-                    matches!(event, Event::Device(_) | Event::Timer(_) | Event::Custom(_));
+                let external = is_external(&event);
                 for name in self.starters(&event) {
                     if external {
+                        self.clear_failure(&name);
                         self.rerun_if_finished(&name);
                     }
                     self.want(&name);
@@ -983,6 +987,11 @@ impl Supervisor {
         }
         self.take_actions()
     }
+}
+
+/// Events from outside the services: devices, timers, `initctl emit`.
+fn is_external(event: &Event) -> bool {
+    matches!(event, Event::Device(_) | Event::Timer(_) | Event::Custom(_))
 }
 
 pub fn in_mode(definition: &ServiceDefinition, mode: &str) -> bool {

@@ -750,3 +750,22 @@ fn lifecycle_events_do_not_run_a_finished_oneshot_again() {
     // a's started:a does not run the finished b again: no ping-pong.
     assert!(spawns(&supervisor.exited(31, Exit::Code(0), now)).is_empty());
 }
+
+#[test]
+fn a_periodic_job_that_failed_runs_again_at_the_next_period() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<ready kind=\"exit\"/><restart policy=\"never\"/><start-on event=\"every:1h\"/>",
+            "job",
+        )],
+        "dev",
+    );
+    supervisor.boot(now);
+    let hourly = Event::parse("every:1h").unwrap();
+    assert_eq!(spawns(&supervisor.emit(hourly.clone(), now)), vec!["job"]);
+    supervisor.spawned("job", 40, now);
+    supervisor.exited(40, Exit::Code(1), now);
+    assert_eq!(state(&supervisor, "job"), State::Failed);
+    assert_eq!(spawns(&supervisor.emit(hourly, now)), vec!["job"]);
+}
