@@ -92,7 +92,7 @@ impl Runtime {
 
     /// A device or timer event: rendered first when it starts a service
     /// again that is up (its files may be stale), else fired at once.
-    fn fire_external(&mut self, event: Event) {
+    pub(super) fn fire_external(&mut self, event: Event) {
         let starters = self.supervisor.starters(&event);
         let rerun: Vec<String> = starters
             .into_iter()

@@ -111,3 +111,41 @@ fn an_every_timer_runs_its_oneshot_again_each_period() {
     initd.wait_until("three ticks", || lines(&initd, "ticks").len() >= 3);
     assert_eq!(initd.service("tick")["restarts"], 0);
 }
+
+#[test]
+fn a_device_event_renders_a_finished_service_with_files_before_running_it_again() {
+    let mut initd = Initd::prepare(
+        "device-render",
+        &[(
+            "apply",
+            shell_service(
+                "apply",
+                "echo applied >> \"$TEST_DIR/applied\"",
+                "<ready kind=\"exit\"/><start-on event=\"boot\"/><start-on event=\"net-device-added:eth*\"/><file target=\"/etc/apply.conf\" template=\"apply.xsl\"/>",
+            ),
+        )],
+    );
+    let renderer =
+        crate::render::write_renderer(&initd, "echo '{\"written\": [], \"services\": []}'");
+    initd.launch(&["--render-command", &renderer]);
+    initd.wait_until("apply ran at boot", || lines(&initd, "applied").len() == 1);
+    initd.wait_for_state("apply", "running");
+    let reply = initd.ctl(&["emit", "net-device-added:eth9"]);
+    assert!(reply.contains("emitted net-device-added:eth9"), "{reply}");
+    initd.wait_until("apply ran again", || lines(&initd, "applied").len() == 2);
+    let renders = lines(&initd, "render-args");
+    assert_eq!(renders.len(), 2, "{renders:?}");
+    assert!(renders[1].contains("--service apply"), "{renders:?}");
+    assert!(initd
+        .console_text()
+        .contains("initd: net-device-added:eth9: rendering apply first"));
+    // A name the pattern does not match renders and runs nothing: the
+    // render asked for next is the third (renders run in order).
+    initd.ctl(&["emit", "net-device-added:wlan0"]);
+    initd.ctl(&["emit", "every:1h"]);
+    initd.ctl(&["render"]);
+    let renders = lines(&initd, "render-args");
+    assert_eq!(renders.len(), 3, "{renders:?}");
+    assert!(!renders[2].contains("--service apply"), "{renders:?}");
+    assert_eq!(lines(&initd, "applied").len(), 2);
+}
