@@ -193,7 +193,7 @@ fn parse_clock(text: &str) -> Option<(u8, u8)> {
 fn format_duration(duration: Duration) -> String {
     let milliseconds = duration.as_millis();
     for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if milliseconds % size == 0 {
+        if milliseconds.is_multiple_of(size) {
             return format!("{}{unit}", milliseconds / size);
         }
     }
