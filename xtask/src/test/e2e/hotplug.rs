@@ -27,9 +27,9 @@ pub(super) fn check_nic_hotplug(vm: &mut Vm, mode: &str) -> anyhow::Result<()> {
         format!("initd: device net-device-added:{INTERFACE}").as_str(),
         SERVICE_TIMEOUT,
     )?;
-    vm.wait_for_console_text_since(
-        mark,
-        format!("nodows: net {INTERFACE} {address}").as_str(),
+    // net's own output goes to its log, not the console.
+    vm.wait_until_succeeds(
+        &format!("grep -q 'nodows: net {INTERFACE} {address}' /var/log/nodows/net.log"),
         SERVICE_TIMEOUT,
     )?;
     let line = vm.wait_until_succeeds(
