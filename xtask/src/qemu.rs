@@ -1351,6 +1351,19 @@ impl Vm {
         Ok(())
     }
 
+    /// Unplugs the NIC `hotplug_nic(id, ..)` plugged (QMP `device_del`; the
+    /// guest completes it asynchronously) and removes its network.
+    pub fn unplug_nic(&mut self, id: &str) -> anyhow::Result<()> {
+        let device =
+            serde_json::json!({"execute": "device_del", "arguments": {"id": format!("{id}-nic")}});
+        let netdev = serde_json::json!({"execute": "netdev_del", "arguments": {"id": id}});
+        for command in [device, netdev] {
+            self.qmp(&command)
+                .map_err(|error| self.failure(&format!("qmp {command}: {error:#}")))?;
+        }
+        Ok(())
+    }
+
     /// One QMP command on the machine's QMP socket; returns its `return`.
     pub fn qmp(&mut self, command: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
         use std::io::BufRead;

@@ -140,7 +140,7 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         check_respawn(booted(&mut test_vm)?, "web")
     });
     runner.step(
-        "e2e 4 test: a hot-plugged NIC is configured from the model (device event, render, net)",
+        "e2e 4 test: a hot-plugged NIC is configured from the model (device event, render, net), then unplugged",
         || hotplug::check_nic_hotplug(booted(&mut test_vm)?, "test"),
     );
     runner.step(

@@ -1,7 +1,9 @@
 //! A NIC hot-plugged into a running appliance (boot 1): the kernel's
 //! uevent reaches initd as `net-device-added:eth1`, initd renders the `net`
 //! service and runs it again, and the interface comes up with the address
-//! the model gives it (`address.eth1` of service net).
+//! the model gives it (`address.eth1` of service net). Unplugged again,
+//! initd reports `net-device-removed:eth1`, and the later steps of the
+//! boot find the machine as it was (keepalived's eth1 absent).
 
 use anyhow::Context;
 
@@ -45,5 +47,16 @@ pub(super) fn check_nic_hotplug(vm: &mut Vm, mode: &str) -> anyhow::Result<()> {
         )));
     }
     eprintln!("    {}", line.trim());
+    let mark = vm.console_mark();
+    vm.unplug_nic(NETDEV)?;
+    vm.wait_for_console_text_since(
+        mark,
+        format!("initd: device net-device-removed:{INTERFACE}").as_str(),
+        SERVICE_TIMEOUT,
+    )?;
+    vm.wait_until_succeeds(
+        &format!("! test -e /sys/class/net/{INTERFACE}"),
+        SERVICE_TIMEOUT,
+    )?;
     Ok(())
 }
