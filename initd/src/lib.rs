@@ -17,6 +17,8 @@ pub mod runtime;
 pub mod spawn;
 pub mod supervisor;
 pub mod sys;
+pub mod timers;
+pub mod uevent;
 pub mod verity;
 
 /// The control socket when none is given.

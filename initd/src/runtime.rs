@@ -18,6 +18,7 @@ use crate::supervisor::{Action, Exit, State, Supervisor};
 use crate::sys::{self, Shutdown};
 
 mod control;
+mod events;
 mod render;
 use control::reply_to;
 pub use control::MAX_REQUEST;
@@ -122,6 +123,8 @@ enum AfterRender {
     Nothing,
     Boot,
     SwitchMode(String),
+    /// A device or timer event whose services' files were rendered first.
+    Emit(servicedef::Event),
 }
 
 struct RenderJob {
@@ -218,6 +221,10 @@ pub struct Runtime {
     assessment: Option<Assessment>,
     /// The running assessment child: pid, job, its output file.
     assessment_job: Option<(i32, Job, PathBuf)>,
+    /// The kernel's uevent socket (`runtime/events.rs`), when a service
+    /// starts on a device event.
+    uevents: Option<RawFd>,
+    timers: crate::timers::Timers,
 }
 
 const READINESS_POLL: Duration = Duration::from_millis(50);
@@ -303,7 +310,9 @@ impl Runtime {
             definitions.len(),
             groups.describe()
         ));
-        Ok(Runtime {
+        let timers = events::timers_of(&definitions);
+        let wants_devices = events::wants_devices(&definitions);
+        let mut runtime = Runtime {
             supervisor: Supervisor::new(definitions, &mode),
             groups,
             logs: BTreeMap::new(),
@@ -334,7 +343,13 @@ impl Runtime {
                 .map(|slot| Assessment::new(slot, options.trial_timeout)),
             assessment_job: None,
             options,
-        })
+            uevents: None,
+            timers,
+        };
+        if wants_devices {
+            runtime.listen_to_devices_now();
+        }
+        Ok(runtime)
     }
 
     /// Run until shutdown. As PID 1 this only returns if reboot(2) failed.
@@ -397,13 +412,10 @@ impl Runtime {
             let kill_at = job.started + self.options.render_timeout;
             deadline = Some(deadline.map_or(kill_at, |deadline| deadline.min(kill_at)));
         }
-        let timeout_ms = match deadline {
-            None => -1,
-            Some(deadline) => {
-                let wait = deadline.saturating_duration_since(now);
-                (wait.as_millis().min(60_000) as i32) + i32::from(wait.subsec_micros() % 1000 != 0)
-            }
-        };
+        if let Some(due) = self.timers.next_deadline() {
+            deadline = Some(deadline.map_or(due, |deadline| deadline.min(due)));
+        }
+        let timeout_ms = crate::timers::poll_timeout_ms(now, deadline);
         let mut fds = vec![
             libc::pollfd {
                 fd: self.signal_fd,
@@ -470,6 +482,14 @@ impl Runtime {
                 revents: 0,
             });
         }
+        let uevent_index = fds.len();
+        if let Some(fd) = self.uevents {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         if let Err(error) = sys::poll(&mut fds, timeout_ms) {
             if error.kind() != std::io::ErrorKind::Interrupted {
                 self.console.line(&format!("initd: poll: {error}"));
@@ -522,6 +542,10 @@ impl Runtime {
         if fds[1].revents & libc::POLLIN != 0 {
             self.accept_clients();
         }
+        if fds.get(uevent_index).is_some_and(|fd| fd.revents != 0) {
+            self.read_uevents();
+        }
+        self.fire_timers();
         let now = Instant::now();
         if now >= self.next_readiness_poll {
             self.next_readiness_poll = now + READINESS_POLL;

@@ -179,6 +179,8 @@ pub struct Supervisor {
     booted: bool,
     actions: Vec<Action>,
     events: VecDeque<Event>,
+    /// Events emitted before boot: fired right after `boot`.
+    held: Vec<Event>,
 }
 
 impl Supervisor {
@@ -194,6 +196,7 @@ impl Supervisor {
             booted: false,
             actions: Vec::new(),
             events: VecDeque::new(),
+            held: Vec::new(),
         }
     }
 
@@ -268,6 +271,7 @@ impl Supervisor {
         }
         self.mode_ready_pending = true;
         self.events.push_back(Event::Boot);
+        self.events.extend(std::mem::take(&mut self.held));
         self.settle(now)
     }
 
@@ -360,10 +364,53 @@ impl Supervisor {
         }
     }
 
-    /// A custom or built-in event: starts services with a matching start-on.
+    /// A custom or built-in event: starts services with a matching start-on
+    /// (and runs a finished oneshot among them again). Before boot the event
+    /// waits: nothing starts before the first render.
     pub fn emit(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        if !self.booted {
+            self.held.push(event);
+            return Vec::new();
+        }
         self.events.push_back(event);
         self.settle(now)
+    }
+
+    /// The services a start-on of `event` starts now: of the current mode,
+    /// not failed, except a oneshot on an event from outside (a periodic
+    /// job whose last run failed runs at the next period, as with cron).
+    pub fn starters(&self, event: &Event) -> Vec<String> {
+        self.services
+            .values()
+            .filter(|service| {
+                service
+                    .definition
+                    .start_on
+                    .iter()
+                    .any(|on| on.matches(event))
+            })
+            .filter(|service| in_mode(&service.definition, &self.mode))
+            .filter(|service| {
+                service.state != State::Failed
+                    || (is_external(event) && service.definition.ready == Readiness::Exit)
+            })
+            .map(|service| service.definition.name.clone())
+            .collect()
+    }
+
+    /// A oneshot that has finished (up, no process) runs again when its
+    /// start-on fires: a periodic job, or a reapply for a new device.
+    fn rerun_if_finished(&mut self, name: &str) {
+        let Some(service) = self.services.get_mut(name) else {
+            return;
+        };
+        if service.definition.ready == Readiness::Exit
+            && service.state == State::Running
+            && service.pid.is_none()
+        {
+            service.state = State::Stopped;
+            self.changed(name, State::Stopped, None);
+        }
     }
 
     /// Whether some service declares the custom event `name`.
@@ -868,15 +915,14 @@ impl Supervisor {
             while let Some(event) = self.events.pop_front() {
                 progressed = true;
                 self.actions.push(Action::Event(event.clone()));
-                let starters: Vec<String> = self
-                    .services
-                    .values()
-                    .filter(|service| service.definition.start_on.contains(&event))
-                    .filter(|service| in_mode(&service.definition, &self.mode))
-                    .filter(|service| service.state != State::Failed)
-                    .map(|service| service.definition.name.clone())
-                    .collect();
-                for name in starters {
+                // Only events from outside run a finished oneshot again: two
+                // oneshots on each other's started: would never settle.
+                let external = is_external(&event);
+                for name in self.starters(&event) {
+                    if external {
+                        self.clear_failure(&name);
+                        self.rerun_if_finished(&name);
+                    }
                     self.want(&name);
                 }
             }
@@ -941,6 +987,11 @@ impl Supervisor {
         }
         self.take_actions()
     }
+}
+
+/// Events from outside the services: devices, timers, `initctl emit`.
+fn is_external(event: &Event) -> bool {
+    matches!(event, Event::Device(_) | Event::Timer(_) | Event::Custom(_))
 }
 
 pub fn in_mode(definition: &ServiceDefinition, mode: &str) -> bool {

@@ -440,3 +440,88 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: fcntl F_GETFD only queries.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
+
+// --- kernel uevents (device events without udev) ---
+
+/// A non-blocking socket that receives the kernel's uevents
+/// (NETLINK_KOBJECT_UEVENT, multicast group 1: the kernel's, not udev's).
+#[cfg(target_os = "linux")]
+pub fn uevent_socket() -> io::Result<RawFd> {
+    // SAFETY: plain socket(2).
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_KOBJECT_UEVENT,
+        )
+    })?;
+    // SAFETY: sockaddr_nl is plain data; zero is a valid start.
+    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    address.nl_groups = 1;
+    // SAFETY: the address is a valid sockaddr_nl of the given length.
+    let bound = check(unsafe {
+        libc::bind(
+            fd,
+            (&address as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    });
+    if let Err(error) = bound {
+        close(fd);
+        return Err(error);
+    }
+    // A burst (many disks at once) must not overrun the queue: as root take
+    // 1 MiB whatever rmem_max says; otherwise the default stays.
+    let size: libc::c_int = 1 << 20;
+    // SAFETY: setsockopt with an int option of its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Ok(fd)
+}
+
+/// FreeBSD reports devices through devd(8), not netlink.
+#[cfg(target_os = "freebsd")]
+pub fn uevent_socket() -> io::Result<RawFd> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "device events need Linux's uevent netlink socket",
+    ))
+}
+
+/// One datagram of the uevent socket, or `Ok(None)` when it was not sent
+/// by the kernel (a process may send to the group only as root, but only
+/// the kernel's port id is 0). WouldBlock: nothing more queued.
+#[cfg(target_os = "linux")]
+pub fn receive_uevent(fd: RawFd, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: sockaddr_nl is plain data.
+    let mut sender: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    // SAFETY: buffer and sender are valid for their lengths.
+    let count = unsafe {
+        libc::recvfrom(
+            fd,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_DONTWAIT,
+            (&mut sender as *mut libc::sockaddr_nl).cast(),
+            &mut length,
+        )
+    };
+    if count < 0 {
+        return Err(last_error());
+    }
+    Ok((sender.nl_pid == 0).then_some(count as usize))
+}
+
+#[cfg(target_os = "freebsd")]
+pub fn receive_uevent(_fd: RawFd, _buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}

@@ -32,6 +32,8 @@ const LOG_TAIL_LINES: usize = 80;
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 pub const AGENT_PORT_NAME: &str = "org.nodows.agent";
+/// The id of the empty PCIe root port of `VmConfig::hotplug_port`.
+pub const HOTPLUG_PORT: &str = "hotplug0";
 const AGENT_EXIT_MARKER: &str = "@@nodows-agent-exit=";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +169,9 @@ pub struct VmConfig {
     pub agent: bool,
     /// Private links to other machines (a second, third... NIC each).
     pub links: Vec<Link>,
+    /// An empty PCIe root port (`HOTPLUG_PORT`) that `Vm::hotplug_nic`
+    /// plugs a NIC into (q35 hot-plugs only below a root port).
+    pub hotplug_port: bool,
     /// Where the work directory is created.
     pub work_root: PathBuf,
 }
@@ -250,6 +255,7 @@ impl VmConfig {
             forwards: Vec::new(),
             agent: true,
             links: Vec::new(),
+            hotplug_port: false,
             work_root: work_root.to_path_buf(),
         }
     }
@@ -748,6 +754,12 @@ fn qemu_args(
         push(&[
             "-device",
             &format!("virtio-net-pci,netdev={id}-nic,mac={}", link.mac),
+        ]);
+    }
+    if config.hotplug_port {
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id={HOTPLUG_PORT},chassis=1"),
         ]);
     }
     if let Some(socket) = agent_socket {
@@ -1311,6 +1323,45 @@ impl Vm {
         self.qmp(&command)
             .map(|_| ())
             .map_err(|error| self.failure(&format!("qmp set_link {id} {up}: {error:#}")))
+    }
+
+    /// Hot-plugs a virtio NIC (QMP `netdev_add`, `device_add`) into the
+    /// machine's hotplug port, on a network of its own: user-mode `net`
+    /// (like 10.0.3.0/24) with `restrict=on`, so it reaches nothing outside.
+    pub fn hotplug_nic(&mut self, id: &str, mac: &str, net: &str) -> anyhow::Result<()> {
+        let netdev = serde_json::json!({
+            "execute": "netdev_add",
+            "arguments": {"type": "user", "id": id, "net": net, "restrict": true},
+        });
+        let device = serde_json::json!({
+            "execute": "device_add",
+            "arguments": {
+                "driver": "virtio-net-pci",
+                "id": format!("{id}-nic"),
+                "netdev": id,
+                "bus": HOTPLUG_PORT,
+                "mac": mac,
+            },
+        });
+        for command in [netdev, device] {
+            self.qmp(&command).map_err(|error| {
+                self.failure(&format!("qmp {command}: {error:#} (is hotplug_port set?)"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Unplugs the NIC `hotplug_nic(id, ..)` plugged (QMP `device_del`; the
+    /// guest completes it asynchronously) and removes its network.
+    pub fn unplug_nic(&mut self, id: &str) -> anyhow::Result<()> {
+        let device =
+            serde_json::json!({"execute": "device_del", "arguments": {"id": format!("{id}-nic")}});
+        let netdev = serde_json::json!({"execute": "netdev_del", "arguments": {"id": id}});
+        for command in [device, netdev] {
+            self.qmp(&command)
+                .map_err(|error| self.failure(&format!("qmp {command}: {error:#}")))?;
+        }
+        Ok(())
     }
 
     /// One QMP command on the machine's QMP socket; returns its `return`.

@@ -5,6 +5,7 @@
 //! `services/service.rng`.
 
 mod keys;
+mod trigger;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ pub use keys::{
     closest, is_key_name, wildcard_prefix, KeyDeclaration, KeyType, ANY_KEY, SSH_KEY_ALGORITHMS,
     TYPE_NAMES,
 };
+pub use trigger::{glob, is_device_name, Device, DeviceAction, Subsystem, Timer, MIN_EVERY};
 
 /// The seed notes' script types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +154,10 @@ pub enum Event {
     ConfigChanged(String),
     /// A custom event, declared by a service (`<event name="..."/>`).
     Custom(String),
+    /// `net-device-added:NAME` and the like: from the kernel's uevents.
+    Device(Device),
+    /// `every:15m`, `daily:03:30`: initd's timers.
+    Timer(Timer),
 }
 
 impl Event {
@@ -165,6 +171,9 @@ impl Event {
         };
         if text == "boot" {
             return Ok(Event::Boot);
+        }
+        if let Some(event) = Event::parse_trigger(text) {
+            return event;
         }
         if let Some((kind, name)) = text.split_once(':') {
             if !word(name) {
@@ -180,7 +189,7 @@ impl Event {
                 "mode" => Ok(Event::Mode(name)),
                 "config-changed" => Ok(Event::ConfigChanged(name)),
                 _ => Err(format!(
-                    "bad event \"{text}\": \"{kind}:\" is none of started:, stopped:, failed:, mode:, config-changed:"
+                    "bad event \"{text}\": \"{kind}:\" is none of started:, stopped:, failed:, mode:, config-changed:, net-device-added:, net-device-removed:, block-device-added:, block-device-removed:, every:, daily:"
                 )),
             };
         }
@@ -190,6 +199,38 @@ impl Event {
             Err(format!(
                 "bad event name \"{text}\": one word, like boot, started:net or a custom event"
             ))
+        }
+    }
+}
+
+impl Event {
+    /// A device or timer event (`None`: the text is neither).
+    fn parse_trigger(text: &str) -> Option<Result<Event, String>> {
+        let (kind, rest) = text.split_once(':')?;
+        if matches!(kind, "every" | "daily") {
+            return Some(Timer::parse(kind, rest).map(Event::Timer));
+        }
+        let (_, subsystem, action) = trigger::DEVICE_KINDS
+            .iter()
+            .find(|(name, _, _)| *name == kind)?;
+        if !trigger::is_device_pattern(rest) {
+            return Some(Err(format!(
+                "bad event \"{text}\": the device name after \"{kind}:\" is letters, digits, - _ . and the wildcards * ?, like {kind}:eth1 or {kind}:eth*"
+            )));
+        }
+        Some(Ok(Event::Device(Device {
+            subsystem: *subsystem,
+            action: *action,
+            name: rest.to_string(),
+        })))
+    }
+
+    /// Whether a `start-on` of this event fires on `fired`: the same event,
+    /// or a device event whose name pattern matches the device.
+    pub fn matches(&self, fired: &Event) -> bool {
+        match (self, fired) {
+            (Event::Device(pattern), Event::Device(device)) => pattern.matches(device),
+            _ => self == fired,
         }
     }
 }
@@ -204,6 +245,8 @@ impl std::fmt::Display for Event {
             Event::Mode(name) => write!(formatter, "mode:{name}"),
             Event::ConfigChanged(name) => write!(formatter, "config-changed:{name}"),
             Event::Custom(name) => write!(formatter, "{name}"),
+            Event::Device(device) => write!(formatter, "{}:{}", device.kind(), device.name),
+            Event::Timer(timer) => write!(formatter, "{timer}"),
         }
     }
 }

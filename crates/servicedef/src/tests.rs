@@ -705,3 +705,111 @@ fn a_prefix_wildcard_is_a_wildcard_and_takes_no_default() {
         None
     );
 }
+
+#[test]
+fn device_and_timer_events_print_as_they_parse() {
+    for text in [
+        "net-device-added:eth1",
+        "net-device-removed:eth*",
+        "block-device-added:vd?",
+        "block-device-removed:nvme0n1p1",
+        "every:90s",
+        "every:15m",
+        "every:6h",
+        "daily:03:30",
+        "daily:00:00",
+    ] {
+        assert_eq!(Event::parse(text).unwrap().to_string(), text);
+    }
+    assert_eq!(
+        Event::parse("every:60m").unwrap(),
+        Event::Timer(Timer::Every(Duration::from_secs(3600)))
+    );
+    for (bad, why) in [
+        ("net-device-added:", "the device name"),
+        ("net-device-added:eth 1", "the device name"),
+        ("usb-device-added:x", "is none of"),
+        ("every:0s", "at least 1s"),
+        ("every:500ms", "at least 1s"),
+        ("every:often", "a number and a unit"),
+        ("daily:3:30", "HH:MM in UTC"),
+        ("daily:24:00", "HH:MM in UTC"),
+        ("daily:12:60", "HH:MM in UTC"),
+        ("daily:12", "HH:MM in UTC"),
+    ] {
+        let error = Event::parse(bad).unwrap_err();
+        assert!(error.contains(why), "{bad}: {error}");
+    }
+}
+
+#[test]
+fn a_device_pattern_matches_names_of_its_kind_only() {
+    let pattern = Event::parse("net-device-added:eth*").unwrap();
+    let fired = |text: &str| Event::parse(text).unwrap();
+    assert!(pattern.matches(&fired("net-device-added:eth1")));
+    assert!(pattern.matches(&fired("net-device-added:eth")));
+    assert!(!pattern.matches(&fired("net-device-added:veth0")));
+    assert!(!pattern.matches(&fired("net-device-removed:eth1")));
+    assert!(!pattern.matches(&fired("block-device-added:eth1")));
+    let exact = Event::parse("block-device-added:vdb").unwrap();
+    assert!(exact.matches(&fired("block-device-added:vdb")));
+    assert!(!exact.matches(&fired("block-device-added:vdb1")));
+    assert!(Event::Boot.matches(&Event::Boot));
+    assert!(!Event::Boot.matches(&fired("every:1h")));
+    for (pattern, name, expected) in [
+        ("*", "", true),
+        ("a*b*c", "aXXbYYc", true),
+        ("a*b*c", "aXXbYY", false),
+        ("vd?", "vdb", true),
+        ("vd?", "vdb1", false),
+        ("*1", "eth1", true),
+        ("e*h*", "eth0", true),
+        ("**", "x", true),
+        ("", "x", false),
+    ] {
+        assert_eq!(
+            glob(pattern.as_bytes(), name.as_bytes()),
+            expected,
+            "{pattern} {name}"
+        );
+    }
+}
+
+#[test]
+fn a_daily_timer_waits_until_its_next_time_of_day() {
+    // 1970-01-02 03:29:00 UTC
+    let day = 86_400;
+    let now = day + 3 * 3600 + 29 * 60;
+    assert_eq!(Timer::daily_wait(3, 30, now), 60);
+    assert_eq!(Timer::daily_wait(3, 29, now), day);
+    assert_eq!(Timer::daily_wait(3, 28, now), day - 60);
+    assert_eq!(Timer::daily_wait(0, 0, now), day - (3 * 3600 + 29 * 60));
+}
+
+#[test]
+fn start_on_takes_device_and_timer_events_and_reports_bad_ones_with_their_line() {
+    let text = service(
+        "hot",
+        "  <start-on event=\"net-device-added:eth*\"/>\n  <start-on event=\"every:1h\"/>\n",
+    );
+    let definition = parse_str(Path::new("/x/hot/service.xml"), &text).unwrap();
+    assert_eq!(
+        definition.start_on,
+        vec![
+            Event::Device(Device {
+                subsystem: Subsystem::Net,
+                action: DeviceAction::Added,
+                name: "eth*".to_string()
+            }),
+            Event::Timer(Timer::Every(Duration::from_secs(3600)))
+        ]
+    );
+    let text = service("hot", "  <start-on event=\"daily:25:00\"/>\n");
+    let errors = parse_str(Path::new("/x/hot/service.xml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("/x/hot/service.xml:3:3: bad timer \"daily:25:00\""),
+        "{errors}"
+    );
+}

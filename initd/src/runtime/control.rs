@@ -238,6 +238,7 @@ impl Runtime {
                             ));
                         }
                     }
+                    self.load_triggers(&definitions);
                     let actions = self.supervisor.load(definitions, now);
                     self.apply(actions);
                     (0, format!("loaded {count} services"))
@@ -287,6 +288,11 @@ impl Runtime {
                         "unknown event {name}: no service declares it (<event name=\"{name}\"/> in its service.xml)"
                     ),
                 ),
+                Ok(event @ (servicedef::Event::Device(_) | servicedef::Event::Timer(_))) => {
+                    let reply = format!("emitted {event}");
+                    self.fire_external(event);
+                    (0, reply)
+                }
                 Ok(event) => {
                     let reply = format!("emitted {event}");
                     let actions = self.supervisor.emit(event, now);

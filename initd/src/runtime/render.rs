@@ -260,6 +260,10 @@ impl Runtime {
         let mut reply = message;
         match after {
             AfterRender::Nothing => {}
+            AfterRender::Emit(event) => {
+                let actions = self.supervisor.emit(event, now);
+                self.apply(actions);
+            }
             AfterRender::Boot => {
                 let actions = self.supervisor.boot(now);
                 self.apply(actions);

@@ -669,3 +669,103 @@ fn a_config_change_restarts_only_a_running_service() {
     let actions = supervisor.restart_if_active("web", now);
     assert_eq!(stop_signals(&actions), vec!["web"]);
 }
+
+/// A oneshot `job` on a timer and a device pattern, and a daemon `daemon`
+/// on the same device pattern.
+fn triggered() -> Supervisor {
+    Supervisor::new(
+        vec![
+            definition(
+                "<ready kind=\"exit\"/><start-on event=\"boot\"/><start-on event=\"every:1h\"/><start-on event=\"net-device-added:eth*\"/>",
+                "job",
+            ),
+            definition("<start-on event=\"net-device-added:eth*\"/>", "daemon"),
+        ],
+        "dev",
+    )
+}
+
+#[test]
+fn a_timer_or_device_event_runs_a_finished_oneshot_again() {
+    let now = Instant::now();
+    let mut supervisor = triggered();
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["job"]);
+    supervisor.spawned("job", 10, now);
+    supervisor.exited(10, Exit::Code(0), now);
+    assert_eq!(state(&supervisor, "job"), State::Running);
+    let hourly = Event::parse("every:1h").unwrap();
+    assert_eq!(spawns(&supervisor.emit(hourly.clone(), now)), vec!["job"]);
+    // Still running: the event does not start a second copy.
+    supervisor.spawned("job", 11, now);
+    assert!(spawns(&supervisor.emit(hourly, now)).is_empty());
+    supervisor.exited(11, Exit::Code(0), now);
+    let eth1 = Event::parse("net-device-added:eth1").unwrap();
+    assert_eq!(spawns(&supervisor.emit(eth1, now)), vec!["daemon", "job"]);
+    let lo = Event::parse("net-device-added:lo").unwrap();
+    assert_eq!(supervisor.starters(&lo), Vec::<String>::new());
+    assert!(spawns(&supervisor.emit(lo, now)).is_empty());
+}
+
+#[test]
+fn a_running_daemon_is_not_restarted_by_its_start_on() {
+    let now = Instant::now();
+    let mut supervisor = triggered();
+    supervisor.boot(now);
+    let eth1 = Event::parse("net-device-added:eth1").unwrap();
+    supervisor.emit(eth1.clone(), now);
+    supervisor.spawned("daemon", 20, now);
+    assert!(spawns(&supervisor.emit(eth1, now)).is_empty());
+    assert_eq!(supervisor.service("daemon").unwrap().pid, Some(20));
+}
+
+#[test]
+fn an_event_before_boot_waits_for_boot() {
+    let now = Instant::now();
+    let mut supervisor = triggered();
+    let eth0 = Event::parse("net-device-added:eth0").unwrap();
+    assert!(supervisor.emit(eth0.clone(), now).is_empty());
+    let actions = supervisor.boot(now);
+    assert_eq!(spawns(&actions), vec!["daemon", "job"]);
+    assert!(actions.contains(&Action::Event(eth0)));
+}
+
+#[test]
+fn lifecycle_events_do_not_run_a_finished_oneshot_again() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![
+            definition("<ready kind=\"exit\"/><start-on event=\"started:b\"/>", "a"),
+            definition("<ready kind=\"exit\"/><start-on event=\"started:a\"/>", "b"),
+            definition("<ready kind=\"exit\"/>", "kick"),
+        ],
+        "dev",
+    );
+    supervisor.boot(now);
+    let actions = supervisor.emit(Event::Started("a".to_string()), now);
+    assert_eq!(spawns(&actions), vec!["b"]);
+    supervisor.spawned("b", 30, now);
+    let actions = supervisor.exited(30, Exit::Code(0), now);
+    assert_eq!(spawns(&actions), vec!["a"]);
+    supervisor.spawned("a", 31, now);
+    // a's started:a does not run the finished b again: no ping-pong.
+    assert!(spawns(&supervisor.exited(31, Exit::Code(0), now)).is_empty());
+}
+
+#[test]
+fn a_periodic_job_that_failed_runs_again_at_the_next_period() {
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(
+        vec![definition(
+            "<ready kind=\"exit\"/><restart policy=\"never\"/><start-on event=\"every:1h\"/>",
+            "job",
+        )],
+        "dev",
+    );
+    supervisor.boot(now);
+    let hourly = Event::parse("every:1h").unwrap();
+    assert_eq!(spawns(&supervisor.emit(hourly.clone(), now)), vec!["job"]);
+    supervisor.spawned("job", 40, now);
+    supervisor.exited(40, Exit::Code(1), now);
+    assert_eq!(state(&supervisor, "job"), State::Failed);
+    assert_eq!(spawns(&supervisor.emit(hourly, now)), vec!["job"]);
+}

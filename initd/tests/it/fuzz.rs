@@ -1,8 +1,9 @@
 //! Fuzz targets, bounded, run by `cargo test` (and so by `cargo xtask
-//! test`): the control-request parser, the change-set parser, the
-//! service-definition parser and the model parser get mutations of the
-//! seed corpus in `test_data/fuzz/` and must return, never panic (PID 1
-//! parses the first two; initd and the renderer parse the last two).
+//! test`): the control-request parser, the change-set parser, the kernel
+//! uevent parser, the service-definition parser and the model parser get
+//! mutations of the seed corpus in `test_data/fuzz/` and must return,
+//! never panic (PID 1 parses the first three; initd and the renderer parse
+//! the last two).
 
 use std::path::{Path, PathBuf};
 
@@ -111,6 +112,21 @@ fn fuzz_control_requests() {
 fn fuzz_change_sets() {
     fuzz("change-set", |bytes| {
         let _ = initd::protocol::parse_change_set(&String::from_utf8_lossy(bytes));
+    });
+}
+
+#[test]
+fn fuzz_uevents() {
+    fuzz("uevent", |bytes| {
+        if let Ok(uevent) = initd::uevent::parse(bytes) {
+            if let Some(device) = uevent.device_event() {
+                // A device event names one device, never a pattern, and
+                // reads back as the event it prints.
+                let event = device.event();
+                assert!(servicedef::is_device_name(&device.device.name));
+                assert_eq!(servicedef::Event::parse(&event.to_string()), Ok(event));
+            }
+        }
     });
 }
 

@@ -2,6 +2,7 @@
 //! One integration test binary for the crate (compile time).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod devices;
 mod fuzz;
 mod harness;
 mod pid1;

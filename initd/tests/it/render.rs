@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::harness::*;
 
-fn write_renderer(initd: &Initd, body: &str) -> String {
+pub(crate) fn write_renderer(initd: &Initd, body: &str) -> String {
     let path = initd.path("renderer.sh");
     std::fs::write(
         &path,

@@ -3,7 +3,8 @@
 //! Boots are few (TCG is slow): the checks that share a boot are steps that
 //! share one machine, in the order of the list.
 //!   boot 1, test profile: ready, services, web page, render, a commit in
-//!     the host's PostgreSQL through nodows watch, respawn, mode, poweroff
+//!     the host's PostgreSQL through nodows watch, respawn, a hot-plugged
+//!     NIC, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
 //!   boot 3, dev from its vmdk output; boot 4, failover alone, from the copy `cargo xtask
 //!   flash --to-file` wrote; boot 5, production (no agent: console lines)
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 
 pub mod failover;
+mod hotplug;
 
 use super::Runner;
 use crate::boot::BuiltImage;
@@ -137,6 +139,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     runner.step("e2e 4 test: a killed service is respawned", || {
         check_respawn(booted(&mut test_vm)?, "web")
     });
+    runner.step(
+        "e2e 4 test: a hot-plugged NIC is configured from the model (device event, render, net), then unplugged",
+        || hotplug::check_nic_hotplug(booted(&mut test_vm)?, "test"),
+    );
     runner.step(
         "e2e 5 test: a mode the model cannot render is refused, the node stays in its mode",
         || {
@@ -363,6 +369,7 @@ impl Boots {
         let mut config = image.config(name, false, extra_cmdline, &self.work_root);
         config.accel = self.accel;
         config.forward_tcp = vec![22, 80];
+        config.hotplug_port = true;
         Vm::start(&config)
     }
 }
