@@ -46,8 +46,16 @@ impl Scratch {
             std::env::temp_dir().join(format!("nodows-image-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // images/ without out/: a checkout's built images (gigabytes) are
+        // no input of any test.
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        for entry in std::fs::read_dir(workspace().join("images")).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "out" {
+                std::fs::copy(entry.path(), dir.join("images").join(entry.file_name())).unwrap();
+            }
+        }
         for part in [
-            "images",
             "profiles",
             "services",
             "overlays",
