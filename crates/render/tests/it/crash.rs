@@ -5,7 +5,7 @@
 //! removed once a change set was taken), must see every changed service
 //! exactly once.
 
-use crate::support::{nodows, tree, TempDir};
+use crate::support::{nodows, tree, Random, TempDir};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -89,18 +89,6 @@ fn consume(output: &std::process::Output, root: &Path) -> Option<Vec<String>> {
             })
             .collect(),
     )
-}
-
-/// A small xorshift generator; the seed is printed for a re-run.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound.max(1)
-    }
 }
 
 #[test]
