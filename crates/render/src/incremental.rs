@@ -142,6 +142,15 @@ impl Renderer {
         Ok(renderer)
     }
 
+    /// Forgets every kept output, so the next render applies every
+    /// template (after an apply of its files failed).
+    pub fn forget(&mut self) {
+        self.last_document = None;
+        for file in &mut self.files {
+            file.inputs = None;
+        }
+    }
+
     /// How many templates read more than their own service.
     pub fn whole_model_templates(&self) -> usize {
         self.files
