@@ -10,8 +10,10 @@
 //! are byte for byte those of a full render (`render::stage`, not timed)
 //! and that one file was written and one service reloaded; exits 1 if not.
 //!
-//! Prints `templates N`, `whole_model_templates N`, `startup MS` and
-//! `samples rerender_one_key v1,v2,...` (ms; `cargo xtask bench` reads them).
+//! Prints `templates N`, `whole_model_templates N`, `startup MS`,
+//! `samples rerender_one_key v1,v2,...` (ms; `cargo xtask bench` reads
+//! them) and the same for its phases (`rerender_load`, `rerender_render`
+//! for validation and templates, `rerender_sync`).
 
 use model::Model;
 use render::incremental::Renderer;
@@ -73,21 +75,33 @@ fn full_render(
     .unwrap_or_else(|e| fail(format!("the full render failed: {e}")))
 }
 
+/// What one re-render produced, and its phases' times in ms (load,
+/// validate + render, sync).
+struct Outcome {
+    change_set: render::sync::ChangeSet,
+    staged: Vec<render::StagedFile>,
+    phases: [f64; 3],
+}
+
 /// Loads the model, renders it and syncs the re-rendered files: what the
-/// watcher does for one change. Returns the change set.
-fn rerender(
-    renderer: &mut Renderer,
-    setup: &Setup,
-) -> (render::sync::ChangeSet, Vec<render::StagedFile>) {
+/// watcher does for one change.
+fn rerender(renderer: &mut Renderer, setup: &Setup) -> Outcome {
+    let started = Instant::now();
     let model = Model::load(&setup.model.to_string_lossy())
         .unwrap_or_else(|e| fail(format!("{}: {e}", setup.model.display())));
+    let loaded = milliseconds(started);
     let rendered = renderer
         .render(&model)
         .unwrap_or_else(|e| fail(format!("the render failed: {e}")));
+    let staged = milliseconds(started);
     let change_set = render::sync::sync(&setup.root, &rendered.rerendered_files(), false)
         .and_then(|change_set| render::sync::finish_journal(&setup.root).map(|()| change_set))
         .unwrap_or_else(|e| fail(format!("the sync failed: {e}")));
-    (change_set, rendered.staged)
+    Outcome {
+        change_set,
+        staged: rendered.staged,
+        phases: [loaded, staged - loaded, milliseconds(started) - staged],
+    }
 }
 
 fn write_model(path: &Path, model: &Model) {
@@ -126,6 +140,7 @@ fn main() {
         fail(format!("no service declares the key {}", setup.key));
     }
     let mut samples = Vec::new();
+    let mut phases: Vec<[f64; 3]> = Vec::new();
     for round in 0..setup.rounds {
         let service = services[(round * 197 + 500) % services.len()];
         let mut model = original.clone();
@@ -136,14 +151,16 @@ fn main() {
         );
         write_model(&setup.model, &model);
         let timed = Instant::now();
-        let (change_set, staged) = rerender(&mut renderer, &setup);
+        let outcome = rerender(&mut renderer, &setup);
         samples.push(milliseconds(timed));
+        phases.push(outcome.phases);
+        let change_set = &outcome.change_set;
         if (change_set.written.len(), change_set.services.len()) != (1, 1) {
             fail(format!(
                 "one key changed, but the change set is {change_set:?}"
             ));
         }
-        if staged != full_render(&setup, &model, &definitions) {
+        if outcome.staged != full_render(&setup, &model, &definitions) {
             fail(format!(
                 "round {round}: the staged files differ from a full render"
             ));
@@ -153,4 +170,8 @@ fn main() {
     }
     let samples: Vec<String> = samples.iter().map(|s| format!("{s:.3}")).collect();
     println!("samples rerender_one_key {}", samples.join(","));
+    for (index, name) in ["load", "render", "sync"].iter().enumerate() {
+        let values: Vec<String> = phases.iter().map(|p| format!("{:.3}", p[index])).collect();
+        println!("samples rerender_{name} {}", values.join(","));
+    }
 }
