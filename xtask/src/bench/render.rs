@@ -98,9 +98,13 @@ impl Setup {
 
 /// The `name=N.NNNms` figure of a `nodows render --timings` line.
 /// The in-process re-render of one changed key (crates/render/examples/
-/// rerender.rs) on the setup's services and a copy of its model; its
-/// samples in ms.
-fn rerender_in_process(context: &Context, setup: &Setup, dir: &Path) -> anyhow::Result<Vec<f64>> {
+/// rerender.rs) on the setup's services and a copy of its model: its
+/// samples in ms, and the median of each phase (load, render, sync).
+fn rerender_in_process(
+    context: &Context,
+    setup: &Setup,
+    dir: &Path,
+) -> anyhow::Result<(Vec<f64>, [f64; 3])> {
     let sh = &context.sh;
     let example = crate::qemu::target_dir()?.join("release/examples/rerender");
     let model = dir.join("model-in-process.xml");
@@ -115,11 +119,22 @@ fn rerender_in_process(context: &Context, setup: &Setup, dir: &Path) -> anyhow::
     .quiet()
     .read()
     .context("running the in-process re-render benchmark")?;
-    output
-        .lines()
-        .find_map(|line| line.strip_prefix("samples rerender_one_key "))
-        .map(|values| values.split(',').filter_map(|v| v.parse().ok()).collect())
-        .with_context(|| format!("the in-process benchmark printed no samples:\n{output}"))
+    let samples = |name: &str| -> anyhow::Result<Vec<f64>> {
+        output
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("samples {name} ")))
+            .map(|values| values.split(',').filter_map(|v| v.parse().ok()).collect())
+            .with_context(|| format!("the in-process benchmark printed no {name}:\n{output}"))
+    };
+    let median = |name: &str| -> anyhow::Result<f64> {
+        Ok(Stat::new(samples(name)?).map_or(0.0, |stat| stat.median()))
+    };
+    let phases = [
+        median("rerender_load")?,
+        median("rerender_render")?,
+        median("rerender_sync")?,
+    ];
+    Ok((samples("rerender_one_key")?, phases))
 }
 
 fn timing(line: &str, name: &str) -> anyhow::Result<f64> {
@@ -238,7 +253,7 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         Stat::new(full),
     );
 
-    let in_process = rerender_in_process(context, &setup, &dir)?;
+    let (in_process, [load, render, sync]) = rerender_in_process(context, &setup, &dir)?;
     suite.row(
         "one key changed, in the long-running watcher: templates kept compiled, only those whose inputs changed applied (load + validate + render + diff + sync)",
         Unit::Milliseconds,
@@ -249,6 +264,9 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     suite.note(
         "In-process: the renderer's example `rerender` keeps a `render::incremental::Renderer` (the fleet watcher's) over the same services; per change it loads the model file, validates it whole, applies the one template whose service changed, and syncs that file through the journal; each round's staged files are checked byte for byte against a full render.",
     );
+    suite.note(format!(
+        "In-process phases (medians): load the model {load:.2} ms, validate and apply the changed template {render:.2} ms, diff and journaled sync {sync:.2} ms."
+    ));
 
     let (validate, total) = validation_share(context, &setup, &root)?;
     suite.row(
