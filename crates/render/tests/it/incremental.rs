@@ -299,4 +299,8 @@ fn one_key_changed_among_1000_services_rerenders_only_its_readers() {
             "step {step}"
         );
     }
+    // After a failed apply the watcher forgets: every template runs again.
+    renderer.forget();
+    let again = agree(&case, &mut renderer, &model, "after forget").unwrap();
+    assert_eq!(again.len(), SERVICES + 1);
 }
