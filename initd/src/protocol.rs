@@ -30,6 +30,10 @@ pub enum Request {
     /// The current mode, or a switch to MODE.
     Mode(Option<String>),
     Render,
+    /// `render --applied`: a watcher has applied a render in process (its
+    /// journal names the change set); initd finishes the journal through
+    /// `nodows journal` and reloads exactly its owners, as after a render.
+    RenderApplied,
     /// Services by the time from spawn to ready, slowest first.
     Blame,
     /// The chain of needs that the last service to become ready waited on.
@@ -61,6 +65,7 @@ impl Request {
             ["mode"] => Request::Mode(None),
             ["mode", mode] => Request::Mode(Some(name(mode))),
             ["render"] => Request::Render,
+            ["render", "--applied"] => Request::RenderApplied,
             ["blame"] => Request::Blame,
             ["critical-chain"] => Request::CriticalChain,
             ["poweroff"] => Request::Shutdown(Shutdown::Poweroff),
@@ -143,6 +148,10 @@ mod tests {
             Ok(Request::Status { json: true })
         );
         assert_eq!(Request::parse(&["load"]), Ok(Request::Load(None)));
+        assert_eq!(
+            Request::parse(&["render", "--applied"]),
+            Ok(Request::RenderApplied)
+        );
         assert_eq!(
             Request::parse(&["reboot"]),
             Ok(Request::Shutdown(Shutdown::Reboot))

@@ -173,6 +173,9 @@ struct RenderRequest {
     client: Option<UnixStream>,
     /// Started by initd to finish a failed render's journal.
     retry: bool,
+    /// Only finish the journal and report its change set (`initctl render
+    /// --applied`: a watcher applied files in process).
+    journal_only: bool,
 }
 
 /// The renderer's journal inside the root (see crates/render/src/sync.rs):
@@ -360,6 +363,7 @@ impl Runtime {
             after: AfterRender::Boot,
             client: None,
             retry: false,
+            journal_only: false,
         });
         if let Some(assessment) = self.assessment.as_mut() {
             let steps = assessment.boot();

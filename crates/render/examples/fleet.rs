@@ -16,6 +16,9 @@
 //! the cluster lives in DIR/pgtest). Figures go to stdout as `name value unit` lines, and
 //! every sample as `samples name v1,v2,...` (`cargo xtask bench` reads them).
 
+#[path = "support/etcd.rs"]
+mod etcd;
+
 use model::postgres as pg;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +49,17 @@ impl Drop for Watcher {
     }
 }
 
+/// What an appliance's watcher does with a revision it accepted.
+enum Apply {
+    /// Runs `nodows render` on the last-good model (`initctl render`).
+    Render,
+    /// Writes the changed files itself (`--apply-root`) and runs `nodows
+    /// journal` (`initctl render --applied`).
+    InProcess,
+    /// Runs this command.
+    Command(String),
+}
+
 /// One appliance: role, passfile, directories, a `nodows watch` process.
 fn appliance(
     cluster: &pgtest::Cluster,
@@ -53,7 +67,7 @@ fn appliance(
     database: &str,
     work: &Path,
     server: &str,
-    command: Option<String>,
+    apply: Apply,
 ) -> Watcher {
     let dir = work.join(server);
     std::fs::create_dir_all(dir.join("root")).unwrap();
@@ -75,15 +89,19 @@ fn appliance(
     );
     let last_good = dir.join("model.xml");
     let services = repo().join("services");
-    let command = command.unwrap_or_else(|| {
-        format!(
-            "{} render --model {} --services {} --root {} --profile production --server {server}",
-            nodows().display(),
-            last_good.display(),
-            services.display(),
-            dir.join("root").display()
-        )
-    });
+    let root = dir.join("root");
+    let (command, extra) = match apply {
+        Apply::Render => (render_command(&last_good, &root, server), Vec::new()),
+        Apply::InProcess => (
+            format!(
+                "{} journal --root {} --json",
+                nodows().display(),
+                root.display()
+            ),
+            vec!["--apply-root".to_string(), root.display().to_string()],
+        ),
+        Apply::Command(command) => (command, Vec::new()),
+    };
     let child = Command::new(nodows())
         .args([
             "watch",
@@ -101,12 +119,46 @@ fn appliance(
         .arg("--status-file")
         .arg(dir.join("status.json"))
         .args(["--command", &command, "--poll", "1h", "--debounce", "0ms"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("watch.log")).unwrap())
         .spawn()
         .unwrap();
     Watcher(child)
+}
+
+/// `nodows render` of `model` into `root` for `server`.
+fn render_command(model: &Path, root: &Path, server: &str) -> String {
+    format!(
+        "{} render --model {} --services {} --root {} --profile production --server {server}",
+        nodows().display(),
+        model.display(),
+        repo().join("services").display(),
+        root.display()
+    )
+}
+
+/// 20 commits of one key of `server`, each timed until its status row
+/// says applied; ms.
+fn commit_to_applied(admin: &mut pg::Client, server: &str) -> Vec<f64> {
+    let first = revision(admin);
+    assert!(wait_converged(admin, first, 1, Duration::from_secs(30)));
+    let mut latencies = Vec::new();
+    for round in 0..20 {
+        let started = Instant::now();
+        admin
+            .execute(
+                "UPDATE nodows.value SET value = $1 WHERE server = $2 AND key = 'title'",
+                &[&format!("round {round}"), &server],
+            )
+            .unwrap();
+        let new = revision(admin);
+        assert!(wait_converged(admin, new, 1, Duration::from_secs(30)));
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    admin.batch_execute("DELETE FROM nodows.status").unwrap();
+    latencies
 }
 
 fn revision(admin: &mut pg::Client) -> i64 {
@@ -208,34 +260,29 @@ fn main() {
     }
     pg::write(&mut admin, "bench", &model, "bench fleet").unwrap();
 
-    // 1. Commit to applied, one appliance rendering for real.
-    {
-        let _watcher = appliance(&cluster, &mut admin, &database, &work, &servers[0], None);
-        let first = revision(&mut admin);
-        assert!(wait_converged(
-            &mut admin,
-            first,
-            1,
-            Duration::from_secs(30)
-        ));
-        let mut latencies = Vec::new();
-        for round in 0..20 {
-            let started = Instant::now();
-            admin
-                .execute(
-                    "UPDATE nodows.value SET value = $1 WHERE server = $2 AND key = 'title'",
-                    &[&format!("round {round}"), &servers[0]],
-                )
-                .unwrap();
-            let new = revision(&mut admin);
-            assert!(wait_converged(&mut admin, new, 1, Duration::from_secs(30)));
-            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-        println!("samples commit_to_applied {}", join(&latencies));
+    // 1. Commit to applied, one appliance rendering for real: through a
+    // `nodows render` process, then applying in process; then the same
+    // change through etcd.
+    for (name, apply) in [
+        ("commit_to_applied", Apply::Render),
+        ("commit_to_applied_in_process", Apply::InProcess),
+    ] {
+        let _watcher = appliance(&cluster, &mut admin, &database, &work, &servers[0], apply);
+        let latencies = commit_to_applied(&mut admin, &servers[0]);
+        println!("samples {name} {}", join(&latencies));
         let (median, p95) = median_p95(latencies);
-        println!("commit_to_applied_median {median:.1} ms");
-        println!("commit_to_applied_p95 {p95:.1} ms");
-        admin.batch_execute("DELETE FROM nodows.status").unwrap();
+        println!("{name}_median {median:.1} ms");
+        println!("{name}_p95 {p95:.1} ms");
+    }
+    let etcd_dir = work.join("etcd");
+    let etcd_render = render_command(
+        &etcd_dir.join("model.xml"),
+        &etcd_dir.join("root"),
+        &servers[0],
+    );
+    match etcd::commit_to_applied(&etcd_dir, &model, &servers[0], &etcd_render) {
+        Ok(latencies) => println!("samples etcd_put_to_applied {}", join(&latencies)),
+        Err(why) => println!("etcd_unavailable {why}"),
     }
 
     // 2. N appliances converging on one defaults change (command /bin/true:
@@ -251,7 +298,7 @@ fn main() {
                     &database,
                     &work,
                     server,
-                    Some("/bin/true".into()),
+                    Apply::Command("/bin/true".into()),
                 )
             })
             .collect();

@@ -8,11 +8,17 @@
 //! back off, doubling up to a cap.
 //!
 //! A fetched model is cut down to this server (defaults, profiles, its own
-//! layer), rendered in memory first ([`crate::stage`], every template of
-//! every service), and only when that succeeds written atomically as the
+//! layer), rendered in memory first (every template of every service, by a
+//! [`crate::incremental::Renderer`] that keeps the templates compiled and
+//! applies only those whose inputs changed), and only when that succeeds written atomically as the
 //! last-good model (an XML file whose first line records the revision and
 //! the sha256 of the rest), then the command runs (`initctl render`, whose
 //! renderer reads the last-good file and reloads the owning services).
+//! With `--apply-root` the watcher applies itself first: the files it
+//! re-rendered go through [`crate::sync::sync`] (journaled, atomic, the
+//! journal kept), and the command is `initctl render --applied`, for which
+//! initd runs `nodows journal` and reloads exactly the journal's owners;
+//! a watcher killed in between leaves the journal to the next render.
 //! A model that does not validate or render is refused whole: the last-good
 //! file and the running configuration stay, the refusal is logged, written
 //! to the local status file and to the server's status row.
@@ -42,6 +48,11 @@ pub struct Options {
     pub poll: Duration,
     /// The longest wait between reconnects.
     pub max_backoff: Duration,
+    /// Apply in process: write the re-rendered files into this root
+    /// (journaled, the journal kept) before the command, which is then
+    /// `initctl render --applied` (initd reloads the journal's owners).
+    /// Without it the command renders (`initctl render`).
+    pub apply_root: Option<PathBuf>,
 }
 
 /// The last-good model on disk: its revision and the sha256 of its model
@@ -170,11 +181,11 @@ impl State {
     }
 }
 
-/// The watcher between connections: its options, the image's service
-/// definitions (read once), what it knows.
+/// The watcher between connections: its options, the renderer that keeps
+/// the image's templates compiled (or why they cannot be), what it knows.
 struct Watcher<'a> {
     options: &'a Options,
-    definitions: Vec<servicedef::ServiceDefinition>,
+    renderer: Result<crate::incremental::Renderer, String>,
     state: State,
 }
 
@@ -185,9 +196,16 @@ struct Disconnected(String);
 pub fn watch(options: &Options) -> anyhow::Result<()> {
     let definitions = servicedef::load_dir(&options.services_dir)
         .map_err(|e| anyhow::anyhow!("{}", e.problems.join("\n")))?;
+    let renderer = crate::incremental::Renderer::new(
+        &options.services_dir,
+        definitions,
+        Some(&options.server),
+        &options.profile,
+    )
+    .map_err(|e| e.to_string());
     let mut watcher = Watcher {
         options,
-        definitions,
+        renderer,
         state: State {
             running: LastGood::read(&options.last_good),
             seen: None,
@@ -301,7 +319,7 @@ fn wait_for_notification(
 /// Fetches and applies the model when the revision moved.
 fn check(client: &mut pg::Client, watcher: &mut Watcher, reason: &str) -> Result<(), Disconnected> {
     let options = watcher.options;
-    let definitions = &watcher.definitions;
+    let renderer = &mut watcher.renderer;
     let state = &mut watcher.state;
     let source_name = pg::display_name(&options.spec);
     let revision =
@@ -334,20 +352,22 @@ fn check(client: &mut pg::Client, watcher: &mut Watcher, reason: &str) -> Result
         finish(client, options, state, revision, pg::Outcome::Applied, "");
         return Ok(());
     }
-    // Validate and render everything in memory before anything is written.
-    let staged = crate::stage(&crate::Request {
-        model: &sliced,
-        definitions,
-        services_dir: &options.services_dir,
-        server: Some(&options.server),
-        profile: &options.profile,
-        only: &[],
-    });
-    if let Err(e) = staged {
-        refuse(client, options, state, revision, &e.to_string());
-        return Ok(());
-    }
-    let outcome = apply(options, state, revision, &text);
+    // Validate and render everything in memory before anything is written
+    // (the templates whose inputs did not change keep their last output).
+    let (renderer, rendered) = match renderer {
+        Ok(renderer) => match renderer.render(&sliced) {
+            Ok(rendered) => (renderer, rendered),
+            Err(e) => {
+                refuse(client, options, state, revision, &e.to_string());
+                return Ok(());
+            }
+        },
+        Err(problems) => {
+            refuse(client, options, state, revision, problems);
+            return Ok(());
+        }
+    };
+    let outcome = apply(options, state, revision, &text, renderer, &rendered);
     match &outcome {
         Ok(took) => log(&format!(
             "{reason}: revision {revision} applied: ran {} ({took} ms)",
@@ -369,8 +389,16 @@ fn check(client: &mut pg::Client, watcher: &mut Watcher, reason: &str) -> Result
     Ok(())
 }
 
-/// Writes the last-good model, then runs the command; its run time in ms.
-fn apply(options: &Options, state: &mut State, revision: i64, text: &str) -> Result<u128, String> {
+/// Writes the last-good model, with `--apply-root` the re-rendered files,
+/// then runs the command; its run time in ms (the apply's included).
+fn apply(
+    options: &Options,
+    state: &mut State,
+    revision: i64,
+    text: &str,
+    renderer: &mut crate::incremental::Renderer,
+    rendered: &crate::incremental::Rendered,
+) -> Result<u128, String> {
     let last_good = LastGood::write(&options.last_good, revision, text).map_err(|e| {
         format!(
             "{}: cannot write the last-good model: {e}",
@@ -379,6 +407,14 @@ fn apply(options: &Options, state: &mut State, revision: i64, text: &str) -> Res
     })?;
     state.running = Some(last_good);
     let started = Instant::now();
+    if let Some(root) = &options.apply_root {
+        // The journal stays for initd (`initctl render --applied`).
+        if let Err(e) = crate::sync::sync(root, &rendered.rerendered_files(), false) {
+            // What was not written must be rendered and compared again.
+            renderer.forget();
+            return Err(format!("{}: cannot apply: {e}", root.display()));
+        }
+    }
     let status = std::process::Command::new(&options.command[0])
         .args(&options.command[1..])
         .status();

@@ -8,7 +8,9 @@
 
 pub mod fleet;
 pub mod golden;
+pub mod incremental;
 pub mod keys;
+pub mod reads;
 pub mod sync;
 pub mod validate;
 pub mod watch;
@@ -344,21 +346,61 @@ pub struct StageTimings {
 pub fn stage_timed(request: &Request) -> Result<(Vec<StagedFile>, StageTimings), Error> {
     let started = std::time::Instant::now();
     let mut timings = StageTimings::default();
-    let mut problems = Vec::new();
-    let known: BTreeSet<&str> = request
-        .definitions
+    let mut problems = check_only(request);
+    let validating = std::time::Instant::now();
+    problems.extend(check_model(request));
+    timings.validate = validating.elapsed();
+    let (planned, services_dir) = plan(
+        request.definitions,
+        request.services_dir,
+        request.only,
+        &mut problems,
+    )?;
+    if !problems.is_empty() {
+        return Err(Error::BadInput(problems));
+    }
+    let effective = effective_model(request)?;
+    let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
+    let jobs: Vec<xslt::Job> = planned
         .iter()
-        .map(|d| d.name.as_str())
+        .map(|p| p.job(request.server, request.profile))
         .collect();
-    for name in request.only {
-        if !known.contains(name.as_str()) {
-            problems.push(format!(
+    let threads = worker_threads(jobs.len());
+    let rendered = xslt
+        .render_all(&effective.to_xml(), &jobs, threads)
+        .map_err(|e| Error::BadInput(vec![e]))?;
+    let staged = collect_staged(planned.iter().zip(rendered))?;
+    timings.render = started.elapsed().saturating_sub(timings.validate);
+    Ok((staged, timings))
+}
+
+/// Problems with `--service` names that no definition has.
+fn check_only(request: &Request) -> Vec<String> {
+    let known = known_services(request.definitions);
+    request
+        .only
+        .iter()
+        .filter(|name| !known.contains(name.as_str()))
+        .map(|name| {
+            format!(
                 "{}: no service `{name}` (known: {})",
                 request.services_dir.display(),
                 known.iter().copied().collect::<Vec<_>>().join(", ")
-            ));
-        }
-    }
+            )
+        })
+        .collect()
+}
+
+fn known_services(definitions: &[ServiceDefinition]) -> BTreeSet<&str> {
+    definitions.iter().map(|d| d.name.as_str()).collect()
+}
+
+/// The model's problems before any template runs: services without a
+/// definition, values that do not match their declarations, required keys
+/// without a value.
+pub(crate) fn check_model(request: &Request) -> Vec<String> {
+    let known = known_services(request.definitions);
+    let mut problems = Vec::new();
     for (service, location) in &request.model.service_mentions {
         if !known.contains(service.as_str()) {
             problems.push(format!(
@@ -368,7 +410,6 @@ pub fn stage_timed(request: &Request) -> Result<(Vec<StagedFile>, StageTimings),
             ));
         }
     }
-    let validating = std::time::Instant::now();
     problems.extend(validate::check(
         request.model,
         request.definitions,
@@ -378,34 +419,116 @@ pub fn stage_timed(request: &Request) -> Result<(Vec<StagedFile>, StageTimings),
             only: request.only,
         },
     ));
-    timings.validate = validating.elapsed();
-    let services_dir = request.services_dir.canonicalize().map_err(|e| {
+    problems
+}
+
+/// The document templates are applied to: the model's layers for the
+/// request's server and profile, over the declared defaults.
+pub(crate) fn effective_model(request: &Request) -> Result<Effective, Error> {
+    Ok(validate::with_declared_defaults(
+        request.model.effective(request.server, request.profile)?,
+        request.definitions,
+    ))
+}
+
+/// One selected file to render: its owner, its target and its template
+/// (canonical path and bytes, already checked).
+pub(crate) struct Planned<'d> {
+    pub(crate) definition: &'d ServiceDefinition,
+    pub(crate) file: &'d servicedef::FileTarget,
+    pub(crate) template: PathBuf,
+    pub(crate) source: Vec<u8>,
+}
+
+impl Planned<'_> {
+    /// The template with the parameters `server`, `mode` and `service`.
+    pub(crate) fn job(&self, server: Option<&str>, profile: &str) -> xslt::Job {
+        xslt::Job {
+            template: self.template.clone(),
+            source: self.source.clone(),
+            params: template_params(server, profile, &self.definition.name),
+        }
+    }
+
+    /// The staged file, with the template's output.
+    pub(crate) fn staged(&self, bytes: Vec<u8>) -> StagedFile {
+        StagedFile {
+            target: self.file.target.clone(),
+            bytes,
+            mode: self.file.mode,
+            owner: self.file.owner.clone(),
+            group: self.file.group.clone(),
+            service: self.definition.name.clone(),
+            on_change: self.file.on_change,
+        }
+    }
+}
+
+/// A template's parameters: `server` (empty when none), `mode` and
+/// `service`.
+pub(crate) fn template_params(
+    server: Option<&str>,
+    profile: &str,
+    service: &str,
+) -> Vec<(String, String)> {
+    vec![
+        ("server".to_string(), server.unwrap_or("").to_string()),
+        ("mode".to_string(), profile.to_string()),
+        ("service".to_string(), service.to_string()),
+    ]
+}
+
+/// The staged files sorted by target, or every template's problem.
+pub(crate) fn collect_staged<'p, 'd: 'p>(
+    results: impl Iterator<Item = (&'p Planned<'d>, xslt::Rendered)>,
+) -> Result<Vec<StagedFile>, Error> {
+    let mut staged = Vec::new();
+    let mut problems = Vec::new();
+    for (planned, result) in results {
+        match result {
+            Ok(bytes) => staged.push(planned.staged(bytes)),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::BadInput(problems));
+    }
+    staged.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(staged)
+}
+
+/// Checks every definition's targets and templates (not only the selected
+/// ones: the image must be consistent as a whole) into `problems`, and
+/// returns the selected files with their templates read, and the canonical
+/// services directory.
+pub(crate) fn plan<'d>(
+    definitions: &'d [ServiceDefinition],
+    given_services_dir: &Path,
+    only: &[String],
+    problems: &mut Vec<String>,
+) -> Result<(Vec<Planned<'d>>, PathBuf), Error> {
+    let services_dir = given_services_dir.canonicalize().map_err(|e| {
         Error::BadInput(vec![format!(
             "{}: cannot read the services directory: {e}",
-            request.services_dir.display()
+            given_services_dir.display()
         )])
     })?;
-    // Validate every definition's targets (not only the selected ones): the
-    // image must be consistent as a whole.
     let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
-    // Per selected file: its owner and target, and the template to render.
-    let mut jobs: Vec<(&ServiceDefinition, &servicedef::FileTarget)> = Vec::new();
-    let mut render_jobs: Vec<xslt::Job> = Vec::new();
+    let mut planned = Vec::new();
     // Every template is located (and the selected ones read) on every core
     // first; the checks below take the answers in order, so the problems
     // are those, and in the order, of a one-thread pass.
-    let files: Vec<(&ServiceDefinition, &servicedef::FileTarget, bool)> = request
-        .definitions
+    let files: Vec<(&ServiceDefinition, &servicedef::FileTarget, bool)> = definitions
         .iter()
         .flat_map(|definition| {
-            let selected = request.only.is_empty() || request.only.contains(&definition.name);
+            let selected = only.is_empty() || only.contains(&definition.name);
             definition
                 .files
                 .iter()
                 .map(move |file| (definition, file, selected))
         })
         .collect();
-    let templates = Templates::new(request.services_dir, &services_dir);
+    let templates = Templates::new(given_services_dir, &services_dir);
     let located = map_on_threads(
         &files,
         worker_threads(files.len()),
@@ -415,103 +538,62 @@ pub fn stage_timed(request: &Request) -> Result<(Vec<StagedFile>, StageTimings),
         },
     );
     for (&(definition, file, selected), location) in files.iter().zip(located) {
-        {
-            if let Err(problem) = check_target(&file.target) {
+        if let Err(problem) = check_target(&file.target) {
+            problems.push(format!(
+                "{}: service `{}`: {problem}",
+                definition_file(definition),
+                definition.name
+            ));
+            continue;
+        }
+        if let Some(other) = owners.insert(&file.target, &definition.name) {
+            problems.push(format!(
+                "{}: service `{}`: file target {} is also written by service `{other}`; give each file one owner",
+                definition_file(definition),
+                definition.name,
+                file.target
+            ));
+        }
+        let template = definition.dir.join(&file.template);
+        // Only selected templates are read; every one is checked.
+        let (template, source) = match location {
+            Ok(Located::Inside(path, source)) => (path, source),
+            Ok(Located::Outside) => {
                 problems.push(format!(
-                    "{}: service `{}`: {problem}",
+                    "{}: service `{}`: template {} is outside {}; keep templates in the service's directory",
                     definition_file(definition),
-                    definition.name
+                    definition.name,
+                    file.template.display(),
+                    services_dir.display()
                 ));
                 continue;
             }
-            if let Some(other) = owners.insert(&file.target, &definition.name) {
+            Err(e) => {
                 problems.push(format!(
-                    "{}: service `{}`: file target {} is also written by service `{other}`; give each file one owner",
+                    "{}: service `{}`: template {}: {e}",
                     definition_file(definition),
                     definition.name,
-                    file.target
+                    template.display()
                 ));
+                continue;
             }
-            let template = definition.dir.join(&file.template);
-            // Only selected templates are read; every one is checked.
-            let (template, source) = match location {
-                Ok(Located::Inside(path, source)) => (path, source),
-                Ok(Located::Outside) => {
-                    problems.push(format!(
-                        "{}: service `{}`: template {} is outside {}; keep templates in the service's directory",
-                        definition_file(definition),
-                        definition.name,
-                        file.template.display(),
-                        services_dir.display()
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    problems.push(format!(
-                        "{}: service `{}`: template {}: {e}",
-                        definition_file(definition),
-                        definition.name,
-                        template.display()
-                    ));
-                    continue;
-                }
-            };
-            if selected {
-                problems.extend(validate::check_template_keys(
-                    &template,
-                    &source,
-                    &definition.name,
-                    request.definitions,
-                ));
-                jobs.push((definition, file));
-                render_jobs.push(xslt::Job {
-                    template,
-                    source,
-                    params: vec![
-                        (
-                            "server".to_string(),
-                            request.server.unwrap_or("").to_string(),
-                        ),
-                        ("mode".to_string(), request.profile.to_string()),
-                        ("service".to_string(), definition.name.clone()),
-                    ],
-                });
-            }
+        };
+        if selected {
+            problems.extend(validate::check_template_keys(
+                &template,
+                &source,
+                &definition.name,
+                definitions,
+            ));
+            planned.push(Planned {
+                definition,
+                file,
+                template,
+                source,
+            });
         }
     }
-    if !problems.is_empty() {
-        return Err(Error::BadInput(problems));
-    }
-    let effective = validate::with_declared_defaults(
-        request.model.effective(request.server, request.profile)?,
-        request.definitions,
-    );
-    let xslt = xslt::Xslt::new(&services_dir).map_err(|e| Error::BadInput(vec![e]))?;
-    let threads = worker_threads(render_jobs.len());
-    let rendered = xslt
-        .render_all(&effective.to_xml(), &render_jobs, threads)
-        .map_err(|e| Error::BadInput(vec![e]))?;
-    let mut staged = Vec::with_capacity(jobs.len());
-    for ((definition, file), result) in jobs.into_iter().zip(rendered) {
-        match result {
-            Ok(bytes) => staged.push(StagedFile {
-                target: file.target.clone(),
-                bytes,
-                mode: file.mode,
-                owner: file.owner.clone(),
-                group: file.group.clone(),
-                service: definition.name.clone(),
-                on_change: file.on_change,
-            }),
-            Err(problem) => problems.push(problem),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(Error::BadInput(problems));
-    }
-    staged.sort_by(|a, b| a.target.cmp(&b.target));
-    timings.render = started.elapsed().saturating_sub(timings.validate);
-    Ok((staged, timings))
+    Ok((planned, services_dir))
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 //! ```text
 //! nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P
 //!               [--server ID] [--service NAME]... [--dry-run] [--json] [--timings] [--keep-journal]
+//! nodows journal --root DIR [--json] [--keep-journal]
 //! nodows watch --model PATH|sqlite:PATH --command "PROGRAM ARGS" [--debounce 200ms] [--poll 60s]
 //! nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH
 //!              --command "PROGRAM ARGS" [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
+//!              [--apply-root DIR]
 //! nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
 //! nodows keys --services DIR --reference
 //! nodows update FILE|http://HOST/PATH [--tries N]
@@ -52,9 +54,10 @@ static GLOBAL: Mimalloc = Mimalloc;
 
 const USAGE: &str = "usage:
   nodows render --model PATH|sqlite:PATH|postgres://... --services DIR --root DIR --profile P [--server ID] [--service NAME]... [--dry-run] [--json] [--timings] [--keep-journal]
+  nodows journal --root DIR [--json] [--keep-journal]
   nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
   nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH --command \"PROGRAM ARGS\"
-               [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
+               [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s] [--apply-root DIR]
   nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
   nodows keys --services DIR --reference
   nodows update FILE|http://HOST/PATH [--tries N]
@@ -252,8 +255,39 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
             ms(started.elapsed())
         );
     }
-    let text = if arguments.flag("--json") {
-        let json = serde_json::to_string(&change_set)
+    report_change_set(
+        &root,
+        &change_set,
+        arguments.flag("--json"),
+        dry_run || arguments.flag("--keep-journal"),
+    )
+}
+
+/// `nodows journal`: finishes the render journal under the root (a render
+/// killed mid-apply, or an apply made in process by `nodows watch
+/// --apply-root`) and reports its change set; no journal, no changes.
+fn journal_command(args: &[String]) -> Result<(), Failure> {
+    let arguments = Arguments::parse(args, &["--root"], &["--json", "--keep-journal"])?;
+    let root = PathBuf::from(arguments.required("--root")?);
+    let change_set = render::sync::sync(&root, &[], false)?;
+    report_change_set(
+        &root,
+        &change_set,
+        arguments.flag("--json"),
+        arguments.flag("--keep-journal"),
+    )
+}
+
+/// Prints the change set (text or JSON), then removes the journal unless
+/// `keep_journal`.
+fn report_change_set(
+    root: &std::path::Path,
+    change_set: &render::sync::ChangeSet,
+    json: bool,
+    keep_journal: bool,
+) -> Result<(), Failure> {
+    let text = if json {
+        let json = serde_json::to_string(change_set)
             .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
         format!("{json}\n")
     } else {
@@ -270,20 +304,21 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
             .and_then(|()| stdout.flush())
             .map_err(|e| Failure::Other(anyhow::anyhow!("cannot print the change set: {e}")))?;
     }
-    if !dry_run && !arguments.flag("--keep-journal") {
-        render::sync::finish_journal(&root)?;
+    if !keep_journal {
+        render::sync::finish_journal(root)?;
     }
     Ok(())
 }
 
 /// The options of `nodows watch` that only a postgres:// model takes.
-const POSTGRES_WATCH_OPTIONS: [&str; 6] = [
+const POSTGRES_WATCH_OPTIONS: [&str; 7] = [
     "--server",
     "--profile",
     "--services",
     "--last-good",
     "--status-file",
     "--max-backoff",
+    "--apply-root",
 ];
 
 /// `nodows keys`: every declared key with its type, default and effective
@@ -374,6 +409,7 @@ fn watch_command(args: &[String]) -> Result<(), Failure> {
             debounce: duration("--debounce", Some("50ms"))?.unwrap_or_default(),
             poll: duration("--poll", Some("60s"))?.unwrap_or_default(),
             max_backoff: duration("--max-backoff", Some("30s"))?.unwrap_or_default(),
+            apply_root: arguments.one("--apply-root")?.map(PathBuf::from),
         };
         render::fleet::check_options(&options).map_err(Failure::Other)?;
         return render::fleet::watch(&options).map_err(Failure::Other);
@@ -401,6 +437,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("render") => render_command(&args[1..]),
         Some("watch") => watch_command(&args[1..]),
+        Some("journal") => journal_command(&args[1..]),
         Some("model") => model_cli::run(&args[1..]),
         Some("keys") => keys_command(&args[1..]),
         Some("update") => update_command(&args[1..]),

@@ -66,6 +66,18 @@ pub struct Document<'x> {
     _xslt: std::marker::PhantomData<&'x Xslt>,
 }
 
+/// A compiled stylesheet kept across locks, by the long-running renderer
+/// ([`crate::incremental`]): it is used and freed only through an [`Xslt`]
+/// ([`Xslt::apply_kept`], [`Xslt::free_kept`]); one never freed is leaked,
+/// never freed without the lock.
+pub struct Kept {
+    style: *mut c_void,
+}
+
+// SAFETY: libxslt stylesheets are not tied to a thread; every use goes
+// through an `Xslt`, which holds the process-wide lock.
+unsafe impl Send for Kept {}
+
 /// A compiled stylesheet.
 pub struct Stylesheet<'x> {
     style: *mut c_void,
@@ -251,6 +263,41 @@ impl Xslt {
         params: &[(&str, &str)],
         template_name: &str,
     ) -> Result<Vec<u8>, String> {
+        self.apply_style(stylesheet.style, document, params, template_name)
+    }
+
+    /// Compiles a stylesheet that outlives this lock (see [`Kept`]).
+    pub fn compile_kept(&self, source: &[u8], path: &Path) -> Result<Kept, String> {
+        let stylesheet = std::mem::ManuallyDrop::new(self.compile_source(source, path)?);
+        Ok(Kept {
+            style: stylesheet.style,
+        })
+    }
+
+    /// [`Xslt::apply`] with a kept stylesheet.
+    pub fn apply_kept(
+        &self,
+        kept: &Kept,
+        document: &Document<'_>,
+        params: &[(&str, &str)],
+        template_name: &str,
+    ) -> Result<Vec<u8>, String> {
+        self.apply_style(kept.style, document, params, template_name)
+    }
+
+    /// Frees a kept stylesheet (under this lock).
+    pub fn free_kept(&self, kept: Kept) {
+        // SAFETY: lock held; `kept` is consumed, so its pointer is not used again.
+        unsafe { nodows_free_stylesheet(kept.style) }
+    }
+
+    fn apply_style(
+        &self,
+        style: *mut c_void,
+        document: &Document<'_>,
+        params: &[(&str, &str)],
+        template_name: &str,
+    ) -> Result<Vec<u8>, String> {
         let mut owned = Vec::with_capacity(params.len() * 2);
         for (name, value) in params {
             owned.push(c_string(name)?);
@@ -269,7 +316,7 @@ impl Xslt {
         // `self_service` (NULL or a C string in `owned`), outlives the call.
         let rc = unsafe {
             nodows_apply(
-                stylesheet.style,
+                style,
                 document.doc,
                 pointers.as_ptr(),
                 self_service,

@@ -11,7 +11,7 @@ commands:
   load [NAME]
   emit EVENT
   mode [MODE]
-  render
+  render [--applied]        (--applied: act on a watcher's in-process apply)
   blame | critical-chain   (boot time by service, from initd's clock)
   poweroff|reboot|halt";
 

@@ -254,17 +254,19 @@ impl Runtime {
                         after: AfterRender::Nothing,
                         client: client.take(),
                         retry: false,
+                        journal_only: false,
                     });
                     return None;
                 }
             }
-            Request::Render => {
+            Request::Render | Request::RenderApplied => {
                 self.start_render(RenderRequest {
                     services: Vec::new(),
                     profile: self.supervisor.mode().to_string(),
                     after: AfterRender::Nothing,
                     client: client.take(),
                     retry: false,
+                    journal_only: request == Request::RenderApplied,
                 });
                 return None;
             }
@@ -323,6 +325,7 @@ impl Runtime {
                         after: AfterRender::SwitchMode(mode.to_string()),
                         client: client.take(),
                         retry: false,
+                        journal_only: false,
                     });
                     return None;
                 }

@@ -117,6 +117,7 @@ impl Runtime {
             after: AfterRender::Emit(event),
             client: None,
             retry: false,
+            journal_only: false,
         });
     }
 }

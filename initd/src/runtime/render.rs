@@ -28,23 +28,28 @@ impl Runtime {
             );
             return;
         }
-        let model = self.model_to_render();
         let mut process = std::process::Command::new(&command);
-        process
-            .arg("render")
-            .arg("--model")
-            .arg(&model)
-            .arg("--services")
-            .arg(&self.options.services)
-            .arg("--root")
-            .arg(&self.options.root)
-            .arg("--profile")
-            .arg(&request.profile);
-        if let Some(server) = &self.options.server {
-            process.arg("--server").arg(server);
-        }
-        for service in &request.services {
-            process.arg("--service").arg(service);
+        if request.journal_only {
+            // A watcher applied files itself: only its journal's change set.
+            process.arg("journal").arg("--root").arg(&self.options.root);
+        } else {
+            let model = self.model_to_render();
+            process
+                .arg("render")
+                .arg("--model")
+                .arg(&model)
+                .arg("--services")
+                .arg(&self.options.services)
+                .arg("--root")
+                .arg(&self.options.root)
+                .arg("--profile")
+                .arg(&request.profile);
+            if let Some(server) = &self.options.server {
+                process.arg("--server").arg(server);
+            }
+            for service in &request.services {
+                process.arg("--service").arg(service);
+            }
         }
         process
             .arg("--json")
@@ -195,6 +200,7 @@ impl Runtime {
                 after: AfterRender::Nothing,
                 client: None,
                 retry: true,
+                journal_only: false,
             });
         }
         self.render_done(job.after, job.client, code, message, changes, failure);

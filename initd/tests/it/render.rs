@@ -81,6 +81,40 @@ fn render_restarts_and_reloads_exactly_the_named_services() {
     );
 }
 
+/// Guards `initctl render --applied` (a watcher applied in process): initd
+/// renders nothing, runs `nodows journal` and reloads exactly the owners
+/// its change set names.
+#[test]
+fn render_applied_reports_the_journal_and_reloads_exactly_its_owners() {
+    let mut initd = Initd::prepare(
+        "render-applied",
+        &[
+            ("web", shell_service("web", "trap 'echo reloaded >> \"$TEST_DIR/web-reloads\"' HUP; while :; do sleep 0.1; done", "<reload signal=\"HUP\"/>")),
+            ("calm", shell_service("calm", "exec sleep 1000", "")),
+        ],
+    );
+    let renderer = write_renderer(
+        &initd,
+        "if [ \"$1\" = journal ]; then echo '{\"written\": [\"/etc/web.conf\"], \"services\": [{\"name\": \"web\", \"action\": \"reload\"}]}'; else echo '{\"written\": [], \"services\": []}'; fi",
+    );
+    initd.launch(&["--render-command", &renderer]);
+    initd.wait_for_state("web", "running");
+    initd.wait_for_state("calm", "running");
+    let (web, calm) = (initd.main_pid("web"), initd.main_pid("calm"));
+    let reply = initd.ctl(&["render", "--applied"]);
+    assert!(reply.contains("rendered: 1 files written"), "{reply}");
+    assert!(reply.contains("reload web"), "{reply}");
+    initd.wait_until("web reloaded", || initd.path("web-reloads").exists());
+    assert_eq!(initd.main_pid("web"), web);
+    assert_eq!(initd.main_pid("calm"), calm);
+    let args = std::fs::read_to_string(initd.path("render-args")).unwrap();
+    assert_eq!(
+        args.lines().last(),
+        Some("journal --root / --json --keep-journal"),
+        "{args}"
+    );
+}
+
 #[test]
 fn a_failing_or_missing_renderer_is_logged_and_initd_keeps_running() {
     let mut initd = Initd::prepare(

@@ -97,6 +97,46 @@ impl Setup {
 }
 
 /// The `name=N.NNNms` figure of a `nodows render --timings` line.
+/// The in-process re-render of one changed key (crates/render/examples/
+/// rerender.rs) on the setup's services and a copy of its model: its
+/// samples in ms, and the median of each phase (load, render, sync).
+fn rerender_in_process(
+    context: &Context,
+    setup: &Setup,
+    dir: &Path,
+) -> anyhow::Result<(Vec<f64>, [f64; 3])> {
+    let sh = &context.sh;
+    let example = crate::qemu::target_dir()?.join("release/examples/rerender");
+    let model = dir.join("model-in-process.xml");
+    std::fs::copy(&setup.model, &model)?;
+    let root = dir.join("in-process");
+    let services = &setup.services;
+    let rounds = if context.quick { ROUNDS } else { 4 * ROUNDS }.to_string();
+    let output = cmd!(
+        sh,
+        "{example} {model} {services} {root} bench01 production value {rounds}"
+    )
+    .quiet()
+    .read()
+    .context("running the in-process re-render benchmark")?;
+    let samples = |name: &str| -> anyhow::Result<Vec<f64>> {
+        output
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("samples {name} ")))
+            .map(|values| values.split(',').filter_map(|v| v.parse().ok()).collect())
+            .with_context(|| format!("the in-process benchmark printed no {name}:\n{output}"))
+    };
+    let median = |name: &str| -> anyhow::Result<f64> {
+        Ok(Stat::new(samples(name)?).map_or(0.0, |stat| stat.median()))
+    };
+    let phases = [
+        median("rerender_load")?,
+        median("rerender_render")?,
+        median("rerender_sync")?,
+    ];
+    Ok((samples("rerender_one_key")?, phases))
+}
+
 fn timing(line: &str, name: &str) -> anyhow::Result<f64> {
     let prefix = format!("{name}=");
     line.split_whitespace()
@@ -144,10 +184,12 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     let sh = &context.sh;
     cmd!(
         sh,
-        "cargo build --quiet --release --package render --bin nodows"
+        "cargo build --quiet --release --package render --bin nodows --example rerender"
     )
     .run()
-    .context("building the renderer (cargo build --release -p render --bin nodows)")?;
+    .context(
+        "building the renderer (cargo build --release -p render --bin nodows --example rerender)",
+    )?;
     let nodows = crate::qemu::target_dir()?.join("release/nodows");
     let dir = context.work.join("render");
     let _ = std::fs::remove_dir_all(&dir);
@@ -206,10 +248,25 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     suite.row(
         "one key changed: render + diff + sync (1 file written)",
         Unit::Milliseconds,
-        Stat::new(one_key),
+        Stat::new(one_key.clone()),
         "confd-style full rewrite (1,000 files written)",
         Stat::new(full),
     );
+
+    let (in_process, [load, render, sync]) = rerender_in_process(context, &setup, &dir)?;
+    suite.row(
+        "one key changed, in the long-running watcher: templates kept compiled, only those whose inputs changed applied (load + validate + render + diff + sync)",
+        Unit::Milliseconds,
+        Stat::new(in_process),
+        "a `nodows render` process on the same model (the row above)",
+        Stat::new(one_key),
+    );
+    suite.note(
+        "In-process: the renderer's example `rerender` keeps a `render::incremental::Renderer` (the fleet watcher's) over the same services; per change it loads the model file, validates it whole, applies the one template whose service changed, and syncs that file through the journal; each round's staged files are checked byte for byte against a full render.",
+    );
+    suite.note(format!(
+        "In-process phases (medians): load the model {load:.2} ms, validate and apply the changed template {render:.2} ms, diff and journaled sync {sync:.2} ms."
+    ));
 
     let (validate, total) = validation_share(context, &setup, &root)?;
     suite.row(

@@ -198,7 +198,8 @@ struct Binaries<'a> {
     sleep: &'a Path,
 }
 
-fn find_or_install(
+/// `program`'s path, installing Debian's `package` first when it is missing.
+pub(super) fn find_or_install(
     program: &str,
     package: &str,
     context: &BenchContext,

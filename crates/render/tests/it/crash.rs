@@ -5,7 +5,7 @@
 //! removed once a change set was taken), must see every changed service
 //! exactly once.
 
-use crate::support::{nodows, tree, TempDir};
+use crate::support::{nodows, tree, Random, TempDir};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -89,18 +89,6 @@ fn consume(output: &std::process::Output, root: &Path) -> Option<Vec<String>> {
             })
             .collect(),
     )
-}
-
-/// A small xorshift generator; the seed is printed for a re-run.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound.max(1)
-    }
 }
 
 #[test]
@@ -218,4 +206,37 @@ fn a_render_killed_at_random_points_reports_every_changed_service_exactly_once()
         inside_apply >= 12,
         "only {inside_apply} kills inside the apply (seed {seed})"
     );
+}
+
+/// Guards `nodows journal` (what initd runs for `initctl render --applied`):
+/// it finishes a killed apply without rendering and reports its change set
+/// once; without a journal it reports no changes.
+#[test]
+fn nodows_journal_finishes_a_killed_apply_and_reports_it_once() {
+    let work = TempDir::new("journal");
+    let (services, old, new) = fixture(work.path());
+    let root = TempDir::new("journal-root");
+    let output = command(&old, &services, root.path()).output().unwrap();
+    assert!(consume(&output, root.path()).is_some());
+    let output = command(&new, &services, root.path())
+        .env("NODOWS_FAULT_AFTER_RENAMES", "30")
+        .output()
+        .unwrap();
+    assert!(consume(&output, root.path()).is_none());
+    let journal = || {
+        nodows()
+            .args(["journal", "--json", "--root"])
+            .arg(root.path())
+            .output()
+            .unwrap()
+    };
+    let names = consume(&journal(), root.path()).unwrap();
+    assert_eq!(names.len(), SERVICES, "{names:?}");
+    let after = tree(root.path());
+    assert!(
+        after.keys().all(|path| !path.contains(".nodows-tmp")),
+        "{after:?}"
+    );
+    assert_eq!(after["etc/crash/3/svc010.conf"], b"new 10");
+    assert_eq!(consume(&journal(), root.path()), Some(Vec::new()));
 }

@@ -60,17 +60,44 @@ impl Appliance {
     }
 
     fn start_in(dir: TempDir, url: &str, server: &str, poll: &str) -> Appliance {
+        let command = format!(
+            "{} render --model {} --services {} --root {} --profile production --server {server}",
+            env!("CARGO_BIN_EXE_nodows"),
+            dir.path().join("var/lib/nodows/model.xml").display(),
+            repo().join("services").display(),
+            dir.path().join("root").display()
+        );
+        Appliance::spawn(dir, url, server, poll, &command, &[])
+    }
+
+    /// A watcher that applies in process (`--apply-root`); its command does
+    /// what initd does for `initctl render --applied`: `nodows journal`,
+    /// whose change sets are appended to `changes.jsonl`.
+    fn start_applying(url: &str, server: &str) -> Appliance {
+        let dir = TempDir::new(&format!("fleet-apply-{server}"));
+        let root = dir.path().join("root");
+        let command = format!(
+            "sh -c '{} journal --root {} --json >> {}'",
+            env!("CARGO_BIN_EXE_nodows"),
+            root.display(),
+            dir.path().join("changes.jsonl").display()
+        );
+        let apply = ["--apply-root".to_string(), root.display().to_string()];
+        Appliance::spawn(dir, url, server, "60s", &command, &apply)
+    }
+
+    fn spawn(
+        dir: TempDir,
+        url: &str,
+        server: &str,
+        poll: &str,
+        command: &str,
+        extra: &[String],
+    ) -> Appliance {
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
         let last_good = dir.path().join("var/lib/nodows/model.xml");
         let services = repo().join("services");
-        let command = format!(
-            "{} render --model {} --services {} --root {} --profile production --server {server}",
-            env!("CARGO_BIN_EXE_nodows"),
-            last_good.display(),
-            services.display(),
-            root.display()
-        );
         let log = std::fs::File::create(dir.path().join("watch.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nodows"))
             .args([
@@ -88,7 +115,8 @@ impl Appliance {
             .arg(&last_good)
             .arg("--status-file")
             .arg(dir.path().join("run/model-status.json"))
-            .args(["--command", &command, "--poll", poll, "--max-backoff", "1s"])
+            .args(["--command", command, "--poll", poll, "--max-backoff", "1s"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -174,6 +202,48 @@ impl Drop for Appliance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Guards the in-process apply (`nodows watch --apply-root`): the watcher
+/// writes the changed file itself and leaves the journal, whose change set
+/// (exactly the owner) its command (initd's `nodows journal`) reports once.
+#[test]
+fn an_in_process_apply_hands_exactly_the_owners_to_the_journal() {
+    let url = fleet_database("fleet_apply");
+    let pass = TempDir::new("pass-apply");
+    let a = Appliance::start_applying(&appliance_url(&url, "web01", pass.path()), "web01");
+    let changes = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(a.dir.path().join("changes.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let first = revision(&url);
+    a.wait_for_status(&url, first, "applied");
+    assert!(a.file("var/www/html/index.html").contains("nodows web01"));
+    let boot = changes();
+    assert_eq!(boot.len(), 1, "{boot:?}");
+    assert!(boot[0]["written"].as_array().unwrap().len() > 5, "{boot:?}");
+
+    let changed = execute(
+        &url,
+        "INSERT INTO nodows.value (server, service, key, value) VALUES ('web01', 'web', 'worker_processes', '5')",
+    );
+    a.wait_for_status(&url, changed, "applied");
+    assert!(a
+        .file("etc/nginx/nginx.conf")
+        .contains("worker_processes 5"));
+    assert_eq!(
+        changes()[1],
+        serde_json::json!({"written": ["/etc/nginx/nginx.conf"], "services": [{"name": "web", "action": "reload"}]})
+    );
+    assert!(!a
+        .dir
+        .path()
+        .join("root/var/lib/nodows/render-journal.json")
+        .exists());
+    assert!(a.log().contains("ran sh -c"), "{}", a.log());
 }
 
 fn revision(url: &str) -> i64 {

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod fleet;
 mod golden;
+mod incremental;
 mod keys;
 mod properties;
 mod support;

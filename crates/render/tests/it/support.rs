@@ -101,3 +101,19 @@ pub fn change_set(output: &Output) -> serde_json::Value {
     assert!(output.status.success(), "nodows failed: {}", stderr(output));
     serde_json::from_slice(&output.stdout).unwrap()
 }
+
+/// A small xorshift generator: a failing run replays from its seed.
+pub struct Random(pub u64);
+
+impl Random {
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound.max(1)
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
