@@ -11,6 +11,7 @@ mod ab;
 mod assemble;
 pub mod bmap;
 mod disk;
+mod fleet;
 mod freebsd;
 mod host;
 mod initrd;
@@ -95,6 +96,9 @@ pub struct Args {
     /// Build a <verified-boot/> profile without dm-verity, the RAM layers and signatures (the benchmark's baseline).
     #[arg(long)]
     pub without_verified_boot: bool,
+    /// The fleet's credentials: a pgpass file (host:port:database:role:password lines, mode 0600) outside the repository, installed as /etc/nodows/fleet.pgpass (mode 0600) and recorded nowhere else (not in manifest.json, the SBOM or the log).
+    #[arg(long, value_name = "PATH")]
+    pub secrets: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -133,6 +137,12 @@ fn build(args: Args) -> anyhow::Result<()> {
             ))
             .into());
         }
+        if args.secrets.is_some() {
+            return Err(BadInput(
+                "--secrets: FreeBSD images run no fleet watcher; leave the option out".to_owned(),
+            )
+            .into());
+        }
         return freebsd::build(&args, &source);
     }
     let apt_sources = host::AptSources::from_host();
@@ -155,6 +165,10 @@ fn build(args: Args) -> anyhow::Result<()> {
         print!("{}", plan.render());
         return Ok(());
     }
+    let secrets = match &args.secrets {
+        Some(path) => Some(fleet::read_secrets(path, &[&workspace_root(), &source])?),
+        None => None,
+    };
 
     let out_parent = args
         .out
@@ -262,9 +276,15 @@ fn build(args: Args) -> anyhow::Result<()> {
     ui.step("bake configs (nodows render)", |ui| {
         assemble::bake(ui, &plan, &binaries, &staging)
     })?;
+    if plan.fleet.is_some() || secrets.is_some() {
+        ui.step("fleet: remote and credentials", |_| {
+            fleet::install(staging.path(), plan.fleet.as_ref(), secrets.as_ref())
+        })?;
+    }
     let files = ui.step("clamp timestamps and hash every file", |_| {
         assemble::finish(&staging, Some(&base_tree), source_date_epoch)
     })?;
+    let files = fleet::without_secrets(files);
     let input_hash = manifest::input_hash(&base.key, &plan, source_date_epoch, &files);
     let output = ui::TempDir::create(&out_parent, &name)?;
     let layout = disk::Layout::new(&plan, &input_hash);

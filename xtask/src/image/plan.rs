@@ -72,6 +72,9 @@ pub struct Plan {
     pub users: Vec<User>,
     /// The model, relative to `source`.
     pub model: PathBuf,
+    /// `<fleet remote="..."/>` of the profile or the image: the fleet's
+    /// database on top of the baked model.
+    pub fleet: Option<super::fleet::Fleet>,
     /// The output formats, raw first (every other one is made from it).
     pub outputs: Vec<Format>,
 }
@@ -596,6 +599,7 @@ pub fn resolve_with(
             }
         }
     }
+    let fleet = super::fleet::of(&image_document, &profile_document, &mut problems.0);
     problems.into_result()?;
     let mut cmdline: Vec<&str> = cmdline.split_whitespace().collect();
     if verified_boot {
@@ -633,6 +637,7 @@ pub fn resolve_with(
         root_login,
         users,
         model,
+        fleet,
         outputs,
     })
 }
@@ -766,6 +771,17 @@ impl Plan {
             let _ = writeln!(out, "  {}", overlay.display());
         }
         let _ = writeln!(out, "model: {}", self.model.display());
+        let _ = match &self.fleet {
+            Some(fleet) => writeln!(
+                out,
+                "fleet: {} (credentials: the --secrets file as /etc/nodows/fleet.pgpass)",
+                fleet.remote
+            ),
+            None => writeln!(
+                out,
+                "fleet: none (the baked model; nodows.fleet= on the kernel command line names one)"
+            ),
+        };
         out
     }
 }
