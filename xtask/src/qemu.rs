@@ -167,6 +167,9 @@ pub struct VmConfig {
     pub agent: bool,
     /// Private links to other machines (a second, third... NIC each).
     pub links: Vec<Link>,
+    /// The SMBIOS system serial (`-smbios type=1,serial=`), which an
+    /// appliance without `nodows.server=` takes as its server id.
+    pub smbios_serial: Option<String>,
     /// Where the work directory is created.
     pub work_root: PathBuf,
 }
@@ -250,6 +253,7 @@ impl VmConfig {
             forwards: Vec::new(),
             agent: true,
             links: Vec::new(),
+            smbios_serial: None,
             work_root: work_root.to_path_buf(),
         }
     }
@@ -730,6 +734,9 @@ fn qemu_args(
         netdev.push_str(&forward.hostfwd());
     }
     push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+    if let Some(serial) = &config.smbios_serial {
+        push(&["-smbios", &format!("type=1,serial={serial}")]);
+    }
     // Each link: tunnel <-> hub <-> NIC (eth1, eth2... in the guest).
     for (hub, link) in config.links.iter().enumerate() {
         let id = &link.id;
