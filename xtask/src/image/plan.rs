@@ -70,7 +70,8 @@ pub struct Plan {
     pub root_login: RootLogin,
     /// Accounts added to the image (password locked; SSH keys only).
     pub users: Vec<User>,
-    /// The model, relative to `source`.
+    /// The model (XML, or SQLite by the name's `.sqlite`/`.sqlite3`/`.db`,
+    /// exported to XML at build time), relative to `source`.
     pub model: PathBuf,
     /// `<fleet remote="..."/>` of the profile or the image: the fleet's
     /// database on top of the baked model.
