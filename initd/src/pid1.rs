@@ -591,6 +591,7 @@ pub fn final_kill_and_sync(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
