@@ -486,8 +486,9 @@ fn boot_fleet(image: &BuiltImage, work_root: &Path, accel: Accel) -> anyhow::Res
     Ok(fleet)
 }
 
-/// UPDATE of a's title: a's page shows it, web reloaded on a (same pid,
-/// new workers), nothing else on a and nothing at all on b restarted.
+/// a's title and worker_processes in one commit: a's page shows the
+/// title, web reloaded on a (same pid, two new workers), nothing else on a
+/// and nothing at all on b restarted or reloaded.
 fn check_one_server_change(fleet: &mut Fleet) -> anyhow::Result<()> {
     let before: BTreeMap<&str, _> =
         [("a", fleet.services("a")?), ("b", fleet.services("b")?)].into();
@@ -495,8 +496,13 @@ fn check_one_server_change(fleet: &mut Fleet) -> anyhow::Result<()> {
     let workers_b = fleet.nginx_workers("b")?;
     let title = "a, renamed in PostgreSQL";
     let started = Instant::now();
+    // One revision: the title (the page, which nginx serves without a
+    // reload) and worker_processes (nginx.conf, on-change reload).
     let revision = fleet.database.sql(&format!(
-        "UPDATE nodows.value SET value = '{title}' WHERE server = 'a' AND service = 'web' AND key = 'title'"
+        "BEGIN;
+         UPDATE nodows.value SET value = '{title}' WHERE server = 'a' AND service = 'web' AND key = 'title';
+         INSERT INTO nodows.value (server, service, key, value) VALUES ('a', 'web', 'worker_processes', '2');
+         COMMIT"
     ))?;
     fleet.wait_for_page("a", title)?;
     eprintln!(
@@ -506,9 +512,13 @@ fn check_one_server_change(fleet: &mut Fleet) -> anyhow::Result<()> {
     fleet
         .database
         .wait_applied("a", revision, SERVICE_TIMEOUT)?;
+    let workers = fleet.nginx_workers("a")?;
     ensure!(
-        fleet.nginx_workers("a")? != workers_a,
-        "a's nginx was not reloaded (same workers)"
+        workers.split_whitespace().count() == 2
+            && workers
+                .split_whitespace()
+                .all(|worker| !workers_a.split_whitespace().any(|old| old == worker)),
+        "a's nginx was not reloaded into 2 new workers: before {workers_a:?}, after {workers:?}"
     );
     ensure!(
         fleet.services("a")? == before["a"],
@@ -635,7 +645,7 @@ pub fn run(
         });
     };
     on_fleet(
-        "e2e 3 fleet pair: a key of a reloads a's web only; b restarts nothing",
+        "e2e 3 fleet pair: keys of a reload a's web only and its page shows them; b restarts nothing",
         check_one_server_change,
     );
     on_fleet(
