@@ -620,6 +620,22 @@ fn check_refusal(fleet: &mut Fleet) -> anyhow::Result<()> {
     fleet.database.wait_applied("a", restored, SERVICE_TIMEOUT)
 }
 
+/// Neither appliance's serial console ever showed a password of the
+/// secrets file.
+fn check_consoles_hold_no_secret(fleet: &mut Fleet) -> anyhow::Result<()> {
+    let passwords = secret_passwords(&secrets_file()?)?;
+    for server in SERVERS {
+        let console = fleet.vm(server)?.console_text();
+        ensure!(
+            !passwords
+                .iter()
+                .any(|password| console.contains(password.as_str())),
+            "{server}'s serial console shows a password of the secrets file"
+        );
+    }
+    Ok(())
+}
+
 /// The steps on the production pair.
 pub fn run(
     runner: &mut Runner,
@@ -661,7 +677,10 @@ pub fn run(
         check_refusal,
     );
     on_fleet(
-        "e2e 3 fleet pair: SSH refuses passwords on the fleet appliance",
-        |fleet| super::check_ssh_refuses_passwords(fleet.vm("a")?),
+        "e2e 3 fleet pair: SSH refuses passwords; no secret on either serial console",
+        |fleet| {
+            super::check_ssh_refuses_passwords(fleet.vm("a")?)?;
+            check_consoles_hold_no_secret(fleet)
+        },
     );
 }
