@@ -225,6 +225,10 @@ impl FleetDatabase {
 
     fn ask(&mut self, command: &str) -> anyhow::Result<String> {
         use std::io::Write;
+        ensure!(
+            !command.contains('\n'),
+            "fleet_host reads one command per line: {command:?}"
+        );
         let input = self
             .input
             .as_mut()
@@ -499,9 +503,9 @@ fn check_one_server_change(fleet: &mut Fleet) -> anyhow::Result<()> {
     // One revision: the title (the page, which nginx serves without a
     // reload) and worker_processes (nginx.conf, on-change reload).
     let revision = fleet.database.sql(&format!(
-        "BEGIN;
-         UPDATE nodows.value SET value = '{title}' WHERE server = 'a' AND service = 'web' AND key = 'title';
-         INSERT INTO nodows.value (server, service, key, value) VALUES ('a', 'web', 'worker_processes', '2');
+        "BEGIN; \
+         UPDATE nodows.value SET value = '{title}' WHERE server = 'a' AND service = 'web' AND key = 'title'; \
+         INSERT INTO nodows.value (server, service, key, value) VALUES ('a', 'web', 'worker_processes', '2'); \
          COMMIT"
     ))?;
     fleet.wait_for_page("a", title)?;
