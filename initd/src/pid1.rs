@@ -14,6 +14,9 @@ pub struct CommandLine {
     pub slot: Option<String>,
     /// `nodows.trial-timeout=SECONDS`.
     pub trial_timeout: Option<u64>,
+    /// `nodows.fleet=postgres://...`: the fleet's model database, in place
+    /// of the image's `/etc/nodows/fleet`.
+    pub fleet: Option<String>,
 }
 
 pub fn parse_command_line(text: &str) -> CommandLine {
@@ -27,6 +30,8 @@ pub fn parse_command_line(text: &str) -> CommandLine {
             command_line.slot = Some(slot.to_string());
         } else if let Some(seconds) = word.strip_prefix("nodows.trial-timeout=") {
             command_line.trial_timeout = seconds.parse().ok();
+        } else if let Some(fleet) = word.strip_prefix("nodows.fleet=") {
+            command_line.fleet = Some(fleet.to_string());
         }
     }
     command_line
@@ -78,6 +83,45 @@ pub fn server_from_serial(serial: &str) -> Option<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     (word && !placeholder).then(|| serial.to_string())
+}
+
+/// The appliance's server id below `root` (`/` on the appliance):
+/// `nodows.server=` on the kernel command line, else the SMBIOS system
+/// serial (one image serves many machines), else the image's
+/// `/etc/nodows/server-id`. initd and `nodows watch` agree through this.
+pub fn server_id(command_line: &CommandLine, root: &std::path::Path) -> Option<String> {
+    let under_root = |path: &str| root.join(path.trim_start_matches('/'));
+    command_line
+        .server
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string(under_root(SMBIOS_SERIAL))
+                .ok()
+                .and_then(|serial| server_from_serial(&serial))
+        })
+        .or_else(|| first_word(&under_root(SERVER_ID_FILE)))
+}
+
+/// The image's own server id, when it was built for one machine.
+pub const SERVER_ID_FILE: &str = "/etc/nodows/server-id";
+/// The profile's mode, written by the image builder.
+pub const MODE_FILE: &str = "/etc/nodows/mode";
+
+/// The boot's mode below `root`: `nodows.mode=`, else the image's
+/// `/etc/nodows/mode`, else `production`.
+pub fn boot_mode(command_line: &CommandLine, root: &std::path::Path) -> String {
+    command_line
+        .mode
+        .clone()
+        .or_else(|| first_word(&root.join(MODE_FILE.trim_start_matches('/'))))
+        .unwrap_or_else(|| "production".to_string())
+}
+
+/// The first whitespace-separated word of a file.
+pub fn first_word(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
 }
 
 #[cfg(target_os = "linux")]
@@ -567,6 +611,7 @@ pub fn final_kill_and_sync(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -652,5 +697,37 @@ mod tests {
         assert_eq!(parsed.slot.as_deref(), Some("b"));
         assert_eq!(parsed.trial_timeout, Some(60));
         assert_eq!(parse_command_line("quiet"), CommandLine::default());
+        let parsed =
+            parse_command_line("quiet nodows.fleet=postgres://r@10.0.2.2:5432/f?sslmode=disable");
+        assert_eq!(
+            parsed.fleet.as_deref(),
+            Some("postgres://r@10.0.2.2:5432/f?sslmode=disable")
+        );
+    }
+
+    #[test]
+    fn server_id_comes_from_the_command_line_then_the_serial_then_the_image() {
+        let root = std::env::temp_dir().join(format!("initd-server-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dmi = root.join(SMBIOS_SERIAL.trim_start_matches('/'));
+        std::fs::create_dir_all(dmi.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(root.join("etc/nodows")).unwrap();
+        std::fs::write(root.join("etc/nodows/server-id"), "web01\n").unwrap();
+        let none = CommandLine::default();
+        assert_eq!(server_id(&none, &root).as_deref(), Some("web01"));
+        std::fs::write(&dmi, "Not Specified\n").unwrap();
+        assert_eq!(server_id(&none, &root).as_deref(), Some("web01"));
+        std::fs::write(&dmi, "a\n").unwrap();
+        assert_eq!(server_id(&none, &root).as_deref(), Some("a"));
+        let given = parse_command_line("nodows.server=b");
+        assert_eq!(server_id(&given, &root).as_deref(), Some("b"));
+        assert_eq!(boot_mode(&none, &root), "production");
+        std::fs::write(root.join("etc/nodows/mode"), "test\n").unwrap();
+        assert_eq!(boot_mode(&none, &root), "test");
+        assert_eq!(
+            boot_mode(&parse_command_line("nodows.mode=dev"), &root),
+            "dev"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

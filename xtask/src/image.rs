@@ -15,6 +15,7 @@ mod backend;
 pub mod bmap;
 mod debian;
 mod disk;
+mod fleet;
 mod freebsd;
 mod host;
 mod initrd;
@@ -105,6 +106,9 @@ pub struct Args {
     /// Build a <verified-boot/> profile without dm-verity, the RAM layers and signatures (the benchmark's baseline).
     #[arg(long)]
     pub without_verified_boot: bool,
+    /// The fleet's credentials: a pgpass file (host:port:database:role:password lines, mode 0600) outside the repository, installed as /etc/nodows/fleet.pgpass (mode 0600) and recorded nowhere else (not in manifest.json, the SBOM or the log).
+    #[arg(long, value_name = "PATH")]
+    pub secrets: Option<PathBuf>,
 }
 
 /// `modelcheck::check` for `cargo xtask check`: how many renders ran and
@@ -157,6 +161,10 @@ fn build(args: Args) -> anyhow::Result<()> {
     crate::check::check(&source, &args.image, &args.profile, args.plan)?;
     match Os::of(&source, &args.image) {
         Os::Debian => debian::build(&args, &source),
+        Os::Freebsd if args.secrets.is_some() => Err(BadInput(
+            "--secrets: FreeBSD images run no fleet watcher; leave the option out".to_owned(),
+        )
+        .into()),
         Os::Freebsd => freebsd::build(&args, &source),
     }
 }

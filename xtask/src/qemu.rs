@@ -172,6 +172,9 @@ pub struct VmConfig {
     /// An empty PCIe root port (`HOTPLUG_PORT`) that `Vm::hotplug_nic`
     /// plugs a NIC into (q35 hot-plugs only below a root port).
     pub hotplug_port: bool,
+    /// The SMBIOS system serial (`-smbios type=1,serial=`), which an
+    /// appliance without `nodows.server=` takes as its server id.
+    pub smbios_serial: Option<String>,
     /// Where the work directory is created.
     pub work_root: PathBuf,
 }
@@ -256,6 +259,7 @@ impl VmConfig {
             agent: true,
             links: Vec::new(),
             hotplug_port: false,
+            smbios_serial: None,
             work_root: work_root.to_path_buf(),
         }
     }
@@ -736,6 +740,9 @@ fn qemu_args(
         netdev.push_str(&forward.hostfwd());
     }
     push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+    if let Some(serial) = &config.smbios_serial {
+        push(&["-smbios", &format!("type=1,serial={serial}")]);
+    }
     // Each link: tunnel <-> hub <-> NIC (eth1, eth2... in the guest).
     for (hub, link) in config.links.iter().enumerate() {
         let id = &link.id;

@@ -285,6 +285,67 @@ fn a_bad_ab_layout_is_bad_input() {
     );
 }
 
+/// Credentials inside the checkout (where they could be committed), or
+/// readable by others, stop the build before anything slow with the file
+/// and what to do, never with their content; a `<fleet remote>` with a
+/// password in it is refused as bad input naming the profile's line.
+#[test]
+fn secrets_inside_the_repository_and_passwords_in_a_url_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = Scratch::new("secrets");
+    let out = scratch.path("out");
+    let inside = workspace().join("target/nodows-secrets-test.pgpass");
+    std::fs::write(&inside, "*:*:*:nodows_a:s3cret-inside\n").unwrap();
+    std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let readable =
+        std::env::temp_dir().join(format!("nodows-secrets-readable-{}", std::process::id()));
+    std::fs::write(&readable, "*:*:*:nodows_a:s3cret-readable\n").unwrap();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (secrets, expected) in [
+        (&inside, "lies inside the repository"),
+        (&readable, "is readable by group or others; chmod 600 it"),
+    ] {
+        let output = xtask(&[
+            "--source",
+            scratch.source(),
+            "--profile",
+            "production",
+            "--out",
+            out.to_str().unwrap(),
+            "--no-install",
+            "--secrets",
+            secrets.to_str().unwrap(),
+        ]);
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert!(!out.join("debian-production").exists());
+    }
+    std::fs::remove_file(&inside).unwrap();
+    std::fs::remove_file(&readable).unwrap();
+    scratch.edit(
+        "profiles/production.xml",
+        "<cmdline>quiet</cmdline>",
+        "<cmdline>quiet</cmdline>\n  <fleet remote=\"postgres://nodows_a:pw@db:5432/fleet\"/>",
+    );
+    let output = xtask(&[
+        "--source",
+        scratch.source(),
+        "--profile",
+        "production",
+        "--plan",
+    ]);
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "profiles/production.xml:9: <fleet remote=\"...\">: the URL holds a password"
+        ),
+        "{stderr}"
+    );
+}
+
 /// A service package Debian does not have stops the build before any slow
 /// step, naming the service file; nothing is written to the output.
 #[test]

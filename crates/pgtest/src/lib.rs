@@ -253,12 +253,17 @@ impl Cluster {
         name
     }
 
-    /// Stops the server (fast shutdown, then SIGKILL after 10 s) and removes
-    /// its directory. Idempotent.
-    pub fn stop(&self) {
-        if self.stopped.swap(true, Ordering::SeqCst) {
-            return;
-        }
+    /// Stops the server (fast shutdown) and keeps its data: [`resume`]
+    /// starts it again on the same port, as an outage of the database
+    /// server looks to its clients.
+    ///
+    /// [`resume`]: Cluster::resume
+    pub fn halt(&mut self) {
+        self.shut_down();
+    }
+
+    /// Fast shutdown of the server, SIGKILL after 10 s.
+    fn shut_down(&self) {
         // SAFETY: signals a child this process started.
         unsafe { libc::kill(self.pid, libc::SIGINT) };
         let started = Instant::now();
@@ -270,6 +275,34 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts a [`halt`]ed server again on its port and waits until it
+    /// answers.
+    ///
+    /// [`halt`]: Cluster::halt
+    pub fn resume(&mut self) -> Result<(), String> {
+        let exited = Arc::new(AtomicBool::new(false));
+        self.pid = spawn_server(
+            &self.bin,
+            &self.dir.join("data"),
+            &self.dir.join("tls"),
+            self.port,
+            unprivileged_account()?,
+            &self.dir,
+            exited.clone(),
+        )?;
+        self.exited = exited;
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// Stops the server (fast shutdown, then SIGKILL after 10 s) and removes
+    /// its directory. Idempotent.
+    pub fn stop(&self) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.shut_down();
         if let Some(base) = self.dir.parent() {
             let _ = std::fs::copy(
                 self.dir.join("postgres.log"),

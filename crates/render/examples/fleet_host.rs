@@ -1,15 +1,23 @@
-//! The host's side of the end-to-end fleet test (xtask/src/test/e2e.rs):
-//! a real PostgreSQL 15 (`pgtest`) with the schema, the demo model and one
-//! appliance role, driven over stdin so that the xtask needs no database
-//! client of its own.
+//! The host's side of the end-to-end fleet tests (xtask/src/test/e2e.rs,
+//! e2e/fleet.rs): a real PostgreSQL 15 (`pgtest`) with the schema, the demo
+//! model and one appliance role per server, driven over stdin so that the
+//! xtask needs no database client of its own.
 //!
-//! `fleet_host SERVER DIR` prints `port N`, `role NAME`, `password PW` and
-//! `ready`, then reads commands, one per line, and answers each with one
-//! line:
+//! `fleet_host DIR SERVER... [--passfile PATH]` makes role
+//! `nodows_e2e_SERVER` for each server (its password from the pgpass file's
+//! line for that role, else a new one), adds each server to the model
+//! (a server it does not have with web's title `fleet appliance SERVER`), and
+//! prints `port N`, `database NAME`, per server `role SERVER NAME` and,
+//! for a new password only, `password SERVER PW`, then `ready`; then it
+//! reads commands, one per line, and answers each with one line:
 //! - `sql STATEMENT` runs it as the superuser: `ok REVISION` (the current
 //!   revision afterwards) or `error MESSAGE`;
-//! - `status` prints the appliance's status row: `status REVISION RESULT`
-//!   or `status none`.
+//! - `query STATEMENT`: `value TEXT`, the first column of the first row
+//!   (cast it to text), or `error MESSAGE`;
+//! - `status SERVER` prints its status row: `status REVISION RESULT ERROR`
+//!   or `status none`;
+//! - `halt` stops PostgreSQL (its data kept), `resume` starts it again on
+//!   the same port: `ok` or `error MESSAGE`.
 //!
 //! End of input stops the server and removes DIR.
 
@@ -18,15 +26,24 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(server), Some(dir)) = (args.next(), args.next()) else {
-        eprintln!("usage: fleet_host SERVER DIR");
-        std::process::exit(2);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let passfile = match args.iter().position(|arg| arg == "--passfile") {
+        Some(at) if at + 1 < args.len() => {
+            let path = PathBuf::from(args.remove(at + 1));
+            args.remove(at);
+            Some(path)
+        }
+        _ => None,
     };
-    let dir = PathBuf::from(dir);
+    if args.len() < 2 {
+        eprintln!("usage: fleet_host DIR SERVER... [--passfile PATH]");
+        std::process::exit(2);
+    }
+    let dir = PathBuf::from(&args[0]);
+    let servers = args[1..].to_vec();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let cluster = pgtest::Cluster::start(&dir.join("pgtest")).unwrap_or_else(|e| {
+    let mut cluster = pgtest::Cluster::start(&dir.join("pgtest")).unwrap_or_else(|e| {
         eprintln!("fleet_host: {e}");
         std::process::exit(1);
     });
@@ -37,24 +54,53 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model = model::Model::load(repo.join("models/default.xml").to_str().unwrap()).unwrap();
     pg::write(&mut admin, "fleet", &model, "e2e: the demo model").unwrap();
-    let role = format!(
-        "{database}_{}",
-        server.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-    );
-    let password = format!("e2e{}", std::process::id());
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE nodows_appliance;
-             INSERT INTO nodows.appliance (server, role, profiles)
-             VALUES ('{server}', '{role}', '{{dev,test,production,failover}}');"
-        ))
-        .unwrap();
+    let known = passfile
+        .as_deref()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .unwrap_or_default();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     writeln!(out, "port {}", cluster.port).unwrap();
     writeln!(out, "database {database}").unwrap();
-    writeln!(out, "role {role}").unwrap();
-    writeln!(out, "password {password}").unwrap();
+    for server in &servers {
+        let role = format!(
+            "nodows_e2e_{}",
+            server.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
+        let given = known.lines().find_map(|line| {
+            let fields: Vec<&str> = line.splitn(5, ':').collect();
+            (fields.len() == 5 && fields[3] == role).then(|| fields[4].to_string())
+        });
+        let password = given
+            .clone()
+            .unwrap_or_else(|| format!("e2e{}", std::process::id()));
+        let known_server = admin
+            .query_opt("SELECT 1 FROM nodows.server WHERE id = $1", &[server])
+            .unwrap()
+            .is_some();
+        if !known_server {
+            admin
+                .batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO nodows.server (id) VALUES ('{server}');
+                     INSERT INTO nodows.value (server, service, key, value)
+                     VALUES ('{server}', 'web', 'title', 'fleet appliance {server}');
+                     COMMIT;"
+                ))
+                .unwrap();
+        }
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE nodows_appliance;
+                 INSERT INTO nodows.appliance (server, role, profiles)
+                 VALUES ('{server}', '{role}', '{{dev,test,production,failover}}');"
+            ))
+            .unwrap();
+        writeln!(out, "role {server} {role}").unwrap();
+        if given.is_none() {
+            writeln!(out, "password {server} {password}").unwrap();
+        }
+    }
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     for line in std::io::stdin().lock().lines() {
@@ -67,19 +113,43 @@ fn main() {
                 ),
                 Err(e) => format!("error {}", pg::describe(&e).replace('\n', " ")),
             },
-            _ if line == "status" => match admin
+            Some(("query", statement)) => match admin.query(statement, &[]) {
+                Ok(rows) => format!(
+                    "value {}",
+                    rows.first()
+                        .and_then(|row| row.get::<_, Option<String>>(0))
+                        .unwrap_or_default()
+                ),
+                Err(e) => format!("error {}", pg::describe(&e).replace('\n', " ")),
+            },
+            Some(("status", server)) => match admin
                 .query_opt(
-                    "SELECT revision, result FROM nodows.status WHERE server = $1",
+                    "SELECT revision, result, error FROM nodows.status WHERE server = $1",
                     &[&server],
                 )
                 .unwrap()
             {
                 Some(row) => format!(
-                    "status {} {}",
+                    "status {} {} {}",
                     row.get::<_, i64>(0),
-                    row.get::<_, String>(1)
+                    row.get::<_, String>(1),
+                    row.get::<_, String>(2).replace('\n', " ")
                 ),
                 None => "status none".to_string(),
+            },
+            _ if line == "halt" => {
+                cluster.halt();
+                "ok".to_string()
+            }
+            _ if line == "resume" => match cluster.resume() {
+                Ok(()) => match pg::connect(&url) {
+                    Ok(client) => {
+                        admin = client;
+                        "ok".to_string()
+                    }
+                    Err(e) => format!("error {e}"),
+                },
+                Err(e) => format!("error {}", e.replace('\n', " ")),
             },
             _ => format!("error unknown command: {line}"),
         };

@@ -6,6 +6,7 @@
 //! [`sync`] is the one module that touches the target root: it diffs the
 //! staged files against it and writes only what changed, atomically.
 
+pub mod appliance;
 pub mod fleet;
 pub mod golden;
 pub mod incremental;

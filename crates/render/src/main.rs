@@ -8,6 +8,7 @@
 //! nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH
 //!              --command "PROGRAM ARGS" [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s]
 //!              [--apply-root DIR]
+//! nodows watch --appliance --command "PROGRAM ARGS" [...]   (the image's model sources, see appliance.rs)
 //! nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
 //! nodows keys --services DIR --reference
 //! nodows update FILE|http://HOST/PATH [--tries N]
@@ -58,6 +59,7 @@ const USAGE: &str = "usage:
   nodows watch --model PATH|sqlite:PATH --command \"PROGRAM ARGS\" [--debounce 200ms] [--poll 60s]
   nodows watch --model postgres://... --server ID --profile P --services DIR --last-good PATH --command \"PROGRAM ARGS\"
                [--status-file PATH] [--poll 60s] [--debounce 50ms] [--max-backoff 30s] [--apply-root DIR]
+  nodows watch --appliance --command \"PROGRAM ARGS\" [--apply-root DIR] [...]   (the image's base model or its fleet)
   nodows keys --model PATH|sqlite:PATH --services DIR --profile P [--server ID] [--service NAME]...
   nodows keys --services DIR --reference
   nodows update FILE|http://HOST/PATH [--tries N]
@@ -378,8 +380,7 @@ fn keys_command(args: &[String]) -> Result<(), Failure> {
 fn watch_command(args: &[String]) -> Result<(), Failure> {
     let mut with_value = vec!["--model", "--command", "--debounce", "--poll"];
     with_value.extend(POSTGRES_WATCH_OPTIONS);
-    let arguments = Arguments::parse(args, &with_value, &[])?;
-    let model_spec = arguments.required("--model")?;
+    let arguments = Arguments::parse(args, &with_value, &["--appliance"])?;
     let command = render::watch::split_command(&arguments.required("--command")?)
         .map_err(|e| Usage(e.to_string()))?;
     let duration =
@@ -393,26 +394,84 @@ fn watch_command(args: &[String]) -> Result<(), Failure> {
                 }),
             }
         };
-    let debounce = duration("--debounce", Some("200ms"))?.unwrap_or_default();
-    if model::postgres::is_postgres(&model_spec) {
-        let options = render::fleet::Options {
-            spec: model_spec,
-            server: arguments.required("--server")?,
-            profile: arguments.required("--profile")?,
-            services_dir: PathBuf::from(arguments.required("--services")?),
-            last_good: PathBuf::from(arguments.required("--last-good")?),
+    let fleet_options = |spec: String,
+                         server: String,
+                         profile: String,
+                         services_dir: PathBuf,
+                         last_good: PathBuf|
+     -> Result<render::fleet::Options, Failure> {
+        Ok(render::fleet::Options {
+            spec,
+            server,
+            profile,
+            services_dir,
+            last_good,
             status_file: arguments
                 .one("--status-file")?
                 .map(PathBuf::from)
                 .unwrap_or_else(render::fleet::default_status_file),
-            command,
+            command: command.clone(),
             debounce: duration("--debounce", Some("50ms"))?.unwrap_or_default(),
             poll: duration("--poll", Some("60s"))?.unwrap_or_default(),
             max_backoff: duration("--max-backoff", Some("30s"))?.unwrap_or_default(),
             apply_root: arguments.one("--apply-root")?.map(PathBuf::from),
-        };
+        })
+    };
+    let run_fleet = |options: render::fleet::Options| -> Result<(), Failure> {
         render::fleet::check_options(&options).map_err(Failure::Other)?;
-        return render::fleet::watch(&options).map_err(Failure::Other);
+        render::fleet::watch(&options).map_err(Failure::Other)
+    };
+    let model_spec = if arguments.flag("--appliance") {
+        for given in [
+            "--model",
+            "--server",
+            "--profile",
+            "--services",
+            "--last-good",
+        ] {
+            if arguments.one(given)?.is_some() {
+                return Err(Failure::Usage(Usage(format!(
+                    "{given} and --appliance exclude each other: --appliance takes the model sources from the image and the kernel command line"
+                ))));
+            }
+        }
+        let command_line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let sources = render::appliance::resolve(std::path::Path::new("/"), &command_line)
+            .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;
+        eprintln!(
+            "nodows watch: model sources: {}",
+            render::appliance::describe(&sources)
+        );
+        match sources {
+            render::appliance::Sources::Fleet {
+                remote,
+                server,
+                profile,
+                services_dir,
+                last_good,
+            } => {
+                return run_fleet(fleet_options(
+                    remote,
+                    server,
+                    profile,
+                    services_dir,
+                    last_good,
+                )?)
+            }
+            render::appliance::Sources::Base { model } => model.display().to_string(),
+        }
+    } else {
+        arguments.required("--model")?
+    };
+    if model::postgres::is_postgres(&model_spec) {
+        let options = fleet_options(
+            model_spec,
+            arguments.required("--server")?,
+            arguments.required("--profile")?,
+            PathBuf::from(arguments.required("--services")?),
+            PathBuf::from(arguments.required("--last-good")?),
+        )?;
+        return run_fleet(options);
     }
     for postgres_only in POSTGRES_WATCH_OPTIONS {
         if arguments.one(postgres_only)?.is_some() {
@@ -426,7 +485,7 @@ fn watch_command(args: &[String]) -> Result<(), Failure> {
     render::watch::watch(&render::watch::Options {
         model,
         command,
-        debounce,
+        debounce: duration("--debounce", Some("200ms"))?.unwrap_or_default(),
         poll,
     })
     .map_err(Failure::Other)

@@ -108,12 +108,6 @@ fn parse_arguments(arguments: &[String], pid1: bool) -> Parsed {
     }
 }
 
-fn read_word(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_string))
-}
-
 fn check_command(options: &Options) -> i32 {
     let definitions = match servicedef::load_dir(&options.services) {
         Ok(definitions) => definitions,
@@ -252,32 +246,15 @@ fn main() {
     for line in early_messages {
         console.line(&line);
     }
-    let mode = options
-        .mode
-        .clone()
-        .or(command_line.mode.clone())
-        .or_else(|| {
-            if pid1 {
-                read_word("/etc/nodows/mode")
-            } else {
-                None
-            }
-        })
-        .unwrap_or_else(|| "production".to_string());
+    let mode = match (&options.mode, pid1) {
+        (Some(mode), _) => mode.clone(),
+        (None, true) => pid1::boot_mode(&command_line, std::path::Path::new("/")),
+        (None, false) => "production".to_string(),
+    };
     // The server id: nodows.server= on the kernel command line, else the
-    // SMBIOS system serial (one image serves many machines), else the
-    // image's /etc/nodows/server-id.
-    if options.server.is_none() {
-        options.server = command_line.server.clone().or_else(|| {
-            if pid1 {
-                std::fs::read_to_string(pid1::SMBIOS_SERIAL)
-                    .ok()
-                    .and_then(|serial| pid1::server_from_serial(&serial))
-                    .or_else(|| read_word("/etc/nodows/server-id"))
-            } else {
-                None
-            }
-        });
+    // SMBIOS system serial, else the image's /etc/nodows/server-id.
+    if options.server.is_none() && pid1 {
+        options.server = pid1::server_id(&command_line, std::path::Path::new("/"));
     }
     // The model: as PID 1 with no --model, the fleet watcher's last-good
     // model whenever there is one (each render looks again), else the

@@ -320,11 +320,7 @@ pub fn install_files(plan: &Plan, staging: &Staging, source_date_epoch: u64) -> 
             &services_dir.join(&service.name),
         )?;
     }
-    install(
-        &plan.source.join(&plan.model),
-        &staging.join("etc/nodows/model.xml"),
-        0o644,
-    )?;
+    install_model(plan, staging)?;
     write(
         &staging.join("etc/nodows/mode"),
         &format!("{}\n", plan.mode),
@@ -434,6 +430,40 @@ pub fn install_boot_files(
         vmlinuz,
         initrd,
     })
+}
+
+/// Whether the image's `<model path>` is an SQLite database (by its name).
+pub fn is_sqlite_model(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|extension| extension.to_str()),
+        Some("sqlite" | "sqlite3" | "db")
+    )
+}
+
+/// The baked base model, `/etc/nodows/model.xml`: the image's XML model
+/// as it is, or its SQLite model exported to XML by the freshly built
+/// renderer (`nodows model export`, the image's own `/usr/bin/nodows`,
+/// placed before the files), so that the appliance reads one form.
+fn install_model(plan: &Plan, staging: &Staging) -> anyhow::Result<()> {
+    let from = plan.source.join(&plan.model);
+    let to = staging.join("etc/nodows/model.xml");
+    if !is_sqlite_model(&plan.model) {
+        return install(&from, &to, 0o644);
+    }
+    let nodows = staging.join("usr/bin/nodows");
+    anyhow::ensure!(
+        nodows.is_file(),
+        "an SQLite model needs the renderer to export it, and {} is missing",
+        nodows.display()
+    );
+    let sh = Shell::new()?;
+    let source = format!("sqlite:{}", from.display());
+    cmd!(sh, "{nodows} model export --model {source} --to {to}")
+        .quiet()
+        .run()
+        .with_context(|| format!("{}: cannot export the SQLite model", from.display()))?;
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }
 
 /// Appends a line as a new file with the old one's mode and owner (never
@@ -693,6 +723,52 @@ fn hash_tree(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An image whose `<model path>` is an SQLite database carries the
+    /// same model as XML: the renderer exports it at build time.
+    #[test]
+    fn an_sqlite_model_is_baked_as_xml() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--package", "render", "--bin", "nodows"])
+            .current_dir(workspace)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p render --bin nodows");
+        let nodows = super::super::host::cargo_target_dir(workspace)
+            .unwrap()
+            .join("debug/nodows");
+        let dir = std::env::temp_dir().join(format!("nodows-sqlite-model-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let database = dir.join("model.db");
+        let status = std::process::Command::new(&nodows)
+            .args(["model", "import", "--model"])
+            .arg(format!("sqlite:{}", database.display()))
+            .arg("--from")
+            .arg(workspace.join("models/default.xml"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut plan = super::super::plan::resolve(workspace, "debian", "dev", Vec::new()).unwrap();
+        plan.model = database.clone();
+        let staging = Staging::create("sqlite-model-test").unwrap();
+        std::fs::create_dir_all(staging.join("etc/nodows")).unwrap();
+        // The renderer is placed before the files, as place_binaries does.
+        install(&nodows, &staging.join("usr/bin/nodows"), 0o755).unwrap();
+        install_model(&plan, &staging).unwrap();
+        let baked = std::fs::read_to_string(staging.join("etc/nodows/model.xml")).unwrap();
+        assert!(
+            baked.starts_with("<?xml") || baked.starts_with("<model"),
+            "{baked}"
+        );
+        assert!(baked.contains("<server id=\"web01\">"), "{baked}");
+        assert!(
+            baked.contains("<key name=\"gateway\">10.0.2.2</key>"),
+            "{baked}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The staging tree shares the extracted base's inodes: a file written
     /// through its link would change the base for every later build, so the

@@ -11,11 +11,12 @@ use super::ab::{self, UpdateSettings};
 use super::assemble::{self, Assembled, BaseTree, Binaries, FileEntry, Staging};
 use super::backend::{Build, OsBackend};
 use super::disk::{self, Layout};
+use super::fleet::{self, Secrets};
 use super::host::{self, AptSources};
 use super::plan::{self, Plan};
 use super::secureboot::{self, SigningKeys};
 use super::ui::Ui;
-use super::{manifest, rootfs, Args};
+use super::{manifest, rootfs, workspace_root, Args};
 
 /// A Debian image of one profile: its plan and the options of the command line.
 pub struct Debian {
@@ -27,6 +28,8 @@ pub struct Debian {
     signing_key: Option<PathBuf>,
     secure_boot_key: Option<PathBuf>,
     secure_boot_cert: Option<PathBuf>,
+    /// `--secrets`: the fleet's credentials, read and checked at once.
+    secrets: Option<Secrets>,
 }
 
 /// What the host checks found.
@@ -60,7 +63,12 @@ impl Debian {
         if !args.format.is_empty() {
             plan.outputs = plan::normalize_outputs(&args.format);
         }
+        let secrets = match &args.secrets {
+            Some(path) => Some(fleet::read_secrets(path, &[&workspace_root(), source])?),
+            None => None,
+        };
         Ok(Debian {
+            secrets,
             plan,
             apt_sources,
             no_install: args.no_install,
@@ -228,6 +236,16 @@ impl OsBackend for Debian {
     ) -> anyhow::Result<()> {
         ui.step("bake configs (nodows render)", |ui| {
             assemble::bake(ui, &self.plan, binaries, staging)
+        })?;
+        if self.plan.fleet.is_none() && self.secrets.is_none() {
+            return Ok(());
+        }
+        ui.step("fleet: remote and credentials", |_| {
+            fleet::install(
+                staging.path(),
+                self.plan.fleet.as_ref(),
+                self.secrets.as_ref(),
+            )
         })
     }
 
@@ -237,7 +255,8 @@ impl OsBackend for Debian {
         base: &DebianBase,
         source_date_epoch: u64,
     ) -> anyhow::Result<Vec<FileEntry>> {
-        assemble::finish(staging, Some(&base.tree), source_date_epoch)
+        // The fleet's credentials are in the root but in no list of files.
+        assemble::finish(staging, Some(&base.tree), source_date_epoch).map(fleet::without_secrets)
     }
 
     fn input_hash(&self, build: &Build, base: &DebianBase, files: &[FileEntry]) -> String {

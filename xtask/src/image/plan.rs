@@ -79,8 +79,12 @@ pub struct Plan {
     pub root_login: RootLogin,
     /// Accounts added to the image (password locked; SSH keys only).
     pub users: Vec<User>,
-    /// The model, relative to `source`.
+    /// The model (XML, or SQLite by the name's `.sqlite`/`.sqlite3`/`.db`,
+    /// exported to XML at build time), relative to `source`.
     pub model: PathBuf,
+    /// `<fleet remote="..."/>` of the profile or the image: the fleet's
+    /// database on top of the baked model.
+    pub fleet: Option<super::fleet::Fleet>,
     /// The output formats, raw first (every other one is made from it).
     pub outputs: Vec<Format>,
 }
@@ -621,6 +625,7 @@ pub fn resolve_with(
         }
     }
     base_packages.extend(profile_packages.iter().cloned());
+    let fleet = super::fleet::of(&image_document, &profile_document, &mut problems.0);
     problems.into_result()?;
     let mut cmdline: Vec<&str> = cmdline.split_whitespace().collect();
     if verified_boot {
@@ -660,6 +665,7 @@ pub fn resolve_with(
         root_login,
         users,
         model,
+        fleet,
         outputs,
     })
 }
@@ -827,6 +833,17 @@ impl Plan {
             let _ = writeln!(out, "  {}", overlay.display());
         }
         let _ = writeln!(out, "model: {}", self.model.display());
+        let _ = match &self.fleet {
+            Some(fleet) => writeln!(
+                out,
+                "fleet: {} (credentials: the --secrets file as /etc/nodows/fleet.pgpass)",
+                fleet.remote
+            ),
+            None => writeln!(
+                out,
+                "fleet: none (the baked model; nodows.fleet= on the kernel command line names one)"
+            ),
+        };
         out
     }
 }

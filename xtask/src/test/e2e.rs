@@ -7,7 +7,8 @@
 //!     NIC, mode, poweroff
 //!   boot 2, the same disk again with another server id: clean file system, web page
 //!   boot 3, dev from its vmdk output; boot 4, failover alone, from the copy `cargo xtask
-//!   flash --to-file` wrote; boot 5, production (no agent: console lines)
+//!   flash --to-file` wrote; boot 5, production (no agent: console lines);
+//!   boot 5b, two production appliances against the host's PostgreSQL (`fleet.rs`)
 //!   boot 6, test profile through OVMF (`--uefi`)
 //!   boot 7, the failover pair (two machines on a private link, `failover.rs`)
 
@@ -19,7 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 
 pub mod failover;
+pub mod fleet;
 mod hotplug;
+
+use fleet::FleetDatabase;
 
 use super::Runner;
 use crate::boot::BuiltImage;
@@ -55,15 +59,23 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
             "raw,qcow2"
         };
         runner.step(&name, || {
-            super::run_command(&mut super::cargo_xtask(&[
-                "image",
-                "--image",
-                IMAGE,
-                "--profile",
-                profile,
-                "--format",
-                formats,
-            ]))?;
+            let mut args = vec![
+                "image".to_string(),
+                "--image".to_string(),
+                IMAGE.to_string(),
+                "--profile".to_string(),
+                profile.to_string(),
+                "--format".to_string(),
+                formats.to_string(),
+            ];
+            // The production image carries the fleet pair's credentials
+            // (e2e/fleet.rs), from a secrets file outside the repository.
+            if profile == "production" {
+                args.push("--secrets".to_string());
+                args.push(fleet::secrets_file()?.display().to_string());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            super::run_command(&mut super::cargo_xtask(&args))?;
             built.insert(profile, BuiltImage::find(None, IMAGE, profile)?);
             Ok(())
         });
@@ -344,6 +356,12 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         || check_web_page(booted(&mut production_vm)?, "production", None),
     );
     drop(production_vm);
+    fleet::run(
+        runner,
+        &|| image("production"),
+        &context.work_root,
+        context.accel,
+    );
 
     runner.step(
         "e2e 8 test: the raw image boots through OVMF (--uefi) to ready",
@@ -726,7 +744,7 @@ fn check_root_locked(image: &BuiltImage, work_root: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-fn check_ssh_refuses_passwords(vm: &mut Vm) -> anyhow::Result<()> {
+pub(super) fn check_ssh_refuses_passwords(vm: &mut Vm) -> anyhow::Result<()> {
     vm.wait_for_open_port(vm.host_port(22), SERVICE_TIMEOUT)?;
     let output = ssh_as_root(
         vm,
@@ -948,7 +966,11 @@ fn check_xtask_run(accel: Accel) -> anyhow::Result<()> {
 
 /// `ssh` from the host to the guest's port 22 as root with `key` only; the
 /// command's output, or ssh's error.
-fn ssh_with_key(vm: &Vm, key: &Path, command: &str) -> anyhow::Result<Result<String, String>> {
+pub(super) fn ssh_with_key(
+    vm: &Vm,
+    key: &Path,
+    command: &str,
+) -> anyhow::Result<Result<String, String>> {
     let key = key.to_str().context("the key's path is not UTF-8")?;
     let output = ssh_as_root(vm, &["-o", "IdentitiesOnly=yes", "-i", key], command)?;
     Ok(if output.status.success() {
@@ -1018,140 +1040,6 @@ fn check_operator_key_login(vm: &mut Vm) -> anyhow::Result<()> {
     }
 }
 
-/// The host's PostgreSQL for the fleet step: the renderer's example
-/// `fleet_host` (a real PostgreSQL 15, the schema, the demo model and one
-/// appliance role), driven over its stdin; stopped on drop.
-struct FleetDatabase {
-    child: std::process::Child,
-    input: Option<std::process::ChildStdin>,
-    output: std::io::BufReader<std::process::ChildStdout>,
-    port: u16,
-    role: String,
-    password: String,
-    database: String,
-}
-
-impl FleetDatabase {
-    fn start(server: &str, dir: &Path) -> anyhow::Result<FleetDatabase> {
-        super::run_command(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())).args([
-                "build",
-                "--quiet",
-                "--release",
-                "--package",
-                "render",
-                "--example",
-                "fleet_host",
-            ]),
-        )?;
-        let program = qemu::target_dir()?.join("release/examples/fleet_host");
-        let mut child = Command::new(&program)
-            .arg(server)
-            .arg(dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        let input = Some(child.stdin.take().context("no stdin")?);
-        let output = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
-        let mut database = FleetDatabase {
-            child,
-            input,
-            output,
-            port: 0,
-            role: String::new(),
-            password: String::new(),
-            database: String::new(),
-        };
-        loop {
-            let line = database.read_line()?;
-            match line.split_once(' ') {
-                Some(("port", port)) => database.port = port.parse()?,
-                Some(("role", role)) => database.role = role.to_string(),
-                Some(("password", password)) => database.password = password.to_string(),
-                Some(("database", name)) => database.database = name.to_string(),
-                _ if line == "ready" => return Ok(database),
-                _ => anyhow::bail!("fleet_host: unexpected line {line:?}"),
-            }
-        }
-    }
-
-    fn read_line(&mut self) -> anyhow::Result<String> {
-        use std::io::BufRead;
-        let mut line = String::new();
-        if self.output.read_line(&mut line)? == 0 {
-            anyhow::bail!("fleet_host ended (its PostgreSQL did not start?)");
-        }
-        Ok(line.trim_end().to_string())
-    }
-
-    fn ask(&mut self, command: &str) -> anyhow::Result<String> {
-        use std::io::Write;
-        let input = self
-            .input
-            .as_mut()
-            .context("fleet_host's input is closed")?;
-        writeln!(input, "{command}")?;
-        input.flush()?;
-        self.read_line()
-    }
-
-    /// Runs SQL as the superuser; the revision afterwards.
-    fn sql(&mut self, statement: &str) -> anyhow::Result<i64> {
-        let answer = self.ask(&format!("sql {statement}"))?;
-        match answer.strip_prefix("ok ") {
-            Some(revision) => Ok(revision.parse()?),
-            None => anyhow::bail!("{statement}: {answer}"),
-        }
-    }
-
-    /// Waits until the appliance's status row says `applied` for
-    /// `revision` or later.
-    fn wait_applied(&mut self, revision: i64, timeout: Duration) -> anyhow::Result<()> {
-        self.wait_status(revision, "applied", timeout)
-    }
-
-    /// Waits until the appliance's status row says `result` for `revision`
-    /// or later.
-    fn wait_status(
-        &mut self,
-        revision: i64,
-        result: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let answer = self.ask("status")?;
-            let words: Vec<&str> = answer.split_whitespace().collect();
-            if let ["status", seen, seen_result] = words.as_slice() {
-                if seen.parse::<i64>().unwrap_or(0) >= revision && *seen_result == result {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                anyhow::bail!("no status row `{result}` for revision {revision}: {answer}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for FleetDatabase {
-    fn drop(&mut self) {
-        // End of input stops the server; kill it only if it does not end.
-        drop(self.input.take());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The fleet on a booted appliance: `nodows watch` in the guest against
 /// the host's PostgreSQL (QEMU's user-network gateway 10.0.2.2 is the
 /// host's 127.0.0.1) applies the model, and an UPDATE of the guest's
@@ -1167,17 +1055,17 @@ fn check_fleet_push(vm: &mut Vm, work_root: &Path) -> anyhow::Result<()> {
         Some(server) => format!("server = '{server}'"),
         None => "profile = 'test'".to_string(),
     };
-    let mut database = FleetDatabase::start(&server, &work_root.join("fleet-db"))?;
+    let mut database = FleetDatabase::start(&work_root.join("fleet-db"), &[&server], None)?;
     let (port, role, name) = (
         database.port,
-        database.role.clone(),
+        database.role(&server)?,
         database.database.clone(),
     );
+    let password = database.password(&server)?;
     // The password reaches the guest through the agent (not the console)
     // into a file only root can read.
     vm.succeed(&format!(
-        "umask 077 && printf '%s\\n' '10.0.2.2:{port}:{name}:{role}:{}' > /run/nodows-fleet.pgpass",
-        database.password
+        "umask 077 && printf '%s\\n' '10.0.2.2:{port}:{name}:{role}:{password}' > /run/nodows-fleet.pgpass"
     ))?;
     let url = format!("postgres://{role}@10.0.2.2:{port}/{name}?passfile=/run/nodows-fleet.pgpass");
     vm.succeed(&format!(
@@ -1186,7 +1074,7 @@ fn check_fleet_push(vm: &mut Vm, work_root: &Path) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         let first = database.sql("SELECT 1")?;
         database
-            .wait_applied(first, SERVICE_TIMEOUT)
+            .wait_applied(&server, first, SERVICE_TIMEOUT)
             .map_err(|e| vm.failure(&format!("{e:#}")))?;
         let title = "nodows from PostgreSQL";
         let started = Instant::now();
@@ -1214,7 +1102,7 @@ watch log:
             "    commit in PostgreSQL to the page on the appliance: {} ms",
             started.elapsed().as_millis()
         );
-        database.wait_applied(revision, SERVICE_TIMEOUT)?;
+        database.wait_applied(&server, revision, SERVICE_TIMEOUT)?;
         let status = vm.succeed("initctl status")?;
         ensure!(
             status.contains(&format!(
@@ -1230,7 +1118,7 @@ watch log:
         let refused = database.sql(
             "DELETE FROM nodows.value WHERE server IS NULL AND profile IS NULL AND service = 'net' AND key = 'address'",
         )?;
-        database.wait_status(refused, "refused", SERVICE_TIMEOUT)?;
+        database.wait_status(&server, refused, "refused", SERVICE_TIMEOUT)?;
         ensure!(
             vm.succeed("cat /var/lib/nodows/model.xml")? == last_good,
             "the refused model replaced the last-good one"
@@ -1244,7 +1132,7 @@ watch log:
         let restored = database.sql(
             "INSERT INTO nodows.value (service, key, value) VALUES ('net', 'address', '10.0.2.15/24')",
         )?;
-        database.wait_applied(restored, SERVICE_TIMEOUT)?;
+        database.wait_applied(&server, restored, SERVICE_TIMEOUT)?;
 
         // A change made while the appliance cannot reach the database
         // arrives after it reconnects (the poll is 60 s: the reconnect
@@ -1269,11 +1157,11 @@ watch log:
         );
         database.sql(&format!("ALTER ROLE {role} LOGIN"))?;
         wait_for_page(vm, away)?;
-        database.wait_applied(changed, SERVICE_TIMEOUT)?;
+        database.wait_applied(&server, changed, SERVICE_TIMEOUT)?;
 
         let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
         ensure!(
-            !log.contains(&database.password),
+            !log.contains(&password),
             "the watcher's log holds the password:\n{log}"
         );
         Ok(())
