@@ -126,6 +126,12 @@ pub struct Service {
     main_gone: bool,
     /// SIGKILL already sent in this stop.
     killed: bool,
+    /// The model's key `enabled` (from the last render): a disabled service
+    /// is no member of any mode and is never wanted.
+    pub enabled: bool,
+    /// The model's values of the keys its `{KEY}` fields name (from the
+    /// last render), applied again when `initctl load` replaces it.
+    model_values: BTreeMap<String, String>,
 }
 
 impl Service {
@@ -152,6 +158,8 @@ impl Service {
             ready_at: None,
             main_gone: false,
             killed: false,
+            enabled: true,
+            model_values: BTreeMap::new(),
         }
     }
 
@@ -221,7 +229,7 @@ impl Supervisor {
         let mut members: std::collections::BTreeSet<&str> = self
             .services
             .values()
-            .filter(|service| in_mode(&service.definition, mode))
+            .filter(|service| service.enabled && in_mode(&service.definition, mode))
             .filter(|service| {
                 service.definition.start_on.is_empty()
                     || service.definition.start_on.contains(&Event::Boot)
@@ -232,7 +240,11 @@ impl Supervisor {
         while let Some(name) = queue.pop() {
             if let Some(service) = self.services.get(name) {
                 for need in &service.definition.needs {
-                    if let Some((key, _)) = self.services.get_key_value(need) {
+                    if let Some((key, _)) = self
+                        .services
+                        .get_key_value(need)
+                        .filter(|(_, needed)| needed.enabled)
+                    {
                         if members.insert(key.as_str()) {
                             queue.push(key.as_str());
                         }
@@ -272,7 +284,18 @@ impl Supervisor {
     }
 
     /// `initctl start NAME`: want it and what it needs; clears `failed`.
+    /// A service the model disables is not started (the model decides).
     pub fn start(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        if self
+            .services
+            .get(name)
+            .is_some_and(|service| !service.enabled)
+        {
+            self.actions.push(Action::Log(format!(
+                "service {name} is disabled by the model (its key enabled is no): not started; set it to yes to run it"
+            )));
+            return self.settle(now);
+        }
         self.clear_failure(name);
         self.want(name);
         self.settle(now)
@@ -373,6 +396,59 @@ impl Supervisor {
             .any(|service| service.definition.events.iter().any(|event| event == name))
     }
 
+    /// The model's `enabled` keys after a render: `disabled` names every
+    /// service that must not run. A service newly disabled stops (what
+    /// needs it too; the renderer refuses a model that disables a need of
+    /// an enabled service of the mode) and its failure is forgotten; one
+    /// newly enabled starts when its mode runs it. Nothing else changes.
+    pub fn set_disabled(&mut self, disabled: &[String], now: Instant) -> Vec<Action> {
+        let flipped: Vec<String> = self
+            .services
+            .iter_mut()
+            .filter(|(name, service)| service.enabled == disabled.contains(*name))
+            .map(|(name, service)| {
+                service.enabled = !service.enabled;
+                name.clone()
+            })
+            .collect();
+        let members = if self.booted {
+            self.mode_members(&self.mode.clone())
+        } else {
+            Vec::new()
+        };
+        for name in flipped {
+            if disabled.contains(&name) {
+                if self.services.get(&name).is_some_and(Service::is_active) {
+                    self.actions.push(Action::Log(format!(
+                        "service {name} disabled by the model: stopping it"
+                    )));
+                }
+                self.clear_failure(&name);
+                self.unwant(&name);
+            } else if members.contains(&name) {
+                self.actions.push(Action::Log(format!(
+                    "service {name} enabled by the model: starting it"
+                )));
+                self.want(&name);
+            }
+        }
+        self.settle(now)
+    }
+
+    /// The model's values of each service's `{KEY}` fields after a render:
+    /// they apply from the service's next start.
+    pub fn set_model_values(&mut self, values: &BTreeMap<String, BTreeMap<String, String>>) {
+        for (name, service) in self.services.iter_mut() {
+            let Some(service_values) = values.get(name) else {
+                continue;
+            };
+            if service.model_values != *service_values {
+                service.model_values = service_values.clone();
+                service.definition = service.definition.with_model_values(service_values);
+            }
+        }
+    }
+
     /// Switch mode: services outside it stop, boot services of it start.
     pub fn set_mode(&mut self, mode: &str, now: Instant) -> Vec<Action> {
         self.mode = mode.to_string();
@@ -422,7 +498,9 @@ impl Supervisor {
         }
         for definition in definitions {
             match self.services.get_mut(&definition.name) {
-                Some(service) => service.definition = definition,
+                Some(service) => {
+                    service.definition = definition.with_model_values(&service.model_values)
+                }
                 None => {
                     self.services
                         .insert(definition.name.clone(), Service::new(definition));
@@ -696,7 +774,7 @@ impl Supervisor {
         let mut queue = vec![name.to_string()];
         while let Some(next) = queue.pop() {
             if let Some(service) = self.services.get_mut(&next) {
-                if !service.wanted {
+                if !service.wanted && service.enabled {
                     service.wanted = true;
                     queue.extend(service.definition.needs.iter().cloned());
                 }

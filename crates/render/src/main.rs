@@ -202,6 +202,16 @@ impl From<render::Error> for Failure {
     }
 }
 
+/// The change-set JSON initd reads: the files and actions of the sync, and
+/// the settings of every service.
+#[derive(serde::Serialize)]
+struct ChangeSetReport<'a> {
+    #[serde(flatten)]
+    change_set: &'a render::sync::ChangeSet,
+    #[serde(flatten)]
+    settings: &'a render::ServiceSettings,
+}
+
 fn render_command(args: &[String]) -> Result<(), Failure> {
     let arguments = Arguments::parse(
         args,
@@ -253,8 +263,12 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
         );
     }
     let text = if arguments.flag("--json") {
-        let json = serde_json::to_string(&change_set)
-            .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
+        let settings = render::service_settings(&model, &definitions, server.as_deref(), &profile)?;
+        let json = serde_json::to_string(&ChangeSetReport {
+            change_set: &change_set,
+            settings: &settings,
+        })
+        .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
         format!("{json}\n")
     } else {
         change_set.to_text()

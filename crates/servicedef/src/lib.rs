@@ -123,12 +123,83 @@ pub struct ServiceDefinition {
     /// (resource name as in `<rlimit name="nofile" soft=".." hard=".."/>`, soft, hard)
     pub rlimits: Vec<(String, u64, u64)>,
     pub files: Vec<FileTarget>,
-    /// The model keys the service reads (`<key>`), in file order.
+    /// The model keys the service reads (`<key>`), in file order, then the
+    /// built-in `enabled` unless declared.
     pub keys: Vec<KeyDeclaration>,
+    /// Fields written `{KEY}`: their values come from the model.
+    pub model_fields: Vec<ModelField>,
     /// The service's directory (where service.xml and its templates live).
     pub dir: PathBuf,
     /// Line of the `<service>` element, for messages.
     pub line: u32,
+}
+
+/// A definition field whose value is one of the service's model keys,
+/// written `{KEY}` (`<ready kind="tcp" port="{port}"/>`): the renderer
+/// reports the key's value with every change set, and initd uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelField {
+    pub field: Field,
+    pub key: String,
+    /// Line of the element, for messages.
+    pub line: u32,
+}
+
+/// The definition fields that can come from the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `<ready kind="tcp" port="{KEY}"/>`, a key of type port.
+    ReadyPort,
+    /// `<ready kind="pidfile" path="{KEY}"/>`, a key of type path.
+    PidfilePath,
+}
+
+impl Field {
+    /// The type a key must have to fill the field, and its name.
+    fn key_type(self) -> (&'static str, KeyType) {
+        match self {
+            Field::ReadyPort => ("port", KeyType::Port),
+            Field::PidfilePath => ("path", KeyType::Path),
+        }
+    }
+
+    /// Sets the field of `definition` to `value` (already checked against
+    /// the key's type); a value that does not fit is ignored.
+    fn set(self, definition: &mut ServiceDefinition, value: &str) {
+        match (self, &mut definition.ready) {
+            (Field::ReadyPort, Readiness::Tcp { port }) => {
+                if let Ok(value) = value.parse::<u16>() {
+                    *port = value;
+                }
+            }
+            (Field::PidfilePath, Readiness::Pidfile { path }) if value.starts_with('/') => {
+                *path = PathBuf::from(value)
+            }
+            _ => {}
+        }
+    }
+}
+
+impl ServiceDefinition {
+    /// The definition with its `{KEY}` fields set from `values` (the
+    /// service's effective model keys); fields whose key is unset keep
+    /// their declared default.
+    pub fn with_model_values(&self, values: &BTreeMap<String, String>) -> ServiceDefinition {
+        let mut definition = self.clone();
+        for model_field in &self.model_fields {
+            if let Some(value) = values.get(&model_field.key) {
+                model_field.field.set(&mut definition, value);
+            }
+        }
+        definition
+    }
+
+    /// The keys whose values initd needs (those of the `{KEY}` fields).
+    pub fn model_field_keys(&self) -> impl Iterator<Item = &str> {
+        self.model_fields
+            .iter()
+            .map(|model_field| model_field.key.as_str())
+    }
 }
 
 /// An event of initd: one of the built-in ones, or a custom one that some
@@ -1048,6 +1119,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         rlimits: Vec::new(),
         files: Vec::new(),
         keys: Vec::new(),
+        model_fields: Vec::new(),
         dir,
         line: root.position.line,
     };
@@ -1055,6 +1127,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
     let mut start_on_positions = Vec::new();
     let mut seen_exec = false;
     let mut restart_policy_given = false;
+    let mut model_fields: Vec<ModelField> = Vec::new();
     let mut seen_once: Vec<&str> = Vec::new();
     for child in &root.children {
         let single = [
@@ -1221,6 +1294,24 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                     "none" => Readiness::None,
                     "exit" => Readiness::Exit,
                     "sd-notify" => Readiness::SdNotify,
+                    "pidfile" if key_reference(child, "path").is_some() => {
+                        model_fields.push(ModelField {
+                            field: Field::PidfilePath,
+                            key: key_reference(child, "path").unwrap_or_default().to_string(),
+                            line: child.position.line,
+                        });
+                        Readiness::Pidfile {
+                            path: PathBuf::new(),
+                        }
+                    }
+                    "tcp" if key_reference(child, "port").is_some() => {
+                        model_fields.push(ModelField {
+                            field: Field::ReadyPort,
+                            key: key_reference(child, "port").unwrap_or_default().to_string(),
+                            line: child.position.line,
+                        });
+                        Readiness::Tcp { port: 0 }
+                    }
                     "pidfile" => match attribute(child, "path") {
                         Some(pidfile) if pidfile.starts_with('/') => Readiness::Pidfile {
                             path: PathBuf::from(pidfile),
@@ -1469,6 +1560,8 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
             "<service> needs an <exec path=\"...\"> element".to_string(),
         );
     }
+    check_enabled_key(&mut definition, &root.position, checker);
+    resolve_model_fields(&mut definition, model_fields, &root.position, checker);
     if definition.ready == Readiness::Exit && !restart_policy_given {
         // A oneshot runs once unless told otherwise.
         definition.restart.policy = RestartPolicy::Never;
@@ -1480,6 +1573,120 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         needs_positions,
         start_on_positions,
     }
+}
+
+/// `KEY` when the attribute is written `{KEY}`: its value comes from the
+/// service's model key KEY.
+fn key_reference<'a>(element: &'a Element, name: &str) -> Option<&'a str> {
+    attribute(element, name)?
+        .strip_prefix('{')?
+        .strip_suffix('}')
+}
+
+/// Checks each `{KEY}` field against the service's key declarations (by
+/// name, of the field's type, with a default) and sets the field to that
+/// default, which holds until a render says the model's value.
+fn resolve_model_fields(
+    definition: &mut ServiceDefinition,
+    model_fields: Vec<ModelField>,
+    position: &Position,
+    checker: &mut Checker,
+) {
+    for model_field in model_fields {
+        let here = Position {
+            line: model_field.line,
+            ..position.clone()
+        };
+        let (type_name, wanted_type) = model_field.field.key_type();
+        let declaration = definition
+            .keys
+            .iter()
+            .find(|key| key.name == model_field.key);
+        let default = match declaration {
+            None => {
+                checker.problem(&here, format!("{{{}}} names no key of this service: declare it with <key name=\"{}\" type=\"{type_name}\" default=\"...\">", model_field.key, model_field.key));
+                continue;
+            }
+            Some(key) if key.key_type != wanted_type => {
+                checker.problem(
+                    &here,
+                    format!(
+                        "{{{}}}: key \"{}\" (line {}) must be type=\"{type_name}\" to be used here",
+                        model_field.key, model_field.key, key.line
+                    ),
+                );
+                continue;
+            }
+            Some(key) => match &key.default {
+                Some(default) => default.clone(),
+                None => {
+                    checker.problem(&here, format!("{{{}}}: key \"{}\" (line {}) needs a default=\"...\" (used until the first render)", model_field.key, model_field.key, key.line));
+                    continue;
+                }
+            },
+        };
+        model_field.field.set(definition, &default);
+        definition.model_fields.push(model_field);
+    }
+}
+
+/// The built-in key every service has: whether it runs.
+pub const ENABLED_KEY: &str = "enabled";
+
+/// The declaration of [`ENABLED_KEY`] a service gets unless it declares the
+/// key itself (only as a boolean, to give it a default of its own). It has
+/// no default, so an unset key leaves the effective model (and a template
+/// that lists every key) as it was: unset means yes.
+fn enabled_declaration(line: u32) -> KeyDeclaration {
+    KeyDeclaration {
+        name: ENABLED_KEY.to_string(),
+        key_type: KeyType::Boolean,
+        required: false,
+        default: None,
+        also: Vec::new(),
+        description: "whether the service runs (built in, every service has it; unset: yes); changing it live starts or stops the service".to_string(),
+        line,
+    }
+}
+
+/// Whether `declaration` is the built-in `enabled` of `definition` (the
+/// service does not declare the key itself).
+pub fn is_built_in(definition: &ServiceDefinition, declaration: &KeyDeclaration) -> bool {
+    *declaration == enabled_declaration(definition.line)
+}
+
+/// Adds the built-in `enabled` key, or checks the service's own
+/// declaration of it.
+fn check_enabled_key(
+    definition: &mut ServiceDefinition,
+    position: &Position,
+    checker: &mut Checker,
+) {
+    match definition.keys.iter().find(|key| key.name == ENABLED_KEY) {
+        Some(own) if own.key_type != KeyType::Boolean => checker.problem(
+            position,
+            format!(
+                "key \"{ENABLED_KEY}\" (line {}) is built in as a boolean (whether the service runs): declare it type=\"boolean\" or rename your key",
+                own.line
+            ),
+        ),
+        Some(_) => {}
+        None => definition.keys.push(enabled_declaration(definition.line)),
+    }
+}
+
+/// Whether the service runs for these effective keys of it: the value of
+/// [`ENABLED_KEY`], else its declared default, else yes.
+pub fn is_enabled(definition: &ServiceDefinition, keys: Option<&BTreeMap<String, String>>) -> bool {
+    let declared_default = definition
+        .keys
+        .iter()
+        .find(|key| key.name == ENABLED_KEY)
+        .and_then(|key| key.default.as_deref());
+    keys.and_then(|keys| keys.get(ENABLED_KEY))
+        .map(String::as_str)
+        .or(declared_default)
+        != Some("no")
 }
 
 /// One `<key name=".." type=".." [required="yes"] [default=".."]

@@ -34,6 +34,14 @@ fn state(supervisor: &Supervisor, name: &str) -> State {
     supervisor.service(name).unwrap().state
 }
 
+/// The ready line of mode production with `services` members.
+fn production_ready(services: usize) -> Action {
+    Action::ModeReady {
+        mode: "production".to_string(),
+        services,
+    }
+}
+
 /// web needs net (oneshot), db independent.
 fn three() -> Supervisor {
     Supervisor::new(
@@ -61,10 +69,7 @@ fn boot_starts_independent_services_together_and_dependents_after_ready() {
     assert_eq!(spawns(&actions), vec!["web"]);
     assert!(actions.contains(&Action::Event(Event::Started("net".to_string()))));
     let actions = supervisor.spawned("web", 12, now);
-    assert!(actions.contains(&Action::ModeReady {
-        mode: "production".to_string(),
-        services: 3
-    }));
+    assert!(actions.contains(&production_ready(3)));
 }
 
 #[test]
@@ -668,4 +673,86 @@ fn a_config_change_restarts_only_a_running_service() {
     assert_eq!(state(&supervisor, "keepalived"), State::Stopped);
     let actions = supervisor.restart_if_active("web", now);
     assert_eq!(stop_signals(&actions), vec!["web"]);
+}
+
+/// The model's `enabled` flipped live: only that service stops, then
+/// starts again; nothing else is signalled or spawned.
+#[test]
+fn a_disabled_service_stops_alone_and_starts_again_when_enabled() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    supervisor.boot(now);
+    supervisor.spawned("net", 10, now);
+    supervisor.spawned("db", 11, now);
+    supervisor.exited(10, Exit::Code(0), now);
+    supervisor.spawned("web", 12, now);
+    let actions = supervisor.set_disabled(&["db".to_string()], now);
+    assert_eq!(stop_signals(&actions), vec!["db"]);
+    assert!(spawns(&actions).is_empty());
+    supervisor.exited(11, Exit::Signal(libc::SIGTERM), now);
+    supervisor.service_empty("db", now);
+    assert_eq!(state(&supervisor, "db"), State::Stopped);
+    assert_eq!(state(&supervisor, "web"), State::Running);
+    // Disabled: neither a start by hand nor a mode switch runs it.
+    assert!(spawns(&supervisor.start("db", now)).is_empty());
+    assert!(spawns(&supervisor.set_mode("production", now)).is_empty());
+    // The same list again changes nothing.
+    assert!(supervisor.set_disabled(&["db".to_string()], now).is_empty());
+    let actions = supervisor.set_disabled(&[], now);
+    assert_eq!(spawns(&actions), vec!["db"]);
+    assert!(stop_signals(&actions).is_empty());
+}
+
+/// Disabled before boot (the first render's change set): never started,
+/// and the ready line does not wait for it.
+#[test]
+fn a_service_disabled_before_boot_never_starts_and_ready_does_not_wait_for_it() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    assert!(supervisor.set_disabled(&["db".to_string()], now).is_empty());
+    let actions = supervisor.boot(now);
+    assert_eq!(spawns(&actions), vec!["net"]);
+    supervisor.spawned("net", 10, now);
+    supervisor.exited(10, Exit::Code(0), now);
+    let actions = supervisor.spawned("web", 12, now);
+    assert!(actions.contains(&production_ready(2)));
+}
+
+/// A failed service that the model disables forgets its failure, so
+/// enabling it again starts it afresh.
+#[test]
+fn disabling_a_failed_service_clears_the_failure() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    supervisor.boot(now);
+    supervisor.spawned("net", 10, now);
+    supervisor.exited(10, Exit::Code(3), now);
+    assert_eq!(state(&supervisor, "net"), State::Failed);
+    supervisor.set_disabled(&["net".to_string(), "web".to_string()], now);
+    assert_eq!(state(&supervisor, "net"), State::Stopped);
+    let actions = supervisor.set_disabled(&[], now);
+    assert_eq!(spawns(&actions), vec!["net"]);
+}
+
+/// `<ready kind="tcp" port="{port}"/>`: the port follows the model's value.
+#[test]
+fn a_readiness_port_from_the_model_applies_and_survives_a_load() {
+    let port_from_model = || {
+        definition(
+            "<ready kind=\"tcp\" port=\"{port}\"/><key name=\"port\" type=\"port\" default=\"80\">p</key>",
+            "web",
+        )
+    };
+    let mut supervisor = Supervisor::new(vec![port_from_model()], "production");
+    let port =
+        |supervisor: &Supervisor| supervisor.service("web").unwrap().definition.ready.clone();
+    assert_eq!(port(&supervisor), Readiness::Tcp { port: 80 });
+    let values = BTreeMap::from([(
+        "web".to_string(),
+        BTreeMap::from([("port".to_string(), "8080".to_string())]),
+    )]);
+    supervisor.set_model_values(&values);
+    assert_eq!(port(&supervisor), Readiness::Tcp { port: 8080 });
+    supervisor.load(vec![port_from_model()], Instant::now());
+    assert_eq!(port(&supervisor), Readiness::Tcp { port: 8080 });
 }
