@@ -627,6 +627,35 @@ impl Supervisor {
             .map(|service| service.definition.name.as_str())
     }
 
+    /// The service whose main process `pid` ended with exit 0 while the
+    /// service should run (not a oneshot's success, not a pidfile launcher):
+    /// if it left processes behind, it daemonized (`daemonized`).
+    pub fn clean_exit_while_up(&self, pid: i32, exit: Exit) -> Option<&str> {
+        self.failing_service(pid, exit).filter(|_| exit.success())
+    }
+
+    /// The main process exited 0 and left `left` processes of the service
+    /// running: it forked into the background, so a respawn would only
+    /// daemonize again. The service is killed whole and fails at once with
+    /// what to do, instead of crash-looping.
+    pub fn daemonized(&mut self, name: &str, left: usize, now: Instant) -> Vec<Action> {
+        let Some(service) = self.services.get_mut(name) else {
+            return Vec::new();
+        };
+        service.pid = None;
+        service.last_exit = Some(Exit::Code(0));
+        let reason = format!(
+            "{name} daemonized: run it in the foreground, e.g. {}",
+            foreground_hint(&service.definition)
+        );
+        self.actions.push(Action::Log(format!(
+            "{reason} (its main process exited 0 and left {left} process(es) running: killed)"
+        )));
+        self.actions.push(Action::KillService(name.to_string()));
+        self.fail(name, reason);
+        self.settle(now)
+    }
+
     pub fn exited(&mut self, pid: i32, exit: Exit, now: Instant) -> Vec<Action> {
         let Some(name) = self
             .services
@@ -938,6 +967,18 @@ impl Supervisor {
         }
     }
 
+    /// The earliest phase (script type) with a wanted service that is not
+    /// yet up or failed: services of later phases wait for it.
+    fn starting_phase(&self) -> Option<u8> {
+        self.services
+            .values()
+            .filter(|service| {
+                service.wanted && !matches!(service.state, State::Running | State::Failed)
+            })
+            .filter_map(|service| service.definition.service_type.phase())
+            .min()
+    }
+
     /// Process queued events, then move every service towards its goal,
     /// until nothing changes.
     fn settle(&mut self, now: Instant) -> Vec<Action> {
@@ -969,11 +1010,16 @@ impl Supervisor {
                 })
             });
             let names: Vec<String> = self.services.keys().cloned().collect();
+            let starting_phase = self.starting_phase();
             for name in &names {
                 let Some(service) = self.services.get(name) else {
                     continue;
                 };
-                if service.wanted && service.state == State::Stopped && self.leaving.is_empty() {
+                if service.wanted
+                    && service.state == State::Stopped
+                    && self.leaving.is_empty()
+                    && phase_reached(service, starting_phase)
+                {
                     let needs_up =
                         service.definition.needs.iter().all(|need| {
                             self.services.get(need).map(Service::is_up).unwrap_or(true)
@@ -1005,7 +1051,16 @@ impl Supervisor {
             }
         }
         if self.mode_ready_pending {
-            let members = self.mode_members(&self.mode.clone());
+            // Helpers and user programs do not hold the ready line.
+            let members: Vec<String> = self
+                .mode_members(&self.mode.clone())
+                .into_iter()
+                .filter(|name| {
+                    self.services
+                        .get(name)
+                        .is_some_and(|service| service.definition.service_type.blocks_ready())
+                })
+                .collect();
             let all_up = members
                 .iter()
                 .all(|name| self.services.get(name).map(Service::is_up).unwrap_or(false));
@@ -1018,6 +1073,43 @@ impl Supervisor {
             }
         }
         self.take_actions()
+    }
+}
+
+/// How to keep a daemon in the foreground: the option of the program the
+/// service runs when it is a known one, else common examples.
+fn foreground_hint(definition: &ServiceDefinition) -> String {
+    const KNOWN: &[(&str, &str)] = &[
+        ("nginx", "nginx -g 'daemon off;'"),
+        ("sshd", "sshd -D"),
+        ("dnsmasq", "dnsmasq --keep-in-foreground"),
+        ("keepalived", "keepalived --dont-fork"),
+        ("haproxy", "haproxy -db"),
+        ("chronyd", "chronyd -d"),
+        ("rsyslogd", "rsyslogd -n"),
+        ("redis-server", "redis-server --daemonize no"),
+    ];
+    let program = definition
+        .exec
+        .path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match KNOWN.iter().find(|(name, _)| *name == program) {
+        Some((_, hint)) => format!("{hint} in <exec>"),
+        None => format!(
+            "{program}'s no-fork option in <exec> (nginx -g 'daemon off;', sshd -D, dnsmasq --keep-in-foreground), or <ready kind=\"pidfile\" path=\"...\"/> if it must fork"
+        ),
+    }
+}
+
+/// Whether `service` may start while `starting_phase` is the earliest
+/// phase still starting: system first, then network, then service, then
+/// user programs; helpers whenever their needs are up.
+fn phase_reached(service: &Service, starting_phase: Option<u8>) -> bool {
+    match (service.definition.service_type.phase(), starting_phase) {
+        (Some(phase), Some(starting)) => phase <= starting,
+        _ => true,
     }
 }
 

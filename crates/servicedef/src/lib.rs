@@ -15,14 +15,52 @@ pub use keys::{
     TYPE_NAMES,
 };
 
-/// The seed notes' script types.
+/// The seed notes' script types (`<service type="...">`), each with its
+/// own start order, user, readiness and failure rules (README, "Script
+/// types"; initd's supervisor carries them out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceType {
+    /// Sets the machine up (modules, console): runs first, as root only.
     System,
+    /// Brings the network up: after the system services.
     Network,
+    /// A daemon (the default): after the system and network services.
     Service,
+    /// A user's program: as its `<user>` (required, not root), after every
+    /// system, network and service member; the ready line does not wait.
     User,
+    /// A job for the others (appliers, watchers, agents): starts as soon as
+    /// its needs are up; the ready line does not wait for it.
     Helper,
+}
+
+impl ServiceType {
+    /// Its place in the start order: a service starts only once every
+    /// wanted service of a lower phase is up or failed. Helpers have none.
+    pub fn phase(self) -> Option<u8> {
+        match self {
+            ServiceType::System => Some(0),
+            ServiceType::Network => Some(1),
+            ServiceType::Service => Some(2),
+            ServiceType::User => Some(3),
+            ServiceType::Helper => None,
+        }
+    }
+
+    /// Whether the mode's ready line waits for services of this type.
+    pub fn blocks_ready(self) -> bool {
+        !matches!(self, ServiceType::User | ServiceType::Helper)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::System => "system",
+            ServiceType::Network => "network",
+            ServiceType::Service => "service",
+            ServiceType::User => "user",
+            ServiceType::Helper => "helper",
+        }
+    }
 }
 
 /// How initd decides that a started service is ready.
@@ -519,6 +557,16 @@ struct Parsed {
     start_on_positions: Vec<Position>,
 }
 
+impl Parsed {
+    /// Where the `index`-th need is written (the `<service>` element when
+    /// not known).
+    fn need_position(&self, index: usize) -> &Position {
+        self.needs_positions
+            .get(index)
+            .unwrap_or(&self.service_position)
+    }
+}
+
 fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
     let mut seen: BTreeMap<&str, &Position> = BTreeMap::new();
     for one in parsed {
@@ -535,10 +583,7 @@ fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
     for one in parsed {
         for (index, need) in one.definition.needs.iter().enumerate() {
             if !seen.contains_key(need.as_str()) {
-                let position = one
-                    .needs_positions
-                    .get(index)
-                    .unwrap_or(&one.service_position);
+                let position = one.need_position(index);
                 problems.push(format!(
                     "{position}: service \"{}\" needs \"{need}\", which does not exist: add services/{need}/service.xml or remove the need",
                     one.definition.name
@@ -585,6 +630,7 @@ fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
             }
         }
     }
+    check_type_order(parsed, problems);
     // Cycles: depth-first search; each cycle is reported once, at its
     // smallest member.
     let by_name: BTreeMap<&str, &Parsed> = parsed
@@ -596,6 +642,64 @@ fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
         let mut path: Vec<&str> = vec![start];
         find_cycles(start, &by_name, &mut path, &mut reported, problems);
     }
+}
+
+/// A need on a service of a later phase would wait forever (it waits for
+/// the dependent's phase to be up first): a service may need services of
+/// its own or an earlier type; a helper counts as the latest phase among
+/// what it needs. Run before the cycle check, so cycles are cut short.
+fn check_type_order(parsed: &[Parsed], problems: &mut Vec<String>) {
+    let by_name: BTreeMap<&str, &Parsed> = parsed
+        .iter()
+        .map(|one| (one.definition.name.as_str(), one))
+        .collect();
+    for one in parsed {
+        let Some(phase) = one.definition.service_type.phase() else {
+            continue;
+        };
+        for (index, need) in one.definition.needs.iter().enumerate() {
+            let need_phase = effective_phase(need, &by_name, &mut Vec::new());
+            if need_phase > phase {
+                let position = one.need_position(index);
+                problems.push(format!(
+                    "{position}: service \"{}\" (type {}) needs \"{need}\", which starts later (a {} or what it needs): a service may need only services of its own or an earlier type (system, network, service, user; a helper takes the type of what it needs): change one of the types",
+                    one.definition.name,
+                    one.definition.service_type.as_str(),
+                    by_name
+                        .get(need.as_str())
+                        .map_or("service", |needed| needed.definition.service_type.as_str())
+                ));
+            }
+        }
+    }
+}
+
+/// The phase a service starts in: its type's, or for a helper the latest
+/// among its needs (0 when it needs nothing). `path` stops cycles.
+fn effective_phase<'a>(
+    name: &'a str,
+    by_name: &BTreeMap<&'a str, &'a Parsed>,
+    path: &mut Vec<&'a str>,
+) -> u8 {
+    let Some(one) = by_name.get(name) else {
+        return 0;
+    };
+    if let Some(phase) = one.definition.service_type.phase() {
+        return phase;
+    }
+    if path.contains(&name) {
+        return 0;
+    }
+    path.push(name);
+    let phase = one
+        .definition
+        .needs
+        .iter()
+        .map(|need| effective_phase(need, by_name, path))
+        .max()
+        .unwrap_or(0);
+    path.pop();
+    phase
 }
 
 fn find_cycles<'a>(
@@ -1561,6 +1665,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         );
     }
     check_enabled_key(&mut definition, &root.position, checker);
+    check_type_user(&definition, &root.position, checker);
     resolve_model_fields(&mut definition, model_fields, &root.position, checker);
     if definition.ready == Readiness::Exit && !restart_policy_given {
         // A oneshot runs once unless told otherwise.
@@ -1627,6 +1732,25 @@ fn resolve_model_fields(
         };
         model_field.field.set(definition, &default);
         definition.model_fields.push(model_field);
+    }
+}
+
+/// A system service runs as root; a user program as a user, never root.
+fn check_type_user(definition: &ServiceDefinition, position: &Position, checker: &mut Checker) {
+    let user = definition.user.as_deref();
+    match definition.service_type {
+        ServiceType::System if user.is_some_and(|user| user != "root") => checker.problem(
+            position,
+            "a type=\"system\" service runs as root: remove <user>, or make it another type"
+                .to_string(),
+        ),
+        ServiceType::User if user.is_none_or(|user| user == "root" || user == "0") => checker
+            .problem(
+                position,
+                "a type=\"user\" service runs a user's program: add <user>NAME</user> (not root)"
+                    .to_string(),
+            ),
+        _ => {}
     }
 }
 

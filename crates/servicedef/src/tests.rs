@@ -783,3 +783,49 @@ fn a_readiness_field_from_a_model_key_is_checked_against_the_declaration() {
         assert!(errors.contains(expected), "{body}: {errors}");
     }
 }
+
+/// Script types: a system service runs as root, a user program as a user;
+/// a need on a later type would wait forever and is refused.
+#[test]
+fn script_types_check_their_user_and_the_order_of_needs() {
+    let parse = |service_type: &str, body: &str| {
+        let text = service("n", body).replace(
+            "<service name=\"n\"",
+            &format!("<service name=\"n\" type=\"{service_type}\""),
+        );
+        parse_str(Path::new("/x/n/service.xml"), &text).map_err(|errors| errors.to_string())
+    };
+    assert!(parse("system", "").is_ok());
+    assert!(parse("system", "  <user>www-data</user>\n")
+        .unwrap_err()
+        .contains("runs as root"));
+    assert!(parse("user", "")
+        .unwrap_err()
+        .contains("add <user>NAME</user> (not root)"));
+    assert!(parse("user", "  <user>root</user>\n").is_err());
+    assert_eq!(
+        parse("user", "  <user>alice</user>\n")
+            .unwrap()
+            .service_type,
+        ServiceType::User
+    );
+
+    let typed = |name: &str, service_type: &str, needs: &str| {
+        service(name, &format!("  <needs>{needs}</needs>\n")).replace(
+            &format!("<service name=\"{name}\""),
+            &format!("<service name=\"{name}\" type=\"{service_type}\""),
+        )
+    };
+    let tree = Tree::new(&[
+        ("early", &typed("early", "system", "job")),
+        ("job", &typed("job", "helper", "web")),
+        ("web", &typed("web", "service", "")),
+        ("fine", &typed("fine", "service", "job")),
+    ]);
+    let errors = load_dir(&tree.root).unwrap_err().to_string();
+    assert!(
+        errors.contains("service \"early\" (type system) needs \"job\", which starts later"),
+        "{errors}"
+    );
+    assert!(!errors.contains("service \"fine\""), "{errors}");
+}

@@ -756,3 +756,116 @@ fn a_readiness_port_from_the_model_applies_and_survives_a_load() {
     supervisor.load(vec![port_from_model()], Instant::now());
     assert_eq!(port(&supervisor), Readiness::Tcp { port: 8080 });
 }
+
+/// A daemonized service fails at once with the foreground option of its
+/// program (or common examples), is killed whole and not respawned.
+#[test]
+fn a_daemonized_service_fails_at_once_with_what_to_do() {
+    let now = Instant::now();
+    let nginx = servicedef::parse_str(
+        &PathBuf::from("/s/web/service.xml"),
+        "<service name=\"web\"><exec path=\"/usr/sbin/nginx\"/></service>",
+    )
+    .unwrap();
+    let mut supervisor = Supervisor::new(vec![nginx, definition("", "other")], "production");
+    supervisor.boot(now);
+    supervisor.spawned("web", 10, now);
+    supervisor.spawned("other", 11, now);
+    assert_eq!(supervisor.clean_exit_while_up(10, Exit::Code(1)), None);
+    assert_eq!(
+        supervisor.clean_exit_while_up(10, Exit::Code(0)),
+        Some("web")
+    );
+    let actions = supervisor.daemonized("web", 2, now);
+    assert!(actions.contains(&Action::KillService("web".to_string())));
+    assert!(spawns(&actions).is_empty());
+    let web = supervisor.service("web").unwrap();
+    assert_eq!(web.state, State::Failed);
+    assert_eq!(
+        web.reason.as_deref(),
+        Some("web daemonized: run it in the foreground, e.g. nginx -g 'daemon off;' in <exec>")
+    );
+    let other = definition("", "other");
+    assert!(foreground_hint(&other).starts_with("sleep's no-fork option in <exec>"));
+    assert_eq!(state(&supervisor, "other"), State::Running);
+}
+
+/// The five script types in one mode: system, then network, then service,
+/// then user programs; a helper at once; the ready line waits for system,
+/// network and service only.
+fn typed() -> Supervisor {
+    let typed = |name: &str, service_type: &str, body: &str| {
+        let text = format!(
+            "<service name=\"{name}\" type=\"{service_type}\"><exec path=\"/bin/sleep\"><arg>1</arg></exec>{body}</service>"
+        );
+        servicedef::parse_str(&PathBuf::from(format!("/s/{name}/service.xml")), &text).unwrap()
+    };
+    Supervisor::new(
+        vec![
+            typed("mods", "system", "<ready kind=\"exit\"/>"),
+            typed("link", "network", "<ready kind=\"exit\"/>"),
+            typed("daemon", "service", ""),
+            typed("desk", "user", "<user>nobody</user>"),
+            typed("agent", "helper", "<ready kind=\"exit\"/>"),
+        ],
+        "production",
+    )
+}
+
+#[test]
+fn script_types_start_system_then_network_then_service_then_user_and_helpers_at_once() {
+    let now = Instant::now();
+    let mut supervisor = typed();
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["agent", "mods"]);
+    supervisor.spawned("agent", 9, now);
+    supervisor.spawned("mods", 10, now);
+    assert_eq!(
+        spawns(&supervisor.exited(10, Exit::Code(0), now)),
+        vec!["link"]
+    );
+    supervisor.spawned("link", 11, now);
+    assert_eq!(
+        spawns(&supervisor.exited(11, Exit::Code(0), now)),
+        vec!["daemon"]
+    );
+    let actions = supervisor.spawned("daemon", 12, now);
+    // The helper (still starting) and the user program do not hold it.
+    assert!(actions.contains(&production_ready(3)), "{actions:?}");
+    assert_eq!(spawns(&actions), vec!["desk"]);
+    assert_eq!(state(&supervisor, "agent"), State::Starting);
+}
+
+/// A failed system or network service does not hold the later types: the
+/// appliance runs without it (and the ready line says nothing).
+#[test]
+fn a_failed_system_service_lets_the_later_types_start() {
+    let now = Instant::now();
+    let mut supervisor = typed();
+    supervisor.boot(now);
+    supervisor.spawned("mods", 10, now);
+    let actions = supervisor.exited(10, Exit::Code(3), now);
+    assert_eq!(state(&supervisor, "mods"), State::Failed);
+    assert_eq!(spawns(&actions), vec!["link"]);
+    supervisor.spawned("link", 11, now);
+    supervisor.exited(11, Exit::Code(0), now);
+    let actions = supervisor.spawned("daemon", 12, now);
+    assert!(!actions.contains(&production_ready(3)));
+}
+
+/// A helper's failure holds nothing but what needs it.
+#[test]
+fn a_failed_helper_holds_neither_the_others_nor_the_ready_line() {
+    let now = Instant::now();
+    let mut supervisor = typed();
+    supervisor.boot(now);
+    supervisor.spawned("agent", 9, now);
+    supervisor.exited(9, Exit::Code(1), now);
+    assert_eq!(state(&supervisor, "agent"), State::Failed);
+    supervisor.spawned("mods", 10, now);
+    supervisor.exited(10, Exit::Code(0), now);
+    supervisor.spawned("link", 11, now);
+    supervisor.exited(11, Exit::Code(0), now);
+    assert!(supervisor
+        .spawned("daemon", 12, now)
+        .contains(&production_ready(3)));
+}
