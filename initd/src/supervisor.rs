@@ -256,11 +256,11 @@ impl Supervisor {
     }
 
     /// Does the service belong to the current mode (by its modes or because
-    /// a member needs it)?
+    /// a member needs it), and does the model enable it?
     pub fn in_current_mode(&self, name: &str) -> bool {
         self.services
             .get(name)
-            .map(|service| in_mode(&service.definition, &self.mode))
+            .map(|service| service.enabled && in_mode(&service.definition, &self.mode))
             .unwrap_or(false)
             || self
                 .mode_members(&self.mode)

@@ -215,13 +215,19 @@ impl Runtime {
                 None => (2, format!("unknown service {name}: see initctl status")),
                 Some(service) => {
                     let definition = service.definition.clone();
+                    let enabled = service.enabled;
                     let in_mode = self.supervisor.in_current_mode(name);
-                    check_service(
+                    let (code, text) = check_service(
                         &definition,
                         self.supervisor.mode(),
                         in_mode,
                         &self.options.root,
-                    )
+                    );
+                    if enabled {
+                        (code, text)
+                    } else {
+                        (code, format!("{name}{DISABLED}\n{text}"))
+                    }
                 }
             },
             Request::Load(ref name) => match servicedef::load_dir(&self.options.services) {

@@ -373,6 +373,10 @@ fn the_models_enabled_key_stops_and_starts_exactly_that_service_live() {
     initd.wait_for_state("flip", "stopped");
     assert_eq!(initd.service("flip")["enabled"], false);
     assert!(initd.ctl(&["status"]).contains("disabled by the model"));
+    assert_eq!(initd.service("flip")["in_mode"], false);
+    assert!(initd
+        .ctl(&["check", "flip"])
+        .contains("flip (disabled by the model"));
     let refused = initd.try_ctl(&["start", "flip"]);
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(initd.state("flip"), "stopped");
