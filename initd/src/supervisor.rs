@@ -639,8 +639,12 @@ impl Supervisor {
     /// daemonize again. The service is killed whole and fails at once with
     /// what to do, instead of crash-looping.
     pub fn daemonized(&mut self, name: &str, left: usize, now: Instant) -> Vec<Action> {
-        let Some(service) = self.services.get_mut(name) else {
-            return Vec::new();
+        let Some(service) = self
+            .services
+            .get_mut(name)
+            .filter(|service| matches!(service.state, State::Starting | State::Running))
+        else {
+            return self.settle(now);
         };
         service.pid = None;
         service.last_exit = Some(Exit::Code(0));

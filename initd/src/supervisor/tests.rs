@@ -491,7 +491,7 @@ mod table {
         (supervisor, now)
     }
 
-    const INPUTS: [&str; 12] = [
+    const INPUTS: [&str; 15] = [
         "start",
         "stop",
         "restart",
@@ -504,6 +504,9 @@ mod table {
         "exit 1",
         "empty",
         "tick +2m",
+        "disable",
+        "re-enable",
+        "daemonized",
     ];
 
     fn apply(supervisor: &mut Supervisor, now: Instant, input: &str) -> Vec<Action> {
@@ -519,6 +522,13 @@ mod table {
             "exit 0" => supervisor.exited(PID, Exit::Code(0), now),
             "exit 1" => supervisor.exited(PID, Exit::Code(1), now),
             "empty" => supervisor.service_empty("svc", now),
+            "disable" => supervisor.set_disabled(&["svc".to_string()], now),
+            "re-enable" => {
+                let mut actions = supervisor.set_disabled(&["svc".to_string()], now);
+                actions.extend(supervisor.set_disabled(&[], now));
+                actions
+            }
+            "daemonized" => supervisor.daemonized("svc", 1, now),
             _ => supervisor.tick(now + Duration::from_secs(120)),
         }
     }
