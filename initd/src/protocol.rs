@@ -3,6 +3,8 @@
 //! JSON initd reads and writes through serde: the renderer's change set
 //! (docs/interfaces.md, "The change set") and `initctl status --json`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::sys::Shutdown;
@@ -113,6 +115,13 @@ pub struct ChangeSet {
     pub written: Vec<String>,
     #[serde(default)]
     pub services: Vec<ServiceChange>,
+    /// Every service the model disables (`enabled` no); `None` from a
+    /// renderer that does not say, which changes nothing.
+    #[serde(default)]
+    pub disabled: Option<Vec<String>>,
+    /// Per service, the model's values of the keys its `{KEY}` fields name.
+    #[serde(default)]
+    pub values: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 pub fn parse_change_set(text: &str) -> Result<ChangeSet, String> {
@@ -127,6 +136,8 @@ pub struct ServiceStatus<'a> {
     pub pid: Option<i32>,
     pub restarts: u32,
     pub wanted: bool,
+    /// The model's key `enabled` (false: the service does not run).
+    pub enabled: bool,
     pub in_mode: bool,
     pub exit: Option<String>,
     pub reason: Option<&'a str>,
@@ -170,7 +181,8 @@ mod tests {
     #[test]
     fn change_set_from_the_architecture_parses() {
         let text = r#"{"written": ["/etc/nginx/sites-enabled/default"],
- "services": [{"name": "web", "action": "reload"}]}"#;
+ "services": [{"name": "web", "action": "reload"}],
+ "disabled": ["standby"], "values": {"web": {"port": "8080"}}}"#;
         assert_eq!(
             parse_change_set(text),
             Ok(ChangeSet {
@@ -178,9 +190,17 @@ mod tests {
                 services: vec![ServiceChange {
                     name: "web".to_string(),
                     action: ChangeAction::Reload
-                }]
+                }],
+                disabled: Some(vec!["standby".to_string()]),
+                values: BTreeMap::from([(
+                    "web".to_string(),
+                    BTreeMap::from([("port".to_string(), "8080".to_string())])
+                )]),
             })
         );
+        // A renderer that says nothing about them changes nothing.
+        let older = parse_change_set(r#"{"written": [], "services": []}"#);
+        assert_eq!(older.map(|change_set| change_set.disabled), Ok(None));
     }
 
     #[test]

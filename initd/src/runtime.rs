@@ -18,6 +18,7 @@ use crate::supervisor::{Action, Exit, State, Supervisor};
 use crate::sys::{self, Shutdown};
 
 mod control;
+mod daemonized;
 mod events;
 mod render;
 use control::reply_to;
@@ -653,7 +654,9 @@ impl Runtime {
         #[cfg(target_os = "linux")]
         if !self.groups.uses_cgroups() {
             while let Some((pid, exit)) = sys::peek_ended() {
-                if let Some(name) = self.supervisor.failing_service(pid, exit) {
+                if self.daemonized(pid, exit) {
+                    // Failed and killed whole; credit_exit finds no service.
+                } else if let Some(name) = self.supervisor.failing_service(pid, exit) {
                     let _ = sys::kill(-pid, libc::SIGKILL);
                     self.crash_killed.push(name.to_string());
                 }
@@ -699,7 +702,7 @@ impl Runtime {
             // The errno (if exec failed) is in the pipe before the exit.
             self.check_exec(pid);
         }
-        if self.supervisor.service_by_pid(pid).is_some() {
+        if self.supervisor.service_by_pid(pid).is_some() && !self.daemonized(pid, exit) {
             let actions = self.supervisor.exited(pid, exit, Instant::now());
             self.apply(actions);
         }

@@ -126,6 +126,12 @@ pub struct Service {
     main_gone: bool,
     /// SIGKILL already sent in this stop.
     killed: bool,
+    /// The model's key `enabled` (from the last render): a disabled service
+    /// is no member of any mode and is never wanted.
+    pub enabled: bool,
+    /// The model's values of the keys its `{KEY}` fields name (from the
+    /// last render), applied again when `initctl load` replaces it.
+    model_values: BTreeMap<String, String>,
 }
 
 impl Service {
@@ -152,6 +158,8 @@ impl Service {
             ready_at: None,
             main_gone: false,
             killed: false,
+            enabled: true,
+            model_values: BTreeMap::new(),
         }
     }
 
@@ -224,7 +232,7 @@ impl Supervisor {
         let mut members: std::collections::BTreeSet<&str> = self
             .services
             .values()
-            .filter(|service| in_mode(&service.definition, mode))
+            .filter(|service| service.enabled && in_mode(&service.definition, mode))
             .filter(|service| {
                 service.definition.start_on.is_empty()
                     || service.definition.start_on.contains(&Event::Boot)
@@ -235,7 +243,11 @@ impl Supervisor {
         while let Some(name) = queue.pop() {
             if let Some(service) = self.services.get(name) {
                 for need in &service.definition.needs {
-                    if let Some((key, _)) = self.services.get_key_value(need) {
+                    if let Some((key, _)) = self
+                        .services
+                        .get_key_value(need)
+                        .filter(|(_, needed)| needed.enabled)
+                    {
                         if members.insert(key.as_str()) {
                             queue.push(key.as_str());
                         }
@@ -247,11 +259,11 @@ impl Supervisor {
     }
 
     /// Does the service belong to the current mode (by its modes or because
-    /// a member needs it)?
+    /// a member needs it), and does the model enable it?
     pub fn in_current_mode(&self, name: &str) -> bool {
         self.services
             .get(name)
-            .map(|service| in_mode(&service.definition, &self.mode))
+            .map(|service| service.enabled && in_mode(&service.definition, &self.mode))
             .unwrap_or(false)
             || self
                 .mode_members(&self.mode)
@@ -276,7 +288,18 @@ impl Supervisor {
     }
 
     /// `initctl start NAME`: want it and what it needs; clears `failed`.
+    /// A service the model disables is not started (the model decides).
     pub fn start(&mut self, name: &str, now: Instant) -> Vec<Action> {
+        if self
+            .services
+            .get(name)
+            .is_some_and(|service| !service.enabled)
+        {
+            self.actions.push(Action::Log(format!(
+                "service {name} is disabled by the model (its key enabled is no): not started; set it to yes to run it"
+            )));
+            return self.settle(now);
+        }
         self.clear_failure(name);
         self.want(name);
         self.settle(now)
@@ -420,6 +443,59 @@ impl Supervisor {
             .any(|service| service.definition.events.iter().any(|event| event == name))
     }
 
+    /// The model's `enabled` keys after a render: `disabled` names every
+    /// service that must not run. A service newly disabled stops (what
+    /// needs it too; the renderer refuses a model that disables a need of
+    /// an enabled service of the mode) and its failure is forgotten; one
+    /// newly enabled starts when its mode runs it. Nothing else changes.
+    pub fn set_disabled(&mut self, disabled: &[String], now: Instant) -> Vec<Action> {
+        let flipped: Vec<String> = self
+            .services
+            .iter_mut()
+            .filter(|(name, service)| service.enabled == disabled.contains(*name))
+            .map(|(name, service)| {
+                service.enabled = !service.enabled;
+                name.clone()
+            })
+            .collect();
+        let members = if self.booted {
+            self.mode_members(&self.mode.clone())
+        } else {
+            Vec::new()
+        };
+        for name in flipped {
+            if disabled.contains(&name) {
+                if self.services.get(&name).is_some_and(Service::is_active) {
+                    self.actions.push(Action::Log(format!(
+                        "service {name} disabled by the model: stopping it"
+                    )));
+                }
+                self.clear_failure(&name);
+                self.unwant(&name);
+            } else if members.contains(&name) {
+                self.actions.push(Action::Log(format!(
+                    "service {name} enabled by the model: starting it"
+                )));
+                self.want(&name);
+            }
+        }
+        self.settle(now)
+    }
+
+    /// The model's values of each service's `{KEY}` fields after a render:
+    /// they apply from the service's next start.
+    pub fn set_model_values(&mut self, values: &BTreeMap<String, BTreeMap<String, String>>) {
+        for (name, service) in self.services.iter_mut() {
+            let Some(service_values) = values.get(name) else {
+                continue;
+            };
+            if service.model_values != *service_values {
+                service.model_values = service_values.clone();
+                service.definition = service.definition.with_model_values(service_values);
+            }
+        }
+    }
+
     /// Switch mode: services outside it stop, boot services of it start.
     pub fn set_mode(&mut self, mode: &str, now: Instant) -> Vec<Action> {
         self.mode = mode.to_string();
@@ -469,7 +545,9 @@ impl Supervisor {
         }
         for definition in definitions {
             match self.services.get_mut(&definition.name) {
-                Some(service) => service.definition = definition,
+                Some(service) => {
+                    service.definition = definition.with_model_values(&service.model_values)
+                }
                 None => {
                     self.services
                         .insert(definition.name.clone(), Service::new(definition));
@@ -594,6 +672,39 @@ impl Supervisor {
             .filter(|service| matches!(service.state, State::Starting | State::Running))
             .filter(|service| exit_is_failure(service, exit))
             .map(|service| service.definition.name.as_str())
+    }
+
+    /// The service whose main process `pid` ended with exit 0 while the
+    /// service should run (not a oneshot's success, not a pidfile launcher):
+    /// if it left processes behind, it daemonized (`daemonized`).
+    pub fn clean_exit_while_up(&self, pid: i32, exit: Exit) -> Option<&str> {
+        self.failing_service(pid, exit).filter(|_| exit.success())
+    }
+
+    /// The main process exited 0 and left `left` processes of the service
+    /// running: it forked into the background, so a respawn would only
+    /// daemonize again. The service is killed whole and fails at once with
+    /// what to do, instead of crash-looping.
+    pub fn daemonized(&mut self, name: &str, left: usize, now: Instant) -> Vec<Action> {
+        let Some(service) = self
+            .services
+            .get_mut(name)
+            .filter(|service| matches!(service.state, State::Starting | State::Running))
+        else {
+            return self.settle(now);
+        };
+        service.pid = None;
+        service.last_exit = Some(Exit::Code(0));
+        let reason = format!(
+            "{name} daemonized: run it in the foreground, e.g. {}",
+            foreground_hint(&service.definition)
+        );
+        self.actions.push(Action::Log(format!(
+            "{reason} (its main process exited 0 and left {left} process(es) running: killed)"
+        )));
+        self.actions.push(Action::KillService(name.to_string()));
+        self.fail(name, reason);
+        self.settle(now)
     }
 
     pub fn exited(&mut self, pid: i32, exit: Exit, now: Instant) -> Vec<Action> {
@@ -743,7 +854,7 @@ impl Supervisor {
         let mut queue = vec![name.to_string()];
         while let Some(next) = queue.pop() {
             if let Some(service) = self.services.get_mut(&next) {
-                if !service.wanted {
+                if !service.wanted && service.enabled {
                     service.wanted = true;
                     queue.extend(service.definition.needs.iter().cloned());
                 }
@@ -907,6 +1018,18 @@ impl Supervisor {
         }
     }
 
+    /// The earliest phase (script type) with a wanted service that is not
+    /// yet up or failed: services of later phases wait for it.
+    fn starting_phase(&self) -> Option<u8> {
+        self.services
+            .values()
+            .filter(|service| {
+                service.wanted && !matches!(service.state, State::Running | State::Failed)
+            })
+            .filter_map(|service| service.definition.service_type.phase())
+            .min()
+    }
+
     /// Process queued events, then move every service towards its goal,
     /// until nothing changes.
     fn settle(&mut self, now: Instant) -> Vec<Action> {
@@ -937,11 +1060,16 @@ impl Supervisor {
                 })
             });
             let names: Vec<String> = self.services.keys().cloned().collect();
+            let starting_phase = self.starting_phase();
             for name in &names {
                 let Some(service) = self.services.get(name) else {
                     continue;
                 };
-                if service.wanted && service.state == State::Stopped && self.leaving.is_empty() {
+                if service.wanted
+                    && service.state == State::Stopped
+                    && self.leaving.is_empty()
+                    && phase_reached(service, starting_phase)
+                {
                     let needs_up =
                         service.definition.needs.iter().all(|need| {
                             self.services.get(need).map(Service::is_up).unwrap_or(true)
@@ -973,7 +1101,16 @@ impl Supervisor {
             }
         }
         if self.mode_ready_pending {
-            let members = self.mode_members(&self.mode.clone());
+            // Helpers and user programs do not hold the ready line.
+            let members: Vec<String> = self
+                .mode_members(&self.mode.clone())
+                .into_iter()
+                .filter(|name| {
+                    self.services
+                        .get(name)
+                        .is_some_and(|service| service.definition.service_type.blocks_ready())
+                })
+                .collect();
             let all_up = members
                 .iter()
                 .all(|name| self.services.get(name).map(Service::is_up).unwrap_or(false));
@@ -992,6 +1129,43 @@ impl Supervisor {
 /// Events from outside the services: devices, timers, `initctl emit`.
 fn is_external(event: &Event) -> bool {
     matches!(event, Event::Device(_) | Event::Timer(_) | Event::Custom(_))
+}
+
+/// How to keep a daemon in the foreground: the option of the program the
+/// service runs when it is a known one, else common examples.
+fn foreground_hint(definition: &ServiceDefinition) -> String {
+    const KNOWN: &[(&str, &str)] = &[
+        ("nginx", "nginx -g 'daemon off;'"),
+        ("sshd", "sshd -D"),
+        ("dnsmasq", "dnsmasq --keep-in-foreground"),
+        ("keepalived", "keepalived --dont-fork"),
+        ("haproxy", "haproxy -db"),
+        ("chronyd", "chronyd -d"),
+        ("rsyslogd", "rsyslogd -n"),
+        ("redis-server", "redis-server --daemonize no"),
+    ];
+    let program = definition
+        .exec
+        .path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match KNOWN.iter().find(|(name, _)| *name == program) {
+        Some((_, hint)) => format!("{hint} in <exec>"),
+        None => format!(
+            "{program}'s no-fork option in <exec> (nginx -g 'daemon off;', sshd -D, dnsmasq --keep-in-foreground), or <ready kind=\"pidfile\" path=\"...\"/> if it must fork"
+        ),
+    }
+}
+
+/// Whether `service` may start while `starting_phase` is the earliest
+/// phase still starting: system first, then network, then service, then
+/// user programs; helpers whenever their needs are up.
+fn phase_reached(service: &Service, starting_phase: Option<u8>) -> bool {
+    match (service.definition.service_type.phase(), starting_phase) {
+        (Some(phase), Some(starting)) => phase <= starting,
+        _ => true,
+    }
 }
 
 pub fn in_mode(definition: &ServiceDefinition, mode: &str) -> bool {

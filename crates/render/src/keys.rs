@@ -130,14 +130,23 @@ fn shown(value: &str) -> String {
 /// reference"), in service order.
 pub fn reference_markdown(definitions: &[ServiceDefinition]) -> String {
     let mut out = String::new();
-    for definition in definitions.iter().filter(|d| !d.keys.is_empty()) {
+    for definition in definitions {
+        // The built-in `enabled` is described once, above the tables.
+        let declared: Vec<&servicedef::KeyDeclaration> = definition
+            .keys
+            .iter()
+            .filter(|declaration| !servicedef::is_built_in(definition, declaration))
+            .collect();
+        if declared.is_empty() {
+            continue;
+        }
         let _ = writeln!(
             out,
             "**{}** ({})\n",
             definition.name, definition.description
         );
         out.push_str("| key | type | default | description |\n|---|---|---|---|\n");
-        for declaration in &definition.keys {
+        for declaration in declared {
             let default = match (&declaration.default, declaration.required) {
                 (Some(default), _) => format!("`{}`", shown(default)),
                 (None, true) => "required".to_string(),

@@ -94,6 +94,45 @@ pub struct Request<'a> {
     pub only: &'a [String],
 }
 
+/// What initd needs from the model besides files, reported with every
+/// change set (docs/interfaces.md, "The change set").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceSettings {
+    /// Every service the model disables (its key `enabled` is no) for this
+    /// server and profile, sorted: initd stops these and runs the rest.
+    pub disabled: Vec<String>,
+    /// Per service with `{KEY}` fields (`<ready port="{port}"/>`), the
+    /// effective values of those keys.
+    pub values: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The [`ServiceSettings`] of every definition (not only the rendered
+/// ones: initd keeps them for all) for `server` and `profile`.
+pub fn service_settings(
+    model: &Model,
+    definitions: &[ServiceDefinition],
+    server: Option<&str>,
+    profile: &str,
+) -> Result<ServiceSettings, Error> {
+    let effective =
+        validate::with_declared_defaults(model.effective(server, profile)?, definitions);
+    let mut values = BTreeMap::new();
+    for definition in definitions {
+        let keys = effective.services.get(&definition.name);
+        let named: BTreeMap<String, String> = definition
+            .model_field_keys()
+            .filter_map(|key| Some((key.to_string(), keys?.get(key)?.clone())))
+            .collect();
+        if !named.is_empty() {
+            values.insert(definition.name.clone(), named);
+        }
+    }
+    Ok(ServiceSettings {
+        disabled: validate::disabled(&effective, definitions),
+        values,
+    })
+}
+
 /// Renders `template` against the effective document with the parameters
 /// `server` (empty when none), `mode` and `service`: the pure function of
 /// (model, template, parameters).

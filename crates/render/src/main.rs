@@ -207,6 +207,16 @@ impl From<render::Error> for Failure {
     }
 }
 
+/// The change-set JSON initd reads: the files and actions of the sync, and
+/// the settings of every service.
+#[derive(serde::Serialize)]
+struct ChangeSetReport<'a> {
+    #[serde(flatten)]
+    change_set: &'a render::sync::ChangeSet,
+    #[serde(flatten)]
+    settings: &'a render::ServiceSettings,
+}
+
 fn render_command(args: &[String]) -> Result<(), Failure> {
     let arguments = Arguments::parse(
         args,
@@ -257,10 +267,22 @@ fn render_command(args: &[String]) -> Result<(), Failure> {
             ms(started.elapsed())
         );
     }
+    // initd reads every service's settings (enabled, named key values)
+    // beside the change set.
+    let settings = match arguments.flag("--json") {
+        true => Some(render::service_settings(
+            &model,
+            &definitions,
+            server.as_deref(),
+            &profile,
+        )?),
+        false => None,
+    };
     report_change_set(
         &root,
         &change_set,
         arguments.flag("--json"),
+        settings.as_ref(),
         dry_run || arguments.flag("--keep-journal"),
     )
 }
@@ -272,25 +294,34 @@ fn journal_command(args: &[String]) -> Result<(), Failure> {
     let arguments = Arguments::parse(args, &["--root"], &["--json", "--keep-journal"])?;
     let root = PathBuf::from(arguments.required("--root")?);
     let change_set = render::sync::sync(&root, &[], false)?;
+    // No model here: no settings, so initd changes no service's settings.
     report_change_set(
         &root,
         &change_set,
         arguments.flag("--json"),
+        None,
         arguments.flag("--keep-journal"),
     )
 }
 
-/// Prints the change set (text or JSON), then removes the journal unless
-/// `keep_journal`.
+/// Prints the change set (text or JSON, with the services' settings when
+/// given), then removes the journal unless `keep_journal`.
 fn report_change_set(
     root: &std::path::Path,
     change_set: &render::sync::ChangeSet,
     json: bool,
+    settings: Option<&render::ServiceSettings>,
     keep_journal: bool,
 ) -> Result<(), Failure> {
     let text = if json {
-        let json = serde_json::to_string(change_set)
-            .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
+        let json = match settings {
+            Some(settings) => serde_json::to_string(&ChangeSetReport {
+                change_set,
+                settings,
+            }),
+            None => serde_json::to_string(change_set),
+        }
+        .map_err(|e| Failure::Other(anyhow::anyhow!("cannot serialize the change set: {e}")))?;
         format!("{json}\n")
     } else {
         change_set.to_text()

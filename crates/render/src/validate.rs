@@ -55,6 +55,7 @@ pub fn check(model: &Model, definitions: &[ServiceDefinition], scope: Scope) -> 
                 .filter(|definition| only.is_empty() || only.contains(&definition.name))
                 .collect();
             check_required(&effective, &selected, &mut problems);
+            check_disabled_needs(&effective, definitions, &mut problems);
         }
     }
     problems
@@ -198,6 +199,65 @@ fn check_required(
                 definition.name,
                 effective.profile
             ));
+        }
+    }
+}
+
+/// The services of `definitions` the effective model disables (their key
+/// `enabled` is no), sorted by name.
+pub fn disabled(effective: &Effective, definitions: &[ServiceDefinition]) -> Vec<String> {
+    let mut names: Vec<String> = definitions
+        .iter()
+        .filter(|definition| {
+            !servicedef::is_enabled(definition, effective.services.get(&definition.name))
+        })
+        .map(|definition| definition.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A disabled service that an enabled service of the mode needs (directly,
+/// or through the needs of what it needs) is refused: the dependent could
+/// never start. The operator disables both or neither.
+fn check_disabled_needs(
+    effective: &Effective,
+    definitions: &[ServiceDefinition],
+    problems: &mut Vec<String>,
+) {
+    let disabled = disabled(effective, definitions);
+    let by_name: BTreeMap<&str, &ServiceDefinition> = definitions
+        .iter()
+        .map(|definition| (definition.name.as_str(), definition))
+        .collect();
+    let mut queue: Vec<&ServiceDefinition> = definitions
+        .iter()
+        .filter(|definition| {
+            definition.modes.is_empty() || definition.modes.contains(&effective.profile)
+        })
+        .filter(|definition| !disabled.contains(&definition.name))
+        .collect();
+    let mut seen: Vec<&str> = queue
+        .iter()
+        .map(|definition| definition.name.as_str())
+        .collect();
+    while let Some(dependent) = queue.pop() {
+        for need in &dependent.needs {
+            if disabled.contains(need) {
+                problems.push(format!(
+                    "{}:{}: service `{}` runs in mode {} and needs `{need}`, which the model disables (key `enabled` of `{need}` is no): disable `{}` too, or enable `{need}`",
+                    dependent.dir.join(servicedef::FILE_NAME).display(),
+                    dependent.line,
+                    dependent.name,
+                    effective.profile,
+                    dependent.name
+                ));
+            } else if let Some(needed) = by_name.get(need.as_str()) {
+                if !seen.contains(&need.as_str()) {
+                    seen.push(need);
+                    queue.push(needed);
+                }
+            }
         }
     }
 }

@@ -17,14 +17,52 @@ pub use keys::{
 };
 pub use trigger::{glob, is_device_name, Device, DeviceAction, Subsystem, Timer, MIN_EVERY};
 
-/// The seed notes' script types.
+/// The seed notes' script types (`<service type="...">`), each with its
+/// own start order, user, readiness and failure rules (README, "Script
+/// types"; initd's supervisor carries them out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceType {
+    /// Sets the machine up (modules, console): runs first, as root only.
     System,
+    /// Brings the network up: after the system services.
     Network,
+    /// A daemon (the default): after the system and network services.
     Service,
+    /// A user's program: as its `<user>` (required, not root), after every
+    /// system, network and service member; the ready line does not wait.
     User,
+    /// A job for the others (appliers, watchers, agents): starts as soon as
+    /// its needs are up; the ready line does not wait for it.
     Helper,
+}
+
+impl ServiceType {
+    /// Its place in the start order: a service starts only once every
+    /// wanted service of a lower phase is up or failed. Helpers have none.
+    pub fn phase(self) -> Option<u8> {
+        match self {
+            ServiceType::System => Some(0),
+            ServiceType::Network => Some(1),
+            ServiceType::Service => Some(2),
+            ServiceType::User => Some(3),
+            ServiceType::Helper => None,
+        }
+    }
+
+    /// Whether the mode's ready line waits for services of this type.
+    pub fn blocks_ready(self) -> bool {
+        !matches!(self, ServiceType::User | ServiceType::Helper)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::System => "system",
+            ServiceType::Network => "network",
+            ServiceType::Service => "service",
+            ServiceType::User => "user",
+            ServiceType::Helper => "helper",
+        }
+    }
 }
 
 /// How initd decides that a started service is ready.
@@ -127,12 +165,83 @@ pub struct ServiceDefinition {
     /// (resource name as in `<rlimit name="nofile" soft=".." hard=".."/>`, soft, hard)
     pub rlimits: Vec<(String, u64, u64)>,
     pub files: Vec<FileTarget>,
-    /// The model keys the service reads (`<key>`), in file order.
+    /// The model keys the service reads (`<key>`), in file order, then the
+    /// built-in `enabled` unless declared.
     pub keys: Vec<KeyDeclaration>,
+    /// Fields written `{KEY}`: their values come from the model.
+    pub model_fields: Vec<ModelField>,
     /// The service's directory (where service.xml and its templates live).
     pub dir: PathBuf,
     /// Line of the `<service>` element, for messages.
     pub line: u32,
+}
+
+/// A definition field whose value is one of the service's model keys,
+/// written `{KEY}` (`<ready kind="tcp" port="{port}"/>`): the renderer
+/// reports the key's value with every change set, and initd uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelField {
+    pub field: Field,
+    pub key: String,
+    /// Line of the element, for messages.
+    pub line: u32,
+}
+
+/// The definition fields that can come from the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `<ready kind="tcp" port="{KEY}"/>`, a key of type port.
+    ReadyPort,
+    /// `<ready kind="pidfile" path="{KEY}"/>`, a key of type path.
+    PidfilePath,
+}
+
+impl Field {
+    /// The type a key must have to fill the field, and its name.
+    fn key_type(self) -> (&'static str, KeyType) {
+        match self {
+            Field::ReadyPort => ("port", KeyType::Port),
+            Field::PidfilePath => ("path", KeyType::Path),
+        }
+    }
+
+    /// Sets the field of `definition` to `value` (already checked against
+    /// the key's type); a value that does not fit is ignored.
+    fn set(self, definition: &mut ServiceDefinition, value: &str) {
+        match (self, &mut definition.ready) {
+            (Field::ReadyPort, Readiness::Tcp { port }) => {
+                if let Ok(value) = value.parse::<u16>() {
+                    *port = value;
+                }
+            }
+            (Field::PidfilePath, Readiness::Pidfile { path }) if value.starts_with('/') => {
+                *path = PathBuf::from(value)
+            }
+            _ => {}
+        }
+    }
+}
+
+impl ServiceDefinition {
+    /// The definition with its `{KEY}` fields set from `values` (the
+    /// service's effective model keys); fields whose key is unset keep
+    /// their declared default.
+    pub fn with_model_values(&self, values: &BTreeMap<String, String>) -> ServiceDefinition {
+        let mut definition = self.clone();
+        for model_field in &self.model_fields {
+            if let Some(value) = values.get(&model_field.key) {
+                model_field.field.set(&mut definition, value);
+            }
+        }
+        definition
+    }
+
+    /// The keys whose values initd needs (those of the `{KEY}` fields).
+    pub fn model_field_keys(&self) -> impl Iterator<Item = &str> {
+        self.model_fields
+            .iter()
+            .map(|model_field| model_field.key.as_str())
+    }
 }
 
 /// An event of initd: one of the built-in ones, or a custom one that some
@@ -493,6 +602,16 @@ struct Parsed {
     start_on_positions: Vec<Position>,
 }
 
+impl Parsed {
+    /// Where the `index`-th need is written (the `<service>` element when
+    /// not known).
+    fn need_position(&self, index: usize) -> &Position {
+        self.needs_positions
+            .get(index)
+            .unwrap_or(&self.service_position)
+    }
+}
+
 fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
     let mut seen: BTreeMap<&str, &Position> = BTreeMap::new();
     for one in parsed {
@@ -509,10 +628,7 @@ fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
     for one in parsed {
         for (index, need) in one.definition.needs.iter().enumerate() {
             if !seen.contains_key(need.as_str()) {
-                let position = one
-                    .needs_positions
-                    .get(index)
-                    .unwrap_or(&one.service_position);
+                let position = one.need_position(index);
                 problems.push(format!(
                     "{position}: service \"{}\" needs \"{need}\", which does not exist: add services/{need}/service.xml or remove the need",
                     one.definition.name
@@ -559,6 +675,7 @@ fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
             }
         }
     }
+    check_type_order(parsed, problems);
     // Cycles: depth-first search; each cycle is reported once, at its
     // smallest member.
     let by_name: BTreeMap<&str, &Parsed> = parsed
@@ -570,6 +687,64 @@ fn check_set(parsed: &[Parsed], problems: &mut Vec<String>) {
         let mut path: Vec<&str> = vec![start];
         find_cycles(start, &by_name, &mut path, &mut reported, problems);
     }
+}
+
+/// A need on a service of a later phase would wait forever (it waits for
+/// the dependent's phase to be up first): a service may need services of
+/// its own or an earlier type; a helper counts as the latest phase among
+/// what it needs. Run before the cycle check, so cycles are cut short.
+fn check_type_order(parsed: &[Parsed], problems: &mut Vec<String>) {
+    let by_name: BTreeMap<&str, &Parsed> = parsed
+        .iter()
+        .map(|one| (one.definition.name.as_str(), one))
+        .collect();
+    for one in parsed {
+        let Some(phase) = one.definition.service_type.phase() else {
+            continue;
+        };
+        for (index, need) in one.definition.needs.iter().enumerate() {
+            let need_phase = effective_phase(need, &by_name, &mut Vec::new());
+            if need_phase > phase {
+                let position = one.need_position(index);
+                problems.push(format!(
+                    "{position}: service \"{}\" (type {}) needs \"{need}\", which starts later (a {} or what it needs): a service may need only services of its own or an earlier type (system, network, service, user; a helper takes the type of what it needs): change one of the types",
+                    one.definition.name,
+                    one.definition.service_type.as_str(),
+                    by_name
+                        .get(need.as_str())
+                        .map_or("service", |needed| needed.definition.service_type.as_str())
+                ));
+            }
+        }
+    }
+}
+
+/// The phase a service starts in: its type's, or for a helper the latest
+/// among its needs (0 when it needs nothing). `path` stops cycles.
+fn effective_phase<'a>(
+    name: &'a str,
+    by_name: &BTreeMap<&'a str, &'a Parsed>,
+    path: &mut Vec<&'a str>,
+) -> u8 {
+    let Some(one) = by_name.get(name) else {
+        return 0;
+    };
+    if let Some(phase) = one.definition.service_type.phase() {
+        return phase;
+    }
+    if path.contains(&name) {
+        return 0;
+    }
+    path.push(name);
+    let phase = one
+        .definition
+        .needs
+        .iter()
+        .map(|need| effective_phase(need, by_name, path))
+        .max()
+        .unwrap_or(0);
+    path.pop();
+    phase
 }
 
 fn find_cycles<'a>(
@@ -1093,6 +1268,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         rlimits: Vec::new(),
         files: Vec::new(),
         keys: Vec::new(),
+        model_fields: Vec::new(),
         dir,
         line: root.position.line,
     };
@@ -1100,6 +1276,7 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
     let mut start_on_positions = Vec::new();
     let mut seen_exec = false;
     let mut restart_policy_given = false;
+    let mut model_fields: Vec<ModelField> = Vec::new();
     let mut seen_once: Vec<&str> = Vec::new();
     for child in &root.children {
         let single = [
@@ -1269,6 +1446,24 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
                     "none" => Readiness::None,
                     "exit" => Readiness::Exit,
                     "sd-notify" => Readiness::SdNotify,
+                    "pidfile" if key_reference(child, "path").is_some() => {
+                        model_fields.push(ModelField {
+                            field: Field::PidfilePath,
+                            key: key_reference(child, "path").unwrap_or_default().to_string(),
+                            line: child.position.line,
+                        });
+                        Readiness::Pidfile {
+                            path: PathBuf::new(),
+                        }
+                    }
+                    "tcp" if key_reference(child, "port").is_some() => {
+                        model_fields.push(ModelField {
+                            field: Field::ReadyPort,
+                            key: key_reference(child, "port").unwrap_or_default().to_string(),
+                            line: child.position.line,
+                        });
+                        Readiness::Tcp { port: 0 }
+                    }
                     "pidfile" => match attribute(child, "path") {
                         Some(pidfile) if pidfile.starts_with('/') => Readiness::Pidfile {
                             path: PathBuf::from(pidfile),
@@ -1517,6 +1712,9 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
             "<service> needs an <exec path=\"...\"> element".to_string(),
         );
     }
+    check_enabled_key(&mut definition, &root.position, checker);
+    check_type_user(&definition, &root.position, checker);
+    resolve_model_fields(&mut definition, model_fields, &root.position, checker);
     if definition.ready == Readiness::Exit && !restart_policy_given {
         // A oneshot runs once unless told otherwise.
         definition.restart.policy = RestartPolicy::Never;
@@ -1528,6 +1726,139 @@ fn build(path: &Path, root: &Element, checker: &mut Checker) -> Parsed {
         needs_positions,
         start_on_positions,
     }
+}
+
+/// `KEY` when the attribute is written `{KEY}`: its value comes from the
+/// service's model key KEY.
+fn key_reference<'a>(element: &'a Element, name: &str) -> Option<&'a str> {
+    attribute(element, name)?
+        .strip_prefix('{')?
+        .strip_suffix('}')
+}
+
+/// Checks each `{KEY}` field against the service's key declarations (by
+/// name, of the field's type, with a default) and sets the field to that
+/// default, which holds until a render says the model's value.
+fn resolve_model_fields(
+    definition: &mut ServiceDefinition,
+    model_fields: Vec<ModelField>,
+    position: &Position,
+    checker: &mut Checker,
+) {
+    for model_field in model_fields {
+        let here = Position {
+            line: model_field.line,
+            ..position.clone()
+        };
+        let (type_name, wanted_type) = model_field.field.key_type();
+        let declaration = definition
+            .keys
+            .iter()
+            .find(|key| key.name == model_field.key);
+        let default = match declaration {
+            None => {
+                checker.problem(&here, format!("{{{}}} names no key of this service: declare it with <key name=\"{}\" type=\"{type_name}\" default=\"...\">", model_field.key, model_field.key));
+                continue;
+            }
+            Some(key) if key.key_type != wanted_type => {
+                checker.problem(
+                    &here,
+                    format!(
+                        "{{{}}}: key \"{}\" (line {}) must be type=\"{type_name}\" to be used here",
+                        model_field.key, model_field.key, key.line
+                    ),
+                );
+                continue;
+            }
+            Some(key) => match &key.default {
+                Some(default) => default.clone(),
+                None => {
+                    checker.problem(&here, format!("{{{}}}: key \"{}\" (line {}) needs a default=\"...\" (used until the first render)", model_field.key, model_field.key, key.line));
+                    continue;
+                }
+            },
+        };
+        model_field.field.set(definition, &default);
+        definition.model_fields.push(model_field);
+    }
+}
+
+/// A system service runs as root; a user program as a user, never root.
+fn check_type_user(definition: &ServiceDefinition, position: &Position, checker: &mut Checker) {
+    let user = definition.user.as_deref();
+    match definition.service_type {
+        ServiceType::System if user.is_some_and(|user| user != "root") => checker.problem(
+            position,
+            "a type=\"system\" service runs as root: remove <user>, or make it another type"
+                .to_string(),
+        ),
+        ServiceType::User if user.is_none_or(|user| user == "root" || user == "0") => checker
+            .problem(
+                position,
+                "a type=\"user\" service runs a user's program: add <user>NAME</user> (not root)"
+                    .to_string(),
+            ),
+        _ => {}
+    }
+}
+
+/// The built-in key every service has: whether it runs.
+pub const ENABLED_KEY: &str = "enabled";
+
+/// The declaration of [`ENABLED_KEY`] a service gets unless it declares the
+/// key itself (only as a boolean, to give it a default of its own). It has
+/// no default, so an unset key leaves the effective model (and a template
+/// that lists every key) as it was: unset means yes.
+fn enabled_declaration(line: u32) -> KeyDeclaration {
+    KeyDeclaration {
+        name: ENABLED_KEY.to_string(),
+        key_type: KeyType::Boolean,
+        required: false,
+        default: None,
+        also: Vec::new(),
+        description: "whether the service runs (built in, every service has it; unset: yes); changing it live starts or stops the service".to_string(),
+        line,
+    }
+}
+
+/// Whether `declaration` is the built-in `enabled` of `definition` (the
+/// service does not declare the key itself).
+pub fn is_built_in(definition: &ServiceDefinition, declaration: &KeyDeclaration) -> bool {
+    *declaration == enabled_declaration(definition.line)
+}
+
+/// Adds the built-in `enabled` key, or checks the service's own
+/// declaration of it.
+fn check_enabled_key(
+    definition: &mut ServiceDefinition,
+    position: &Position,
+    checker: &mut Checker,
+) {
+    match definition.keys.iter().find(|key| key.name == ENABLED_KEY) {
+        Some(own) if own.key_type != KeyType::Boolean => checker.problem(
+            position,
+            format!(
+                "key \"{ENABLED_KEY}\" (line {}) is built in as a boolean (whether the service runs): declare it type=\"boolean\" or rename your key",
+                own.line
+            ),
+        ),
+        Some(_) => {}
+        None => definition.keys.push(enabled_declaration(definition.line)),
+    }
+}
+
+/// Whether the service runs for these effective keys of it: the value of
+/// [`ENABLED_KEY`], else its declared default, else yes.
+pub fn is_enabled(definition: &ServiceDefinition, keys: Option<&BTreeMap<String, String>>) -> bool {
+    let declared_default = definition
+        .keys
+        .iter()
+        .find(|key| key.name == ENABLED_KEY)
+        .and_then(|key| key.default.as_deref());
+    keys.and_then(|keys| keys.get(ENABLED_KEY))
+        .map(String::as_str)
+        .or(declared_default)
+        != Some("no")
 }
 
 /// One `<key name=".." type=".." [required="yes"] [default=".."]

@@ -446,7 +446,9 @@ fn key_declarations_parse_with_their_types() {
     let tree = Tree::new(&[("keys", &text)]);
     let definitions = load_dir(&tree.root).unwrap();
     let keys = &definitions[0].keys;
-    assert_eq!(keys.len(), 5);
+    // The five declared, then the built-in `enabled`.
+    assert_eq!(keys.len(), 6);
+    assert_eq!(keys[5].name, ENABLED_KEY);
     assert_eq!(keys[0].key_type, KeyType::Port);
     assert_eq!(keys[0].default.as_deref(), Some("80"));
     assert_eq!(
@@ -812,4 +814,126 @@ fn start_on_takes_device_and_timer_events_and_reports_bad_ones_with_their_line()
         errors.contains("/x/hot/service.xml:3:3: bad timer \"daily:25:00\""),
         "{errors}"
     );
+}
+
+#[test]
+fn every_service_has_the_built_in_enabled_key_and_may_declare_it_only_as_a_boolean() {
+    let plain = parse_str(Path::new("/x/n/service.xml"), &service("n", "")).unwrap();
+    let enabled = plain
+        .keys
+        .iter()
+        .find(|key| key.name == ENABLED_KEY)
+        .unwrap();
+    assert_eq!(enabled.key_type, KeyType::Boolean);
+    assert_eq!(enabled.default, None);
+    assert!(is_enabled(&plain, None));
+    let off = BTreeMap::from([(ENABLED_KEY.to_string(), "no".to_string())]);
+    assert!(!is_enabled(&plain, Some(&off)));
+    // An opt-in service: its own declaration with default no.
+    let own = service(
+        "n",
+        "  <key name=\"enabled\" type=\"boolean\" default=\"no\">opt in</key>\n",
+    );
+    let opt_in = parse_str(Path::new("/x/n/service.xml"), &own).unwrap();
+    assert_eq!(
+        opt_in
+            .keys
+            .iter()
+            .filter(|key| key.name == ENABLED_KEY)
+            .count(),
+        1
+    );
+    assert!(!is_enabled(&opt_in, Some(&BTreeMap::new())));
+    let on = BTreeMap::from([(ENABLED_KEY.to_string(), "yes".to_string())]);
+    assert!(is_enabled(&opt_in, Some(&on)));
+    let wrong = service("n", "  <key name=\"enabled\" type=\"port\">no</key>\n");
+    let errors = parse_str(Path::new("/x/n/service.xml"), &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("is built in as a boolean"), "{errors}");
+}
+
+/// `{KEY}` fields: the key must be declared by name, of the field's type,
+/// with a default (used until a render says the model's value).
+#[test]
+fn a_readiness_field_from_a_model_key_is_checked_against_the_declaration() {
+    let parse = |body: &str| parse_str(Path::new("/x/n/service.xml"), &service("n", body));
+    let good = parse(
+        "  <ready kind=\"tcp\" port=\"{port}\"/>\n  <key name=\"port\" type=\"port\" default=\"8080\">p</key>\n",
+    )
+    .unwrap();
+    assert_eq!(good.ready, Readiness::Tcp { port: 8080 });
+    assert_eq!(good.model_field_keys().collect::<Vec<_>>(), vec!["port"]);
+    let moved = good.with_model_values(&BTreeMap::from([("port".to_string(), "9090".to_string())]));
+    assert_eq!(moved.ready, Readiness::Tcp { port: 9090 });
+    let pidfile = parse(
+        "  <ready kind=\"pidfile\" path=\"{pidfile}\"/>\n  <key name=\"pidfile\" type=\"path\" default=\"/run/n.pid\">p</key>\n",
+    )
+    .unwrap();
+    assert_eq!(
+        pidfile.ready,
+        Readiness::Pidfile {
+            path: PathBuf::from("/run/n.pid")
+        }
+    );
+    for (body, expected) in [
+        ("  <ready kind=\"tcp\" port=\"{port}\"/>\n", "names no key of this service"),
+        (
+            "  <ready kind=\"tcp\" port=\"{port}\"/>\n  <key name=\"port\" type=\"string\" default=\"1\">p</key>\n",
+            "must be type=\"port\"",
+        ),
+        (
+            "  <ready kind=\"tcp\" port=\"{port}\"/>\n  <key name=\"port\" type=\"port\">p</key>\n",
+            "needs a default",
+        ),
+    ] {
+        let errors = parse(body).unwrap_err().to_string();
+        assert!(errors.contains(expected), "{body}: {errors}");
+    }
+}
+
+/// Script types: a system service runs as root, a user program as a user;
+/// a need on a later type would wait forever and is refused.
+#[test]
+fn script_types_check_their_user_and_the_order_of_needs() {
+    let parse = |service_type: &str, body: &str| {
+        let text = service("n", body).replace(
+            "<service name=\"n\"",
+            &format!("<service name=\"n\" type=\"{service_type}\""),
+        );
+        parse_str(Path::new("/x/n/service.xml"), &text).map_err(|errors| errors.to_string())
+    };
+    assert!(parse("system", "").is_ok());
+    assert!(parse("system", "  <user>www-data</user>\n")
+        .unwrap_err()
+        .contains("runs as root"));
+    assert!(parse("user", "")
+        .unwrap_err()
+        .contains("add <user>NAME</user> (not root)"));
+    assert!(parse("user", "  <user>root</user>\n").is_err());
+    assert_eq!(
+        parse("user", "  <user>alice</user>\n")
+            .unwrap()
+            .service_type,
+        ServiceType::User
+    );
+
+    let typed = |name: &str, service_type: &str, needs: &str| {
+        service(name, &format!("  <needs>{needs}</needs>\n")).replace(
+            &format!("<service name=\"{name}\""),
+            &format!("<service name=\"{name}\" type=\"{service_type}\""),
+        )
+    };
+    let tree = Tree::new(&[
+        ("early", &typed("early", "system", "job")),
+        ("job", &typed("job", "helper", "web")),
+        ("web", &typed("web", "service", "")),
+        ("fine", &typed("fine", "service", "job")),
+    ]);
+    let errors = load_dir(&tree.root).unwrap_err().to_string();
+    assert!(
+        errors.contains("service \"early\" (type system) needs \"job\", which starts later"),
+        "{errors}"
+    );
+    assert!(!errors.contains("service \"fine\""), "{errors}");
 }

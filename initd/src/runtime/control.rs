@@ -191,6 +191,10 @@ impl Runtime {
                 let name = name.as_str();
                 if !known(self, name) {
                     (2, format!("unknown service {name}: see initctl status"))
+                } else if matches!(request, Request::Start(_) | Request::Restart(_))
+                    && self.supervisor.service(name).is_some_and(|service| !service.enabled)
+                {
+                    (1, format!("{name}{DISABLED}: set it to yes in the model to run it"))
                 } else {
                     let (verb, actions) = match request {
                         Request::Start(_) => ("start", self.supervisor.start(name, now)),
@@ -211,13 +215,19 @@ impl Runtime {
                 None => (2, format!("unknown service {name}: see initctl status")),
                 Some(service) => {
                     let definition = service.definition.clone();
+                    let enabled = service.enabled;
                     let in_mode = self.supervisor.in_current_mode(name);
-                    check_service(
+                    let (code, text) = check_service(
                         &definition,
                         self.supervisor.mode(),
                         in_mode,
                         &self.options.root,
-                    )
+                    );
+                    if enabled {
+                        (code, text)
+                    } else {
+                        (code, format!("{name}{DISABLED}\n{text}"))
+                    }
                 }
             },
             Request::Load(ref name) => match servicedef::load_dir(&self.options.services) {
@@ -350,6 +360,7 @@ impl Runtime {
                 pid: service.pid,
                 restarts: service.restarts,
                 wanted: service.wanted,
+                enabled: service.enabled,
                 in_mode: self.supervisor.in_current_mode(&service.definition.name),
                 exit: service.last_exit.map(|exit| exit.describe()),
                 reason: service.reason.as_deref(),
@@ -511,12 +522,16 @@ impl Runtime {
                     .reason
                     .as_deref()
                     .map(|reason| format!(" ({reason})"))
+                    .or_else(|| (!service.enabled).then(|| DISABLED.to_string()))
                     .unwrap_or_default(),
             ));
         }
         out
     }
 }
+
+/// How status and a refused start show a service the model disables.
+const DISABLED: &str = " (disabled by the model: its key enabled is no)";
 
 /// The longest request line (without its newline) initd reads.
 pub const MAX_REQUEST: usize = 4096;

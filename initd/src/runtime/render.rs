@@ -182,6 +182,7 @@ impl Runtime {
                     for change in &change_set.services {
                         message.push_str(&format!("\n{} {}", change.action.as_str(), change.name));
                     }
+                    self.apply_model_settings(change_set.disabled.as_deref(), &change_set.values);
                     changes = change_set.services;
                     failure = RenderFailure::None;
                     (0, message)
@@ -206,6 +207,20 @@ impl Runtime {
         self.render_done(job.after, job.client, code, message, changes, failure);
         if let Some(next) = self.render_queue.pop_front() {
             self.start_render(next);
+        }
+    }
+
+    /// The model's settings from a change set, before its reloads: the
+    /// `{KEY}` fields' values, then which services the model disables.
+    fn apply_model_settings(
+        &mut self,
+        disabled: Option<&[String]>,
+        values: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    ) {
+        self.supervisor.set_model_values(values);
+        if let Some(disabled) = disabled {
+            let actions = self.supervisor.set_disabled(disabled, Instant::now());
+            self.apply(actions);
         }
     }
 

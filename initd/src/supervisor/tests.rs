@@ -34,6 +34,14 @@ fn state(supervisor: &Supervisor, name: &str) -> State {
     supervisor.service(name).unwrap().state
 }
 
+/// The ready line of mode production with `services` members.
+fn production_ready(services: usize) -> Action {
+    Action::ModeReady {
+        mode: "production".to_string(),
+        services,
+    }
+}
+
 /// web needs net (oneshot), db independent.
 fn three() -> Supervisor {
     Supervisor::new(
@@ -61,10 +69,7 @@ fn boot_starts_independent_services_together_and_dependents_after_ready() {
     assert_eq!(spawns(&actions), vec!["web"]);
     assert!(actions.contains(&Action::Event(Event::Started("net".to_string()))));
     let actions = supervisor.spawned("web", 12, now);
-    assert!(actions.contains(&Action::ModeReady {
-        mode: "production".to_string(),
-        services: 3
-    }));
+    assert!(actions.contains(&production_ready(3)));
 }
 
 #[test]
@@ -486,7 +491,7 @@ mod table {
         (supervisor, now)
     }
 
-    const INPUTS: [&str; 12] = [
+    const INPUTS: [&str; 15] = [
         "start",
         "stop",
         "restart",
@@ -499,6 +504,9 @@ mod table {
         "exit 1",
         "empty",
         "tick +2m",
+        "disable",
+        "re-enable",
+        "daemonized",
     ];
 
     fn apply(supervisor: &mut Supervisor, now: Instant, input: &str) -> Vec<Action> {
@@ -514,6 +522,13 @@ mod table {
             "exit 0" => supervisor.exited(PID, Exit::Code(0), now),
             "exit 1" => supervisor.exited(PID, Exit::Code(1), now),
             "empty" => supervisor.service_empty("svc", now),
+            "disable" => supervisor.set_disabled(&["svc".to_string()], now),
+            "re-enable" => {
+                let mut actions = supervisor.set_disabled(&["svc".to_string()], now);
+                actions.extend(supervisor.set_disabled(&[], now));
+                actions
+            }
+            "daemonized" => supervisor.daemonized("svc", 1, now),
             _ => supervisor.tick(now + Duration::from_secs(120)),
         }
     }
@@ -668,6 +683,201 @@ fn a_config_change_restarts_only_a_running_service() {
     assert_eq!(state(&supervisor, "keepalived"), State::Stopped);
     let actions = supervisor.restart_if_active("web", now);
     assert_eq!(stop_signals(&actions), vec!["web"]);
+}
+
+/// The model's `enabled` flipped live: only that service stops, then
+/// starts again; nothing else is signalled or spawned.
+#[test]
+fn a_disabled_service_stops_alone_and_starts_again_when_enabled() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    supervisor.boot(now);
+    supervisor.spawned("net", 10, now);
+    supervisor.spawned("db", 11, now);
+    supervisor.exited(10, Exit::Code(0), now);
+    supervisor.spawned("web", 12, now);
+    let actions = supervisor.set_disabled(&["db".to_string()], now);
+    assert_eq!(stop_signals(&actions), vec!["db"]);
+    assert!(spawns(&actions).is_empty());
+    supervisor.exited(11, Exit::Signal(libc::SIGTERM), now);
+    supervisor.service_empty("db", now);
+    assert_eq!(state(&supervisor, "db"), State::Stopped);
+    assert_eq!(state(&supervisor, "web"), State::Running);
+    // Disabled: neither a start by hand nor a mode switch runs it.
+    assert!(spawns(&supervisor.start("db", now)).is_empty());
+    assert!(spawns(&supervisor.set_mode("production", now)).is_empty());
+    // The same list again changes nothing.
+    assert!(supervisor.set_disabled(&["db".to_string()], now).is_empty());
+    let actions = supervisor.set_disabled(&[], now);
+    assert_eq!(spawns(&actions), vec!["db"]);
+    assert!(stop_signals(&actions).is_empty());
+}
+
+/// Disabled before boot (the first render's change set): never started,
+/// and the ready line does not wait for it.
+#[test]
+fn a_service_disabled_before_boot_never_starts_and_ready_does_not_wait_for_it() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    assert!(supervisor.set_disabled(&["db".to_string()], now).is_empty());
+    let actions = supervisor.boot(now);
+    assert_eq!(spawns(&actions), vec!["net"]);
+    supervisor.spawned("net", 10, now);
+    supervisor.exited(10, Exit::Code(0), now);
+    let actions = supervisor.spawned("web", 12, now);
+    assert!(actions.contains(&production_ready(2)));
+}
+
+/// A failed service that the model disables forgets its failure, so
+/// enabling it again starts it afresh.
+#[test]
+fn disabling_a_failed_service_clears_the_failure() {
+    let now = Instant::now();
+    let mut supervisor = three();
+    supervisor.boot(now);
+    supervisor.spawned("net", 10, now);
+    supervisor.exited(10, Exit::Code(3), now);
+    assert_eq!(state(&supervisor, "net"), State::Failed);
+    supervisor.set_disabled(&["net".to_string(), "web".to_string()], now);
+    assert_eq!(state(&supervisor, "net"), State::Stopped);
+    let actions = supervisor.set_disabled(&[], now);
+    assert_eq!(spawns(&actions), vec!["net"]);
+}
+
+/// `<ready kind="tcp" port="{port}"/>`: the port follows the model's value.
+#[test]
+fn a_readiness_port_from_the_model_applies_and_survives_a_load() {
+    let port_from_model = || {
+        definition(
+            "<ready kind=\"tcp\" port=\"{port}\"/><key name=\"port\" type=\"port\" default=\"80\">p</key>",
+            "web",
+        )
+    };
+    let mut supervisor = Supervisor::new(vec![port_from_model()], "production");
+    let port =
+        |supervisor: &Supervisor| supervisor.service("web").unwrap().definition.ready.clone();
+    assert_eq!(port(&supervisor), Readiness::Tcp { port: 80 });
+    let values = BTreeMap::from([(
+        "web".to_string(),
+        BTreeMap::from([("port".to_string(), "8080".to_string())]),
+    )]);
+    supervisor.set_model_values(&values);
+    assert_eq!(port(&supervisor), Readiness::Tcp { port: 8080 });
+    supervisor.load(vec![port_from_model()], Instant::now());
+    assert_eq!(port(&supervisor), Readiness::Tcp { port: 8080 });
+}
+
+/// A daemonized service fails at once with the foreground option of its
+/// program (or common examples), is killed whole and not respawned.
+#[test]
+fn a_daemonized_service_fails_at_once_with_what_to_do() {
+    let now = Instant::now();
+    let nginx = servicedef::parse_str(
+        &PathBuf::from("/s/web/service.xml"),
+        "<service name=\"web\"><exec path=\"/usr/sbin/nginx\"/></service>",
+    )
+    .unwrap();
+    let mut supervisor = Supervisor::new(vec![nginx, definition("", "other")], "production");
+    supervisor.boot(now);
+    supervisor.spawned("web", 10, now);
+    supervisor.spawned("other", 11, now);
+    assert_eq!(supervisor.clean_exit_while_up(10, Exit::Code(1)), None);
+    assert_eq!(
+        supervisor.clean_exit_while_up(10, Exit::Code(0)),
+        Some("web")
+    );
+    let actions = supervisor.daemonized("web", 2, now);
+    assert!(actions.contains(&Action::KillService("web".to_string())));
+    assert!(spawns(&actions).is_empty());
+    let web = supervisor.service("web").unwrap();
+    assert_eq!(web.state, State::Failed);
+    assert_eq!(
+        web.reason.as_deref(),
+        Some("web daemonized: run it in the foreground, e.g. nginx -g 'daemon off;' in <exec>")
+    );
+    let other = definition("", "other");
+    assert!(foreground_hint(&other).starts_with("sleep's no-fork option in <exec>"));
+    assert_eq!(state(&supervisor, "other"), State::Running);
+}
+
+/// The five script types in one mode: system, then network, then service,
+/// then user programs; a helper at once; the ready line waits for system,
+/// network and service only.
+fn typed() -> Supervisor {
+    let typed = |name: &str, service_type: &str, body: &str| {
+        let text = format!(
+            "<service name=\"{name}\" type=\"{service_type}\"><exec path=\"/bin/sleep\"><arg>1</arg></exec>{body}</service>"
+        );
+        servicedef::parse_str(&PathBuf::from(format!("/s/{name}/service.xml")), &text).unwrap()
+    };
+    Supervisor::new(
+        vec![
+            typed("mods", "system", "<ready kind=\"exit\"/>"),
+            typed("link", "network", "<ready kind=\"exit\"/>"),
+            typed("daemon", "service", ""),
+            typed("desk", "user", "<user>nobody</user>"),
+            typed("agent", "helper", "<ready kind=\"exit\"/>"),
+        ],
+        "production",
+    )
+}
+
+#[test]
+fn script_types_start_system_then_network_then_service_then_user_and_helpers_at_once() {
+    let now = Instant::now();
+    let mut supervisor = typed();
+    assert_eq!(spawns(&supervisor.boot(now)), vec!["agent", "mods"]);
+    supervisor.spawned("agent", 9, now);
+    supervisor.spawned("mods", 10, now);
+    assert_eq!(
+        spawns(&supervisor.exited(10, Exit::Code(0), now)),
+        vec!["link"]
+    );
+    supervisor.spawned("link", 11, now);
+    assert_eq!(
+        spawns(&supervisor.exited(11, Exit::Code(0), now)),
+        vec!["daemon"]
+    );
+    let actions = supervisor.spawned("daemon", 12, now);
+    // The helper (still starting) and the user program do not hold it.
+    assert!(actions.contains(&production_ready(3)), "{actions:?}");
+    assert_eq!(spawns(&actions), vec!["desk"]);
+    assert_eq!(state(&supervisor, "agent"), State::Starting);
+}
+
+/// A failed system or network service does not hold the later types: the
+/// appliance runs without it (and the ready line says nothing).
+#[test]
+fn a_failed_system_service_lets_the_later_types_start() {
+    let now = Instant::now();
+    let mut supervisor = typed();
+    supervisor.boot(now);
+    supervisor.spawned("mods", 10, now);
+    let actions = supervisor.exited(10, Exit::Code(3), now);
+    assert_eq!(state(&supervisor, "mods"), State::Failed);
+    assert_eq!(spawns(&actions), vec!["link"]);
+    supervisor.spawned("link", 11, now);
+    supervisor.exited(11, Exit::Code(0), now);
+    let actions = supervisor.spawned("daemon", 12, now);
+    assert!(!actions.contains(&production_ready(3)));
+}
+
+/// A helper's failure holds nothing but what needs it.
+#[test]
+fn a_failed_helper_holds_neither_the_others_nor_the_ready_line() {
+    let now = Instant::now();
+    let mut supervisor = typed();
+    supervisor.boot(now);
+    supervisor.spawned("agent", 9, now);
+    supervisor.exited(9, Exit::Code(1), now);
+    assert_eq!(state(&supervisor, "agent"), State::Failed);
+    supervisor.spawned("mods", 10, now);
+    supervisor.exited(10, Exit::Code(0), now);
+    supervisor.spawned("link", 11, now);
+    supervisor.exited(11, Exit::Code(0), now);
+    assert!(supervisor
+        .spawned("daemon", 12, now)
+        .contains(&production_ready(3)));
 }
 
 /// A oneshot `job` on a timer and a device pattern, and a daemon `daemon`

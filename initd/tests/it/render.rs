@@ -365,3 +365,67 @@ fn status_names_the_model_and_the_fleet_watchers_state() {
         "{reply}"
     );
 }
+
+/// The model decides whether a service runs: the change set's `disabled`
+/// stops exactly that service and dropping it from the list starts it
+/// again, other services keep their processes; and a `{port}` readiness
+/// field follows the change set's value (nothing listens on the declared
+/// default, so the service is ready only through the model's port).
+#[test]
+fn the_models_enabled_key_stops_and_starts_exactly_that_service_live() {
+    let model_port = free_port();
+    let declared_port = free_port();
+    let listen = format!(
+        "exec python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", {model_port})); s.listen(); time.sleep(1000)'"
+    );
+    let mut initd = Initd::prepare(
+        "enabled",
+        &[
+            ("calm", shell_service("calm", "exec sleep 1000", "")),
+            ("flip", shell_service("flip", "exec sleep 1000", "")),
+            (
+                "server",
+                shell_service(
+                    "server",
+                    &listen,
+                    &format!("<ready kind=\"tcp\" port=\"{{port}}\" timeout=\"5m\"/><key name=\"port\" type=\"port\" default=\"{declared_port}\">p</key>"),
+                ),
+            ),
+        ],
+    );
+    let renderer = write_renderer(
+        &initd,
+        &format!("if [ -e \"$TEST_DIR/disable-flip\" ]; then disabled='[\"flip\"]'; else disabled='[]'; fi\necho \"{{\\\"written\\\": [], \\\"services\\\": [], \\\"disabled\\\": $disabled, \\\"values\\\": {{\\\"server\\\": {{\\\"port\\\": \\\"{model_port}\\\"}}}}}}\""),
+    );
+    initd.launch(&["--render-command", &renderer]);
+    initd.wait_for_state("server", "running");
+    initd.wait_for_state("flip", "running");
+    let (calm, server) = (initd.main_pid("calm"), initd.main_pid("server"));
+
+    std::fs::write(initd.path("disable-flip"), "").unwrap();
+    initd.ctl(&["render"]);
+    initd.wait_for_state("flip", "stopped");
+    assert_eq!(initd.service("flip")["enabled"], false);
+    assert!(initd.ctl(&["status"]).contains("disabled by the model"));
+    assert_eq!(initd.service("flip")["in_mode"], false);
+    assert!(initd
+        .ctl(&["check", "flip"])
+        .contains("flip (disabled by the model"));
+    let refused = initd.try_ctl(&["start", "flip"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(initd.state("flip"), "stopped");
+    assert_eq!(
+        (initd.main_pid("calm"), initd.main_pid("server")),
+        (calm, server),
+        "only the disabled service stops"
+    );
+
+    std::fs::remove_file(initd.path("disable-flip")).unwrap();
+    initd.ctl(&["render"]);
+    initd.wait_for_state("flip", "running");
+    assert_eq!(
+        (initd.main_pid("calm"), initd.main_pid("server")),
+        (calm, server),
+        "only the enabled service starts"
+    );
+}

@@ -1098,3 +1098,48 @@ fn blame_and_critical_chain_show_where_the_time_went() {
     assert!(lines[0].starts_with("after @"), "{chain}");
     assert!(lines[1].starts_with("└─slow @"), "{chain}");
 }
+
+/// A service that daemonizes (here util-linux `setsid --fork`, which forks,
+/// lets the child carry on in a new session and exits 0) is reported with
+/// what to do and failed at once, its daemon killed; it does not
+/// crash-loop. Guards issue 17: dnsmasq without --keep-in-foreground went
+/// failed after five silent restarts.
+#[test]
+fn a_service_that_daemonizes_is_reported_and_failed_not_respawned() {
+    // As many daemons do, the parent exits once its child is set up.
+    let script = "setsid --fork sh -c 'echo $$ > \"$TEST_DIR/daemon.pid\"; exec sleep 1000'; \
+                  while [ ! -s \"$TEST_DIR/daemon.pid\" ]; do sleep 0.01; done; exit 0";
+    for (tag, flags) in [
+        ("daemonizes-default", vec![]),
+        ("daemonizes-nocgroup", vec!["--no-cgroups"]),
+    ] {
+        let initd = Initd::start(
+            tag,
+            &[
+                ("forks", shell_service("forks", script, "")),
+                ("calm", shell_service("calm", "exec sleep 1000", "")),
+            ],
+            &flags,
+        );
+        initd.wait_for_state("forks", "failed");
+        let status = initd.service("forks");
+        let reason = status["reason"].as_str().unwrap_or_default().to_string();
+        assert!(
+            reason.starts_with("forks daemonized: run it in the foreground, e.g. "),
+            "{tag}: {reason}"
+        );
+        assert_eq!(status["restarts"], 0, "{tag}: no respawn");
+        assert!(initd
+            .ctl(&["status"])
+            .contains("forks daemonized: run it in the foreground"));
+        assert!(initd
+            .console_text()
+            .contains("forks daemonized: run it in the foreground"));
+        let daemon = read_pids(&initd.path("daemon.pid"));
+        assert_eq!(daemon.len(), 1, "{tag}");
+        initd.wait_until("the daemon killed", || {
+            daemon.iter().all(|pid| !alive(*pid))
+        });
+        assert_eq!(initd.state("calm"), "running");
+    }
+}

@@ -141,6 +141,14 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         || check_bad_value_refused(booted(&mut test_vm)?),
     );
     runner.step(
+        "e2e 3 test: the model's key enabled set to no stops exactly web, back to yes starts it",
+        || check_enabled_flip(booted(&mut test_vm)?),
+    );
+    runner.step(
+        "e2e 3 test: a crash-looping sd_notify service is respawned, then failed; nothing else moves",
+        || check_notify_crash_loop(booted(&mut test_vm)?),
+    );
+    runner.step(
         "e2e 3 test: an operator key added to the live model logs in as root over SSH",
         || check_operator_key_login(booted(&mut test_vm)?),
     );
@@ -414,6 +422,11 @@ fn is_oneshot(definition: &servicedef::ServiceDefinition) -> bool {
     definition.ready == servicedef::Readiness::Exit
 }
 
+/// Started by an event other than boot (notify-crash): not by the mode.
+fn starts_on_event(definition: &servicedef::ServiceDefinition) -> bool {
+    !definition.start_on.is_empty() && !definition.start_on.contains(&servicedef::Event::Boot)
+}
+
 /// Every service of `mode` is up (a oneshot: done, not failed); every other is stopped.
 fn check_expected_states(
     states: &BTreeMap<String, String>,
@@ -430,7 +443,7 @@ fn check_expected_states(
         };
         let good = if !in_mode(definition, mode) {
             state == "stopped"
-        } else if is_oneshot(definition) {
+        } else if is_oneshot(definition) || starts_on_event(definition) {
             state == "running" || state == "stopped"
         } else {
             state == "running"
@@ -932,6 +945,104 @@ fn check_bad_value_refused(vm: &mut Vm) -> anyhow::Result<()> {
     }
     vm.succeed("cp /run/model.good /etc/nodows/model.xml && initctl render")?;
     Ok(())
+}
+
+/// The running services' pids, but `name`'s.
+fn pids_but(vm: &mut Vm, name: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+    let mut pids = running_pids(vm)?;
+    pids.remove(name);
+    Ok(pids)
+}
+
+/// Waits until initd reports `name` in `state`.
+fn wait_for_state(vm: &mut Vm, name: &str, state: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SERVICE_TIMEOUT;
+    loop {
+        let now = vm.service_status()?;
+        if now
+            .iter()
+            .any(|status| status.name == name && status.state == state)
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(vm.failure(&format!("{name} is not {state}: {now:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The model's key `enabled`: set to no for web beside every title in the
+/// guest's model, a render (model-watch's, and `initctl render`) stops web
+/// and nothing else, and `initctl start web` is refused; the old model back,
+/// web starts again and serves its page, the other pids still unchanged.
+fn check_enabled_flip(vm: &mut Vm) -> anyhow::Result<()> {
+    let others = pids_but(vm, "web")?;
+    vm.succeed(
+        "cp /etc/nodows/model.xml /run/model.enabled && \
+         sed -i 's|\\(<key name=\"title\">[^<]*</key>\\)|\\1<key name=\"enabled\">no</key>|' /etc/nodows/model.xml && \
+         grep -c '<key name=\"enabled\">no</key>' /etc/nodows/model.xml && initctl render",
+    )?;
+    wait_for_state(vm, "web", "stopped")?;
+    let refused = vm.fail("initctl start web")?;
+    ensure!(
+        refused.contains("disabled by the model"),
+        "initctl start web of a disabled web said: {refused}"
+    );
+    let stopped = pids_but(vm, "web")?;
+    if stopped != others {
+        return Err(vm.failure(&format!(
+            "enabled=no for web moved other services: before {others:?}, after {stopped:?}"
+        )));
+    }
+    vm.succeed("cp /run/model.enabled /etc/nodows/model.xml && initctl render")?;
+    vm.wait_for_service("web", SERVICE_TIMEOUT)?;
+    let (status, _) = vm.http_get(vm.host_port(80), "/")?;
+    ensure!(status == 200, "web answers {status} after enabled=yes");
+    let started = pids_but(vm, "web")?;
+    if started != others {
+        return Err(vm.failure(&format!(
+            "enabled=yes for web moved other services: before {others:?}, after {started:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// notify-crash (test profile, started by `initctl emit crash-loop`) says
+/// READY=1 through $NOTIFY_SOCKET and exits 1: every instance becomes
+/// running through sd_notify, initd respawns it with backoff and fails it
+/// past `max="3"` restarts; no other service's pid changes; then `initctl
+/// stop` acknowledges the failure.
+fn check_notify_crash_loop(vm: &mut Vm) -> anyhow::Result<()> {
+    let before = running_pids(vm)?;
+    let mark = vm.console_mark();
+    vm.succeed("initctl emit crash-loop")?;
+    vm.wait_for_console_text_since(mark, "nodows: service notify-crash failed", SERVICE_TIMEOUT)?;
+    let console = vm
+        .console_text()
+        .get(mark..)
+        .unwrap_or_default()
+        .to_string();
+    let ready = console
+        .matches("nodows: service notify-crash running")
+        .count();
+    ensure!(
+        ready == 4,
+        "notify-crash became running {ready} times through sd_notify (expected 4: the start and 3 restarts)"
+    );
+    let status = vm.succeed("initctl status")?;
+    ensure!(
+        status.contains("3 restarts within 60000ms, last exit 1"),
+        "initctl status does not say why notify-crash failed:\n{status}"
+    );
+    let after = running_pids(vm)?;
+    if before != after {
+        return Err(vm.failure(&format!(
+            "a crash-looping service moved others: before {before:?}, after {after:?}"
+        )));
+    }
+    vm.succeed("initctl stop notify-crash")?;
+    wait_for_state(vm, "notify-crash", "stopped")
 }
 
 /// `cargo xtask run --profile test -- 'cat /etc/nodows/mode; exit 3'`:

@@ -152,11 +152,14 @@ const OUTSIDE_EVERY_TYPE: &[&str] = &[
     "$(reboot)",
 ];
 
-/// The key names a test sets: declared names, and one name for a wildcard.
+/// The key names a test sets: declared names, and one name for a wildcard;
+/// not the built-in `enabled`, which no template reads (it decides whether
+/// the service runs; `sync.rs` tests it).
 fn key_names(definition: &ServiceDefinition) -> Vec<(&KeyDeclaration, String)> {
     definition
         .keys
         .iter()
+        .filter(|declaration| declaration.name != servicedef::ENABLED_KEY)
         .map(|declaration| {
             let name = if declaration.name == ANY_KEY {
                 "kernel.nodows_test".to_string()

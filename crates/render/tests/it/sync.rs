@@ -18,6 +18,15 @@ fn render_json(model: &Path, services: &Path, root: &Path, extra: &[&str]) -> st
     render(&args)
 }
 
+/// The change set's files and actions, without the settings every change
+/// set carries (`disabled`, `values`).
+fn files_and_actions(mut change_set: serde_json::Value) -> serde_json::Value {
+    let object = change_set.as_object_mut().unwrap();
+    object.remove("disabled");
+    object.remove("values");
+    change_set
+}
+
 /// A copy of the demo model with `from` replaced by `to` (exactly once).
 fn edited_model(dir: &Path, from: &str, to: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(repo().join("models/default.xml")).unwrap();
@@ -67,7 +76,10 @@ fn one_key_changed_rewrites_exactly_one_file_and_reloads_exactly_its_owner() {
         root.path(),
         &["--profile", "production", "--server", "web01"],
     ));
-    assert_eq!(again, serde_json::json!({"written": [], "services": []}));
+    assert_eq!(
+        files_and_actions(again),
+        serde_json::json!({"written": [], "services": []})
+    );
 
     let edited = edited_model(
         work.path(),
@@ -81,7 +93,7 @@ fn one_key_changed_rewrites_exactly_one_file_and_reloads_exactly_its_owner() {
         &["--profile", "production", "--server", "web01"],
     ));
     assert_eq!(
-        changed,
+        files_and_actions(changed),
         serde_json::json!({"written": ["/etc/ssh/sshd_config"], "services": [{"name": "ssh", "action": "reload"}]})
     );
     let after = stamps(root.path());
@@ -112,7 +124,7 @@ fn mode_and_owner_drift_is_repaired() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o600)).unwrap();
     let repaired = change_set(&render_json(&model, &services, root.path(), &args));
     assert_eq!(
-        repaired,
+        files_and_actions(repaired),
         serde_json::json!({"written": ["/etc/nodows/net.sh"], "services": [{"name": "net", "action": "restart"}]})
     );
     assert_eq!(std::fs::metadata(&script).unwrap().mode() & 0o7777, 0o755);
@@ -161,7 +173,7 @@ fn service_option_restricts_the_render_to_those_services() {
         ],
     );
     assert_eq!(
-        change_set(&output),
+        files_and_actions(change_set(&output)),
         serde_json::json!({
             "written": ["/etc/ssh/authorized_keys/root", "/etc/ssh/sshd_config", "/etc/sysctl.d/90-nodows.conf"],
             "services": [{"name": "ssh", "action": "reload"}, {"name": "sysctl", "action": "restart"}]
@@ -526,4 +538,43 @@ fn concurrent_renders_of_one_root_take_turns() {
         "the root is neither a dev nor a production render: {:?}",
         result.keys()
     );
+}
+
+/// The change set tells initd which services the model disables and the
+/// values of the keys definitions name (`<ready port="{port}"/>`), for
+/// every service, whatever was rendered; a model that disables a need of an
+/// enabled service of the mode is refused whole.
+#[test]
+fn the_change_set_carries_disabled_services_and_named_key_values() {
+    let root = TempDir::new("settings");
+    let work = TempDir::new("settings-model");
+    let services = repo().join("services");
+    let edited = edited_model(
+        work.path(),
+        r#"<profile name="test">"#,
+        r#"<profile name="test"><service name="web"><key name="enabled">no</key><key name="port">8080</key></service>"#,
+    );
+    let args = ["--profile", "test", "--service", "sysctl"];
+    let settings = change_set(&render_json(&edited, &services, root.path(), &args));
+    assert_eq!(settings["disabled"], serde_json::json!(["web"]));
+    assert_eq!(
+        settings["values"],
+        serde_json::json!({"ssh": {"port": "22"}, "standby": {"port": "80"}, "web": {"port": "8080"}})
+    );
+
+    let refused = edited_model(
+        work.path(),
+        r#"<profile name="test">"#,
+        r#"<profile name="test"><service name="net"><key name="enabled">no</key></service>"#,
+    );
+    let before = tree(root.path());
+    let output = render_json(&refused, &services, root.path(), &["--profile", "test"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message
+            .contains("service `web` runs in mode test and needs `net`, which the model disables"),
+        "{message}"
+    );
+    assert_eq!(tree(root.path()), before, "a refused model writes nothing");
 }

@@ -13,7 +13,8 @@
     <xsl:value-of select="$service"/>
     <xsl:text>); do not edit
 </xsl:text>
-    <xsl:for-each select="$self/key">
+    <!-- enabled is the built-in key of every service, not a parameter. -->
+    <xsl:for-each select="$self/key[@name != 'enabled']">
       <xsl:value-of select="nodows:line(@name)"/>
       <xsl:text> = </xsl:text>
       <xsl:value-of select="nodows:line(.)"/>
