@@ -218,18 +218,14 @@ pub fn build<'scope>(
     std::fs::write(out.join(format!("{name}.cmdline")), format!("{cmdline}\n"))?;
 
     // The ESP: systemd-boot, its loader entry, the kernel and initrd.
-    let esp_image = work.join("esp.fat");
-    let esp_kib = (layout.esp_size_mib * 1024).to_string();
-    let volume_id = &layout.esp_volume_id;
-    ui.run(
-        cmd!(
-            sh,
-            "mkfs.vfat -F 32 -n ESP -i {volume_id} --invariant -C {esp_image} {esp_kib}"
-        )
-        .env("SOURCE_DATE_EPOCH", &epoch),
+    let (esp_image, files) = empty_esp(
+        ui,
+        &sh,
+        &work,
+        layout.esp_size_mib,
+        &layout.esp_volume_id,
+        &epoch,
     )?;
-    let files = work.join("esp");
-    std::fs::create_dir_all(files.join("EFI/BOOT"))?;
     let boot_loader = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
     match secure_boot {
         Some(keys) => super::secureboot::sign(
@@ -557,4 +553,29 @@ pub(super) fn copy_sparse(from: &Path, to: &Path, offset: u64) -> anyhow::Result
     }
     output.flush()?;
     Ok(())
+}
+
+/// An empty FAT32 ESP image of `size_mib` in `work` (`esp.fat`, the same
+/// bytes for the same volume id and epoch), and the directory `work/esp`
+/// (with `EFI/BOOT`) where its files are gathered before `mcopy`.
+pub(super) fn empty_esp(
+    ui: &mut Ui,
+    sh: &Shell,
+    work: &Path,
+    size_mib: u64,
+    volume_id: &str,
+    epoch: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let esp_image = work.join("esp.fat");
+    let esp_kib = (size_mib * 1024).to_string();
+    ui.run(
+        cmd!(
+            sh,
+            "mkfs.vfat -F 32 -n ESP -i {volume_id} --invariant -C {esp_image} {esp_kib}"
+        )
+        .env("SOURCE_DATE_EPOCH", epoch),
+    )?;
+    let files = work.join("esp");
+    std::fs::create_dir_all(files.join("EFI/BOOT"))?;
+    Ok((esp_image, files))
 }

@@ -251,7 +251,40 @@ fn load_service(source: &Path, name: &str, at: &str) -> Result<ServicePlan, BadI
     })
 }
 
+/// `<model path>` of the image, which must exist.
+pub(super) fn model_path(
+    source: &Path,
+    image_document: &Document,
+    problems: &mut Vec<String>,
+) -> PathBuf {
+    let root = &image_document.root;
+    match root
+        .children_named("model")
+        .next()
+        .and_then(|element| element.attribute("path").map(|path| (element, path)))
+    {
+        Some((element, path)) => {
+            if !source.join(path).is_file() {
+                problems.push(format!(
+                    "{}: the model {} does not exist",
+                    image_document.at(element),
+                    source.join(path).display()
+                ));
+            }
+            PathBuf::from(path)
+        }
+        None => {
+            problems.push(format!(
+                "{}: <image> needs <model path=\"...\"/>",
+                image_document.at(root)
+            ));
+            PathBuf::new()
+        }
+    }
+}
+
 /// Resolves the plan of `image` x `profile` from the files under `source`.
+
 #[cfg(test)]
 pub fn resolve(
     source: &Path,
@@ -438,29 +471,7 @@ pub fn resolve_with(
         )),
     }
 
-    let model = match root
-        .children_named("model")
-        .next()
-        .and_then(|m| m.attribute("path").map(|p| (m, p)))
-    {
-        Some((element, path)) => {
-            if !source.join(path).is_file() {
-                problems.push(format!(
-                    "{}: the model {} does not exist",
-                    image_document.at(element),
-                    source.join(path).display()
-                ));
-            }
-            PathBuf::from(path)
-        }
-        None => {
-            problems.push(format!(
-                "{}: <image> needs <model path=\"...\"/>",
-                image_document.at(root)
-            ));
-            PathBuf::new()
-        }
-    };
+    let model = model_path(source, &image_document, &mut problems.0);
 
     let mut image_packages = BTreeSet::new();
     for element in root.children_named("packages") {

@@ -72,18 +72,14 @@ pub fn build_disk(
 
     clamp_ufs2_inode_times(&root_image, source_date_epoch)?;
 
-    let esp_image = work.join("esp.fat");
-    let esp_kib = (layout.esp_size_mib * 1024).to_string();
-    let volume_id = &layout.esp_volume_id;
-    ui.run(
-        cmd!(
-            sh,
-            "mkfs.vfat -F 32 -n ESP -i {volume_id} --invariant -C {esp_image} {esp_kib}"
-        )
-        .env("SOURCE_DATE_EPOCH", &epoch),
+    let (esp_image, files) = super::super::disk::empty_esp(
+        ui,
+        &sh,
+        &work,
+        layout.esp_size_mib,
+        &layout.esp_volume_id,
+        &epoch,
     )?;
-    let files = work.join("esp");
-    std::fs::create_dir_all(files.join("EFI/BOOT"))?;
     std::fs::copy(
         staging.join("boot/loader.efi"),
         files.join("EFI/BOOT/BOOTX64.EFI"),

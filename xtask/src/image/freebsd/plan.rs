@@ -118,7 +118,7 @@ pub fn resolve(source: &Path, image: &str, profile: &str) -> Result<FreebsdPlan,
         ));
     }
     let (disk_size_mib, esp_size_mib) = disk_sizes(&image_document, &mut problems);
-    let model = model_path(source, &image_document, &mut problems);
+    let model = super::super::plan::model_path(source, &image_document, &mut problems);
 
     let profile_root = &profile_document.root;
     if profile_root.name != "profile" || profile_root.attribute("name") != Some(profile) {
@@ -193,34 +193,6 @@ fn disk_sizes(image_document: &Document, problems: &mut Vec<String>) -> (u64, u6
         )),
     }
     (disk_size_mib, esp_size_mib)
-}
-
-/// `<model path>` of the image, which must exist.
-fn model_path(source: &Path, image_document: &Document, problems: &mut Vec<String>) -> PathBuf {
-    let root = &image_document.root;
-    match root
-        .children_named("model")
-        .next()
-        .and_then(|element| element.attribute("path").map(|path| (element, path)))
-    {
-        Some((element, path)) => {
-            if !source.join(path).is_file() {
-                problems.push(format!(
-                    "{}: the model {} does not exist",
-                    image_document.at(element),
-                    source.join(path).display()
-                ));
-            }
-            PathBuf::from(path)
-        }
-        None => {
-            problems.push(format!(
-                "{}: <image> needs <model path=\"...\"/>",
-                image_document.at(root)
-            ));
-            PathBuf::new()
-        }
-    }
 }
 
 /// `overlays/common`, then the profile's `<overlay>`s, each of which must exist.
