@@ -284,7 +284,6 @@ pub(super) fn model_path(
 }
 
 /// Resolves the plan of `image` x `profile` from the files under `source`.
-
 #[cfg(test)]
 pub fn resolve(
     source: &Path,
