@@ -205,10 +205,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return measure(&config, count);
     }
     let mut registered = None;
-    let status = qemu::run_interactive(&config, &mut |pid, work_dir| {
-        registered = crate::run::register_boot(&built, append, pid, work_dir)?;
-        Ok(())
-    })?;
+    // A registry problem costs `cargo xtask run` its reuse, not the boot.
+    let status = qemu::run_interactive(
+        &config,
+        &mut |pid, work_dir| match crate::run::register_boot(&built, append, pid, work_dir) {
+            Ok(registration) => registered = registration,
+            Err(error) => eprintln!("nodows: not registered for `cargo xtask run`: {error:#}"),
+        },
+    )?;
     if let Some((registry, registration)) = registered {
         registry.unregister(&registration);
     }
