@@ -917,7 +917,13 @@ impl Vm {
         command
             .args(&args)
             .stderr(std::fs::File::create(&qemu_stderr)?);
+        // A detached QEMU's console is read back from the log it writes.
+        let mut log_reader = None;
         if config.detached {
+            log_reader = Some(
+                std::fs::File::open(&serial_log)
+                    .with_context(|| format!("{}: cannot open", serial_log.display()))?,
+            );
             command.stdin(Stdio::null()).stdout(log.try_clone()?);
             // A session of its own: no Ctrl-C or hangup of this terminal reaches it.
             // SAFETY: setsid is async-signal-safe.
@@ -934,12 +940,13 @@ impl Vm {
         let mut child = command.spawn().context("starting qemu-system-x86_64")?;
         let stdin = child.stdin.take();
         let console = Arc::new(Console::default());
-        let reader = match child.stdout.take() {
-            Some(stdout) => copy_console(stdout, Arc::clone(&console), Some(log), None),
+        let reader = match log_reader {
+            Some(log_reader) => {
+                copy_console(log_reader, Arc::clone(&console), None, Some(child.id()))
+            }
             None => {
-                let log = std::fs::File::open(&serial_log)
-                    .with_context(|| format!("{}: cannot open", serial_log.display()))?;
-                copy_console(log, Arc::clone(&console), None, Some(child.id()))
+                let stdout = child.stdout.take().expect("stdout is piped");
+                copy_console(stdout, Arc::clone(&console), Some(log), None)
             }
         };
         Ok(Vm {
