@@ -57,7 +57,10 @@ fn parse_link(text: &str) -> Option<qemu::Link> {
 /// What `cargo xtask image` wrote for one image and profile.
 #[derive(Clone, Debug)]
 pub struct BuiltImage {
+    /// `IMAGE-PROFILE`.
     pub name: String,
+    pub image: String,
+    pub profile: String,
     /// The raw GPT disk (what is written to a real disk).
     pub raw: PathBuf,
     pub kernel: PathBuf,
@@ -100,6 +103,8 @@ impl BuiltImage {
             .join(" ");
         Ok(BuiltImage {
             name,
+            image: image.to_string(),
+            profile: profile.to_string(),
             raw,
             kernel,
             initrd,
@@ -167,7 +172,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(server) => format!("{}-{server}", built.name),
         None => built.name.clone(),
     };
-    let _ = std::fs::remove_dir_all(work_root.join(&name));
+    let append = args.append.as_deref().unwrap_or("");
+    // A guest registered for `cargo xtask run` may still run in it.
+    if !crate::run::guest_runs_in(&built, append, &work_root.join(&name))? {
+        let _ = std::fs::remove_dir_all(work_root.join(&name));
+    }
     let mut config = built.config(
         &name,
         args.uefi,
@@ -195,7 +204,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(count) = args.measure {
         return measure(&config, count);
     }
-    let status = qemu::run_interactive(&config)?;
+    let mut registered = None;
+    // A registry problem costs `cargo xtask run` its reuse, not the boot.
+    let status = qemu::run_interactive(
+        &config,
+        &mut |pid, work_dir| match crate::run::register_boot(&built, append, pid, work_dir) {
+            Ok(registration) => registered = registration,
+            Err(error) => eprintln!("nodows: not registered for `cargo xtask run`: {error:#}"),
+        },
+    )?;
+    if let Some((registry, registration)) = registered {
+        registry.unregister(&registration);
+    }
     if !status.success() {
         bail!("qemu exited with {status}");
     }

@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -177,6 +178,10 @@ pub struct VmConfig {
     pub smbios_serial: Option<String>,
     /// Where the work directory is created.
     pub work_root: PathBuf,
+    /// QEMU may outlive this process (`Vm::keep_running`): it runs in a
+    /// session of its own and writes the serial console to `serial.log`,
+    /// which the waits follow; the console takes no input.
+    pub detached: bool,
 }
 
 /// A forward from a fixed port of the host's 127.0.0.1 to a guest port,
@@ -261,6 +266,7 @@ impl VmConfig {
             hotplug_port: false,
             smbios_serial: None,
             work_root: work_root.to_path_buf(),
+            detached: false,
         }
     }
 }
@@ -348,6 +354,8 @@ pub struct Vm {
     qmp_socket: Option<PathBuf>,
     exit_status: Option<ExitStatus>,
     started: Instant,
+    /// Set by `keep_running`: dropping the machine leaves QEMU running.
+    kept: bool,
 }
 
 /// Fails with the name of the package to install when QEMU is missing.
@@ -787,8 +795,13 @@ fn qemu_args(
     Ok(args)
 }
 
-/// Boots interactively: the serial console on this terminal until QEMU exits.
-pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
+/// Boots interactively: the serial console on this terminal until QEMU
+/// exits. `on_started` gets QEMU's process id and the work directory once
+/// QEMU runs.
+pub fn run_interactive(
+    config: &VmConfig,
+    on_started: &mut dyn FnMut(u32, &Path),
+) -> anyhow::Result<ExitStatus> {
     let accel = resolve_accel(config.accel, kernel_of(&config.firmware));
     let work_dir = make_work_dir(&config.work_root, &config.name)?;
     let overlay = prepare_disk(config, &work_dir)?;
@@ -822,11 +835,12 @@ pub fn run_interactive(config: &VmConfig) -> anyhow::Result<ExitStatus> {
         config.name,
         accel.qemu_name()
     );
-    let status = Command::new("qemu-system-x86_64")
+    let mut child = Command::new("qemu-system-x86_64")
         .args(&args)
-        .status()
+        .spawn()
         .context("starting qemu-system-x86_64")?;
-    Ok(status)
+    on_started(child.id(), &work_dir);
+    child.wait().context("waiting for qemu-system-x86_64")
 }
 
 fn kernel_of(firmware: &Firmware) -> Option<&Path> {
@@ -897,38 +911,43 @@ impl Vm {
         let serial_log = work_dir.join("serial.log");
         let qemu_stderr = work_dir.join("qemu.stderr");
         std::fs::write(work_dir.join("qemu.args"), args.join("\n") + "\n")?;
-        let started = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&qemu_stderr)?)
-            .spawn()
-            .context("starting qemu-system-x86_64")?;
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let console = Arc::new(Console::default());
-        let mut log = std::fs::File::create(&serial_log)
+        let log = std::fs::File::create(&serial_log)
             .with_context(|| format!("{}: cannot create", serial_log.display()))?;
-        let reader = {
-            let console = Arc::clone(&console);
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 8192];
-                loop {
-                    let count = match stdout.read(&mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(count) => count,
-                    };
-                    let _ = log.write_all(&buffer[..count]);
-                    let _ = log.flush();
-                    let mut state = console.state.lock().expect("console lock");
-                    state.bytes.extend_from_slice(&buffer[..count]);
-                    console.changed.notify_all();
-                }
-                let mut state = console.state.lock().expect("console lock");
-                state.closed = true;
-                console.changed.notify_all();
-            })
+        let mut command = Command::new("qemu-system-x86_64");
+        command
+            .args(&args)
+            .stderr(std::fs::File::create(&qemu_stderr)?);
+        // A detached QEMU's console is read back from the log it writes.
+        let mut log_reader = None;
+        if config.detached {
+            log_reader = Some(
+                std::fs::File::open(&serial_log)
+                    .with_context(|| format!("{}: cannot open", serial_log.display()))?,
+            );
+            command.stdin(Stdio::null()).stdout(log.try_clone()?);
+            // A session of its own: no Ctrl-C or hangup of this terminal reaches it.
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                command.pre_exec(|| match libc::setsid() {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    _ => Ok(()),
+                });
+            }
+        } else {
+            command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        }
+        let started = Instant::now();
+        let mut child = command.spawn().context("starting qemu-system-x86_64")?;
+        let stdin = child.stdin.take();
+        let console = Arc::new(Console::default());
+        let reader = match log_reader {
+            Some(log_reader) => {
+                copy_console(log_reader, Arc::clone(&console), None, Some(child.id()))
+            }
+            None => {
+                let stdout = child.stdout.take().expect("stdout is piped");
+                copy_console(stdout, Arc::clone(&console), Some(log), None)
+            }
         };
         Ok(Vm {
             name: config.name.clone(),
@@ -947,7 +966,25 @@ impl Vm {
             qmp_socket: Some(qmp_socket),
             exit_status: None,
             started,
+            kept: false,
         })
+    }
+
+    /// The unix socket of the test agent's port, if the machine has one.
+    pub fn agent_socket(&self) -> Option<&Path> {
+        self.agent_socket.as_deref()
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets QEMU run on after this machine is dropped (and this process
+    /// exits); only for a `VmConfig::detached` machine, whose console does
+    /// not depend on this process.
+    pub fn keep_running(&mut self) {
+        self.kept = true;
     }
 
     pub fn work_dir(&self) -> &Path {
@@ -1070,57 +1107,24 @@ impl Vm {
     }
 
     fn execute_until(&mut self, command: &str, deadline: Instant) -> anyhow::Result<(i32, String)> {
-        if self.agent.is_none() {
-            let socket = self
-                .agent_socket
-                .clone()
-                .context("this machine has no agent port")?;
-            let stream = loop {
-                match UnixStream::connect(&socket) {
-                    Ok(stream) => break stream,
-                    Err(error) => {
-                        if Instant::now() >= deadline {
-                            return Err(error)
-                                .context(format!("connecting to {}", socket.display()));
-                        }
-                        self.check_running()?;
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            };
-            self.agent = Some(stream);
-        }
-        let mut stream = self.agent.take().expect("connected above");
-        stream.write_all(format!("{command}\n").as_bytes())?;
-        let mut received: Vec<u8> = Vec::new();
-        let mut buffer = [0u8; 4096];
-        loop {
-            if let Some((status, output)) = parse_agent_reply(&received) {
-                self.agent = Some(stream);
-                return Ok((status, output));
+        let socket = self
+            .agent_socket
+            .clone()
+            .context("this machine has no agent port")?;
+        let Vm {
+            agent,
+            child,
+            exit_status,
+            ..
+        } = self;
+        let mut check_running = || -> anyhow::Result<()> {
+            if let Some(status) = child.try_wait()? {
+                *exit_status = Some(status);
+                bail!("qemu exited ({status})");
             }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "timed out; received so far: {:?}",
-                    String::from_utf8_lossy(&received)
-                );
-            }
-            stream.set_read_timeout(Some((deadline - now).min(Duration::from_millis(500))))?;
-            match stream.read(&mut buffer) {
-                Ok(0) => bail!("the agent connection closed (qemu exited?)"),
-                Ok(count) => received.extend_from_slice(&buffer[..count]),
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    self.check_running()?
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+            Ok(())
+        };
+        agent_exchange(agent, &socket, command, deadline, &mut check_running)
     }
 
     /// Runs `command` in the guest; fails unless it exits 0. Returns its output.
@@ -1463,7 +1467,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if self.exit_status.is_none() {
+        if self.exit_status.is_none() && !self.kept {
             self.kill();
         }
     }
@@ -1498,6 +1502,117 @@ pub fn parse_status(output: &str) -> anyhow::Result<Vec<ServiceStatus>> {
             })
         })
         .collect()
+}
+
+/// Copies the serial console from `source` into `console` (and `copy`)
+/// until end of file; with `follow`, `source` is a log file that QEMU
+/// (that process id) still writes, read on until the process is gone.
+fn copy_console(
+    mut source: impl Read + Send + 'static,
+    console: Arc<Console>,
+    mut copy: Option<std::fs::File>,
+    follow: Option<u32>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 8192];
+        let mut exited = false;
+        loop {
+            let count = match source.read(&mut buffer) {
+                Ok(0) => match follow {
+                    // One more read after the exit takes its last words.
+                    Some(pid) if !exited => {
+                        exited = !process_is_running(pid);
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    _ => break,
+                },
+                Err(_) => break,
+                Ok(count) => count,
+            };
+            if let Some(copy) = copy.as_mut() {
+                let _ = copy.write_all(&buffer[..count]);
+                let _ = copy.flush();
+            }
+            let mut state = console.state.lock().expect("console lock");
+            state.bytes.extend_from_slice(&buffer[..count]);
+            console.changed.notify_all();
+        }
+        let mut state = console.state.lock().expect("console lock");
+        state.closed = true;
+        console.changed.notify_all();
+    })
+}
+
+/// The process exists and has not exited (a zombie, exited but not yet
+/// reaped by its parent, has not the state `Z` in `/proc/PID/stat`).
+pub fn process_is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `PID (COMM) STATE ...`; COMM may hold spaces and parentheses.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| !matches!(state, "Z" | "X"))
+}
+
+/// Runs `command` through the test agent's socket: connects when `agent`
+/// holds no connection yet (retrying until `deadline` while the port is not
+/// there), writes the line and reads up to the exit line. `check_running`
+/// fails when the machine is gone. On success the connection stays in
+/// `agent` for the next command.
+pub fn agent_exchange(
+    agent: &mut Option<UnixStream>,
+    socket: &Path,
+    command: &str,
+    deadline: Instant,
+    check_running: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(i32, String)> {
+    let mut stream = match agent.take() {
+        Some(stream) => stream,
+        None => loop {
+            match UnixStream::connect(socket) {
+                Ok(stream) => break stream,
+                Err(error) => {
+                    if Instant::now() >= deadline {
+                        return Err(error).context(format!("connecting to {}", socket.display()));
+                    }
+                    check_running()?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        },
+    };
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let mut received: Vec<u8> = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some((status, output)) = parse_agent_reply(&received) {
+            *agent = Some(stream);
+            return Ok((status, output));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            bail!(
+                "timed out; received so far: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+        }
+        stream.set_read_timeout(Some((deadline - now).min(Duration::from_millis(500))))?;
+        match stream.read(&mut buffer) {
+            Ok(0) => bail!("the agent connection closed (qemu exited?)"),
+            Ok(count) => received.extend_from_slice(&buffer[..count]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                check_running()?
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// (exit status, output) once the reply is complete.

@@ -105,9 +105,10 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
     }
 
     // `cargo xtask run`, as a script would use it: its own boot of the test
-    // image, one command through the agent, its output and exit code.
+    // image, one command through the agent, its output and exit code; the
+    // guest kept running and reused by a second run.
     runner.step(
-        "e2e 0 test: cargo xtask run prints a guest command's output and exits with its code",
+        "e2e 0 test: cargo xtask run prints a guest command's output and exits with its code; a second run reuses the kept guest",
         || check_xtask_run(context.accel),
     );
 
@@ -1045,8 +1046,10 @@ fn check_notify_crash_loop(vm: &mut Vm) -> anyhow::Result<()> {
     wait_for_state(vm, "notify-crash", "stopped")
 }
 
-/// `cargo xtask run --profile test -- 'cat /etc/nodows/mode; exit 3'`:
-/// stdout is the guest's output, the exit code the command's.
+/// `cargo xtask run --profile test --keep -- 'cat /etc/nodows/mode; ...; exit 3'`:
+/// stdout is the guest's output, the exit code the command's, and the guest
+/// keeps running; a second `run` reuses it (the same kernel boot id, says so
+/// on stderr) and `run --stop` powers it off.
 fn check_xtask_run(accel: Accel) -> anyhow::Result<()> {
     use clap::ValueEnum as _;
     let accel = accel
@@ -1054,23 +1057,45 @@ fn check_xtask_run(accel: Accel) -> anyhow::Result<()> {
         .context("accelerator name")?
         .get_name()
         .to_string();
-    let output = super::cargo_xtask(&[
-        "run",
-        "--profile",
-        "test",
-        "--accel",
-        &accel,
+    let run = |args: &[&str]| -> anyhow::Result<(Option<i32>, String, String)> {
+        let words = [&["run", "--profile", "test", "--accel", &accel], args].concat();
+        let output = super::cargo_xtask(&words)
+            .output()
+            .with_context(|| format!("running cargo xtask {}", words.join(" ")))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        Ok((output.status.code(), stdout, stderr))
+    };
+    // A guest kept by an earlier, interrupted test run goes first.
+    run(&["--stop"])?;
+    const BOOT_ID: &str = "cat /proc/sys/kernel/random/boot_id";
+    let first = run(&[
+        "--keep",
         "--",
-        "cat /etc/nodows/mode; echo; exit 3",
-    ])
-    .output()
-    .context("running cargo xtask run")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        &format!("cat /etc/nodows/mode; {BOOT_ID}; exit 3"),
+    ])?;
+    let result = (|| {
+        let (code, stdout, stderr) = &first;
+        let lines: Vec<&str> = stdout.lines().collect();
+        ensure!(
+            *code == Some(3) && lines.len() == 2 && lines[0] == "test",
+            "cargo xtask run --keep: exit {code:?}, stdout {stdout:?}, stderr:\n{stderr}"
+        );
+        let (code, stdout, stderr) = run(&["--", BOOT_ID])?;
+        ensure!(
+            code == Some(0)
+                && stdout.trim() == lines[1]
+                && stderr.contains("reusing the running guest of debian-test"),
+            "the second cargo xtask run did not reuse the kept guest (boot id {:?} first): exit {code:?}, stdout {stdout:?}, stderr:\n{stderr}",
+            lines[1]
+        );
+        Ok(())
+    })();
+    let (code, _, stderr) = run(&["--stop"])?;
+    result?;
     ensure!(
-        output.status.code() == Some(3) && stdout.trim() == "test",
-        "cargo xtask run: exit {:?}, stdout {stdout:?}, stderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
+        code == Some(0) && stderr.contains("powering off the guest of debian-test"),
+        "cargo xtask run --stop: exit {code:?}, stderr:\n{stderr}"
     );
     Ok(())
 }
