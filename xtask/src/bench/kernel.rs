@@ -95,6 +95,9 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         super::accel_name(context.accel)
     ));
     suite.note(
+        "Before the kernel's clock starts, the firmware loads vmlinuz and initrd and the kernel decompresses itself: the cloud kernel is LZ4-compressed (a larger file that unpacks fast), the generic one XZ, which under TCG is most of the difference from QEMU start that the guest-clock rows do not show.",
+    );
+    suite.note(
         "Guest clock: kernel to /init is the kernel's printk time stamp of `Run /init as init process`; the initrd stage is initd's `mounted after` count from /init's start to the root mounted (modules loaded, root device found); `t=` counts from PID 1's start in the root to the ready line.",
     );
     Ok(())
