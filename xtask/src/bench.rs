@@ -2,7 +2,8 @@
 //! pick instead, measured in the same run on the same machine.
 //!
 //! Suites: `boot` (QEMU start to ready, nodows vs Debian with systemd, plus
-//! PID 1's footprint in the guest), `supervisor` (initd vs runit and s6 on
+//! PID 1's footprint in the guest), `kernel` (the dev image with Debian's
+//! cloud kernel against the generic one), `supervisor` (initd vs runit and s6 on
 //! the host), `image` (cold and warm builds of the dev image vs a bare
 //! mmdebstrap), `flash` (every output format's size; flashing against dd
 //! and bmaptool), `render` (one key changed among 1,000 services),
@@ -18,6 +19,7 @@ mod failover;
 mod flash;
 mod fleet;
 mod image;
+mod kernel;
 mod render;
 mod report;
 mod supervisor;
@@ -38,8 +40,8 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image, flash, render, failover, fleet, update
-    /// or verified.
+    /// Run one suite only: boot, kernel, supervisor, image, flash, render, failover, fleet,
+    /// update or verified.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -50,8 +52,9 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 9] = [
+const SUITES: [&str; 10] = [
     "boot",
+    "kernel",
     "supervisor",
     "image",
     "flash",
@@ -177,6 +180,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let mut suite = Suite::new("boot", "Boot to ready and PID 1 footprint (QEMU)");
                 let result = boot::run(&context, &mut suite);
                 broken |= finish(&mut suite, result);
+                suite
+            }
+            "kernel" => {
+                let mut suite = Suite::new(
+                    "kernel",
+                    "Debian's cloud kernel (the nodows column: images/debian-cloud.xml) against the generic kernel, dev image (QEMU)",
+                );
+                if context.quick {
+                    suite.not_available = Some(
+                        "skipped under --quick (it builds a second Debian base: minutes when cold)"
+                            .to_owned(),
+                    );
+                } else {
+                    let result = kernel::run(&context, &mut suite);
+                    broken |= finish(&mut suite, result);
+                }
                 suite
             }
             "supervisor" => {

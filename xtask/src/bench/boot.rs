@@ -135,19 +135,20 @@ fn reference_image(context: &Context) -> anyhow::Result<PathBuf> {
     Ok(raw)
 }
 
-/// The dev image of the sources as they are, built into TARGET/bench/images
-/// (a warm build when the base is cached: seconds; never a stale image).
-pub fn dev_image(context: &Context) -> anyhow::Result<BuiltImage> {
+/// The dev profile of `image` (`debian`, `debian-cloud`) from the sources as
+/// they are, built into TARGET/bench/images (a warm build when the base is
+/// cached: seconds; never a stale image).
+pub fn dev_image(context: &Context, image: &str) -> anyhow::Result<BuiltImage> {
     let out = context.bench_dir.join("images");
     let sh = &context.sh;
-    eprintln!("    building the dev image into {}", out.display());
+    eprintln!("    building {image}-dev into {}", out.display());
     cmd!(
         sh,
-        "cargo xtask image --image debian --profile dev --out {out}"
+        "cargo xtask image --image {image} --profile dev --out {out}"
     )
     .run()
-    .context("cargo xtask image --image debian --profile dev")?;
-    BuiltImage::find(Some(&out), "debian", "dev")
+    .with_context(|| format!("cargo xtask image --image {image} --profile dev"))?;
+    BuiltImage::find(Some(&out), image, "dev")
 }
 
 /// `k=v` pairs of every `bench:` line.
@@ -212,14 +213,39 @@ fn number(values: &HashMap<String, String>, key: &str) -> Option<f64> {
     values.get(key)?.parse().ok()
 }
 
+/// What the serial console says about the stages before init: the
+/// kernel's printk time of `Run /init as init process` (kernel start to the
+/// initrd's /init, guest clock) and initd's initrd line (`root ... mounted
+/// after S s, modules: A B ...`: the stage's seconds and modules loaded).
+fn early_stages(console: &str) -> (Option<f64>, Option<(f64, usize)>) {
+    let kernel = console.lines().find_map(|line| {
+        let (stamp, rest) = line.trim_start().strip_prefix('[')?.split_once(']')?;
+        rest.trim_start()
+            .starts_with("Run /init as init process")
+            .then(|| stamp.trim().parse().ok())?
+    });
+    let initrd = console.lines().find_map(|line| {
+        let rest = line.split_once(" mounted after ")?.1;
+        let (seconds, modules) = rest.split_once("s, modules:")?;
+        Some((seconds.parse().ok()?, modules.split_whitespace().count()))
+    });
+    (kernel, initrd)
+}
+
 #[derive(Default)]
-struct Samples {
+pub(super) struct Samples {
     /// QEMU start to ready (nodows) or the login prompt (systemd).
-    ready: Vec<f64>,
+    pub ready: Vec<f64>,
     /// systemd only: QEMU start to `is-system-running` answering.
     running: Vec<f64>,
     /// Init start to ready, from the guest's clock.
-    guest: Vec<f64>,
+    pub guest: Vec<f64>,
+    /// nodows: kernel start to the initrd's /init (guest clock).
+    pub kernel: Vec<f64>,
+    /// nodows: the initrd stage, /init to the root mounted (guest clock).
+    pub initrd: Vec<f64>,
+    /// nodows: modules the initrd stage loaded.
+    pub initrd_modules: Vec<f64>,
     rss: Vec<f64>,
     pss: Vec<f64>,
     processes: Vec<f64>,
@@ -243,7 +269,7 @@ impl Samples {
     }
 }
 
-fn boot_nodows(
+pub(super) fn boot_nodows(
     context: &Context,
     built: &BuiltImage,
     work_root: &Path,
@@ -267,6 +293,12 @@ fn boot_nodows(
         .and_then(|t| t.parse().ok())
     {
         samples.guest.push(t);
+    }
+    let (kernel, initrd) = early_stages(&vm.console_text());
+    samples.kernel.extend(kernel);
+    if let Some((seconds, modules)) = initrd {
+        samples.initrd.push(seconds);
+        samples.initrd_modules.push(modules as f64);
     }
     let (status, output) = vm.execute(FOOTPRINT, Duration::from_secs(120))?;
     if status != 0 {
@@ -335,7 +367,7 @@ fn boot_systemd(
 
 pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     qemu::require_qemu()?;
-    let built = dev_image(context).context("the dev image")?;
+    let built = dev_image(context, "debian").context("the dev image")?;
     let raw = reference_image(context).context("the systemd reference image")?;
     let work_root = context.bench_dir.join("qemu");
     let boots = if context.quick { 1 } else { 5 };
@@ -451,6 +483,19 @@ mod tests {
         assert_eq!(systemd_seconds("1min 2.5s"), Some(62.5));
         let analyze = "Startup finished in 2.101s (kernel) + 1.5s (initrd) + 1min 3.25s (userspace) = 1min 6.851s";
         assert_eq!(userspace_seconds(analyze), Some(63.25));
+    }
+
+    #[test]
+    fn the_console_gives_the_kernel_and_initrd_stages() {
+        let console = "[    0.000000] Linux version 6.1.0-57-cloud-amd64\r\n\
+                       [    1.254301] Run /init as init process\r\n\
+                       [    1.254302]   with arguments:\r\n\
+                       initrd: root /dev/vda2 (ext4) mounted after 0.41s, modules: virtio_pci_modern_dev virtio_pci virtio_blk\r\n";
+        assert_eq!(early_stages(console), (Some(1.254301), Some((0.41, 3))));
+        assert_eq!(
+            early_stages("nodows: ready mode=dev t=1.00\n"),
+            (None, None)
+        );
     }
 
     /// The state line may follow the getty's prompt on the same line (a

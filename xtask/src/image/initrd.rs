@@ -100,29 +100,69 @@ impl CpioWriter {
     }
 }
 
+/// The module index files of one kernel, as text.
+struct IndexTexts {
+    dep: String,
+    alias: String,
+    softdep: String,
+    /// `modules.builtin`: the modules compiled into the kernel image.
+    builtin: String,
+}
+
+impl IndexTexts {
+    fn read(module_dir: &Path) -> anyhow::Result<IndexTexts> {
+        let dep_path = module_dir.join("modules.dep");
+        let optional =
+            |name: &str| std::fs::read_to_string(module_dir.join(name)).unwrap_or_default();
+        Ok(IndexTexts {
+            dep: std::fs::read_to_string(&dep_path)
+                .with_context(|| format!("cannot read {}", dep_path.display()))?,
+            alias: optional("modules.alias"),
+            softdep: optional("modules.softdep"),
+            builtin: optional("modules.builtin"),
+        })
+    }
+}
+
+/// The names of the modules built into the kernel (one path a line in
+/// modules.builtin: `kernel/fs/ext4/ext4.ko`).
+fn builtin_names(builtin: &str) -> BTreeSet<String> {
+    builtin
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(module_name)
+        .collect()
+}
+
 /// The modules.dep lines (file, dependencies) of `wanted` and of all they
 /// need (dependencies and soft `pre:` dependencies), in modules.dep's order.
+/// A wanted module that is built into the kernel (Debian's cloud kernel has
+/// ext4 and nvme built in) needs no file: it is left out, not an error.
 fn closure<'a>(
-    dep: &'a str,
-    alias: &str,
-    softdep: &str,
+    texts: &'a IndexTexts,
     wanted: &[String],
-    index_path: &Path,
+    module_dir: &Path,
 ) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
-    let mut index = ModuleIndex::parse(dep, alias);
-    index.set_pre_softdeps(parse_softdeps(softdep));
+    let mut index = ModuleIndex::parse(&texts.dep, &texts.alias);
+    index.set_pre_softdeps(parse_softdeps(&texts.softdep));
+    let builtin = builtin_names(&texts.builtin);
     let mut names: BTreeSet<String> = BTreeSet::new();
     for name in wanted {
+        if builtin.contains(&normalize(name)) {
+            continue;
+        }
         if !index.contains(name) {
             return Err(BadInput(format!(
-                "initrd module {name} is not in {} (a typo, or pruned by <keep-modules>)",
-                index_path.display()
+                "initrd module {name} is neither in {} nor built into the kernel (modules.builtin): a typo, pruned by <keep-modules>, or a driver this kernel package lacks; remove its <initrd-module>",
+                module_dir.join("modules.dep").display()
             ))
             .into());
         }
         names.extend(index.load_order(name));
     }
-    Ok(dep
+    Ok(texts
+        .dep
         .lines()
         .filter_map(|line| line.split_once(':'))
         .map(|(file, dependencies)| (file.trim(), dependencies.trim()))
@@ -140,12 +180,9 @@ pub fn build(
     mtime: u64,
 ) -> anyhow::Result<Vec<u8>> {
     let module_dir = root.join("usr/lib/modules").join(kernel_version);
-    let dep_path = module_dir.join("modules.dep");
-    let dep = std::fs::read_to_string(&dep_path)
-        .with_context(|| format!("cannot read {}", dep_path.display()))?;
-    let alias = std::fs::read_to_string(module_dir.join("modules.alias")).unwrap_or_default();
-    let softdep = std::fs::read_to_string(module_dir.join("modules.softdep")).unwrap_or_default();
-    let included = closure(&dep, &alias, &softdep, modules, &dep_path)?;
+    let texts = IndexTexts::read(&module_dir)?;
+    let (alias, softdep) = (&texts.alias, &texts.softdep);
+    let included = closure(&texts, modules, &module_dir)?;
     let names: BTreeSet<String> = included.iter().map(|(file, _)| module_name(file)).collect();
 
     // Every member by path; BTreeMap order puts parents before children.
@@ -238,24 +275,32 @@ pub fn build(
 mod tests {
     use super::*;
 
+    const DEP: &str = "kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko kernel/lib/crc16.ko\n\
+                       kernel/fs/mbcache.ko:\nkernel/fs/jbd2/jbd2.ko:\nkernel/lib/crc16.ko:\nkernel/fs/xfs/xfs.ko:\n\
+                       kernel/crypto/crc32c_generic.ko:\nkernel/drivers/block/virtio_blk.ko:\n";
+
+    fn texts(dep: &str, builtin: &str) -> IndexTexts {
+        IndexTexts {
+            dep: dep.to_string(),
+            alias: "alias crypto-crc32c crc32c_generic\n".to_string(),
+            softdep: "softdep ext4 pre: crypto-crc32c\n".to_string(),
+            builtin: builtin.to_string(),
+        }
+    }
+
+    fn files<'a>(texts: &'a IndexTexts, wanted: &[&str]) -> anyhow::Result<Vec<&'a str>> {
+        let wanted: Vec<String> = wanted.iter().map(|name| name.to_string()).collect();
+        Ok(closure(texts, &wanted, Path::new("/lib/modules/V"))?
+            .into_iter()
+            .map(|(file, _)| file)
+            .collect())
+    }
+
     #[test]
     fn the_closure_takes_every_dependency_and_nothing_else() {
-        let dep = "kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko kernel/lib/crc16.ko\n\
-                   kernel/fs/mbcache.ko:\nkernel/fs/jbd2/jbd2.ko:\nkernel/lib/crc16.ko:\nkernel/fs/xfs/xfs.ko:\n\
-                   kernel/crypto/crc32c_generic.ko:\n";
-        let files: Vec<&str> = closure(
-            dep,
-            "alias crypto-crc32c crc32c_generic\n",
-            "softdep ext4 pre: crypto-crc32c\n",
-            &["ext4".to_string()],
-            Path::new("modules.dep"),
-        )
-        .unwrap()
-        .into_iter()
-        .map(|(file, _)| file)
-        .collect();
+        let texts = texts(DEP, "");
         assert_eq!(
-            files,
+            files(&texts, &["ext4"]).unwrap(),
             vec![
                 "kernel/fs/ext4/ext4.ko",
                 "kernel/fs/mbcache.ko",
@@ -264,11 +309,31 @@ mod tests {
                 "kernel/crypto/crc32c_generic.ko"
             ]
         );
-        let error =
-            closure(dep, "", "", &["ext5".to_string()], Path::new("modules.dep")).unwrap_err();
-        assert!(error
-            .to_string()
-            .contains("initrd module ext5 is not in modules.dep"));
+        let error = files(&texts, &["ext5"]).unwrap_err().to_string();
+        assert!(
+            error.contains("initrd module ext5 is neither in /lib/modules/V/modules.dep nor built into the kernel"),
+            "{error}"
+        );
+    }
+
+    /// Guards the cloud kernel option: a named module that the kernel has
+    /// built in (ext4, nvme in linux-image-cloud-amd64) is satisfied, with
+    /// no file in the initrd; one it has in neither form is still an error.
+    #[test]
+    fn a_built_in_module_is_satisfied_without_a_file() {
+        // The cloud kernel's index: ext4 and what it needs are built in.
+        let dep = "kernel/drivers/block/virtio_blk.ko:\nkernel/fs/xfs/xfs.ko:\n";
+        let builtin = "kernel/fs/mbcache.ko\nkernel/fs/ext4/ext4.ko\nkernel/fs/jbd2/jbd2.ko\n\
+                       kernel/drivers/nvme/host/nvme-core.ko\nkernel/drivers/nvme/host/nvme.ko\n";
+        let texts = texts(dep, builtin);
+        assert_eq!(
+            files(&texts, &["virtio_blk", "ext4", "nvme", "nvme-core"]).unwrap(),
+            vec!["kernel/drivers/block/virtio_blk.ko"]
+        );
+        let error = files(&texts, &["virtio_blk", "ahci"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("initrd module ahci is neither"), "{error}");
     }
 
     /// Guards the archive format: the kernel and cpio(1) must read it.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 
+mod cloud;
 pub mod failover;
 pub mod fleet;
 mod hotplug;
@@ -111,6 +112,9 @@ pub fn run(runner: &mut Runner, work_root: &Path, accel: Accel) {
         "e2e 0 test: cargo xtask run prints a guest command's output and exits with its code; a second run reuses the kept guest",
         || check_xtask_run(context.accel),
     );
+
+    // The image with Debian's cloud kernel: its own build and boot.
+    cloud::run(runner, &context);
 
     // Boot 1: the test profile.
     let mut test_vm: Option<Vm> = None;
