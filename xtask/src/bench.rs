@@ -8,7 +8,8 @@
 //! and bmaptool), `render` (one key changed among 1,000 services),
 //! `failover` (takeover of a failover pair after a power-off, two QEMU
 //! machines), `fleet` (the model in PostgreSQL: commit to applied, N
-//! appliances converging), `update` (A/B update artifact size, update and
+//! appliances converging), `fleet-booted` (a commit in PostgreSQL to the
+//! owning service's reload on a booted test appliance), `update` (A/B update artifact size, update and
 //! reboot times), `verified` (boot with dm-verity and Secure Boot against
 //! the same image without).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
@@ -17,6 +18,7 @@ mod boot;
 mod failover;
 mod flash;
 mod fleet;
+mod fleet_booted;
 mod image;
 mod render;
 mod report;
@@ -38,8 +40,8 @@ pub struct Args {
     /// CI-friendly: the supervisor and render suites and one boot of each kind (no image builds).
     #[arg(long)]
     pub quick: bool,
-    /// Run one suite only: boot, supervisor, image, flash, render, failover, fleet, update
-    /// or verified.
+    /// Run one suite only: boot, supervisor, image, flash, render, failover, fleet,
+    /// fleet-booted, update or verified.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -50,7 +52,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 9] = [
+const SUITES: [&str; 10] = [
     "boot",
     "supervisor",
     "image",
@@ -58,6 +60,7 @@ const SUITES: [&str; 9] = [
     "render",
     "failover",
     "fleet",
+    "fleet-booted",
     "update",
     "verified",
 ];
@@ -88,6 +91,22 @@ impl Context {
         .run()
         .with_context(|| format!("apt-get install {}", packages.join(" ")))?;
         Ok(())
+    }
+
+    /// `profile`'s image of the sources as they are, built into
+    /// TARGET/bench/images (a warm build when the base is cached: seconds;
+    /// never a stale image).
+    pub fn profile_image(&self, profile: &str) -> anyhow::Result<crate::boot::BuiltImage> {
+        let out = self.bench_dir.join("images");
+        let sh = &self.sh;
+        eprintln!("    building the {profile} image into {}", out.display());
+        cmd!(
+            sh,
+            "cargo xtask image --image debian --profile {profile} --out {out}"
+        )
+        .run()
+        .with_context(|| format!("cargo xtask image --image debian --profile {profile}"))?;
+        crate::boot::BuiltImage::find(Some(&out), "debian", profile)
     }
 
     /// Builds the static initd and returns its path.
@@ -208,6 +227,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "fleet" => {
                 let mut suite = Suite::new("fleet", "The fleet: the model in PostgreSQL (host)");
                 let result = fleet::run(&context, &mut suite);
+                broken |= finish(&mut suite, result);
+                suite
+            }
+            "fleet-booted" => {
+                let mut suite = Suite::new(
+                    "fleet-booted",
+                    "The fleet on a booted appliance: commit in PostgreSQL to the service's reload (QEMU)",
+                );
+                let result = fleet_booted::run(&context, &mut suite);
                 broken |= finish(&mut suite, result);
                 suite
             }
