@@ -9,7 +9,8 @@
 //! and bmaptool), `render` (one key changed among 1,000 services),
 //! `failover` (takeover of a failover pair after a power-off, two QEMU
 //! machines), `fleet` (the model in PostgreSQL: commit to applied, N
-//! appliances converging), `update` (A/B update artifact size, update and
+//! appliances converging), `fleet-booted` (a commit in PostgreSQL to the
+//! owning service's reload on a booted test appliance), `update` (A/B update artifact size, update and
 //! reboot times), `verified` (boot with dm-verity and Secure Boot against
 //! the same image without).
 //! Writes BENCHMARKS.md and TARGET/bench/results.json.
@@ -18,6 +19,7 @@ mod boot;
 mod failover;
 mod flash;
 mod fleet;
+mod fleet_booted;
 mod image;
 mod kernel;
 mod render;
@@ -41,7 +43,7 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Run one suite only: boot, kernel, supervisor, image, flash, render, failover, fleet,
-    /// update or verified.
+    /// fleet-booted, update or verified.
     #[arg(long, value_name = "NAME")]
     pub only: Option<String>,
     /// QEMU accelerator for the boot suite.
@@ -52,7 +54,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-const SUITES: [&str; 10] = [
+const SUITES: [&str; 11] = [
     "boot",
     "kernel",
     "supervisor",
@@ -61,6 +63,7 @@ const SUITES: [&str; 10] = [
     "render",
     "failover",
     "fleet",
+    "fleet-booted",
     "update",
     "verified",
 ];
@@ -91,6 +94,29 @@ impl Context {
         .run()
         .with_context(|| format!("apt-get install {}", packages.join(" ")))?;
         Ok(())
+    }
+
+    /// `profile`'s image of the sources as they are, built into
+    /// TARGET/bench/images (a warm build when the base is cached: seconds;
+    /// never a stale image).
+    pub fn profile_image(&self, profile: &str) -> anyhow::Result<crate::boot::BuiltImage> {
+        self.image_of("debian", profile)
+    }
+
+    /// `profile` of `image` (`debian`, `debian-cloud`) from the sources as
+    /// they are, built into TARGET/bench/images (a warm build when the base
+    /// is cached: seconds; never a stale image).
+    pub fn image_of(&self, image: &str, profile: &str) -> anyhow::Result<crate::boot::BuiltImage> {
+        let out = self.bench_dir.join("images");
+        let sh = &self.sh;
+        eprintln!("    building {image}-{profile} into {}", out.display());
+        cmd!(
+            sh,
+            "cargo xtask image --image {image} --profile {profile} --out {out}"
+        )
+        .run()
+        .with_context(|| format!("cargo xtask image --image {image} --profile {profile}"))?;
+        crate::boot::BuiltImage::find(Some(&out), image, profile)
     }
 
     /// Builds the static initd and returns its path.
@@ -227,6 +253,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "fleet" => {
                 let mut suite = Suite::new("fleet", "The fleet: the model in PostgreSQL (host)");
                 let result = fleet::run(&context, &mut suite);
+                broken |= finish(&mut suite, result);
+                suite
+            }
+            "fleet-booted" => {
+                let mut suite = Suite::new(
+                    "fleet-booted",
+                    "The fleet on a booted appliance: commit in PostgreSQL to the service's reload (QEMU)",
+                );
+                let result = fleet_booted::run(&context, &mut suite);
                 broken |= finish(&mut suite, result);
                 suite
             }

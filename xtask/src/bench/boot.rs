@@ -135,22 +135,6 @@ fn reference_image(context: &Context) -> anyhow::Result<PathBuf> {
     Ok(raw)
 }
 
-/// The dev profile of `image` (`debian`, `debian-cloud`) from the sources as
-/// they are, built into TARGET/bench/images (a warm build when the base is
-/// cached: seconds; never a stale image).
-pub fn dev_image(context: &Context, image: &str) -> anyhow::Result<BuiltImage> {
-    let out = context.bench_dir.join("images");
-    let sh = &context.sh;
-    eprintln!("    building {image}-dev into {}", out.display());
-    cmd!(
-        sh,
-        "cargo xtask image --image {image} --profile dev --out {out}"
-    )
-    .run()
-    .with_context(|| format!("cargo xtask image --image {image} --profile dev"))?;
-    BuiltImage::find(Some(&out), image, "dev")
-}
-
 /// `k=v` pairs of every `bench:` line.
 fn report_values(text: &str) -> HashMap<String, String> {
     let mut values = HashMap::new();
@@ -367,7 +351,7 @@ fn boot_systemd(
 
 pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     qemu::require_qemu()?;
-    let built = dev_image(context, "debian").context("the dev image")?;
+    let built = context.profile_image("dev").context("the dev image")?;
     let raw = reference_image(context).context("the systemd reference image")?;
     let work_root = context.bench_dir.join("qemu");
     let boots = if context.quick { 1 } else { 5 };

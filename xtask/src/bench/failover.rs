@@ -15,30 +15,13 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use xshell::cmd;
 
 use super::report::{Stat, Suite, Unit};
 use super::Context;
-use crate::boot::BuiltImage;
 use crate::qemu::Pattern;
 use crate::test::e2e::failover::{self, Pair, SERVERS};
 
 const RUNS: usize = 5;
-
-/// The failover-test image of the sources as they are, in TARGET/bench/images.
-fn pair_image(context: &Context) -> anyhow::Result<BuiltImage> {
-    let out = context.bench_dir.join("images");
-    let sh = &context.sh;
-    let profile = failover::PROFILE;
-    eprintln!("    building the {profile} image into {}", out.display());
-    cmd!(
-        sh,
-        "cargo xtask image --image debian --profile {profile} --out {out}"
-    )
-    .run()
-    .with_context(|| format!("cargo xtask image --image debian --profile {profile}"))?;
-    BuiltImage::find(Some(&out), "debian", profile)
-}
 
 /// nodows' default advertisement interval: keepalived's declaration.
 fn tuned_advert_int() -> anyhow::Result<String> {
@@ -87,7 +70,7 @@ fn load_average() -> String {
 
 pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     let load_at_start = load_average();
-    let image = pair_image(context)?;
+    let image = context.profile_image(failover::PROFILE)?;
     let runs = if context.quick { 1 } else { RUNS };
     let tuned = tuned_advert_int()?;
     let work_root = context.work.join("failover");

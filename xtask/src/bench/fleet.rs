@@ -69,7 +69,7 @@ pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
         "A real PostgreSQL 15 on 127.0.0.1 started for the run; every appliance is a `nodows watch --model postgres://...` process with its own role (row-level security), passfile, last-good file and root; {appliances} appliances."
     ));
     suite.note("etcd: Debian's etcd-server 3.4 on 127.0.0.1, started for the run; the appliance's model (the same cut to its server as PostgreSQL hands out) is one key, put through etcd's JSON gateway over one HTTP request, and `etcdctl watch KEY -- sh -c 'etcdctl get ... > model.xml && nodows render ...'` renders it (the event's value is Go-quoted, so the command reads the key); applied = the rendered page shows the new value.");
-    suite.note("Not measured: the latency on a booted appliance under QEMU.");
+    suite.note("The latency on a booted appliance under QEMU is the `fleet-booted` suite's.");
     suite.row(
         "commit in PostgreSQL to the appliance's applied render (LISTEN/NOTIFY, fetch, validate and render in memory, last-good written, `nodows render` run)",
         Unit::Milliseconds,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::boot::{boot_nodows, dev_image, Samples};
+use super::boot::{boot_nodows, Samples};
 use super::report::{Stat, Suite, Unit};
 use super::Context;
 use crate::boot::BuiltImage;
@@ -31,8 +31,10 @@ fn initrd_kib(image: &BuiltImage) -> anyhow::Result<Option<Stat>> {
 
 pub fn run(context: &Context, suite: &mut Suite) -> anyhow::Result<()> {
     qemu::require_qemu()?;
-    let generic = dev_image(context, "debian").context("the dev image")?;
-    let cloud = dev_image(context, "debian-cloud").context("the dev image, cloud kernel")?;
+    let generic = context.image_of("debian", "dev").context("the dev image")?;
+    let cloud = context
+        .image_of("debian-cloud", "dev")
+        .context("the dev image, cloud kernel")?;
     let work_root = context.bench_dir.join("qemu-kernel");
     let boots = if context.quick { 1 } else { 5 };
     let mut generic_samples = Samples::default();

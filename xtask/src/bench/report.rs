@@ -42,6 +42,14 @@ impl Stat {
         }
     }
 
+    /// The nearest-rank percentile `p` (0 < p <= 100): the smallest sample
+    /// with at least p % of the samples at or below it.
+    pub fn percentile(&self, p: f64) -> f64 {
+        let sorted = self.sorted();
+        let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
     pub fn min(&self) -> f64 {
         self.sorted()[0]
     }
@@ -374,6 +382,17 @@ mod tests {
         assert_eq!(Stat::new(vec![3.0, 1.0, 2.0]).unwrap().median(), 2.0);
         assert_eq!(Stat::new(vec![4.0, 1.0, 2.0, 3.0]).unwrap().median(), 2.5);
         assert!(Stat::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn nearest_rank_percentile() {
+        let twenty = Stat::new((1..=20).rev().map(f64::from).collect()).unwrap();
+        assert_eq!(twenty.percentile(95.0), 19.0);
+        assert_eq!(twenty.percentile(100.0), 20.0);
+        assert_eq!(twenty.percentile(50.0), 10.0);
+        let three = Stat::new(vec![5.0, 1.0, 3.0]).unwrap();
+        assert_eq!(three.percentile(95.0), 5.0);
+        assert_eq!(three.percentile(1.0), 1.0);
     }
 
     #[test]

@@ -24,8 +24,6 @@ pub mod failover;
 pub mod fleet;
 mod hotplug;
 
-use fleet::FleetDatabase;
-
 use super::Runner;
 use crate::boot::BuiltImage;
 use crate::qemu::{self, Accel, Disk, Link, ServiceStatus, Vm};
@@ -1186,131 +1184,98 @@ fn check_operator_key_login(vm: &mut Vm) -> anyhow::Result<()> {
 /// server's title reaches its web page; afterwards the guest goes back to
 /// its baked model.
 fn check_fleet_push(vm: &mut Vm, work_root: &Path) -> anyhow::Result<()> {
-    // The watcher needs a server id (its role is that server's); a guest
-    // that renders without one takes web01's role, and the change goes to
-    // the profile's title, which is what its page shows.
-    let guest = guest_server(vm)?;
-    let server = guest.clone().unwrap_or_else(|| "web01".to_string());
-    let change = match &guest {
-        Some(server) => format!("server = '{server}'"),
-        None => "profile = 'test'".to_string(),
-    };
-    let mut database = FleetDatabase::start(&work_root.join("fleet-db"), &[&server], None)?;
-    let (port, role, name) = (
-        database.port,
-        database.role(&server)?,
-        database.database.clone(),
-    );
-    let password = database.password(&server)?;
-    // The password reaches the guest through the agent (not the console)
-    // into a file only root can read.
-    vm.succeed(&format!(
-        "umask 077 && printf '%s\\n' '10.0.2.2:{port}:{name}:{role}:{password}' > /run/nodows-fleet.pgpass"
-    ))?;
-    let url = format!("postgres://{role}@10.0.2.2:{port}/{name}?passfile=/run/nodows-fleet.pgpass");
-    vm.succeed(&format!(
-        "setsid /usr/bin/nodows watch --model '{url}' --server {server} --profile test --services /etc/nodows/services --last-good /var/lib/nodows/model.xml --command '/sbin/initctl render' --poll 60s --max-backoff 2s > /var/log/nodows/fleet-watch.log 2>&1 < /dev/null & echo $! > /run/nodows-fleet-watch.pid"
-    ))?;
-    let result = (|| -> anyhow::Result<()> {
-        let first = database.sql("SELECT 1")?;
-        database
-            .wait_applied(&server, first, SERVICE_TIMEOUT)
-            .map_err(|e| vm.failure(&format!("{e:#}")))?;
-        let title = "nodows from PostgreSQL";
-        let started = Instant::now();
-        let revision = database.sql(&format!(
-            "UPDATE nodows.value SET value = '{title}' WHERE {change} AND service = 'web' AND key = 'title'"
-        ))?;
-        let deadline = Instant::now() + SERVICE_TIMEOUT;
-        loop {
-            let (status, body) = vm.http_get(vm.host_port(80), "/")?;
-            if status == 200 && body.contains(title) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
-                return Err(vm.failure(&format!(
-                    "the page did not show the title from PostgreSQL:
-{body}
-watch log:
-{log}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!(
-            "    commit in PostgreSQL to the page on the appliance: {} ms",
-            started.elapsed().as_millis()
-        );
-        database.wait_applied(&server, revision, SERVICE_TIMEOUT)?;
-        let status = vm.succeed("initctl status")?;
-        ensure!(
-            status.contains(&format!(
-                "fleet postgres://{role}@10.0.2.2:{port}/{name} server {server}: connected; running last-good revision {revision}"
-            )),
-            "initctl status does not show the fleet watcher's state:\n{status}"
-        );
-
-        // A model that fails validation (net's required address deleted)
-        // is refused whole: the page and the last-good model stay, the
-        // refusal is in the status row and in initctl status.
-        let last_good = vm.succeed("cat /var/lib/nodows/model.xml")?;
-        let refused = database.sql(
-            "DELETE FROM nodows.value WHERE server IS NULL AND profile IS NULL AND service = 'net' AND key = 'address'",
-        )?;
-        database.wait_status(&server, refused, "refused", SERVICE_TIMEOUT)?;
-        ensure!(
-            vm.succeed("cat /var/lib/nodows/model.xml")? == last_good,
-            "the refused model replaced the last-good one"
-        );
-        wait_for_page(vm, title)?;
-        let status = vm.succeed("initctl status")?;
-        ensure!(
-            status.contains("; last refused: "),
-            "initctl status does not show the refusal:\n{status}"
-        );
-        let restored = database.sql(
-            "INSERT INTO nodows.value (service, key, value) VALUES ('net', 'address', '10.0.2.15/24')",
-        )?;
-        database.wait_applied(&server, restored, SERVICE_TIMEOUT)?;
-
-        // A change made while the appliance cannot reach the database
-        // arrives after it reconnects (the poll is 60 s: the reconnect
-        // brings it).
-        database.sql(&format!(
-            "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
-        ))?;
-        let away = "nodows changed while away";
-        let changed = database.sql(&format!(
-            "UPDATE nodows.value SET value = '{away}' WHERE {change} AND service = 'web' AND key = 'title'"
-        ))?;
-        std::thread::sleep(Duration::from_secs(3));
-        let (_, body) = vm.http_get(vm.host_port(80), "/")?;
-        ensure!(
-            !body.contains(away),
-            "the page changed while the appliance could not log in"
-        );
-        let status = vm.succeed("initctl status")?;
-        ensure!(
-            status.contains("database unreachable; running last-good revision"),
-            "initctl status does not say the database is unreachable:\n{status}"
-        );
-        database.sql(&format!("ALTER ROLE {role} LOGIN"))?;
-        wait_for_page(vm, away)?;
-        database.wait_applied(&server, changed, SERVICE_TIMEOUT)?;
-
-        let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
-        ensure!(
-            !log.contains(&password),
-            "the watcher's log holds the password:\n{log}"
-        );
-        Ok(())
-    })();
+    let mut watch = fleet::GuestWatch::start(vm, &work_root.join("fleet-db"))?;
+    let result = fleet_push_checks(vm, &mut watch);
     // Back to the baked model for the next steps, whatever happened.
-    let _ = vm.succeed(
-        "kill $(cat /run/nodows-fleet-watch.pid); rm -f /var/lib/nodows/model.xml /run/nodows/model-status.json /run/nodows-fleet.pgpass; initctl render",
-    );
+    watch.stop(vm);
     result
+}
+
+/// The checks of `check_fleet_push` on a running guest watcher.
+fn fleet_push_checks(vm: &mut Vm, watch: &mut fleet::GuestWatch) -> anyhow::Result<()> {
+    let (server, role, password, url) = (
+        watch.server.clone(),
+        watch.role.clone(),
+        watch.password.clone(),
+        watch.url.clone(),
+    );
+    let title = "nodows from PostgreSQL";
+    let started = Instant::now();
+    let revision = watch.update_web_key("title", title)?;
+    wait_for_page(vm, title)?;
+    eprintln!(
+        "    commit in PostgreSQL to the page on the appliance: {} ms",
+        started.elapsed().as_millis()
+    );
+    watch
+        .database
+        .wait_applied(&server, revision, SERVICE_TIMEOUT)?;
+    let status = vm.succeed("initctl status")?;
+    ensure!(
+        status.contains(&format!(
+            "fleet {url} server {server}: connected; running last-good revision {revision}"
+        )),
+        "initctl status does not show the fleet watcher's state:\n{status}"
+    );
+
+    // A model that fails validation (net's required address deleted)
+    // is refused whole: the page and the last-good model stay, the
+    // refusal is in the status row and in initctl status.
+    let last_good = vm.succeed("cat /var/lib/nodows/model.xml")?;
+    let refused = watch.database.sql(
+        "DELETE FROM nodows.value WHERE server IS NULL AND profile IS NULL AND service = 'net' AND key = 'address'",
+    )?;
+    watch
+        .database
+        .wait_status(&server, refused, "refused", SERVICE_TIMEOUT)?;
+    ensure!(
+        vm.succeed("cat /var/lib/nodows/model.xml")? == last_good,
+        "the refused model replaced the last-good one"
+    );
+    wait_for_page(vm, title)?;
+    let status = vm.succeed("initctl status")?;
+    ensure!(
+        status.contains("; last refused: "),
+        "initctl status does not show the refusal:\n{status}"
+    );
+    let restored = watch.database.sql(
+        "INSERT INTO nodows.value (service, key, value) VALUES ('net', 'address', '10.0.2.15/24')",
+    )?;
+    watch
+        .database
+        .wait_applied(&server, restored, SERVICE_TIMEOUT)?;
+
+    // A change made while the appliance cannot reach the database
+    // arrives after it reconnects (the poll is 60 s: the reconnect
+    // brings it).
+    watch.database.sql(&format!(
+        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))?;
+    let away = "nodows changed while away";
+    let changed = watch.update_web_key("title", away)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, body) = vm.http_get(vm.host_port(80), "/")?;
+    ensure!(
+        !body.contains(away),
+        "the page changed while the appliance could not log in"
+    );
+    let status = vm.succeed("initctl status")?;
+    ensure!(
+        status.contains("database unreachable; running last-good revision"),
+        "initctl status does not say the database is unreachable:\n{status}"
+    );
+    watch.database.sql(&format!("ALTER ROLE {role} LOGIN"))?;
+    wait_for_page(vm, away)?;
+    watch
+        .database
+        .wait_applied(&server, changed, SERVICE_TIMEOUT)?;
+
+    let log = vm.succeed("cat /var/log/nodows/fleet-watch.log")?;
+    ensure!(
+        !log.contains(&password),
+        "the watcher's log holds the password:\n{log}"
+    );
+    Ok(())
 }
 
 /// Waits until the page on port 80 shows `text`.

@@ -324,6 +324,129 @@ impl Drop for FleetDatabase {
     }
 }
 
+/// `nodows watch` in a booted test-image guest against the host's
+/// PostgreSQL (QEMU's user-network gateway 10.0.2.2 is the host's
+/// 127.0.0.1), applying through `initctl render`: used by the e2e step and
+/// by the `fleet-booted` benchmark.
+pub struct GuestWatch {
+    pub database: FleetDatabase,
+    /// The server whose role the watcher uses.
+    pub server: String,
+    /// The rows the guest's model takes web's keys from: its server's, or
+    /// (a guest without a server id renders as web01) the test profile's,
+    /// as `(column, value)` of `nodows.value`.
+    pub scope: (&'static str, String),
+    pub role: String,
+    pub password: String,
+    /// `postgres://ROLE@10.0.2.2:PORT/DATABASE`, as initctl status shows it.
+    pub url: String,
+}
+
+impl GuestWatch {
+    /// Starts the database under `dir` and the watcher in the guest, and
+    /// waits until the guest applied the database's model.
+    pub fn start(vm: &mut Vm, dir: &Path) -> anyhow::Result<GuestWatch> {
+        // The watcher needs a server id (its role is that server's); a
+        // guest that renders without one takes web01's role, and its
+        // changes go to the profile's rows, which is what it renders.
+        let guest = super::guest_server(vm)?;
+        let server = guest.clone().unwrap_or_else(|| "web01".to_string());
+        let scope = match guest {
+            Some(server) => ("server", server),
+            None => ("profile", "test".to_string()),
+        };
+        let database = FleetDatabase::start(dir, &[&server], None)?;
+        let (port, role, name) = (
+            database.port,
+            database.role(&server)?,
+            database.database.clone(),
+        );
+        let password = database.password(&server)?;
+        // The password reaches the guest through the agent (not the
+        // console) into a file only root can read.
+        vm.succeed(&format!(
+            "umask 077 && printf '%s\\n' '10.0.2.2:{port}:{name}:{role}:{password}' > /run/nodows-fleet.pgpass"
+        ))?;
+        let url = format!("postgres://{role}@10.0.2.2:{port}/{name}");
+        vm.succeed(&format!(
+            "setsid /usr/bin/nodows watch --model '{url}?passfile=/run/nodows-fleet.pgpass' --server {server} --profile test --services /etc/nodows/services --last-good /var/lib/nodows/model.xml --command '/sbin/initctl render' --poll 60s --max-backoff 2s > /var/log/nodows/fleet-watch.log 2>&1 < /dev/null & echo $! > /run/nodows-fleet-watch.pid"
+        ))?;
+        let mut watch = GuestWatch {
+            database,
+            server,
+            scope,
+            role,
+            password,
+            url,
+        };
+        let first = watch.database.sql("SELECT 1")?;
+        if let Err(error) = watch
+            .database
+            .wait_applied(&watch.server, first, SERVICE_TIMEOUT)
+        {
+            let error = vm.failure(&format!("{error:#}"));
+            watch.stop(vm);
+            return Err(error);
+        }
+        Ok(watch)
+    }
+
+    /// The SQL condition of the rows in scope.
+    pub fn in_scope(&self) -> String {
+        format!("{} = '{}'", self.scope.0, self.scope.1)
+    }
+
+    /// Sets web's `key` to `value` in scope (replacing any row) in one
+    /// commit; the revision.
+    pub fn set_web_key(&mut self, key: &str, value: &str) -> anyhow::Result<i64> {
+        let (column, owner) = &self.scope;
+        let statement = format!(
+            "BEGIN; \
+             DELETE FROM nodows.value WHERE {column} = '{owner}' AND service = 'web' AND key = '{key}'; \
+             INSERT INTO nodows.value ({column}, service, key, value) VALUES ('{owner}', 'web', '{key}', '{value}'); \
+             COMMIT"
+        );
+        self.database.sql(&statement)
+    }
+
+    /// An UPDATE of web's `key` in scope, committed; the revision.
+    pub fn update_web_key(&mut self, key: &str, value: &str) -> anyhow::Result<i64> {
+        let statement = format!(
+            "UPDATE nodows.value SET value = '{value}' WHERE {} AND service = 'web' AND key = '{key}'",
+            self.in_scope()
+        );
+        self.database.sql(&statement)
+    }
+
+    /// Back to the baked model: the watcher, its last-good model, status
+    /// and credentials go, and the guest renders again.
+    pub fn stop(&mut self, vm: &mut Vm) {
+        let _ = vm.succeed(
+            "kill $(cat /run/nodows-fleet-watch.pid); rm -f /var/lib/nodows/model.xml /run/nodows/model-status.json /run/nodows-fleet.pgpass; initctl render",
+        );
+    }
+}
+
+/// The children of the web service's main process (nginx's workers, new
+/// ones after a reload), read through the agent.
+pub fn web_workers(vm: &mut Vm, pid: i64) -> anyhow::Result<Vec<i64>> {
+    parse_pids(&vm.succeed(&workers_command(pid))?)
+}
+
+/// The shell command that prints the children of `pid`.
+fn workers_command(pid: i64) -> String {
+    format!("cat /proc/{pid}/task/*/children")
+}
+
+fn parse_pids(text: &str) -> anyhow::Result<Vec<i64>> {
+    text.split_whitespace()
+        .map(|word| {
+            word.parse()
+                .with_context(|| format!("not a pid: {word:?} in {text:?}"))
+        })
+        .collect()
+}
+
 /// The two appliances, their database and the operator key.
 struct Fleet {
     database: FleetDatabase,
@@ -367,10 +490,7 @@ impl Fleet {
             .get("web")
             .map(|(pid, _)| *pid)
             .context("web is not running")?;
-        Ok(self
-            .ssh(server, &format!("cat /proc/{pid}/task/*/children"))?
-            .trim()
-            .to_string())
+        Ok(self.ssh(server, &workers_command(pid))?.trim().to_string())
     }
 
     /// Waits until `server`'s page shows `text`.
