@@ -323,17 +323,11 @@ pub fn build<'scope>(
     for path in entries.iter().chain(std::iter::once(&files)) {
         super::util::clamp_time(path, source_date_epoch)?;
     }
-    ui.run(
-        cmd!(sh, "mcopy -i {esp_image} -s -m -Q {esp_tops...} ::/")
-            .env("SOURCE_DATE_EPOCH", &epoch)
-            .env("MTOOLS_SKIP_CHECK", "1"),
-    )?;
+    copy_into_esp(ui, &sh, &esp_image, &esp_tops, &epoch)?;
 
     // The GPT, then the partitions copied in at their offsets (sparse).
     let raw = out.join(format!("{name}.raw"));
-    let file = std::fs::File::create(&raw)?;
-    file.set_len(layout.disk_size_mib * MIB)?;
-    drop(file);
+    empty_disk(&raw, layout.disk_size_mib)?;
     let mut script = format!(
         "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\
          start={}, size={}, type={ESP_TYPE}, uuid={}, name=\"esp\"\n\
@@ -552,6 +546,29 @@ pub(super) fn copy_sparse(from: &Path, to: &Path, offset: u64) -> anyhow::Result
         }
     }
     output.flush()?;
+    Ok(())
+}
+
+/// Copies the directories `tops` into the root of the ESP image (times
+/// kept: they were clamped to the epoch).
+pub(super) fn copy_into_esp(
+    ui: &mut Ui,
+    sh: &Shell,
+    esp_image: &Path,
+    tops: &[PathBuf],
+    epoch: &str,
+) -> anyhow::Result<()> {
+    ui.run(
+        cmd!(sh, "mcopy -i {esp_image} -s -m -Q {tops...} ::/")
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .env("MTOOLS_SKIP_CHECK", "1"),
+    )?;
+    Ok(())
+}
+
+/// A new raw disk file of `size_mib`, all holes.
+pub(super) fn empty_disk(raw: &Path, size_mib: u64) -> anyhow::Result<()> {
+    std::fs::File::create(raw)?.set_len(size_mib * MIB)?;
     Ok(())
 }
 

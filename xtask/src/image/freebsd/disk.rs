@@ -91,17 +91,10 @@ pub fn build_disk(
     ] {
         util::clamp_time(&path, source_date_epoch)?;
     }
-    let efi = files.join("EFI");
-    ui.run(
-        cmd!(sh, "mcopy -i {esp_image} -s -m -Q {efi} ::/")
-            .env("SOURCE_DATE_EPOCH", &epoch)
-            .env("MTOOLS_SKIP_CHECK", "1"),
-    )?;
+    super::super::disk::copy_into_esp(ui, &sh, &esp_image, &[files.join("EFI")], &epoch)?;
 
     let raw = out.join(format!("{name}.raw"));
-    let file = std::fs::File::create(&raw)?;
-    file.set_len(layout.disk_size_mib * MIB)?;
-    drop(file);
+    super::super::disk::empty_disk(&raw, layout.disk_size_mib)?;
     let script = format!(
         "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\
          start={}, size={}, type={ESP_TYPE}, uuid={}, name=\"efiboot\"\n\
